@@ -36,7 +36,7 @@ __all__ = [
 ROOT = "offload/v1"
 
 FRAMES_FILTER = f"{ROOT}/frames/+"
-AUDIO_FILTER = f"{ROOT}/audio/+/+"
+AUDIO_FILTER = f"{ROOT}/audio/+/+/+"
 RESULTS_FILTER = f"{ROOT}/results/#"
 DEAD_LETTER_FILTER = f"{ROOT}/deadletter/#"
 
@@ -69,9 +69,10 @@ def frames(device: str) -> str:
     return f"{ROOT}/frames/{check_id(device, 'device')}"
 
 
-def audio(device: str, stream: str) -> str:
-    """RTP packets of one stream (one call leg) of one device."""
-    return f"{ROOT}/audio/{check_id(device, 'device')}/{check_id(stream, 'stream')}"
+def audio(device: str, conversation: str, leg: str) -> str:
+    """Raw RTP packets of one call leg of one conversation, sent by one device."""
+    return (f"{ROOT}/audio/{check_id(device, 'device')}/"
+            f"{check_id(conversation, 'conversation')}/{check_id(leg, 'leg')}")
 
 
 def vision_results(device: str) -> str:
