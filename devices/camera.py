@@ -1,0 +1,181 @@
+"""Camera simulator: JPEG frames over MQTT (paho-mqtt, QoS 1) at a set rate, status on its twin.
+
+Frames come from a folder of images, or are made from the real photos in the artifact
+cache (astronaut, group photo) in several sizes, crops, mirror images and exposures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from models.artifacts import path_of
+from topics import names
+from topics.kubeedge import twin_update, twin_update_topic
+from topics.vision import Frame, encode_frame
+
+__all__ = ["CameraStats", "load_folder", "photo_frames", "run_camera", "main"]
+
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+
+
+@dataclass(slots=True)
+class CameraStats:
+    """What the camera did. ``sent_at`` maps seq -> wall-clock ms of capture."""
+
+    device: str
+    frames_sent: int = 0
+    bytes_sent: int = 0
+    seconds: float = 0.0
+    sent_at: dict[int, int] = field(default_factory=dict)
+
+
+def _jpeg(image: np.ndarray, quality: int = 85) -> bytes:
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def load_folder(folder: Path, max_side: int = 640) -> list[bytes]:
+    """Every image in ``folder`` re-encoded as JPEG no larger than ``max_side``."""
+    frames = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in _IMAGE_SUFFIXES:
+            continue
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            continue
+        frames.append(_jpeg(_fit(image, max_side)))
+    if not frames:
+        raise ValueError(f"no readable images in {folder}")
+    return frames
+
+
+def _fit(image: np.ndarray, max_side: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return image
+    return cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+
+
+def photo_frames(cache_dir: Path, max_side: int = 640) -> list[bytes]:
+    """Variants of the real photos: full, mirrored, darker, brighter, cropped."""
+    photos = [
+        cv2.imread(str(path_of("photos_astronaut", "astronaut.png", cache_dir)), cv2.IMREAD_COLOR),
+        cv2.imread(str(path_of("photos_group", "t1.jpg", cache_dir)), cv2.IMREAD_COLOR),
+    ]
+    frames = []
+    for photo in photos:
+        base = _fit(photo, max_side)
+        h, w = base.shape[:2]
+        variants = [
+            base,
+            cv2.flip(base, 1),
+            cv2.convertScaleAbs(base, alpha=0.8, beta=-10),
+            cv2.convertScaleAbs(base, alpha=1.15, beta=10),
+            base[: int(h * 0.8), int(w * 0.1):],
+        ]
+        frames.extend(_jpeg(v) for v in variants)
+    return frames
+
+
+def run_camera(
+    host: str,
+    port: int,
+    device: str,
+    images: Sequence[bytes],
+    *,
+    fps: float,
+    count: int | None = None,
+    seconds: float | None = None,
+    qos: int = 1,
+    namespace: str = "default",
+    stop: threading.Event | None = None,
+    start_seq: int = 0,
+) -> CameraStats:
+    """Publish frames until ``count`` frames or ``seconds`` pass (or ``stop``); fps <= 0: no pacing."""
+    if not images:
+        raise ValueError("no images to send")
+    if count is None and seconds is None:
+        raise ValueError("give count or seconds")
+    names.check_id(device, "device")
+    stats = CameraStats(device=device)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"camera-{device}",
+                         protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(64)
+    client.max_queued_messages_set(0)
+    client.connect(host, port, keepalive=30)
+    client.loop_start()
+    twin_topic = twin_update_topic(namespace, device)
+    try:
+        client.publish(twin_topic, twin_update({"status": "online", "fps": float(fps)}, _now_ms()), qos=1)
+        period = 1.0 / fps if fps > 0 else 0.0
+        t0 = time.monotonic()
+        deadline = t0 + seconds if seconds is not None else float("inf")
+        last: mqtt.MQTTMessageInfo | None = None
+        seq = start_seq
+        while (count is None or stats.frames_sent < count) and time.monotonic() < deadline:
+            if stop is not None and stop.is_set():
+                break
+            data = images[seq % len(images)]
+            captured = _now_ms()
+            payload = encode_frame(Frame(device=device, seq=seq, captured_at_ms=captured, encoding="jpeg", data=data))
+            last = client.publish(names.frames(device), payload, qos=qos)
+            stats.sent_at[seq] = captured
+            stats.frames_sent += 1
+            stats.bytes_sent += len(payload)
+            seq += 1
+            if period:
+                next_at = t0 + stats.frames_sent * period
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    if stop is not None:
+                        stop.wait(delay)
+                    else:
+                        time.sleep(delay)  # pacing the device's frame rate
+        if last is not None:
+            last.wait_for_publish(timeout=30)
+        stats.seconds = time.monotonic() - t0
+        status = {"status": "idle", "frames_sent": stats.frames_sent}
+        client.publish(twin_topic, twin_update(status, _now_ms()), qos=1).wait_for_publish(timeout=10)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return stats
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from edge_offload.settings import load_settings
+
+    settings = load_settings()
+    p = argparse.ArgumentParser(prog="edge-offload device camera", description=__doc__)
+    p.add_argument("--host", default=settings.mqtt.host)
+    p.add_argument("--port", type=int, default=settings.mqtt.port)
+    p.add_argument("--device", default="cam-1")
+    p.add_argument("--images", type=Path, help="folder of images (default: the real photos)")
+    p.add_argument("--fps", type=float, default=5.0)
+    p.add_argument("--seconds", type=float, default=None)
+    p.add_argument("--count", type=int, default=None)
+    p.add_argument("--qos", type=int, choices=(0, 1), default=1)
+    args = p.parse_args(argv)
+    images = load_folder(args.images) if args.images else photo_frames(settings.cache_dir)
+    seconds = args.seconds if args.seconds is not None or args.count is not None else 10.0
+    stats = run_camera(args.host, args.port, args.device, images, fps=args.fps,
+                       count=args.count, seconds=seconds, qos=args.qos)
+    print(f"sent {stats.frames_sent} frames ({stats.bytes_sent} bytes) in {stats.seconds:.1f}s")
+    return 0

@@ -1,0 +1,102 @@
+"""MQTT session plumbing for the edge agent: persistent v5 sessions and in-order manual acks.
+
+QoS 1 messages are acknowledged only after their result (or dead-letter record) is
+published, so a crash or a restart never loses a message the broker thinks we own:
+the broker redelivers it. The MQTT v5 *Receive Maximum* we announce bounds how many
+unacknowledged messages the broker sends us, which is our backpressure.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge_offload.settings import MqttSettings
+
+__all__ = ["connect_properties", "make_client", "InOrderAcker"]
+
+
+def connect_properties(settings: MqttSettings) -> Properties:
+    """CONNECT properties: keep the session ``session_expiry_s``, at most ``receive_maximum`` in flight."""
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = settings.session_expiry_s
+    props.ReceiveMaximum = settings.receive_maximum
+    return props
+
+
+def make_client(
+    settings: MqttSettings,
+    *,
+    client_id: str | None = None,
+    will: aiomqtt.Will | None = None,
+    persistent: bool = True,
+    manual_ack: bool = True,
+) -> aiomqtt.Client:
+    """An MQTT v5 client; ``persistent`` keeps the session across reconnects and restarts."""
+    client = aiomqtt.Client(
+        settings.host,
+        settings.port,
+        identifier=client_id or settings.client_id,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        clean_start=not persistent,
+        properties=connect_properties(settings),
+        keepalive=settings.keepalive_s,
+        username=settings.username,
+        password=settings.password,
+        will=will,
+        # The broker never has more than receive_maximum QoS 1 messages in flight to us;
+        # the margin is for QoS 0 traffic, which MQTT does not flow-control.
+        max_queued_incoming_messages=settings.receive_maximum * 4,
+    )
+    client.pending_calls_threshold = settings.receive_maximum * 4  # publishes in flight are expected
+    if manual_ack:
+        # aiomqtt has no manual-ack API yet; paho (which it wraps) does.
+        client._client.manual_ack_set(True)  # noqa: SLF001
+    return client
+
+
+class InOrderAcker:
+    """Sends PUBACKs in the order the PUBLISHes arrived (MQTT 4.6.0-2), as each finishes.
+
+    One acker belongs to one connection: after :meth:`close` (the connection dropped)
+    acks are discarded, and the broker redelivers those messages on the next session.
+    """
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self._client = client
+        self._pending: OrderedDict[int, tuple[int, int, bool]] = OrderedDict()
+        self._next = 0
+        self._closed = False
+
+    def received(self, message: aiomqtt.Message) -> int:
+        """Register an incoming message; return the token to pass to :meth:`done`."""
+        token = self._next
+        self._next += 1
+        self._pending[token] = (message.mid, message.qos, False)
+        return token
+
+    def done(self, token: int) -> None:
+        """Mark a message processed; ack every finished message at the head of the line."""
+        if self._closed or token not in self._pending:
+            return
+        mid, qos, _ = self._pending[token]
+        self._pending[token] = (mid, qos, True)
+        while self._pending:
+            first = next(iter(self._pending))
+            mid, qos, finished = self._pending[first]
+            if not finished:
+                break
+            del self._pending[first]
+            if qos > 0:
+                self._client._client.ack(mid, qos)  # noqa: SLF001
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def close(self) -> None:
+        self._closed = True
+        self._pending.clear()

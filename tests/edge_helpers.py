@@ -1,0 +1,60 @@
+"""Helpers for tests that run a real edge agent against a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import aiomqtt
+
+from edge_agent.service import EdgeAgent, build_vision_pipeline
+from edge_offload.settings import EdgeSettings, MqttSettings, Settings, VisionSettings
+
+
+def agent_settings(port: int, client_id: str, *, group: str = "edge-agents", node: str | None = None,
+                   vision: VisionSettings | None = None, receive_maximum: int = 64) -> Settings:
+    return Settings(
+        mqtt=MqttSettings(host="127.0.0.1", port=port, client_id=client_id, share_group=group,
+                          receive_maximum=receive_maximum),
+        edge=EdgeSettings(node_name=node or client_id, http_host="127.0.0.1", http_port=0),
+        vision=vision or VisionSettings(),
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_agent(settings: Settings) -> AsyncIterator[EdgeAgent]:
+    """Start an agent, wait until it is connected and subscribed, stop it on exit."""
+    agent = EdgeAgent(settings, build_vision_pipeline(settings))
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        await asyncio.wait_for(agent.connected.wait(), 15)
+        yield agent
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        agent.pipeline.close()
+
+
+@contextlib.asynccontextmanager
+async def subscriber(port: int, *filters: str) -> AsyncIterator[aiomqtt.Client]:
+    """A plain v5 client subscribed (QoS 1) to ``filters`` before the test publishes anything."""
+    async with aiomqtt.Client("127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V5) as client:
+        for f in filters:
+            await client.subscribe(f, qos=1)
+        yield client
+
+
+async def collect(client: aiomqtt.Client, n: int, timeout_s: float = 60.0) -> list[aiomqtt.Message]:
+    """The next ``n`` messages, or fail after ``timeout_s``."""
+    got: list[aiomqtt.Message] = []
+
+    async def _read() -> None:
+        async for message in client.messages:
+            got.append(message)
+            if len(got) >= n:
+                return
+
+    await asyncio.wait_for(_read(), timeout_s)
+    return got

