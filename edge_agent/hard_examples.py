@@ -1,0 +1,79 @@
+"""Turns edge results into hard examples in the outbox: mining decides, this packs.
+
+Called from the pipeline's worker thread (it only encodes and writes SQLite), once per
+result: face crops go out as grayscale PNGs, speech segments as 16-bit PCM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from edge_agent.mining import MiningPolicy
+from edge_agent.outbox import Outbox
+from topics.dc import HardExample, encode_hard_example
+from topics.names import KAFKA_HARD_EXAMPLES
+from topics.vision import VisionResult
+
+__all__ = ["HardExampleReporter", "encode_crop"]
+
+
+def encode_crop(crop: np.ndarray, max_side: int) -> bytes:
+    """A uint8 gray crop as PNG, shrunk so its longer side is at most ``max_side``."""
+    h, w = crop.shape[:2]
+    scale = max_side / max(h, w)
+    if scale < 1.0:
+        crop = cv2.resize(crop, (max(1, round(w * scale)), max(1, round(h * scale))),
+                          interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".png", crop)
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()
+
+
+class HardExampleReporter:
+    """Mines results with ``policy`` and stores the hard ones in ``outbox``."""
+
+    def __init__(self, policy: MiningPolicy, outbox: Outbox, node: str) -> None:
+        self.policy = policy
+        self.outbox = outbox
+        self.node = node
+
+    def _put(self, ex: HardExample) -> bool:
+        return self.outbox.put(ex.key, KAFKA_HARD_EXAMPLES, encode_hard_example(ex), ex.device.encode())
+
+    def offer_faces(self, result: VisionResult, crops: Sequence[np.ndarray], probs: np.ndarray) -> int:
+        """Mine every face of one vision result; return how many went to the outbox."""
+        sent = 0
+        for item, (face, crop, p) in enumerate(zip(result.faces, crops, probs)):
+            values = [float(x) for x in p]
+            reasons = self.policy.judge(result.model.name, result.device, probs=values)
+            if not reasons:
+                continue
+            sent += self._put(HardExample(
+                device=result.device, model=result.model.name, model_version=result.model.version,
+                kind="face", seq=result.seq, item=item, encoding="png",
+                data=encode_crop(crop, self.policy.settings.max_crop_side),
+                result=face.label, confidences=tuple(min(1.0, max(0.0, v)) for v in values),
+                reasons=reasons, node=self.node, captured_at_ms=result.captured_at_ms,
+            ))
+        return sent
+
+    def offer_speech(
+        self, *, device: str, stream: str, seq: int, model: str, model_version: str,
+        pcm: bytes, sample_rate: int, text: str, word_confidences: Sequence[float],
+        captured_at_ms: int,
+    ) -> bool:
+        """Mine one recognised speech segment (mono s16le PCM); True if it went to the outbox."""
+        values = [min(1.0, max(0.0, float(c))) for c in word_confidences]
+        reasons = self.policy.judge(model, device, scores=values)
+        if not reasons:
+            return False
+        return self._put(HardExample(
+            device=device, model=model, model_version=model_version, kind="audio", seq=seq,
+            item=0, encoding="pcm_s16le", data=pcm, result=text, confidences=tuple(values),
+            reasons=reasons, node=self.node, captured_at_ms=captured_at_ms, stream=stream,
+            sample_rate=sample_rate,
+        ))
