@@ -1,0 +1,57 @@
+"""Settings of the central DC trainer (nested as ``Settings.trainer``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+__all__ = ["FerTrainSettings", "AsrAdaptSettings", "TrainerSettings"]
+
+
+class FerTrainSettings(BaseModel):
+    """Fine-tuning the edge FER network on teacher labels, and its evaluation gate."""
+
+    model: str = "fer-mini-xception"
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    max_train_samples: int = Field(2000, ge=1, description="newest labelled samples used per round")
+    replay_ratio: float = Field(0.5, ge=0, description="replay samples per new sample, against forgetting")
+    replay_dir: Path | None = Field(None, description="original-domain face crops (png/jpg) the teacher labels")
+    min_gain: float = Field(0.02, ge=0, description="holdout agreement must rise at least this much")
+    max_replay_drop: float = Field(0.05, ge=0, description="agreement on the replay holdout may fall this much")
+    min_holdout: int = Field(10, ge=1)
+    label_batch: int = Field(64, ge=1, description="face crops the teacher labels per pass")
+
+
+class AsrAdaptSettings(BaseModel):
+    """Vocabulary / language-model adaptation of the edge ASR, and its evaluation gate."""
+
+    model: str = "asr"
+    base_sentences: list[str] = Field(default_factory=list, description="always part of the domain LM")
+    min_gain: float = Field(0.02, ge=0, description="holdout WER must fall at least this much")
+    min_holdout: int = Field(2, ge=1)
+
+
+class TrainerSettings(BaseModel):
+    """The DC loop: consumer group, sample store, retraining triggers, registry, push-back."""
+
+    group_id: str = "cloud-trainer"
+    store_url: str = Field("sqlite:///trainer-data/samples.sqlite3",
+                           description="sqlite:///PATH or postgresql://user@host/db")
+    registry_dir: Path = Path("trainer-data/registry")
+    keys_dir: Path = Field(Path("trainer-data/keys"), description="ed25519 signing key; made if absent")
+    holdout_percent: int = Field(20, ge=1, le=90, description="share of samples kept for evaluation")
+    retrain_min_samples: int = Field(200, ge=1, description="new labelled samples that start a round")
+    retrain_interval_s: float = Field(3600.0, gt=0, description="a round also starts this often ...")
+    retrain_interval_min_samples: int = Field(20, ge=1, description="... if at least this many are new")
+    auto_promote: bool = Field(True, description="push a candidate that passes the gate at once")
+    max_poll_records: int = Field(500, ge=1)
+    inline_artifact_max_bytes: int = Field(900_000, ge=0, description="larger artifacts go by URL")
+    artifact_base_url: str | None = Field(None, description="where serve.py is reachable from edges")
+    serve_host: str = "0.0.0.0"
+    serve_port: int | None = Field(None, ge=0, description="serve artifacts over HTTP (0: any free port)")
+    torch_threads: int = Field(2, ge=1)
+    fer: FerTrainSettings = FerTrainSettings()
+    asr: AsrAdaptSettings = AsrAdaptSettings()
