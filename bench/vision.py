@@ -1,0 +1,185 @@
+"""Vision benchmark: ``python -m bench.vision --json`` prints one JSON object.
+
+- ``offline_fps``: decode + detect + classify (the agent's own ``run_batch``), no broker.
+- ``e2e_fps``: frames/s through Mosquitto and an edge agent *process* at saturation
+  (a backlog is published with QoS 1; rate of results between the first and last).
+- ``efficiency`` = e2e_fps / offline_fps.
+- ``batching_gain``: FER crops/s at the configured batch size vs batch 1.
+- ``p50_ms`` / ``p99_ms``: capture -> result received at half the saturation rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+
+from devices.camera import photo_frames, run_camera
+from edge_agent.service import build_vision_pipeline
+from edge_agent.vision import FrameJob
+from edge_offload.brokers import MosquittoBroker
+from edge_offload.settings import Settings, load_settings
+from models.fer_edge import preprocess_faces
+from topics import names
+from topics.status import decode_status
+from topics.vision import Frame, decode_result
+
+import aiomqtt
+
+
+def offline_fps(settings: Settings, images: list[bytes], n: int) -> float:
+    """Frames/s of the agent's batch function alone, in batches of max_batch_size."""
+    pipeline = build_vision_pipeline(settings)
+    bs = settings.vision.max_batch_size
+    frames = [Frame("bench", i, 0, "jpeg", images[i % len(images)]) for i in range(n)]
+    pipeline.run_batch([FrameJob(f, time.monotonic()) for f in frames[:bs]])  # warm-up
+    t0 = time.perf_counter()
+    for i in range(0, n, bs):
+        pipeline.run_batch([FrameJob(f, time.monotonic()) for f in frames[i:i + bs]])
+    elapsed = time.perf_counter() - t0
+    pipeline.close()
+    return n / elapsed
+
+
+def batching_gain(settings: Settings, images: list[bytes]) -> tuple[float, float, float]:
+    """(gain, crops/s at batch 1, crops/s at max_batch_size) of the FER model alone."""
+    pipeline = build_vision_pipeline(settings)
+    model = pipeline.slot.current().model
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 255, (96, 96), dtype=np.uint8) for _ in range(64)]
+    x = preprocess_faces(crops)
+
+    def rate(bs: int, seconds: float = 2.0) -> float:
+        model.predict(x[:bs])
+        done, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            model.predict(x[:bs])
+            done += bs
+        return done / (time.perf_counter() - t0)
+
+    r1 = rate(1)
+    rb = rate(settings.vision.max_batch_size)
+    pipeline.close()
+    return rb / r1, r1, rb
+
+
+def _agent_env(settings: Settings, port: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "EDGE_OFFLOAD_MQTT__PORT": str(port),
+        "EDGE_OFFLOAD_MQTT__CLIENT_ID": "bench-agent",
+        "EDGE_OFFLOAD_EDGE__NODE_NAME": "bench-edge",
+        "EDGE_OFFLOAD_EDGE__HTTP_PORT": "0",
+        "EDGE_OFFLOAD_VISION__MAX_BATCH_SIZE": str(settings.vision.max_batch_size),
+        "EDGE_OFFLOAD_VISION__MAX_QUEUE_DELAY_MS": str(settings.vision.max_queue_delay_ms),
+    })
+    return env
+
+
+async def _wait_online(port: int, proc: subprocess.Popen[bytes]) -> None:
+    async with aiomqtt.Client("127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V5) as client:
+        await client.subscribe(names.edge_status("bench-edge"), qos=1)
+        async for message in client.messages:
+            if decode_status(bytes(message.payload)).online:  # type: ignore[arg-type]
+                return
+            if proc.poll() is not None:
+                raise RuntimeError("edge agent exited")
+
+
+async def _collect(port: int, device: str, n: int, ready: threading.Event, timeout_s: float) -> list[tuple[float, int]]:
+    """(receipt wall-clock ms, captured_at_ms) for n results."""
+    got: list[tuple[float, int]] = []
+    async with aiomqtt.Client("127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V5,
+                              max_queued_incoming_messages=0) as client:
+        await client.subscribe(names.vision_results(device), qos=0)
+        ready.set()
+
+        async def read() -> None:
+            async for message in client.messages:
+                r = decode_result(bytes(message.payload))  # type: ignore[arg-type]
+                got.append((time.time() * 1000, r.captured_at_ms))
+                if len(got) >= n:
+                    return
+
+        try:
+            await asyncio.wait_for(read(), timeout_s)
+        except TimeoutError:
+            pass
+    return got
+
+
+async def _run_load(port: int, device: str, images: list[bytes], n: int, fps: float) -> list[tuple[float, int]]:
+    ready = threading.Event()
+    loop = asyncio.get_running_loop()
+    collector = asyncio.create_task(_collect(port, device, n, ready, timeout_s=max(60.0, 3 * n / max(fps, 1))))
+    await loop.run_in_executor(None, ready.wait, 10)
+    await loop.run_in_executor(None, lambda: run_camera("127.0.0.1", port, device, images, fps=fps, count=n))
+    return await collector
+
+
+def end_to_end(settings: Settings, images: list[bytes], n_saturation: int, latency_seconds: float) -> dict[str, float]:
+    with MosquittoBroker(max_queued_messages=100_000) as broker:
+        proc = subprocess.Popen([sys.executable, "-m", "edge_offload.cli", "edge"],
+                                env=_agent_env(settings, broker.port))
+        try:
+            asyncio.run(asyncio.wait_for(_wait_online(broker.port, proc), 60))
+            asyncio.run(_run_load(broker.port, "bench-warm", images, 20, 0))  # warm-up
+            got = asyncio.run(_run_load(broker.port, "bench-sat", images, n_saturation, 0))
+            if len(got) < n_saturation:
+                raise RuntimeError(f"saturation: {len(got)}/{n_saturation} results")
+            receipts = sorted(t for t, _ in got)
+            e2e = (len(receipts) - 1) / ((receipts[-1] - receipts[0]) / 1000)
+            rate = e2e / 2
+            n_lat = max(20, int(rate * latency_seconds))
+            got = asyncio.run(_run_load(broker.port, "bench-lat", images, n_lat, rate))
+            lat = np.array([t - c for t, c in got])
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    return {"e2e_fps": e2e, "latency_load_fps": rate, "latency_frames": float(len(lat)),
+            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--json", action="store_true", help="print only the JSON object")
+    p.add_argument("--frames", type=int, default=300, help="frames for the saturation runs")
+    p.add_argument("--latency-seconds", type=float, default=10.0)
+    args = p.parse_args(argv)
+    settings = load_settings()
+    images = photo_frames(settings.cache_dir)
+    off = offline_fps(settings, images, args.frames)
+    gain, r1, rb = batching_gain(settings, images)
+    e2e = end_to_end(settings, images, args.frames, args.latency_seconds)
+    out = {
+        "e2e_fps": round(e2e["e2e_fps"], 2),
+        "offline_fps": round(off, 2),
+        "efficiency": round(e2e["e2e_fps"] / off, 3),
+        "batching_gain": round(gain, 2),
+        "fer_crops_per_s_batch1": round(r1, 1),
+        "fer_crops_per_s_batch": round(rb, 1),
+        "p50_ms": round(e2e["p50_ms"], 2),
+        "p99_ms": round(e2e["p99_ms"], 2),
+        "latency_load_fps": round(e2e["latency_load_fps"], 2),
+        "latency_frames": int(e2e["latency_frames"]),
+        "max_batch_size": settings.vision.max_batch_size,
+        "max_queue_delay_ms": settings.vision.max_queue_delay_ms,
+        "detect_max_side": settings.vision.detect_max_side,
+        "frame_pixels": "x".join(map(str, __import__("cv2").imdecode(np.frombuffer(images[0], np.uint8), 0).shape)),
+        "cpu_cores": os.cpu_count(),
+    }
+    if not args.json:
+        print(__doc__)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
