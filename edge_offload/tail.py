@@ -84,11 +84,17 @@ def _jsonable(obj: Any) -> Any:
 
 
 async def tail(host: str, port: int, topic_filter: str = names.RESULTS_FILTER, *, as_json: bool = False,
-               count: int | None = None, out: TextIO = sys.stdout) -> int:
-    """Print messages matching ``topic_filter`` until ``count`` were printed (or forever)."""
+               count: int | None = None, out: TextIO = sys.stdout,
+               subscribed: asyncio.Event | None = None) -> int:
+    """Print messages matching ``topic_filter`` until ``count`` were printed (or forever).
+
+    ``subscribed`` is set once the subscription is in place.
+    """
     printed = 0
     async with aiomqtt.Client(host, port, protocol=aiomqtt.ProtocolVersion.V5) as client:
         await client.subscribe(topic_filter, qos=1)
+        if subscribed is not None:
+            subscribed.set()
         async for message in client.messages:
             payload = message.payload if isinstance(message.payload, (bytes, bytearray)) else b""
             topic = str(message.topic)

@@ -1,0 +1,70 @@
+"""Settings come from env and a TOML file; `tail` prints what operators need."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_offload.brokers import MosquittoBroker
+from edge_offload.settings import load_settings
+from edge_offload.tail import format_line, tail
+from topics import names
+from topics.vision import Face, ModelRef, Timing, VisionResult, encode_result
+
+
+def test_env_overrides_file_overrides_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "edge.toml"
+    config.write_text('[mqtt]\nport = 1999\nclient_id = "from-file"\n[vision]\nmax_batch_size = 8\n')
+    monkeypatch.setenv("EDGE_OFFLOAD_CONFIG", str(config))
+    monkeypatch.setenv("EDGE_OFFLOAD_MQTT__PORT", "2001")
+    s = load_settings()
+    assert s.mqtt.port == 2001
+    assert s.mqtt.client_id == "from-file"
+    assert s.vision.max_batch_size == 8
+    assert s.vision.max_queue_delay_ms == 4.0
+
+
+def test_invalid_setting_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGE_OFFLOAD_VISION__MAX_BATCH_SIZE", "0")
+    with pytest.raises(ValueError, match="max_batch_size"):
+        load_settings()
+
+
+def _result(seq: int) -> VisionResult:
+    return VisionResult("cam-t", seq, 1, "node-t", ModelRef("fer", "v9"), Timing(1, 2, 3, 4, 12.5),
+                        (Face((10, 20, 30, 40), "happy", (0.0, 0.0, 0.0, 0.95, 0.05, 0.0, 0.0)),))
+
+
+def test_format_line_is_readable() -> None:
+    line = format_line(names.vision_results("cam-t"), encode_result(_result(4)))
+    assert line == "vision cam-t #4 1 face(s): happy 0.95 @10,20 30x40 [fer v9, batch 2, 12.5 ms]"
+    assert format_line("x", b"\xc1garbage").startswith("undecodable")
+
+
+@pytest.mark.integration
+async def test_tail_follows_results_as_json(mosquitto: MosquittoBroker) -> None:
+    out = io.StringIO()
+    subscribed = asyncio.Event()
+    task = asyncio.create_task(tail("127.0.0.1", mosquitto.port, names.RESULTS_FILTER, as_json=True, count=2,
+                                    out=out, subscribed=subscribed))
+    await asyncio.wait_for(subscribed.wait(), 10)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.connect("127.0.0.1", mosquitto.port)
+    client.loop_start()
+    try:
+        for seq in range(2):
+            client.publish(names.vision_results("cam-t"), encode_result(_result(seq)), qos=1).wait_for_publish(5)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    assert await asyncio.wait_for(task, 10) == 2
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [line["type"] for line in lines] == ["vision_result", "vision_result"]
+    assert lines[0]["message"]["faces"][0]["label"] == "happy"
+    assert lines[0]["message"]["model"]["version"] == "v9"
