@@ -77,7 +77,9 @@ class UpdateSettings(BaseModel):
 
     enabled: bool = True
     trusted_public_keys: list[str] = Field(
-        default_factory=list, description="hex raw ed25519 public keys (or files holding them)")
+        default_factory=list, description="raw ed25519 public keys of the DC, hex")
+    trusted_key_files: list[Path] = Field(
+        default_factory=list, description="files holding such a hex key (the DC's keys_dir/signing.pub)")
     fetch_timeout_s: float = Field(30.0, gt=0)
     max_artifact_bytes: int = Field(256 << 20, ge=1)
     warmup_batches: int = Field(2, ge=0)

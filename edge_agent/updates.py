@@ -1,0 +1,245 @@
+"""Model updates from the DC: verify, load beside the serving version, warm up, swap.
+
+:class:`ModelUpdater` follows the model-updates topic from its start (the last
+announcement per model wins). For each announcement it fetches the artifact (inline or
+by URL), checks its size and sha256, checks the ed25519 signature against the trusted
+DC keys, loads and warms the new version in a worker thread while the old one keeps
+serving, then swaps it into the model's :class:`ModelSlot` in one step. Batches that
+already took the old version finish on it. A refused update is counted, kept in
+``refusals`` and passed to ``on_refused``; it never stops the updater.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import urllib.request
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+
+from edge_agent.dc_settings import UpdateSettings
+from edge_agent.model_slot import Loaded, ModelSlot
+from edge_offload.kafka_admin import ensure_topics
+from edge_offload.settings import KafkaSettings
+from topics.codec import ContractError
+from topics.dc import ModelUpdate, decode_model_update
+from topics.names import KAFKA_MODEL_UPDATES
+from topics.signing import key_id, verify
+
+__all__ = ["ModelHandler", "Refusal", "UpdateStats", "ModelUpdater", "load_trusted_keys"]
+
+log = logging.getLogger(__name__)
+M = TypeVar("M")
+
+
+@dataclass(slots=True)
+class ModelHandler(Generic[M]):
+    """How one model's artifacts become a served model: ``load(bytes, version)``, ``warmup(model)``."""
+
+    slot: ModelSlot[M]
+    format: str
+    load: Callable[[bytes, str], M]
+    warmup: Callable[[M], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    name: str
+    version: str
+    reason: str
+    detail: str
+    at_ms: int
+
+
+@dataclass(slots=True)
+class UpdateStats:
+    received: int = 0
+    applied: int = 0
+    already_serving: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+    last_swap_s: float = 0.0
+
+
+class _Refused(Exception):
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+def load_trusted_keys(settings: UpdateSettings) -> dict[str, bytes]:
+    """key id -> raw public key, from the hex keys and key files in ``settings``."""
+    texts = list(settings.trusted_public_keys) + [Path(p).read_text() for p in settings.trusted_key_files]
+    keys: dict[str, bytes] = {}
+    for text in texts:
+        raw = bytes.fromhex(text.strip())
+        if len(raw) != 32:
+            raise ValueError("an ed25519 public key is 32 bytes (64 hex digits)")
+        keys[key_id(raw)] = raw
+    return keys
+
+
+class ModelUpdater:
+    """Applies signed model updates to the edge's model slots."""
+
+    def __init__(self, settings: UpdateSettings, kafka: KafkaSettings, node: str,
+                 handlers: dict[str, ModelHandler[Any]],
+                 on_refused: Callable[[Refusal], None] | None = None,
+                 on_applied: Callable[[ModelUpdate], None] | None = None) -> None:
+        self.settings = settings
+        self.kafka = kafka
+        self.node = node
+        self.handlers = handlers
+        self.trusted = load_trusted_keys(settings)
+        self.on_refused = on_refused
+        self.on_applied = on_applied
+        self.stats = UpdateStats()
+        self.refusals: deque[Refusal] = deque(maxlen=100)
+        self._lock = asyncio.Lock()
+        self._changed = asyncio.Condition()
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Return once ``predicate()`` holds; re-checked after every handled announcement."""
+        async with self._changed:
+            await self._changed.wait_for(predicate)
+
+    def _refuse(self, name: str, version: str, reason: str, detail: str) -> None:
+        self.stats.refused[reason] = self.stats.refused.get(reason, 0) + 1
+        refusal = Refusal(name, version, reason, detail[:500], int(time.time() * 1000))
+        self.refusals.append(refusal)
+        log.warning("model update %s %s refused: %s %s", name, version, reason, detail)
+        if self.on_refused is not None:
+            self.on_refused(refusal)
+
+    def _fetch(self, url: str) -> bytes:
+        limit = self.settings.max_artifact_bytes
+        with urllib.request.urlopen(url, timeout=self.settings.fetch_timeout_s) as resp:  # noqa: S310
+            data = resp.read(limit + 1)
+        if len(data) > limit:
+            raise _Refused("too_large", f"over {limit} bytes")
+        return data
+
+    async def _verified_artifact(self, update: ModelUpdate) -> bytes:
+        if not update.signature:
+            raise _Refused("unsigned")
+        if not self.trusted:
+            raise _Refused("no_trusted_key", "no trusted DC key is configured")
+        if update.size > self.settings.max_artifact_bytes:
+            raise _Refused("too_large", f"{update.size} bytes")
+        if update.artifact is not None:
+            data = update.artifact
+        else:
+            assert update.url is not None
+            try:
+                data = await asyncio.to_thread(self._fetch, update.url)
+            except (OSError, ValueError) as exc:
+                raise _Refused("fetch_failed", f"{update.url}: {exc}") from None
+        if len(data) != update.size:
+            raise _Refused("size_mismatch", f"{len(data)} != {update.size}")
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != update.sha256:
+            raise _Refused("hash_mismatch", f"{digest} != {update.sha256}")
+        keys = [self.trusted[update.key_id]] if update.key_id in self.trusted else list(self.trusted.values())
+        if not any(verify(k, update.signature, update.name, update.version, digest) for k in keys):
+            raise _Refused("bad_signature", f"key id {update.key_id!r}")
+        return data
+
+    async def apply(self, update: ModelUpdate) -> bool:
+        """Verify, load, warm up and swap in one announced version; False if refused or a no-op."""
+        async with self._lock:
+            try:
+                return await self._apply(update)
+            except _Refused as exc:
+                self._refuse(update.name, update.version, exc.reason, exc.detail)
+                return False
+            finally:
+                async with self._changed:
+                    self._changed.notify_all()
+
+    async def _apply(self, update: ModelUpdate) -> bool:
+        self.stats.received += 1
+        handler = self.handlers.get(update.name)
+        if handler is None:
+            raise _Refused("unknown_model", update.name)
+        if handler.slot.current().version == update.version:
+            self.stats.already_serving += 1
+            return False
+        if update.format != handler.format:
+            raise _Refused("wrong_format", f"{update.format} != {handler.format}")
+        data = await self._verified_artifact(update)
+        try:
+            model = await asyncio.to_thread(handler.load, data, update.version)
+        except Exception as exc:  # a signed artifact that does not load: refuse, keep serving
+            raise _Refused("load_failed", f"{type(exc).__name__}: {exc}") from None
+        try:
+            for _ in range(max(1, self.settings.warmup_batches)):
+                await asyncio.to_thread(handler.warmup, model)
+        except Exception as exc:
+            raise _Refused("warmup_failed", f"{type(exc).__name__}: {exc}") from None
+        old = handler.slot.swap(Loaded(model, update.name, update.version))
+        self.stats.applied += 1
+        self.stats.last_swap_s = time.monotonic()
+        log.info("model %s: %s -> %s (%s)", update.name, old.version, update.version, update.action)
+        if self.on_applied is not None:
+            self.on_applied(update)
+        return True
+
+    async def _handle(self, payloads: list[bytes]) -> None:
+        latest: dict[str, ModelUpdate] = {}
+        for payload in payloads:
+            try:
+                update = decode_model_update(payload)
+            except ContractError as exc:
+                self._refuse("?", "?", exc.reason, exc.detail)
+                async with self._changed:
+                    self._changed.notify_all()
+                continue
+            latest[update.name] = update  # a later announcement supersedes an earlier one
+        for update in latest.values():
+            await self.apply(update)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Follow the model-updates topic from its start until ``stop`` is set."""
+        while not stop.is_set():
+            try:
+                await ensure_topics(self.kafka.bootstrap_servers, [KAFKA_MODEL_UPDATES])
+                consumer = AIOKafkaConsumer(
+                    KAFKA_MODEL_UPDATES, bootstrap_servers=self.kafka.bootstrap_servers,
+                    client_id=f"{self.kafka.client_id}-updates-{self.node}", group_id=None,
+                    auto_offset_reset="earliest", enable_auto_commit=False,
+                    max_partition_fetch_bytes=self.settings.max_artifact_bytes + (1 << 20),
+                    fetch_max_bytes=self.settings.max_artifact_bytes + (1 << 20),
+                )
+                await consumer.start()
+            except (KafkaError, OSError) as exc:
+                log.warning("model updates: Kafka unavailable (%s); retrying", exc)
+                try:
+                    await asyncio.wait_for(stop.wait(), 2.0)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            try:
+                await self._follow(consumer, stop)
+            finally:
+                await consumer.stop()
+
+    async def _follow(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                fetch = asyncio.ensure_future(consumer.getmany(timeout_ms=1000, max_records=100))
+                await asyncio.wait({fetch, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if not fetch.done():
+                    fetch.cancel()
+                    break
+                batch = fetch.result()
+                await self._handle([r.value for rs in batch.values() for r in rs if r.value is not None])
+        finally:
+            stopper.cancel()
