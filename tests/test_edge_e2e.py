@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import urllib.request
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from devices.camera import photo_frames, run_camera
 from edge_offload.brokers import MosquittoBroker
 from tests.edge_helpers import agent_settings, collect, running_agent, subscriber
 from topics import names
+from topics.kubeedge import twin_update_topic
 from topics.vision import EMOTIONS, decode_result
 
 pytestmark = pytest.mark.integration
@@ -21,12 +23,16 @@ async def test_frames_become_results(mosquitto: MosquittoBroker, cache_dir: Path
     images = photo_frames(cache_dir)
     n = 2 * len(images)
     async with running_agent(agent_settings(mosquitto.port, "e2e-agent", group="e2e")) as agent:
-        async with subscriber(mosquitto.port, names.vision_results("cam-e2e")) as sub:
+        twin = twin_update_topic("default", "cam-e2e")
+        async with subscriber(mosquitto.port, names.vision_results("cam-e2e"), twin) as sub:
             loop = asyncio.get_running_loop()
             stats = await loop.run_in_executor(None, lambda: run_camera(
                 "127.0.0.1", mosquitto.port, "cam-e2e", images, fps=0, count=n))
-            messages = await collect(sub, n)
-    results = [decode_result(bytes(m.payload)) for m in messages]
+            messages = await collect(sub, n + 2)  # + the camera's online and idle twin updates
+    twins = [json.loads(bytes(m.payload)) for m in messages if str(m.topic) == twin]
+    assert [t["twin"]["status"]["actual"]["value"] for t in twins] == ["online", "idle"]
+    assert twins[1]["twin"]["frames_sent"]["actual"]["value"] == str(n)
+    results = [decode_result(bytes(m.payload)) for m in messages if str(m.topic) != twin]
     assert stats.frames_sent == n
     assert sorted(r.seq for r in results) == list(range(n))
     assert all(r.device == "cam-e2e" and r.node == "e2e-agent" for r in results)
