@@ -39,8 +39,9 @@ def _wire(x: np.ndarray, seq0: int = 1000, ts0: int = 5000, ssrc: int = 0x1234, 
     for k in range(len(x) // FRAME):
         ext: dict[str, object] = {}
         if ntp0 is not None:
+            ntp = unix_to_ntp64(ntp0 + k * ts_step / 8000)
             ext = {"extension_profile": ONE_BYTE_PROFILE,
-                   "extension_data": build_one_byte_extensions({NTP64_EXT_ID: unix_to_ntp64(ntp0 + k * ts_step / 8000)})}
+                   "extension_data": build_one_byte_extensions({NTP64_EXT_ID: ntp})}
         out.append(build_rtp(g711.encode(codec, x[k * FRAME:(k + 1) * FRAME]), payload_type=pt,
                              sequence=(seq0 + k) & 0xFFFF, timestamp=(ts0 + k * ts_step) & 0xFFFFFFFF,
                              ssrc=ssrc, marker=k == 0, **ext))  # type: ignore[arg-type]

@@ -105,7 +105,8 @@ class LegDecoder:
 
     def flush(self, now_s: float, final: bool = False) -> list[PcmChunk]:
         """Release audio that waited long enough by ``now_s`` (call it on a timer).
-        ``final`` ends the leg: everything buffered comes out, including the resampler tail."""
+        ``final`` ends the leg: everything buffered comes out, including the resampler tail
+        (a pending reset candidate is dropped and counted under ``bad``)."""
         frames, _ = self._jitter.flush(now_s, final=final)
         chunks = self._convert(frames)
         if final and self._segment >= 0:
