@@ -145,12 +145,24 @@ def _depthwise_kernel(k: np.ndarray) -> torch.Tensor:
 
 
 def _layer_weights(f: h5py.File, name: str) -> dict[str, np.ndarray]:
+    """A layer's arrays keyed by short name ("kernel", "gamma", ...)."""
     out: dict[str, np.ndarray] = {}
-    f["model_weights"][name].visititems(
-        lambda key, obj: out.__setitem__(key.rsplit("/", 1)[-1].split(":")[0], obj[()])
-        if isinstance(obj, h5py.Dataset) else None
-    )
+
+    def visit(key: str, obj: object) -> None:
+        if isinstance(obj, h5py.Dataset):
+            out[key.rsplit("/", 1)[-1].split(":")[0]] = obj[()]
+
+    f["model_weights"][name].visititems(visit)
     return out
+
+
+def _set(t: torch.Tensor, value: np.ndarray | torch.Tensor) -> None:
+    """Copy into a parameter or buffer, refusing any shape mismatch."""
+    v = torch.as_tensor(value)
+    if tuple(v.shape) != tuple(t.shape):
+        raise ValueError(f"shape {tuple(v.shape)} does not fit {tuple(t.shape)}")
+    with torch.no_grad():
+        t.copy_(v)
 
 
 def _check_config(cfg: dict) -> dict[str, list[str]]:
@@ -191,21 +203,21 @@ def load_keras_hdf5(path: Path) -> MiniXception:
 
         def load_bn(bn: nn.BatchNorm2d, producer: str) -> None:
             w = _layer_weights(f, bn_after[producer])
-            bn.weight.data = torch.from_numpy(w["gamma"])
-            bn.bias.data = torch.from_numpy(w["beta"])
-            bn.running_mean.data = torch.from_numpy(w["moving_mean"])
-            bn.running_var.data = torch.from_numpy(w["moving_variance"])
+            _set(bn.weight, w["gamma"])
+            _set(bn.bias, w["beta"])
+            _set(bn.running_mean, w["moving_mean"])
+            _set(bn.running_var, w["moving_variance"])
 
         def load_conv(conv: nn.Conv2d, name: str) -> None:
             w = _layer_weights(f, name)
-            conv.weight.data = _conv_kernel(w["kernel"])
-            if "bias" in w:
-                conv.bias.data = torch.from_numpy(w["bias"])
+            _set(conv.weight, _conv_kernel(w["kernel"]))
+            if conv.bias is not None:
+                _set(conv.bias, w["bias"])
 
         def load_sep(sep: SeparableConv, name: str) -> None:
             w = _layer_weights(f, name)
-            sep.depthwise.weight.data = _depthwise_kernel(w["depthwise_kernel"])
-            sep.pointwise.weight.data = _conv_kernel(w["pointwise_kernel"])
+            _set(sep.depthwise.weight, _depthwise_kernel(w["depthwise_kernel"]))
+            _set(sep.pointwise.weight, _conv_kernel(w["pointwise_kernel"]))
 
         # Keras names layers in creation order: conv2d_1..7 and separable_conv2d_1..8 map
         # onto the stem, the four residual shortcuts, the head, and two separables per block.
