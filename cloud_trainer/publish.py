@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+
 from aiokafka import AIOKafkaProducer
 
 from edge_offload.kafka_admin import ensure_topics
 from edge_offload.settings import KafkaSettings
-from topics.dc import MAX_MODEL_UPDATE_BYTES, ModelUpdate, encode_model_update
-from topics.names import KAFKA_MODEL_UPDATES
+from topics.dc import MAX_MODEL_UPDATE_BYTES, Label, ModelUpdate, encode_label, encode_model_update
+from topics.names import KAFKA_LABELS, KAFKA_MODEL_UPDATES
 
-__all__ = ["UpdatePublisher", "announce_once"]
+__all__ = ["UpdatePublisher", "announce_once", "publish_labels"]
 
 
 class UpdatePublisher:
@@ -20,12 +23,19 @@ class UpdatePublisher:
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
+        if self._producer is not None:
+            return
         await ensure_topics(self.kafka.bootstrap_servers, [KAFKA_MODEL_UPDATES])
-        self._producer = AIOKafkaProducer(
+        producer = AIOKafkaProducer(
             bootstrap_servers=self.kafka.bootstrap_servers, client_id=f"{self.kafka.client_id}-updates",
             acks="all", enable_idempotence=self.kafka.enable_idempotence,
             max_request_size=MAX_MODEL_UPDATE_BYTES + (1 << 20))
-        await self._producer.start()
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        self._producer = producer
 
     async def stop(self) -> None:
         if self._producer is not None:
@@ -49,3 +59,16 @@ async def announce_once(kafka: KafkaSettings, update: ModelUpdate) -> int:
         return await publisher.announce(update)
     finally:
         await publisher.stop()
+
+
+async def publish_labels(kafka: KafkaSettings, labels: Sequence[Label]) -> None:
+    """Send operator labels to the labels topic (acks=all), keyed by sample key."""
+    await ensure_topics(kafka.bootstrap_servers, [KAFKA_LABELS])
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, client_id=f"{kafka.client_id}-labels",
+                                acks="all", enable_idempotence=kafka.enable_idempotence)
+    await producer.start()
+    try:
+        futures = [await producer.send(KAFKA_LABELS, encode_label(lb), key=lb.key.encode()) for lb in labels]
+        await asyncio.gather(*futures)  # raises unless every label was acknowledged
+    finally:
+        await producer.stop()

@@ -217,18 +217,25 @@ class Registry:
         self._serve(name, version, "promote")
         return self.get(name, version)
 
-    def rollback(self, name: str, reason: str = "operator") -> VersionRecord:
-        """Serve the version that served before the current one; the current is marked rolled back."""
-        history = self.serving_history(name)
+    def rollback_target(self, name: str) -> VersionRecord:
+        """The version :meth:`rollback` would serve: the latest earlier one not itself rolled back."""
         current = self.current(name)
         if current is None:
             raise RegistryError(f"{name}: nothing is serving")
         last_action = {d.version: d.action for d in self.decisions(name)}
         rolled = {v for v, action in last_action.items() if action == "rollback"}
+        history = self.serving_history(name)
         target = next((v for v in reversed(history) if v != current.version and v not in rolled), None)
         if target is None:
             raise RegistryError(f"{name}: no earlier version to roll back to")
-        rec = self.get(name, target)
+        return self.get(name, target)
+
+    def rollback(self, name: str, reason: str = "operator") -> VersionRecord:
+        """Serve the version that served before the current one; the current is marked rolled back."""
+        current = self.current(name)
+        rec = self.rollback_target(name)
+        assert current is not None
+        target = rec.version
         self.verify_artifact(rec)
         self._decide(name, current.version, "rollback", "rolled_back", {}, f"{reason}: back to {target}")
         self._serve(name, target, "rollback")

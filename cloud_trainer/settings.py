@@ -13,7 +13,10 @@ class FerTrainSettings(BaseModel):
     """Fine-tuning the edge FER network on teacher labels, and its evaluation gate."""
 
     model: str = "fer-mini-xception"
-    epochs: int = Field(6, ge=1)
+    enabled: bool = True
+    retrain_min_samples: int = Field(200, ge=1, description="new labelled training samples that start a round")
+    interval_min_samples: int = Field(20, ge=1, description="new samples a timed round needs")
+    epochs: int = Field(4, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(2e-3, gt=0)
     max_train_samples: int = Field(2000, ge=1, description="newest labelled samples used per round")
@@ -28,8 +31,15 @@ class FerTrainSettings(BaseModel):
 class AsrAdaptSettings(BaseModel):
     """Vocabulary / language-model adaptation of the edge ASR, and its evaluation gate."""
 
-    model: str = "asr"
-    base_sentences: list[str] = Field(default_factory=list, description="always part of the domain LM")
+    model: str = "pocketsphinx-en-us"
+    enabled: bool = True
+    retrain_min_samples: int = Field(20, ge=1, description="new labelled transcripts that start a round")
+    interval_min_samples: int = Field(3, ge=1, description="new transcripts a timed round needs")
+    base_version: str = Field("generic", description="version name the edge's initial ASR model is known by")
+    base_sentences: list[str] = Field(
+        default_factory=list,
+        description="always part of the domain LM; if set, the base version is the LM of these alone, "
+                    "else PocketSphinx's generic LM")
     min_gain: float = Field(0.02, ge=0, description="holdout WER must fall at least this much")
     min_holdout: int = Field(2, ge=1)
 
@@ -43,9 +53,8 @@ class TrainerSettings(BaseModel):
     registry_dir: Path = Path("trainer-data/registry")
     keys_dir: Path = Field(Path("trainer-data/keys"), description="ed25519 signing key; made if absent")
     holdout_percent: int = Field(20, ge=1, le=90, description="share of samples kept for evaluation")
-    retrain_min_samples: int = Field(200, ge=1, description="new labelled samples that start a round")
-    retrain_interval_s: float = Field(3600.0, gt=0, description="a round also starts this often ...")
-    retrain_interval_min_samples: int = Field(20, ge=1, description="... if at least this many are new")
+    retrain_interval_s: float = Field(3600.0, gt=0, description="a round also starts this often if "
+                                      "the model's interval_min_samples are new")
     auto_promote: bool = Field(True, description="push a candidate that passes the gate at once")
     max_poll_records: int = Field(500, ge=1)
     inline_artifact_max_bytes: int = Field(900_000, ge=0, description="larger artifacts go by URL")
@@ -53,5 +62,6 @@ class TrainerSettings(BaseModel):
     serve_host: str = "0.0.0.0"
     serve_port: int | None = Field(None, ge=0, description="serve artifacts over HTTP (0: any free port)")
     torch_threads: int = Field(2, ge=1)
+    work_dir: Path = Field(Path("trainer-data/work"), description="scratch space of rounds")
     fer: FerTrainSettings = FerTrainSettings()
     asr: AsrAdaptSettings = AsrAdaptSettings()

@@ -125,6 +125,10 @@ class SampleStore(ABC):
         """Samples of ``model``, oldest first (or newest first)."""
 
     @abstractmethod
+    async def get(self, key: str) -> StoredSample | None:
+        """One sample by key."""
+
+    @abstractmethod
     async def count(self, model: str, *, split: str | None = None, labelled: bool | None = None) -> int:
         """How many samples match."""
 
@@ -226,6 +230,10 @@ class SqliteStore(SampleStore):
         rows = await self._run(lambda: self._db.execute(sql, args).fetchall())
         return [_sample(r) for r in rows]
 
+    async def get(self, key: str) -> StoredSample | None:
+        row = await self._run(lambda: self._db.execute(_SELECT + " WHERE key = ?", (key,)).fetchone())
+        return None if row is None else _sample(row)
+
     async def count(self, model: str, *, split: str | None = None, labelled: bool | None = None) -> int:
         where, args = self._where(model, split, labelled)
         return int(await self._run(lambda: self._db.execute(
@@ -316,6 +324,10 @@ class PostgresStore(SampleStore):
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return [_sample(r) for r in await self._pool.fetch(_pg(sql), *args)]
+
+    async def get(self, key: str) -> StoredSample | None:
+        row = await self._pool.fetchrow(_SELECT + " WHERE key = $1", key)
+        return None if row is None else _sample(row)
 
     async def count(self, model: str, *, split: str | None = None, labelled: bool | None = None) -> int:
         where, args = self._where(model, split, labelled)

@@ -57,7 +57,8 @@ async def test_idempotent_on_key(store: SampleStore) -> None:
     assert not await store.add(_example(1))  # redelivered: kept once
     assert await store.add_many([_example(1), _example(2), _example(2, item=1), _example(2)]) == 2
     assert await store.keys() == [_example(1).key, _example(2).key, _example(2, item=1).key]
-    got = (await store.samples("fer-mini-xception"))[0]
+    got = await store.get(_example(1).key)
+    assert got is not None and await store.get("nope") is None
     assert got.data == b"png-1-0" and got.confidences == (0.4, 0.6) and got.label is None
     assert got.edge_version == "v0" and got.split == split_of(got.key, 20)
 

