@@ -98,6 +98,7 @@ class Utterance:
     result: AsrResult
     samples: np.ndarray
     end_arrival_s: float  # arrival of its last speech sample
+    model: ModelRef
 
 
 class LegRecognizer:
@@ -108,6 +109,7 @@ class LegRecognizer:
         self.config = config or PipelineConfig()
         self._vad = vad.new_stream(self.config.vad)
         self._asr = asr.new_stream()
+        self.model_ref = ModelRef(asr.name, asr.version)
         self._chunks: deque[tuple[int, np.ndarray, float]] = deque()  # (first sample, audio, arrival)
         self.received = 0  # next sample index on the leg clock
         self._started = False
@@ -244,7 +246,7 @@ class LegRecognizer:
             self.dropped_utterances += 1
             return []
         return [Utterance(self.leg, self.utterances, start / SAMPLE_RATE, end / SAMPLE_RATE, result,
-                          samples, end_arrival)]
+                          samples, end_arrival, self.model_ref)]
 
 
 # ------------------------------------------------------------------------------ tracker
@@ -261,6 +263,7 @@ class _Pending:
     confidence: float
     end_arrival_s: float
     held_since_s: float
+    model: ModelRef
 
 
 @dataclass(slots=True)
@@ -273,13 +276,11 @@ class _LegState:
 class ConversationTracker:
     """Merges the legs of one conversation into one ordered, speaker-labelled transcript."""
 
-    def __init__(self, conversation: str, diarizer: Diarizer, model: ModelRef,
-                 config: PipelineConfig | None = None, keep_segments: int = 10_000,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, conversation: str, diarizer: Diarizer, config: PipelineConfig | None = None,
+                 keep_segments: int = 10_000, clock: Callable[[], float] = time.time) -> None:
         self.conversation = conversation
         self.clock = clock
         self.diarizer = diarizer
-        self.model = model
         self.config = config or PipelineConfig()
         self._lock = threading.Lock()
         self._epoch: float | None = None
@@ -333,7 +334,7 @@ class ConversationTracker:
                     start_s=mine[0].start_s, order=self._order, leg=utt.leg, utterance=utt.utterance,
                     speaker=turn.speaker, end_s=mine[-1].end_s, words=mine,
                     confidence=float(np.mean([w.confidence for w in mine])),
-                    end_arrival_s=utt.end_arrival_s, held_since_s=now_s))
+                    end_arrival_s=utt.end_arrival_s, held_since_s=now_s, model=utt.model))
                 self._order += 1
             self._pending.sort(key=lambda p: (p.start_s, p.order))
             return self._release(now_s)
@@ -374,7 +375,7 @@ class ConversationTracker:
                 conversation=self.conversation, leg=p.leg, utterance=p.utterance, seq=self._seq,
                 speaker=p.speaker, start_s=p.start_s, end_s=p.end_s,
                 text=" ".join(w.word for w in p.words), confidence=p.confidence, words=p.words,
-                model=self.model, latency_ms=max(0.0, (self.clock() - p.end_arrival_s) * 1000.0))
+                model=p.model, latency_ms=max(0.0, (self.clock() - p.end_arrival_s) * 1000.0))
             self._seq += 1
             self.transcript.append(seg)
             out.append(seg)
@@ -385,30 +386,33 @@ class ConversationTracker:
 
 @dataclass
 class StepOutput:
-    """Messages one step produced, ready to publish, and the packets it rejected."""
+    """Messages one step produced, ready to publish, and the packets it rejected.
+
+    ``partial_arrivals_s[i]``: arrival of the newest audio in ``partials[i]`` (for latency);
+    ``rejected``: each rejection with the payload whose push surfaced it."""
 
     partials: list[PartialTranscript] = field(default_factory=list)
+    partial_arrivals_s: list[float] = field(default_factory=list)
     segments: list[TranscriptSegment] = field(default_factory=list)
-    rejected: list[RtpError] = field(default_factory=list)
-    partial_latencies_s: list[float] = field(default_factory=list)
+    rejected: list[tuple[RtpError, bytes]] = field(default_factory=list)
 
     def extend(self, other: "StepOutput") -> None:
         self.partials += other.partials
+        self.partial_arrivals_s += other.partial_arrivals_s
         self.segments += other.segments
         self.rejected += other.rejected
-        self.partial_latencies_s += other.partial_latencies_s
 
 
 class LegStream:
     """One leg end to end: RTP bytes -> PCM -> VAD/ASR -> tracker. One thread at a time."""
 
-    def __init__(self, conversation: str, leg: str, models: SpeechModels, tracker: ConversationTracker,
+    def __init__(self, conversation: str, leg: str, vad: SileroVad, asr: AsrModel, tracker: ConversationTracker,
                  config: PipelineConfig | None = None) -> None:
         self.conversation = conversation
         self.leg = leg
         self.tracker = tracker
         self.decoder = LegDecoder(conversation, leg)
-        self.recognizer = LegRecognizer(leg, models.vad, models.asr, config or tracker.config)
+        self.recognizer = LegRecognizer(leg, vad, asr, config or tracker.config)
         self._opened = False
         self._partial_seq = 0
         self.closed = False
@@ -419,7 +423,7 @@ class LegStream:
         chunks: list[tuple[PcmChunk, float]] = []
         for data, arrival in packets:
             res = self.decoder.push(data, arrival)
-            out.rejected += res.rejected
+            out.rejected += [(err, data) for err in res.rejected]
             chunks += [(c, arrival) for c in res.chunks]
         self._recognize(chunks, now_s, out)
         return out
@@ -462,7 +466,7 @@ class LegStream:
                     seq=self._partial_seq, speaker=self.tracker.speaker_hint(self.leg), provisional=True,
                     text=ev.text, start_s=self.tracker.offset_s(self.leg) + ev.start_s,
                     updated_at_ms=int(self.tracker.clock() * 1000)))
-                out.partial_latencies_s.append(max(0.0, self.tracker.clock() - ev.arrival_s))
+                out.partial_arrivals_s.append(ev.arrival_s)
                 self._partial_seq += 1
             else:
                 out.segments += self.tracker.add_utterance(ev, now_s)
