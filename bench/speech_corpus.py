@@ -27,6 +27,8 @@ __all__ = [
     "espeak_available",
     "synthesize",
     "build_conversation",
+    "to_8k_int16",
+    "telephone",
 ]
 
 SAMPLE_RATE = 16000
@@ -168,3 +170,18 @@ def build_conversation(
         turns.append(RefTurn(speaker=f"V{k + 1}", leg=leg, start_s=(start + a) / SAMPLE_RATE,
                              end_s=(start + b) / SAMPLE_RATE, text=sentences[i]))
     return Conversation(legs=legs, turns=tuple(turns))
+
+
+def to_8k_int16(samples: np.ndarray) -> np.ndarray:
+    """16 kHz float32 -> 8 kHz int16, what a G.711 sender samples."""
+    x8 = soxr.resample(np.asarray(samples, dtype=np.float32), SAMPLE_RATE, 8000)
+    return np.round(np.clip(x8, -1.0, 32767 / 32768) * 32768).astype(np.int16)
+
+
+def telephone(samples: np.ndarray, codec: str = "pcmu") -> np.ndarray:
+    """16 kHz audio through a G.711 call and back: 8 kHz, companded, upsampled to 16 kHz."""
+    from edge_agent.speech import g711
+    from edge_agent.speech.resample import resample_8k_to_16k
+
+    y = g711.decode(codec, g711.encode(codec, to_8k_int16(samples))).astype(np.float32) / 32768.0
+    return resample_8k_to_16k(y)

@@ -201,6 +201,11 @@ class SpeechEngine:
     def open_legs(self) -> int:
         return len(self._legs)
 
+    @property
+    def backlog(self) -> int:
+        """Packets waiting in leg queues."""
+        return sum(s.queue.qsize() for s in self._legs.values())
+
     def submit(self, topic: str, payload: bytes, arrival_s: float | None = None) -> bool:
         """Queue one MQTT message (one RTP packet). Never blocks; False if dropped (counted)."""
         arrival = self.clock() if arrival_s is None else arrival_s
