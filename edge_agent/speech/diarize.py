@@ -14,8 +14,9 @@ separates more: 0.94-0.98 vs. 0.60-0.64.)
 - Segments shorter than ``min_embed_s`` give unreliable embeddings: they take their leg's
   current speaker, or failing that the nearest speaker at ``short_threshold``, and never move
   a centroid.
-- Segments longer than ``split_above_s`` are looked at window by window (1.6 s windows):
-  a run of at least ``min_run_windows`` windows that belongs to another speaker splits the
+- Segments longer than ``split_above_s`` are looked at window by window (1.6 s windows,
+  0.77 s apart): each window goes to the nearest known speaker, or to a speaker new to the
+  segment; a run of at least ``min_run_windows`` windows of another speaker splits the
   segment into turns.
 - A leg usually carries one person: similarity to the leg's current speaker gets
   ``leg_bonus`` added.
@@ -182,11 +183,23 @@ class Diarizer:
         embs, starts = windows.embeddings, windows.starts_s
         cfg = self.config
         with self._lock:
-            # Provisional label per window: nearest known speaker, or -1 (nobody close enough).
-            labels = []
+            # Provisional label per window: the nearest known speaker if close enough, else a
+            # negative id from clustering the unknown windows of this segment among themselves.
+            labels: list[int] = []
+            unknown: list[np.ndarray] = []  # sums of this segment's unknown-speaker windows
             for e in embs:
                 index, sim = self.clusters.nearest(e, self._bonus(leg))
-                labels.append(index if index is not None and sim >= cfg.threshold else -1)
+                if index is not None and sim >= cfg.threshold:
+                    labels.append(index)
+                    continue
+                sims = [float(np.dot(u / np.linalg.norm(u), e) / (np.linalg.norm(e) + 1e-12)) for u in unknown]
+                k = int(np.argmax(sims)) if sims else -1
+                if k < 0 or sims[k] < cfg.threshold:
+                    unknown.append(np.asarray(e, dtype=np.float64).copy())
+                    k = len(unknown) - 1
+                else:
+                    unknown[k] += e
+                labels.append(-1 - k)
             runs = _runs(labels, cfg.min_run_windows)
 
             def boundary(i: int) -> float:  # between the centres of windows i-1 and i
@@ -209,9 +222,14 @@ class Diarizer:
 
 
 def _runs(labels: list[int], min_len: int) -> list[tuple[int, int, int]]:
-    """Runs ``(lo, hi, label)`` of equal labels; runs shorter than ``min_len`` join a neighbour."""
+    """Runs ``(lo, hi, label)`` of equal labels after a 3-window majority filter; runs shorter
+    than ``min_len`` then join their longer neighbour."""
+    smooth = list(labels)
+    for i in range(1, len(labels) - 1):
+        if labels[i - 1] == labels[i + 1] != labels[i]:
+            smooth[i] = labels[i - 1]
     runs: list[list[int]] = []
-    for i, label in enumerate(labels):
+    for i, label in enumerate(smooth):
         if runs and runs[-1][2] == label:
             runs[-1][1] = i + 1
         else:
