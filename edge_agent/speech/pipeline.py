@@ -322,6 +322,9 @@ class ConversationTracker:
         words = [TranscriptWord(w.word, start + w.start_s, start + w.end_s, w.confidence)
                  for w in utt.result.words]
         with self._lock:
+            state = self._legs.get(utt.leg)
+            if state is not None:  # the leg's next utterance cannot start before this one ended
+                state.safe_s = max(state.safe_s, offset + utt.end_s)
             for k, turn in enumerate(turns):
                 last = k == len(turns) - 1
                 mine = tuple(w for w in words
