@@ -61,7 +61,9 @@ class SpeakerEncoder:
         self.device = device
 
     def _prepare(self, samples: np.ndarray) -> np.ndarray:
-        wav = np.asarray(samples, dtype=np.float32)
+        wav = np.nan_to_num(np.asarray(samples, dtype=np.float32))
+        if not len(wav) or float(np.sqrt(np.mean(wav ** 2))) < 1e-6:
+            return wav  # digital silence: nothing to normalise (and no division by zero)
         # Same loudness normalisation as resemblyzer.preprocess_wav; silences are left in,
         # the segment comes from a VAD already.
         return self._normalize(wav, -30, increase_only=True).astype(np.float32)
