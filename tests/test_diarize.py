@@ -96,6 +96,12 @@ def test_short_segments_inherit_the_leg_speaker_and_leave_centroids_alone(encode
     assert len(diarizer.clusters) == 1
 
 
+def test_silence_embeds_without_errors(encoder: SpeakerEncoder) -> None:
+    for x in (np.zeros(SAMPLE_RATE, np.float32), np.full(SAMPLE_RATE, np.nan, np.float32)):
+        e = encoder.embed(x)
+        assert e.shape == (256,) and np.all(np.isfinite(e))
+
+
 def test_run_smoothing() -> None:
     assert _runs([0, 0, 0, 1, 0, 0, 0], 2) == [(0, 7, 0)]
     assert _runs([0, 0, 0, 1, 1, 1], 3) == [(0, 3, 0), (3, 6, 1)]

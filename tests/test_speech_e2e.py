@@ -9,6 +9,7 @@ import random
 import aiomqtt
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from bench.scoring import der, wer
 from bench.speech_corpus import SENTENCES, VOICES, build_conversation, espeak_available, synthesize, telephone, \
@@ -17,7 +18,7 @@ from devices.audio import Impairments, LegSource, packetize, stream_audio
 from edge_agent.speech.diarize import Diarizer
 from edge_agent.speech.pipeline import ConversationTracker, LegRecognizer, Partial, PipelineConfig, StepOutput, \
     Utterance
-from edge_agent.speech.service import SpeechEngine, SpeechService, SpeechServiceConfig
+from edge_agent.speech.service import SpeechEngine, SpeechService, SpeechServiceConfig, register_metrics
 from edge_agent.speech.stream import PcmChunk
 from edge_offload.brokers import MosquittoBroker
 from edge_offload.settings import Settings
@@ -185,6 +186,11 @@ async def test_idle_legs_close_and_flush_their_speech(vad: SileroVad, encoder: S
     segments = [s for o in outputs for s in o.segments]
     assert len(segments) == 1 and wer([SENTENCES[22]], [segments[0].text]) <= 0.35
     assert engine.counters.legs_closed == 1 and engine.counters.conversations_closed == 1
+    registry = CollectorRegistry()
+    register_metrics(engine.counters, registry)
+    assert registry.get_sample_value("edge_speech_segments_published_total") == 0  # no publisher here
+    assert registry.get_sample_value("edge_speech_legs_closed_total") == 1
+    assert registry.get_sample_value("edge_speech_final_latency_p95_seconds") > 0
     await engine.close()
 
 
