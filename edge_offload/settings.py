@@ -70,7 +70,10 @@ class VisionSettings(BaseModel):
     detect_min_neighbors: int = Field(5, ge=0)
     min_face_px: int = Field(36, ge=8, description="smallest face side in full-resolution pixels")
     max_faces: int = Field(16, ge=1)
-    preprocess_threads: int = Field(2, ge=1)
+    preprocess_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1,
+                                    description="frames of one batch decoded + searched in parallel")
+    cv_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1,
+                            description="OpenCV threads for a batch of one frame")
     torch_threads: int = Field(1, ge=1)
 
 
