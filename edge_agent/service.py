@@ -16,7 +16,6 @@ import aiomqtt
 import torch
 
 from edge_agent.batcher import DynamicBatcher, Overloaded
-from edge_agent.health import HealthServer
 from edge_agent.metrics import EdgeMetrics
 from edge_agent.model_slot import Loaded, ModelSlot
 from edge_agent.mqtt import InOrderAcker, make_client
@@ -72,7 +71,6 @@ class EdgeAgent:
         self.metrics = metrics or EdgeMetrics()
         self.on_outcome = on_outcome
         self.connected = asyncio.Event()
-        self.health: HealthServer | None = None
         v = settings.vision
         self.batcher: DynamicBatcher[FrameJob, FrameOutcome] = DynamicBatcher(
             pipeline.run_batch,
@@ -88,9 +86,6 @@ class EdgeAgent:
         return self.connected.is_set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        e = self.settings.edge
-        self.health = HealthServer(e.http_host, e.http_port, self.metrics.registry, self.ready)
-        await self.health.start()
         loaded = self.pipeline.slot.current()
         self.metrics.model_info.labels(loaded.name, loaded.version).set(1)
         self.batcher.start()
@@ -109,7 +104,6 @@ class EdgeAgent:
                     backoff = min(backoff * 2, 5.0)
         finally:
             await self.batcher.stop()
-            await self.health.stop()
 
     async def _session(self, stop: asyncio.Event) -> None:
         s = self.settings

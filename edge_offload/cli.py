@@ -23,7 +23,7 @@ def _fetch_models(args: argparse.Namespace) -> int:
 
 
 def _edge(args: argparse.Namespace) -> int:
-    from edge_agent.service import EdgeAgent, build_vision_pipeline
+    from edge_agent.app import EdgeNode
 
     settings = load_settings()
 
@@ -32,11 +32,7 @@ def _edge(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        agent = EdgeAgent(settings, build_vision_pipeline(settings))
-        try:
-            await agent.run(stop)
-        finally:
-            agent.pipeline.close()
+        await EdgeNode(settings).run(stop)
 
     asyncio.run(run())
     return 0
@@ -72,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("fetch-models", help="download and sha256-check the pinned model artifacts")
     p.set_defaults(func=_fetch_models)
-    p = sub.add_parser("edge", help="run the edge agent (settings from EDGE_OFFLOAD_* / EDGE_OFFLOAD_CONFIG)")
+    p = sub.add_parser("edge", help="run the edge agent: vision + speech (settings from EDGE_OFFLOAD_* / EDGE_OFFLOAD_CONFIG)")
     p.set_defaults(func=_edge)
     p = sub.add_parser("demo", help="run the whole pipeline locally and print a JSON summary")
     p.add_argument("--seconds", type=float, default=20.0)

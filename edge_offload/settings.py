@@ -25,6 +25,7 @@ __all__ = [
     "KafkaSettings",
     "VisionSettings",
     "EdgeSettings",
+    "SpeechServiceConfig",
     "Settings",
     "load_settings",
 ]
@@ -77,6 +78,26 @@ class VisionSettings(BaseModel):
     torch_threads: int = Field(1, ge=1)
 
 
+class SpeechServiceConfig(BaseModel):
+    """The edge agent's speech service (RTP legs -> partials and speaker-labelled segments)."""
+
+    worker_threads: int = Field(2, ge=1, description="threads for VAD/ASR/embedding work")
+    max_legs: int = Field(64, ge=1, description="legs decoded at once; more are refused, counted")
+    leg_queue_packets: int = Field(1500, ge=1, description="bound of each leg's packet queue (30 s)")
+    batch_max_packets: int = Field(50, ge=1, description="packets handed to a worker at once")
+    idle_close_s: float = Field(10.0, gt=0, description="a leg with no packet for this long is closed")
+    tick_s: float = Field(0.1, gt=0, description="jitter-buffer flush / idle check period per leg")
+    subscribe_qos: int = Field(1, ge=0, le=1)
+    partial_qos: int = Field(0, ge=0, le=1)
+    segment_qos: int = Field(1, ge=0, le=1)
+    lm_path: Path | None = Field(None, description="ARPA LM (with dict_path); default: generic en-us")
+    dict_path: Path | None = None
+    corpus_path: Path | None = Field(None, description="domain sentences, one a line: build the LM at start")
+    device: str = Field("cpu", description="speaker-embedding device: cpu, cuda")
+    client_suffix: str = "-speech"
+    reconnect_max_s: float = Field(10.0, gt=0)
+
+
 class EdgeSettings(BaseModel):
     """The edge agent process."""
 
@@ -84,6 +105,8 @@ class EdgeSettings(BaseModel):
     http_host: str = "0.0.0.0"
     http_port: int = Field(9108, ge=0, description="/metrics, /healthz, /readyz; 0 picks a free port")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    vision: bool = Field(True, description="serve camera frames")
+    speech: bool = Field(True, description="serve RTP audio legs")
 
 
 class Settings(BaseSettings):
@@ -100,6 +123,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     vision: VisionSettings = VisionSettings()
     edge: EdgeSettings = EdgeSettings()
+    speech: SpeechServiceConfig = SpeechServiceConfig()
 
     @classmethod
     def settings_customise_sources(

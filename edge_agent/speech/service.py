@@ -30,11 +30,10 @@ from pathlib import Path
 
 import aiomqtt
 import numpy as np
-from pydantic import BaseModel, Field
 
 from edge_agent.speech.diarize import Diarizer
 from edge_agent.speech.pipeline import ConversationTracker, LegStream, PipelineConfig, StepOutput
-from edge_offload.settings import Settings
+from edge_offload.settings import Settings, SpeechServiceConfig
 from models.asr import AsrModel, build_domain_lm
 from models.speaker import SpeakerEncoder
 from models.vad import SileroVad
@@ -55,26 +54,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 AsrSource = Callable[[], AsrModel]
-
-
-class SpeechServiceConfig(BaseModel):
-    """Settings of the speech service (a candidate ``speech`` section of :class:`Settings`)."""
-
-    worker_threads: int = Field(2, ge=1, description="threads for VAD/ASR/embedding work")
-    max_legs: int = Field(64, ge=1, description="legs decoded at once; more are refused, counted")
-    leg_queue_packets: int = Field(1500, ge=1, description="bound of each leg's packet queue (30 s)")
-    batch_max_packets: int = Field(50, ge=1, description="packets handed to a worker at once")
-    idle_close_s: float = Field(10.0, gt=0, description="a leg with no packet for this long is closed")
-    tick_s: float = Field(0.1, gt=0, description="jitter-buffer flush / idle check period per leg")
-    subscribe_qos: int = Field(1, ge=0, le=1)
-    partial_qos: int = Field(0, ge=0, le=1)
-    segment_qos: int = Field(1, ge=0, le=1)
-    lm_path: Path | None = Field(None, description="ARPA LM (with dict_path); default: generic en-us")
-    dict_path: Path | None = None
-    corpus_path: Path | None = Field(None, description="domain sentences, one a line: build the LM at start")
-    device: str = Field("cpu", description="speaker-embedding device: cpu, cuda")
-    client_suffix: str = "-speech"
-    reconnect_max_s: float = Field(10.0, gt=0)
 
 
 @dataclass
@@ -182,7 +161,7 @@ class SpeechEngine:
     def __init__(self, *, vad: SileroVad, encoder: SpeakerEncoder, asr: AsrModel | AsrSource, sink: Sink,
                  config: SpeechServiceConfig | None = None, pipeline: PipelineConfig | None = None,
                  counters: SpeechCounters | None = None, clock: Callable[[], float] = time.time) -> None:
-        self.config = config or SpeechServiceConfig()
+        self.config = config or settings.speech
         self.pipeline = pipeline or PipelineConfig()
         self.vad = vad
         self.encoder = encoder
@@ -345,7 +324,7 @@ class SpeechService:
                  encoder: SpeakerEncoder | None = None, pipeline: PipelineConfig | None = None,
                  registry: object | None = None) -> None:
         self.settings = settings
-        self.config = config or SpeechServiceConfig()
+        self.config = config or settings.speech
         self.counters = SpeechCounters()
         if registry is not None:
             register_metrics(self.counters, registry)
