@@ -4,7 +4,8 @@ One consumer group reads the hard-examples and labels topics. A fetched batch is
 (idempotently) first and its offsets are committed after, so a crash between the two
 replays the batch and the store keeps one copy. Undecodable records are dead-lettered in
 the store and committed: they can never succeed. A store failure commits nothing: the
-consumer is rebuilt and resumes from the last committed offsets.
+consumer is rebuilt and resumes from the last committed offsets. A commit refused after a
+rebalance is counted and skipped: the consumer rejoins by itself.
 """
 
 from __future__ import annotations
@@ -45,12 +46,15 @@ class SampleConsumer:
     """Moves hard examples and labels from Kafka into ``store``."""
 
     def __init__(self, store: SampleStore, kafka: KafkaSettings, group_id: str,
-                 max_poll_records: int = 500, on_batch: Callable[[], None] | None = None) -> None:
+                 max_poll_records: int = 500, on_batch: Callable[[], None] | None = None,
+                 commit_timeout_s: float = 10.0, metadata_max_age_ms: int = 5000) -> None:
         self.store = store
         self.kafka = kafka
         self.group_id = group_id
         self.max_poll_records = max_poll_records
         self.on_batch = on_batch
+        self.commit_timeout_s = commit_timeout_s
+        self.metadata_max_age_ms = metadata_max_age_ms
         self.stats = ConsumerStats()
         self._progress = asyncio.Condition()
 
@@ -69,6 +73,7 @@ class SampleConsumer:
             auto_offset_reset="earliest",
             max_poll_records=self.max_poll_records,
             max_partition_fetch_bytes=MAX_HARD_EXAMPLE_BYTES + (64 << 10),
+            metadata_max_age_ms=self.metadata_max_age_ms,  # find partitions added to the topics soon
         )
 
     async def _store_batch(self, records: list[tuple[str, int, int, bytes | None]]) -> None:
@@ -109,13 +114,21 @@ class SampleConsumer:
                 if not records:
                     continue
                 await self._store_batch(records)  # raises on store trouble: nothing is committed
+                # Commit exactly what was stored, and only partitions that had records.
+                offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items() if rs}
                 try:
-                    await consumer.commit()
+                    await asyncio.wait_for(consumer.commit(offsets), self.commit_timeout_s)
                     self.stats.commits += 1
-                except (CommitFailedError, KafkaError) as exc:
-                    # The batch is stored; after the rebalance it is redelivered and deduplicated.
+                except CommitFailedError as exc:
+                    # The group rebalanced (e.g. the broker restarted); the consumer rejoins by
+                    # itself. The batch is stored: if it is redelivered, the store deduplicates it.
                     self.stats.commit_failures += 1
-                    log.warning("trainer: commit failed (%s); the batch will be redelivered", exc)
+                    log.warning("trainer: commit failed after a rebalance (%s); continuing", exc)
+                except (KafkaError, asyncio.TimeoutError) as exc:
+                    self.stats.commit_failures += 1
+                    log.warning("trainer: commit failed (%s: %s); rebuilding the consumer",
+                                type(exc).__name__, exc)
+                    raise
                 if self.on_batch is not None:
                     self.on_batch()
                 async with self._progress:

@@ -216,6 +216,7 @@ class ModelUpdater:
                     auto_offset_reset="earliest", enable_auto_commit=False,
                     max_partition_fetch_bytes=self.settings.max_artifact_bytes + (1 << 20),
                     fetch_max_bytes=self.settings.max_artifact_bytes + (1 << 20),
+                    metadata_max_age_ms=10_000,
                 )
                 await consumer.start()
             except (KafkaError, OSError) as exc:
