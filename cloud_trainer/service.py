@@ -21,6 +21,7 @@ from cloud_trainer.labeler import FaceLabeler, ReplaySet
 from cloud_trainer.publish import UpdatePublisher
 from cloud_trainer.registry import Registry, Signer, VersionRecord
 from cloud_trainer.rounds import AsrRound, FerRound, ModelRound
+from cloud_trainer.serve import ArtifactServer
 from cloud_trainer.settings import TrainerSettings
 from cloud_trainer.store import SampleStore, open_store
 from edge_offload.settings import KafkaSettings, Settings
@@ -62,6 +63,8 @@ class Trainer:
         self.records: list[RoundRecord] = []
         self.consumer: SampleConsumer | None = None
         self.publisher = UpdatePublisher(kafka)
+        self.server: ArtifactServer | None = None
+        self.base_url = settings.artifact_base_url
         self._unannounced: dict[str, tuple[VersionRecord, str]] = {}
         self._triggers: dict[str, _Trigger] = {}
         self._work = asyncio.Event()
@@ -173,7 +176,7 @@ class Trainer:
     async def _announce_pending(self) -> None:
         for name, (rec, action) in list(self._unannounced.items()):
             update = self.registry.announcement(rec, action, inline_max_bytes=self.settings.inline_artifact_max_bytes,
-                                                base_url=self.settings.artifact_base_url)
+                                                base_url=self.base_url)
             try:
                 await self.publisher.announce(update)
             except Exception as exc:  # Kafka down or publisher not started: retried next tick
@@ -196,6 +199,12 @@ class Trainer:
         """Consume, label, retrain and announce until ``stop`` is set."""
         await self.setup()
         assert self.consumer is not None and self.store is not None
+        if self.settings.serve_port is not None:
+            self.server = ArtifactServer(self.registry, self.settings.serve_host, self.settings.serve_port)
+            port = await self.server.start()
+            if self.base_url is None:
+                host = "127.0.0.1" if self.settings.serve_host in ("0.0.0.0", "") else self.settings.serve_host
+                self.base_url = f"http://{host}:{port}"
         consumer_task = asyncio.create_task(self.consumer.run(stop))
         try:
             await self._start_publisher(stop)
@@ -217,6 +226,8 @@ class Trainer:
                 stopper.cancel()
         finally:
             await consumer_task
+            if self.server is not None:
+                await self.server.stop()
             await self.publisher.stop()
             await self.store.close()
             self.store = None

@@ -13,6 +13,7 @@ import torch
 
 from cloud_trainer.publish import UpdatePublisher
 from cloud_trainer.registry import Registry, Signer
+from cloud_trainer.serve import ArtifactServer
 from edge_agent.dc_settings import UpdateSettings
 from edge_agent.model_handlers import fer_handler
 from edge_agent.model_slot import Loaded, ModelSlot
@@ -102,6 +103,26 @@ async def test_artifact_by_url_is_fetched_and_checked(tmp_path: Path, registry: 
     assert not await updater.apply(missing)
     assert await updater.apply(local)
     assert [r.reason for r in refusals] == ["fetch_failed"] and slot.current().version == rec.version
+
+
+async def test_large_artifact_is_served_over_http_and_checked(tmp_path: Path, registry: Registry) -> None:
+    updater, slot, refusals = _updater(tmp_path, registry)
+    server = ArtifactServer(registry, "127.0.0.1", 0)
+    port = await server.start()
+    try:
+        first = registry.register(NAME, fer_to_bytes(_model(4)), FER_FORMAT, parent="base", metrics={}, lineage={})
+        second = registry.register(NAME, fer_to_bytes(_model(5)), FER_FORMAT, parent=first.version,
+                                   metrics={}, lineage={})
+        announce = lambda rec: registry.announcement(  # noqa: E731
+            rec, "promote", inline_max_bytes=0, base_url=f"http://127.0.0.1:{port}")
+        assert announce(first).url == f"http://127.0.0.1:{port}/artifacts/{NAME}/{first.version}"
+        assert await updater.apply(announce(first))
+        registry.artifact_path(NAME, second.version).write_bytes(b"swapped on the server")
+        assert not await updater.apply(announce(second))
+        assert [r.reason for r in refusals] == ["size_mismatch"]
+        assert slot.current().version == first.version and server.served == 2
+    finally:
+        await server.stop()
 
 
 async def test_updates_arrive_over_kafka(tmp_path: Path, registry: Registry, kafka: TansuBroker) -> None:
