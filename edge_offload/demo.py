@@ -1,8 +1,9 @@
 """``edge-offload demo``: the whole pipeline on this machine, on embedded defaults.
 
-Starts a real Mosquitto on a free port, an edge agent, a camera publishing the real
-photos, and an operator tailing the results; prints a few readable result lines and
-ends with one JSON summary line.
+Starts a real Mosquitto on a free port and an edge node (vision + speech). A camera
+publishes the real photos; a field unit streams a two-voice radio conversation
+(espeak-ng, G.711 over RTP, 2 % packet loss); an operator follows the result topics.
+Prints readable result lines and ends with one JSON summary line.
 """
 
 from __future__ import annotations
@@ -10,25 +11,33 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import tempfile
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from devices.audio import Impairments, LegSource, stream_audio
 from devices.camera import photo_frames, run_camera
-from edge_agent.service import EdgeAgent, build_vision_pipeline
+from edge_agent.app import EdgeNode
+from edge_agent.mqtt import make_client
 from edge_offload.brokers import MosquittoBroker
 from edge_offload.settings import EdgeSettings, MqttSettings, Settings
 from edge_offload.tail import format_line
-from edge_agent.mqtt import make_client
 from topics import names
+from topics.transcript import decode_segment
 from topics.vision import decode_result
 
 __all__ = ["DemoSummary", "run_demo"]
 
 log = logging.getLogger("edge_offload.demo")
+
+CAMERA = "cam-demo"
+FIELD_UNIT = "tap-demo"
+CONVERSATION = "call-demo"
 
 
 @dataclass
@@ -40,76 +49,134 @@ class DemoSummary:
     errors: int = 0
     p50_ms: float | None = None
     p99_ms: float | None = None
+    speech_turns_sent: int = 0
+    transcript_segments: int = 0
+    speakers: list[str] = field(default_factory=list)
+    wer: float | None = None
     seconds: float = 0.0
-    extra: dict[str, object] = field(default_factory=dict)
 
     def as_json(self) -> str:
-        out = {k: v for k, v in self.__dict__.items() if k != "extra"}
-        out.update(self.extra)
-        return json.dumps(out, sort_keys=False)
+        return json.dumps(self.__dict__)
 
 
-async def run_demo(settings: Settings, seconds: float, fps: float = 10.0, show: int = 5) -> DemoSummary:
-    """Run the vision pipeline end to end for ``seconds`` and summarise what came out."""
+def _conversation(seconds: float) -> tuple[list[str], dict[str, np.ndarray]]:
+    """As many radio turns (alternating voices) as fit in about ``seconds`` of audio."""
+    from bench.speech_corpus import SENTENCES, build_conversation, to_8k_int16
+
+    n = max(2, min(len(SENTENCES), int(seconds / 3.2)))
+    conv = build_conversation(SENTENCES[:n])
+    return [t.text for t in conv.turns], {leg: to_8k_int16(a) for leg, a in conv.legs.items()}
+
+
+async def run_demo(settings: Settings, seconds: float, fps: float = 10.0, show: int = 4) -> DemoSummary:
+    """Run vision and speech end to end for about ``seconds`` and summarise what came out."""
+    from bench.scoring import wer
+    from bench.speech_corpus import SENTENCES, espeak_available
+
     summary = DemoSummary()
     latencies: list[float] = []
     labels: Counter[str] = Counter()
-    device = "cam-demo"
-    with MosquittoBroker() as broker:
-        s = settings.model_copy(update={
+    segments = []
+    t0 = time.monotonic()
+    with MosquittoBroker() as broker, tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "radio-corpus.txt"
+        corpus.write_text("\n".join(SENTENCES) + "\n")
+        s = settings.model_copy(deep=True, update={
             "mqtt": MqttSettings(host="127.0.0.1", port=broker.port, client_id="demo-edge-agent"),
-            "edge": EdgeSettings(node_name="demo-edge", http_host="127.0.0.1", http_port=0),
+            "edge": EdgeSettings(node_name="demo-edge", http_host="127.0.0.1", http_port=0,
+                                 speech=espeak_available()),
         })
-        agent = EdgeAgent(s, build_vision_pipeline(s))
-        stop_agent = asyncio.Event()
-        agent_task = asyncio.create_task(agent.run(stop_agent))
-        await asyncio.wait_for(agent.connected.wait(), 30)
-        print(f"demo: mosquitto on 127.0.0.1:{broker.port}, edge agent ready, "
-              f"metrics on http://127.0.0.1:{agent.health.port if agent.health else 0}/metrics", flush=True)
+        s.speech.corpus_path = corpus  # the edge's domain LM for this radio net
+        s.speech.idle_close_s = 2.0
+        node = EdgeNode(s)
+        stop_node = asyncio.Event()
+        node_task = asyncio.create_task(node.run(stop_node))
+        await asyncio.wait_for(node.started.wait(), 120)
+        if node.vision is not None:
+            await asyncio.wait_for(node.vision.connected.wait(), 30)
+        if node.speech is not None:
+            await asyncio.wait_for(node.speech.ready.wait(), 30)
+        print(f"demo: mosquitto on 127.0.0.1:{broker.port}; edge node up "
+              f"(metrics http://127.0.0.1:{node.health.port}/metrics)", flush=True)
 
+        script: list[str] = []
+        legs: dict[str, np.ndarray] = {}
+        if node.speech is not None:
+            script, legs = await asyncio.to_thread(_conversation, seconds)
+            summary.speech_turns_sent = len(script)
         operator = make_client(s.mqtt, client_id="demo-operator", persistent=False, manual_ack=False)
         images = photo_frames(s.cache_dir)
-        camera_stop = threading.Event()
-        t0 = time.monotonic()
+        loop = asyncio.get_running_loop()
         async with operator:
-            await operator.subscribe(names.vision_results(device), qos=1)
-            await operator.subscribe(names.dead_letter("vision"), qos=1)
-            loop = asyncio.get_running_loop()
+            for topic in (names.vision_results(CAMERA), names.dead_letter("vision"), names.dead_letter("audio"),
+                          names.transcript(CONVERSATION)):
+                await operator.subscribe(topic, qos=1)
             camera = loop.run_in_executor(None, lambda: run_camera(
-                "127.0.0.1", broker.port, device, images, fps=fps, seconds=seconds, stop=camera_stop))
+                "127.0.0.1", broker.port, CAMERA, images, fps=fps, seconds=seconds))
+            field_unit = None
+            if legs:
+                sources = [LegSource(name=leg, samples=audio) for leg, audio in legs.items()]
+                field_unit = loop.run_in_executor(None, lambda: stream_audio(
+                    "127.0.0.1", broker.port, device=FIELD_UNIT, conversation=CONVERSATION, legs=sources,
+                    speed=1.0, impairments=Impairments(loss=0.02), seed=1))
+            conversation_done = (asyncio.ensure_future(node.speech.engine.conversation_closed())
+                                 if node.speech is not None and node.speech.engine is not None else None)
+            shown = Counter[str]()
+            progress = asyncio.Event()
+            expected_segments: list[int] = []
 
             async def read() -> None:
                 async for message in operator.messages:
+                    topic = str(message.topic)
                     payload = bytes(message.payload) if isinstance(message.payload, (bytes, bytearray)) else b""
-                    if str(message.topic) == names.dead_letter("vision"):
+                    if topic in (names.dead_letter("vision"), names.dead_letter("audio")):
                         summary.errors += 1
-                        continue
-                    result = decode_result(payload)
-                    summary.results += 1
-                    summary.faces += len(result.faces)
-                    labels.update(f.label for f in result.faces)
-                    latencies.append(time.time() * 1000 - result.captured_at_ms)
-                    if summary.results <= show:
-                        print("  " + format_line(str(message.topic), payload), flush=True)
-                    if camera.done() and summary.results + summary.errors >= summary.frames_sent:
-                        return
+                    elif topic == names.transcript(CONVERSATION):
+                        segments.append(decode_segment(payload))
+                        print("  " + format_line(topic, payload), flush=True)
+                    else:
+                        result = decode_result(payload)
+                        summary.results += 1
+                        summary.faces += len(result.faces)
+                        labels.update(f.label for f in result.faces)
+                        latencies.append(time.time() * 1000 - result.captured_at_ms)
+                        if shown["vision"] < show:
+                            shown["vision"] += 1
+                            print("  " + format_line(topic, payload), flush=True)
+                    progress.set()
+
+            def complete() -> bool:
+                vision_done = summary.results + summary.errors >= summary.frames_sent
+                speech_done = not expected_segments or len(segments) >= expected_segments[0]
+                return vision_done and speech_done
+
+            async def wait_complete() -> None:
+                while not complete():
+                    progress.clear()
+                    await progress.wait()
 
             reader = asyncio.create_task(read())
             stats = await camera
             summary.frames_sent = stats.frames_sent
             try:
-                if summary.results + summary.errors < summary.frames_sent:
-                    await asyncio.wait_for(reader, 30)
+                if field_unit is not None and conversation_done is not None:
+                    await field_unit
+                    _, n_segments = await asyncio.wait_for(conversation_done, 60)
+                    expected_segments.append(n_segments)
+                await asyncio.wait_for(wait_complete(), 60)
             except TimeoutError:
-                log.warning("results still missing after 30 s")
+                log.warning("results still missing after 60 s")
             finally:
                 reader.cancel()
-        stop_agent.set()
-        await agent_task
-        agent.pipeline.close()
+        stop_node.set()
+        await node_task
     summary.seconds = round(time.monotonic() - t0, 2)
     summary.labels = dict(labels.most_common())
     if latencies:
         summary.p50_ms = round(float(np.percentile(latencies, 50)), 2)
         summary.p99_ms = round(float(np.percentile(latencies, 99)), 2)
+    summary.transcript_segments = len(segments)
+    summary.speakers = sorted({seg.speaker for seg in segments})
+    if script:
+        summary.wer = round(wer([" ".join(script)], [" ".join(seg.text for seg in segments)]), 3)
     return summary

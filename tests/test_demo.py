@@ -1,0 +1,27 @@
+"""`edge-offload demo` runs the whole pipeline and its summary adds up."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edge_offload.demo import run_demo
+from edge_offload.settings import Settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+async def test_short_demo_summary(settings: Settings) -> None:
+    summary = await run_demo(settings, seconds=6, fps=5)
+    out = json.loads(summary.as_json())
+    for key in ("frames_sent", "results", "faces", "labels", "errors", "p50_ms", "p99_ms"):
+        assert key in out
+    assert summary.frames_sent >= 20
+    assert summary.results == summary.frames_sent and summary.errors == 0
+    assert summary.faces >= summary.results  # every demo photo holds at least one face
+    assert sum(summary.labels.values()) == summary.faces
+    assert summary.p50_ms is not None and summary.p99_ms is not None and summary.p99_ms >= summary.p50_ms
+    assert summary.transcript_segments == summary.speech_turns_sent >= 2
+    assert summary.speakers == ["S1", "S2"]
+    assert summary.wer is not None and summary.wer <= 0.5
