@@ -14,6 +14,8 @@ import time
 import wave
 from pathlib import Path
 
+from aiokafka.errors import KafkaError
+
 from cloud_trainer.publish import announce_once, publish_labels
 from cloud_trainer.registry import Registry, RegistryError, Signer
 from cloud_trainer.settings import TrainerSettings
@@ -98,7 +100,14 @@ def _cmd_label_set(args: argparse.Namespace) -> int:
     settings, _ = _settings()
     label = Label(key=args.key, text=args.text, source=f"operator:{args.operator}",
                   labelled_at_ms=int(time.time() * 1000))
-    asyncio.run(publish_labels(settings.kafka, [label]))
+    if args.key.count("|") != 4:
+        print(f"error: {args.key!r} is not a sample key (see `edge-offload label list`)", file=sys.stderr)
+        return 1
+    try:
+        asyncio.run(publish_labels(settings.kafka, [label]))
+    except (KafkaError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(f"labelled {args.key}")
     return 0
 
@@ -147,7 +156,7 @@ def _cmd_models_promote(args: argparse.Namespace) -> int:
         registry.promote(args.model, args.version, reason=f"operator: {args.reason}")
         print(f"{args.model} {args.version} promoted and announced")
         return 0
-    except RegistryError as exc:
+    except (RegistryError, KafkaError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
@@ -164,7 +173,7 @@ def _cmd_models_rollback(args: argparse.Namespace) -> int:
         registry.rollback(args.model, reason=f"operator: {args.reason}")
         print(f"{args.model} rolled back to {target.version} and announced")
         return 0
-    except RegistryError as exc:
+    except (RegistryError, KafkaError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -40,6 +40,7 @@ class HardExampleReporter:
         self.policy = policy
         self.outbox = outbox
         self.node = node
+        self.errors = 0
 
     def _put(self, ex: HardExample) -> bool:
         return self.outbox.put(ex.key, KAFKA_HARD_EXAMPLES, encode_hard_example(ex), ex.device.encode())
@@ -52,10 +53,14 @@ class HardExampleReporter:
             reasons = self.policy.judge(result.model.name, result.device, probs=values)
             if not reasons:
                 continue
+            try:
+                data = encode_crop(crop, self.policy.settings.max_crop_side)
+            except (ValueError, cv2.error):
+                self.errors += 1  # an odd crop costs one hard example, never the result
+                continue
             sent += self._put(HardExample(
                 device=result.device, model=result.model.name, model_version=result.model.version,
-                kind="face", seq=result.seq, item=item, encoding="png",
-                data=encode_crop(crop, self.policy.settings.max_crop_side),
+                kind="face", seq=result.seq, item=item, encoding="png", data=data,
                 result=face.label, confidences=tuple(min(1.0, max(0.0, v)) for v in values),
                 reasons=reasons, node=self.node, captured_at_ms=result.captured_at_ms,
             ))

@@ -228,6 +228,8 @@ class ModelUpdater:
                 continue
             try:
                 await self._follow(consumer, stop)
+            except (KafkaError, OSError) as exc:
+                log.warning("model updates: consumer failed (%s: %s); reconnecting", type(exc).__name__, exc)
             finally:
                 await consumer.stop()
 
