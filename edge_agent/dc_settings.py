@@ -83,3 +83,4 @@ class UpdateSettings(BaseModel):
     fetch_timeout_s: float = Field(30.0, gt=0)
     max_artifact_bytes: int = Field(256 << 20, ge=1)
     warmup_batches: int = Field(2, ge=0)
+    work_dir: Path = Field(Path("edge-models"), description="where ASR language-model artifacts are unpacked")

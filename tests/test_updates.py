@@ -22,7 +22,6 @@ from edge_offload.brokers import TansuBroker
 from edge_offload.settings import KafkaSettings
 from models.fer_artifact import FER_FORMAT, fer_to_bytes
 from models.fer_edge import FerClassifier, MiniXception
-from topics.dc import ModelUpdate
 
 NAME = "fer-mini-xception"
 
