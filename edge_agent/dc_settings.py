@@ -40,7 +40,7 @@ def _default_models() -> dict[str, ModelMiningSettings]:
             FilterSpec(kind="margin", threshold=0.15),
             FilterSpec(kind="random", threshold=0.01),
         ]),
-        "asr": ModelMiningSettings(filters=[
+        "pocketsphinx-en-us": ModelMiningSettings(filters=[
             FilterSpec(kind="threshold", threshold=0.6),
             FilterSpec(kind="random", threshold=0.02),
         ]),
