@@ -1,15 +1,34 @@
-"""One edge node process: the vision agent and the speech service behind one health endpoint."""
+"""One edge node process: vision agent, speech service and the DC loop's edge side.
+
+- vision (:class:`EdgeAgent`) and speech (:class:`SpeechService`) serve MQTT;
+- hard-example mining judges every result (in a one-thread executor, off the event loop)
+  and puts hard cases into the durable outbox, which :class:`KafkaForwarder` drains to
+  the DC with acks=all;
+- :class:`ModelUpdater` follows the model-updates topic and hot-swaps verified versions
+  into the model slots that vision and speech read per batch / per utterance;
+- one health endpoint: ``/readyz`` is ready when every enabled part is.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from edge_agent.health import HealthServer
+from edge_agent.hard_examples import HardExampleReporter
 from edge_agent.metrics import EdgeMetrics
+from edge_agent.mining import MiningPolicy
+from edge_agent.model_handlers import asr_handler, fer_handler
+from edge_agent.model_slot import Loaded, ModelSlot
+from edge_agent.outbox import KafkaForwarder, Outbox
 from edge_agent.service import EdgeAgent, build_vision_pipeline
-from edge_agent.speech.service import SpeechService, register_metrics
+from edge_agent.speech.service import SpeechService, default_asr, register_metrics
+from edge_agent.updates import ModelHandler, ModelUpdater, Refusal
+from edge_agent.vision import FrameOutcome
 from edge_offload.settings import Settings
+from models.asr import AsrModel
 
 __all__ = ["EdgeNode"]
 
@@ -24,6 +43,12 @@ class EdgeNode:
         self.metrics = EdgeMetrics()
         self.vision: EdgeAgent | None = None
         self.speech: SpeechService | None = None
+        self.asr_slot: ModelSlot[AsrModel] | None = None
+        self.outbox: Outbox | None = None
+        self.forwarder: KafkaForwarder | None = None
+        self.reporter: HardExampleReporter | None = None
+        self.updater: ModelUpdater | None = None
+        self._mining_pool = ThreadPoolExecutor(1, thread_name_prefix="mining")
         self.health = HealthServer(settings.edge.http_host, settings.edge.http_port,
                                    self.metrics.registry, self.ready)
         self.started = asyncio.Event()
@@ -33,22 +58,46 @@ class EdgeNode:
         speech_ok = self.speech is None or self.speech.ready.is_set()
         return self.started.is_set() and vision_ok and speech_ok
 
+    def _mine(self, outcome: FrameOutcome) -> None:
+        """Hand a published result to the miner, off the event loop (serial, never blocks it)."""
+        if self.reporter is not None and outcome.result is not None and outcome.probs is not None:
+            self._mining_pool.submit(self.reporter.offer_faces, outcome.result, outcome.crops, outcome.probs)
+
+    def _refused(self, refusal: Refusal) -> None:
+        log.warning("model update refused: %s", refusal)
+
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
+        node = s.edge.node_name
         await self.health.start()
         tasks: list[asyncio.Task[None]] = []
+        handlers: dict[str, ModelHandler[Any]] = {}
         try:
+            if s.mining.enabled:
+                self.outbox = Outbox(s.outbox)
+                self.reporter = HardExampleReporter(MiningPolicy(s.mining), self.outbox, node)
+                self.forwarder = KafkaForwarder(self.outbox, s.kafka, s.outbox)
+                tasks.append(asyncio.create_task(self.forwarder.run(stop), name="outbox"))
             if s.edge.vision:
                 pipeline = await asyncio.to_thread(build_vision_pipeline, s)
-                self.vision = EdgeAgent(s, pipeline, self.metrics)
+                self.vision = EdgeAgent(s, pipeline, self.metrics, on_outcome=self._mine)
+                handlers[pipeline.slot.current().name] = fer_handler(
+                    pipeline.slot, s.edge.device, s.vision.max_batch_size)
                 tasks.append(asyncio.create_task(self.vision.run(stop), name="vision"))
             if s.edge.speech:
-                self.speech = SpeechService(s)
+                asr = await asyncio.to_thread(default_asr, s.speech)
+                self.asr_slot = ModelSlot(Loaded(asr, asr.name, asr.version))
+                slot = self.asr_slot
+                handlers[asr.name] = asr_handler(slot, s.updates.work_dir)
+                self.speech = SpeechService(s, asr=lambda: slot.current().model)
                 register_metrics(self.speech.counters, self.metrics.registry)
                 await self.speech.start()
+            if s.updates.enabled and handlers:
+                self.updater = ModelUpdater(s.updates, s.kafka, node, handlers, on_refused=self._refused)
+                tasks.append(asyncio.create_task(self.updater.run(stop), name="updates"))
             self.started.set()
-            log.info("edge node %s up (vision=%s speech=%s), http on %d",
-                     s.edge.node_name, s.edge.vision, s.edge.speech, self.health.port)
+            log.info("edge node %s up (vision=%s speech=%s mining=%s), http on %d",
+                     node, s.edge.vision, s.edge.speech, s.mining.enabled, self.health.port)
             await stop.wait()
             if tasks:
                 await asyncio.gather(*tasks)
@@ -57,4 +106,7 @@ class EdgeNode:
                 await self.speech.stop()
             if self.vision is not None:
                 self.vision.pipeline.close()
+            self._mining_pool.shutdown(wait=True)
+            if self.outbox is not None:
+                self.outbox.close()
             await self.health.stop()

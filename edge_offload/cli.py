@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tail", help="follow result topics (see `tail --help`)", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_tail)
+    from cloud_trainer.cli import add_trainer_commands
+
+    add_trainer_commands(sub)
     return parser
 
 

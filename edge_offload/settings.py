@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
+
+from cloud_trainer.settings import TrainerSettings
+from edge_agent.dc_settings import HardExampleSettings, OutboxSettings, UpdateSettings
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -124,6 +127,10 @@ class Settings(BaseSettings):
     vision: VisionSettings = VisionSettings()
     edge: EdgeSettings = EdgeSettings()
     speech: SpeechServiceConfig = SpeechServiceConfig()
+    mining: HardExampleSettings = HardExampleSettings()
+    outbox: OutboxSettings = OutboxSettings()
+    updates: UpdateSettings = UpdateSettings()
+    trainer: TrainerSettings = TrainerSettings()
 
     @classmethod
     def settings_customise_sources(

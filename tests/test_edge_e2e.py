@@ -12,7 +12,7 @@ import pytest
 
 from devices.camera import photo_frames, run_camera
 from edge_agent.app import EdgeNode
-from edge_offload.brokers import MosquittoBroker
+from edge_offload.brokers import MosquittoBroker, TansuBroker
 from tests.edge_helpers import agent_settings, collect, running_agent, subscriber
 from topics import names
 from topics.kubeedge import twin_update_topic
@@ -53,8 +53,12 @@ async def test_frames_become_results(mosquitto: MosquittoBroker, cache_dir: Path
     assert agent.batcher.stats.largest > 1, "frames sent at once must be batched"
 
 
-async def test_edge_node_serves_health_and_metrics(mosquitto: MosquittoBroker) -> None:
+async def test_edge_node_serves_health_and_metrics(mosquitto: MosquittoBroker, kafka: TansuBroker,
+                                                  tmp_path: Path) -> None:
     settings = agent_settings(mosquitto.port, "health-agent", group="health")
+    settings.kafka.bootstrap_servers = kafka.bootstrap_servers
+    settings.outbox.path = tmp_path / "outbox.sqlite3"
+    settings.updates.work_dir = tmp_path / "models"
     node = EdgeNode(settings)
     stop = asyncio.Event()
     task = asyncio.create_task(node.run(stop))
@@ -80,6 +84,8 @@ async def test_edge_node_serves_health_and_metrics(mosquitto: MosquittoBroker) -
         assert "edge_mqtt_connected 1.0" in body
         assert "edge_speech_" in body
         assert (await loop.run_in_executor(None, get, "/nope"))[0] == 404
+        assert node.outbox is not None and node.updater is not None and node.asr_slot is not None
+        assert set(node.updater.handlers) == {"fer-mini-xception", "pocketsphinx-en-us"}
     finally:
         stop.set()
         await asyncio.wait_for(task, 60)
