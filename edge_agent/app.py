@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+import numpy as np
 
 from edge_agent.health import HealthServer
 from edge_agent.hard_examples import HardExampleReporter
@@ -24,11 +27,14 @@ from edge_agent.model_handlers import asr_handler, fer_handler
 from edge_agent.model_slot import Loaded, ModelSlot
 from edge_agent.outbox import KafkaForwarder, Outbox
 from edge_agent.service import EdgeAgent, build_vision_pipeline
+from edge_agent.speech.pipeline import Utterance
 from edge_agent.speech.service import SpeechService, default_asr, register_metrics
+from edge_agent.speech.stream import SAMPLE_RATE
 from edge_agent.updates import ModelHandler, ModelUpdater, Refusal
 from edge_agent.vision import FrameOutcome
 from edge_offload.settings import Settings
 from models.asr import AsrModel
+from topics import names
 
 __all__ = ["EdgeNode"]
 
@@ -63,6 +69,18 @@ class EdgeNode:
         if self.reporter is not None and outcome.result is not None and outcome.probs is not None:
             self._mining_pool.submit(self.reporter.offer_faces, outcome.result, outcome.crops, outcome.probs)
 
+    def _mine_speech(self, topic: str, utterance: Utterance) -> None:
+        """Judge one finished utterance (called in a speech worker thread)."""
+        if self.reporter is None or not utterance.result.words:
+            return
+        pcm = (np.clip(utterance.samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+        self.reporter.offer_speech(
+            device=names.device_of(topic), stream=topic.rsplit("/", 2)[-2] + "." + utterance.leg,
+            seq=utterance.utterance, model=utterance.model.name, model_version=utterance.model.version,
+            pcm=pcm, sample_rate=SAMPLE_RATE, text=utterance.result.text,
+            word_confidences=[w.confidence for w in utterance.result.words],
+            captured_at_ms=int(time.time() * 1000))
+
     def _refused(self, refusal: Refusal) -> None:
         log.warning("model update refused: %s", refusal)
 
@@ -89,7 +107,7 @@ class EdgeNode:
                 self.asr_slot = ModelSlot(Loaded(asr, asr.name, asr.version))
                 slot = self.asr_slot
                 handlers[asr.name] = asr_handler(slot, s.updates.work_dir)
-                self.speech = SpeechService(s, asr=lambda: slot.current().model)
+                self.speech = SpeechService(s, asr=lambda: slot.current().model, on_utterance=self._mine_speech)
                 register_metrics(self.speech.counters, self.metrics.registry)
                 await self.speech.start()
             if s.updates.enabled and handlers:

@@ -392,18 +392,21 @@ class StepOutput:
     """Messages one step produced, ready to publish, and the packets it rejected.
 
     ``partial_arrivals_s[i]``: arrival of the newest audio in ``partials[i]`` (for latency);
-    ``rejected``: each rejection with the payload whose push surfaced it."""
+    ``rejected``: each rejection with the payload whose push surfaced it; ``utterances``: the
+    finished utterances with their audio (for hard-example mining)."""
 
     partials: list[PartialTranscript] = field(default_factory=list)
     partial_arrivals_s: list[float] = field(default_factory=list)
     segments: list[TranscriptSegment] = field(default_factory=list)
     rejected: list[tuple[RtpError, bytes]] = field(default_factory=list)
+    utterances: list[Utterance] = field(default_factory=list)
 
     def extend(self, other: "StepOutput") -> None:
         self.partials += other.partials
         self.partial_arrivals_s += other.partial_arrivals_s
         self.segments += other.segments
         self.rejected += other.rejected
+        self.utterances += other.utterances
 
 
 class LegStream:
@@ -472,4 +475,5 @@ class LegStream:
                 out.partial_arrivals_s.append(ev.arrival_s)
                 self._partial_seq += 1
             else:
+                out.utterances.append(ev)
                 out.segments += self.tracker.add_utterance(ev, now_s)

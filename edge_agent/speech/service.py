@@ -32,7 +32,7 @@ import aiomqtt
 import numpy as np
 
 from edge_agent.speech.diarize import Diarizer
-from edge_agent.speech.pipeline import ConversationTracker, LegStream, PipelineConfig, StepOutput
+from edge_agent.speech.pipeline import ConversationTracker, LegStream, PipelineConfig, StepOutput, Utterance
 from edge_offload.settings import Settings, SpeechServiceConfig
 from models.asr import AsrModel, build_domain_lm
 from models.speaker import SpeakerEncoder
@@ -54,6 +54,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 AsrSource = Callable[[], AsrModel]
+UtteranceHook = Callable[[str, Utterance], None]
+"""Called in the worker thread with the leg's topic and each finished utterance (hard-example mining)."""
 
 
 @dataclass
@@ -160,8 +162,9 @@ class SpeechEngine:
 
     def __init__(self, *, vad: SileroVad, encoder: SpeakerEncoder, asr: AsrModel | AsrSource, sink: Sink,
                  config: SpeechServiceConfig | None = None, pipeline: PipelineConfig | None = None,
-                 counters: SpeechCounters | None = None, clock: Callable[[], float] = time.time) -> None:
-        self.config = config or settings.speech
+                 counters: SpeechCounters | None = None, clock: Callable[[], float] = time.time,
+                 on_utterance: UtteranceHook | None = None) -> None:
+        self.config = config or SpeechServiceConfig()
         self.pipeline = pipeline or PipelineConfig()
         self.vad = vad
         self.encoder = encoder
@@ -169,6 +172,7 @@ class SpeechEngine:
         self.sink = sink
         self.counters = counters or SpeechCounters()
         self.clock = clock
+        self.on_utterance = on_utterance
         self._pool = ThreadPoolExecutor(self.config.worker_threads, thread_name_prefix="speech")
         self._legs: dict[tuple[str, str], _Leg] = {}
         self._conversations: dict[str, _Conversation] = {}
@@ -280,7 +284,15 @@ class SpeechEngine:
             if state.stream is None:  # built here: decoder set-up is not event-loop work
                 tracker = self._conversations[state.conversation].tracker
                 state.stream = LegStream(state.conversation, state.leg, self.vad, self._asr(), tracker, self.pipeline)
-            return work(state.stream)
+            out = work(state.stream)
+            if self.on_utterance is not None:
+                for utterance in out.utterances:
+                    try:
+                        self.on_utterance(state.topic, utterance)
+                    except Exception:  # noqa: BLE001 - mining must not cost the transcript
+                        self.counters.worker_errors += 1
+                        log.exception("utterance hook failed on %s", state.topic)
+            return out
 
         try:
             out = await loop.run_in_executor(self._pool, run)
@@ -322,7 +334,7 @@ class SpeechService:
     def __init__(self, settings: Settings, *, config: SpeechServiceConfig | None = None,
                  asr: AsrModel | AsrSource | None = None, vad: SileroVad | None = None,
                  encoder: SpeakerEncoder | None = None, pipeline: PipelineConfig | None = None,
-                 registry: object | None = None) -> None:
+                 registry: object | None = None, on_utterance: UtteranceHook | None = None) -> None:
         self.settings = settings
         self.config = config or settings.speech
         self.counters = SpeechCounters()
@@ -332,6 +344,7 @@ class SpeechService:
         self._vad = vad
         self._encoder = encoder
         self._pipeline = pipeline
+        self._on_utterance = on_utterance
         self.engine: SpeechEngine | None = None
         self.ready = asyncio.Event()
         self._client: aiomqtt.Client | None = None
@@ -346,7 +359,8 @@ class SpeechService:
 
         vad, encoder, asr = await asyncio.to_thread(load)
         self.engine = SpeechEngine(vad=vad, encoder=encoder, asr=asr, sink=self._publish, config=self.config,
-                                   pipeline=self._pipeline, counters=self.counters)
+                                   pipeline=self._pipeline, counters=self.counters,
+                                   on_utterance=self._on_utterance)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="speech-mqtt")
 
     async def stop(self) -> None:

@@ -1,0 +1,50 @@
+"""The edge node mines finished utterances: uncertain words put the audio in the outbox."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edge_agent.app import EdgeNode
+from edge_agent.dc_settings import FilterSpec, HardExampleSettings, ModelMiningSettings, OutboxSettings
+from edge_agent.hard_examples import HardExampleReporter
+from edge_agent.mining import MiningPolicy
+from edge_agent.outbox import Outbox
+from edge_agent.speech.pipeline import Utterance
+from edge_offload.settings import Settings
+from models.asr import AsrResult, Word
+from topics import names
+from topics.dc import decode_hard_example
+from topics.vision import ModelRef
+
+ASR = "pocketsphinx-en-us"
+
+
+def _utterance(n: int, confidence: float) -> Utterance:
+    words = (Word("medevac", 0.1, 0.6, confidence), Word("requested", 0.6, 1.1, confidence))
+    samples = (np.sin(np.arange(16000) / 10.0) * 0.3).astype(np.float32)
+    return Utterance(leg="leg1", utterance=n, start_s=1.0, end_s=2.0,
+                     result=AsrResult("medevac requested", words, confidence), samples=samples,
+                     end_arrival_s=0.0, model=ModelRef(ASR, "base"))
+
+
+def test_uncertain_utterances_go_to_the_outbox(tmp_path: Path) -> None:
+    node = EdgeNode(Settings())
+    mining = HardExampleSettings(models={ASR: ModelMiningSettings(
+        filters=[FilterSpec(kind="threshold", threshold=0.8)], rate_per_device_s=50, burst_per_device=50)})
+    outbox = Outbox(OutboxSettings(path=tmp_path / "outbox.sqlite3"))
+    node.reporter = HardExampleReporter(MiningPolicy(mining), outbox, "node-1")
+    topic = names.audio("tap-3", "call-9", "leg1")
+    try:
+        node._mine_speech(topic, _utterance(0, 0.95))  # confident: stays on the edge
+        node._mine_speech(topic, _utterance(1, 0.40))  # uncertain: goes to the DC
+        rows = outbox.peek(10)
+    finally:
+        outbox.close()
+    assert len(rows) == 1
+    ex = decode_hard_example(rows[0].payload)
+    assert (ex.kind, ex.device, ex.stream, ex.seq, ex.model) == ("audio", "tap-3", "call-9.leg1", 1, ASR)
+    assert ex.result == "medevac requested" and ex.sample_rate == 16000
+    assert len(ex.data) == 2 * 16000  # s16le PCM of the utterance
+    assert ex.confidences == (0.4, 0.4)
