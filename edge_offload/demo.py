@@ -1,9 +1,11 @@
 """``edge-offload demo``: the whole pipeline on this machine, on embedded defaults.
 
-Starts a real Mosquitto on a free port and an edge node (vision + speech). A camera
+Starts a real Mosquitto and a Kafka-protocol broker (Tansu) on free ports, the DC trainer
+and an edge node (vision + speech + hard-example mining + model updates). A camera
 publishes the real photos; a field unit streams a two-voice radio conversation
-(espeak-ng, G.711 over RTP, 2 % packet loss); an operator follows the result topics.
-Prints readable result lines and ends with one JSON summary line.
+(espeak-ng, G.711 over RTP, 2 % packet loss); an operator follows the result topics; hard
+examples travel over Kafka into the trainer's sample store. Prints readable result lines
+and ends with one JSON summary line.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from devices.audio import Impairments, LegSource, stream_audio
 from devices.camera import photo_frames, run_camera
 from edge_agent.app import EdgeNode
 from edge_agent.mqtt import make_client
-from edge_offload.brokers import MosquittoBroker
-from edge_offload.settings import EdgeSettings, MqttSettings, Settings
+from cloud_trainer.service import Trainer
+from edge_offload.brokers import MosquittoBroker, TansuBroker
+from edge_offload.settings import EdgeSettings, KafkaSettings, MqttSettings, Settings
 from edge_offload.tail import format_line
 from topics import names
 from topics.transcript import decode_segment
@@ -53,6 +56,9 @@ class DemoSummary:
     transcript_segments: int = 0
     speakers: list[str] = field(default_factory=list)
     wer: float | None = None
+    hard_examples_sent: int = 0
+    dc_samples_stored: int = 0
+    serving_versions: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
     def as_json(self) -> str:
@@ -78,26 +84,36 @@ async def run_demo(settings: Settings, seconds: float, fps: float = 10.0, show: 
     labels: Counter[str] = Counter()
     segments = []
     t0 = time.monotonic()
-    with MosquittoBroker() as broker, tempfile.TemporaryDirectory() as tmp:
-        corpus = Path(tmp) / "radio-corpus.txt"
+    with MosquittoBroker() as broker, TansuBroker() as kafka_broker, tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        corpus = work / "radio-corpus.txt"
         corpus.write_text("\n".join(SENTENCES) + "\n")
         s = settings.model_copy(deep=True, update={
             "mqtt": MqttSettings(host="127.0.0.1", port=broker.port, client_id="demo-edge-agent"),
+            "kafka": KafkaSettings(bootstrap_servers=kafka_broker.bootstrap_servers),
             "edge": EdgeSettings(node_name="demo-edge", http_host="127.0.0.1", http_port=0,
                                  speech=espeak_available()),
         })
         s.speech.corpus_path = corpus  # the edge's domain LM for this radio net
         s.speech.idle_close_s = 2.0
+        s.outbox.path = work / "edge-outbox.sqlite3"
+        s.updates.work_dir = work / "edge-models"
+        t = s.trainer
+        t.store_url, t.registry_dir = f"sqlite:///{work}/samples.sqlite3", work / "registry"
+        t.keys_dir, t.work_dir, t.asr.enabled = work / "keys", work / "trainer-work", False
+        trainer = Trainer(t, s.kafka, s.cache_dir)
+        s.updates.trusted_key_files = [t.keys_dir / "signing.pub"]  # the edge trusts this DC's key
         node = EdgeNode(s)
         stop_node = asyncio.Event()
+        trainer_task = asyncio.create_task(trainer.run(stop_node))
         node_task = asyncio.create_task(node.run(stop_node))
         await asyncio.wait_for(node.started.wait(), 120)
         if node.vision is not None:
             await asyncio.wait_for(node.vision.connected.wait(), 30)
         if node.speech is not None:
             await asyncio.wait_for(node.speech.ready.wait(), 30)
-        print(f"demo: mosquitto on 127.0.0.1:{broker.port}; edge node up "
-              f"(metrics http://127.0.0.1:{node.health.port}/metrics)", flush=True)
+        print(f"demo: mosquitto 127.0.0.1:{broker.port}, kafka {kafka_broker.bootstrap_servers}; "
+              f"edge node up (metrics http://127.0.0.1:{node.health.port}/metrics)", flush=True)
 
         script: list[str] = []
         legs: dict[str, np.ndarray] = {}
@@ -168,8 +184,28 @@ async def run_demo(settings: Settings, seconds: float, fps: float = 10.0, show: 
                 log.warning("results still missing after 60 s")
             finally:
                 reader.cancel()
+        if node.outbox is not None and node.forwarder is not None:  # let the outbox drain to the DC
+            outbox = node.outbox
+            try:
+                await asyncio.wait_for(node.forwarder.wait_until(lambda: outbox.pending == 0), 30)
+                sent, consumer = outbox.stats.sent, trainer.consumer
+                if consumer is not None:
+                    await asyncio.wait_for(consumer.wait_until(lambda: consumer.stats.stored >= sent), 30)
+            except TimeoutError:
+                log.warning("hard examples still on their way to the DC")
+            summary.hard_examples_sent = outbox.stats.sent
+        if trainer.store is not None:
+            models = ("fer-mini-xception", "pocketsphinx-en-us")
+            summary.dc_samples_stored = sum([await trainer.store.count(name) for name in models])
+        if node.vision is not None:
+            current = node.vision.pipeline.slot.current()
+            summary.serving_versions[current.name] = current.version
+        if node.asr_slot is not None:
+            current = node.asr_slot.current()
+            summary.serving_versions[current.name] = current.version
         stop_node.set()
         await node_task
+        await trainer_task
     summary.seconds = round(time.monotonic() - t0, 2)
     summary.labels = dict(labels.most_common())
     if latencies:

