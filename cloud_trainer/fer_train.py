@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from cloud_trainer.settings import FerTrainSettings
-from models.fer_edge import FerClassifier, MiniXception, preprocess_faces
+from models.fer_edge import FerClassifier, MiniXception, preprocess_faces, resolve_device
 from topics.vision import EMOTIONS
 
 __all__ = ["LabelledCrop", "TrainReport", "decode_crop", "load_crop_dir", "fine_tune", "agreement", "label_index"]
@@ -78,18 +78,20 @@ def fine_tune(base: MiniXception, new: Sequence[LabelledCrop], replay_pool: Sequ
     rng = random.Random(seed)
     n_replay = min(len(replay_pool), int(round(len(new) * settings.replay_ratio)))
     replay = rng.sample(list(replay_pool), n_replay)
+    device = torch.device(resolve_device(settings.device))
     x, y = _tensors(list(new) + replay)
+    x, y = x.to(device), y.to(device)
     model = copy.deepcopy(base)
     if model.folded:
         raise ValueError("cannot train a BatchNorm-folded model")
-    model.train()
+    model.to(device).train()
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=1e-4)
     steps = settings.epochs * ((len(x) + settings.batch_size - 1) // settings.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=steps, pct_start=0.2)
     loss_value = float("nan")
     for _ in range(settings.epochs):
-        order = torch.randperm(len(x), generator=gen)
+        order = torch.randperm(len(x), generator=gen).to(device)
         for i in range(0, len(x), settings.batch_size):
             idx = order[i:i + settings.batch_size]
             if len(idx) < 2:  # BatchNorm needs two samples in training mode
@@ -100,7 +102,7 @@ def fine_tune(base: MiniXception, new: Sequence[LabelledCrop], replay_pool: Sequ
             opt.step()
             sched.step()
             loss_value = float(loss.detach())
-    model.eval()
+    model.to("cpu").eval()
     report = TrainReport(n_new=len(new), n_replay=n_replay, epochs=settings.epochs,
                          seconds=time.perf_counter() - t0, final_loss=loss_value)
     return model, report

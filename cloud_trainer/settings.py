@@ -26,6 +26,7 @@ class FerTrainSettings(BaseModel):
     max_replay_drop: float = Field(0.05, ge=0, description="agreement on the replay holdout may fall this much")
     min_holdout: int = Field(10, ge=1)
     label_batch: int = Field(64, ge=1, description="face crops the teacher labels per pass")
+    device: str = Field("auto", description="where fine-tuning runs: auto (CUDA when present), cpu, cuda")
 
 
 class AsrAdaptSettings(BaseModel):
