@@ -79,6 +79,10 @@ def _agent_env(settings: Settings, port: int) -> dict[str, str]:
         "EDGE_OFFLOAD_EDGE__HTTP_PORT": "0",
         "EDGE_OFFLOAD_VISION__MAX_BATCH_SIZE": str(settings.vision.max_batch_size),
         "EDGE_OFFLOAD_VISION__MAX_QUEUE_DELAY_MS": str(settings.vision.max_queue_delay_ms),
+        # the vision path alone: no speech service, no DC loop competing for the cores
+        "EDGE_OFFLOAD_EDGE__SPEECH": "false",
+        "EDGE_OFFLOAD_MINING__ENABLED": "false",
+        "EDGE_OFFLOAD_UPDATES__ENABLED": "false",
     })
     return env
 
@@ -118,7 +122,8 @@ async def _collect(port: int, device: str, n: int, ready: threading.Event, timeo
 async def _run_load(port: int, device: str, images: list[bytes], n: int, fps: float) -> list[tuple[float, int]]:
     ready = threading.Event()
     loop = asyncio.get_running_loop()
-    collector = asyncio.create_task(_collect(port, device, n, ready, timeout_s=max(60.0, 3 * n / max(fps, 1))))
+    timeout_s = 60.0 + (n / fps if fps > 0 else n * 0.2)
+    collector = asyncio.create_task(_collect(port, device, n, ready, timeout_s=timeout_s))
     await loop.run_in_executor(None, ready.wait, 10)
     await loop.run_in_executor(None, lambda: run_camera("127.0.0.1", port, device, images, fps=fps, count=n))
     return await collector

@@ -2,13 +2,19 @@
 
 QoS 1 messages are acknowledged only after their result (or dead-letter record) is
 published, so a crash or a restart never loses a message the broker thinks we own:
-the broker redelivers it. The MQTT v5 *Receive Maximum* we announce bounds how many
-unacknowledged messages the broker sends us, which is our backpressure.
+the broker redelivers it. We announce an MQTT v5 *Receive Maximum*, but do not rely on
+it: Mosquitto 2.0.11 (Debian 12) lets a whole window through for every PUBACK (measured:
+receive maximum 20, one ack -> 40 messages, four acks -> 100). The agent therefore bounds
+its own in-flight work, and the client's local queue is bounded with counted overflow
+(an overflowed message stays unacknowledged: the broker redelivers it next session).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections import OrderedDict
+from collections.abc import Callable
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -16,7 +22,23 @@ from paho.mqtt.properties import Properties
 
 from edge_offload.settings import MqttSettings
 
-__all__ = ["connect_properties", "make_client", "InOrderAcker"]
+__all__ = ["connect_properties", "make_client", "InOrderAcker", "CountingQueue"]
+
+
+class CountingQueue(asyncio.Queue):  # type: ignore[type-arg]
+    """aiomqtt's incoming queue, bounded, calling ``on_drop`` for every message it refuses."""
+
+    def __init__(self, maxsize: int = 0, on_drop: Callable[[], None] | None = None) -> None:
+        super().__init__(maxsize)
+        self._on_drop = on_drop
+
+    def put_nowait(self, item: object) -> None:
+        try:
+            super().put_nowait(item)
+        except asyncio.QueueFull:
+            if self._on_drop is not None:
+                self._on_drop()
+            raise
 
 
 def connect_properties(settings: MqttSettings) -> Properties:
@@ -34,6 +56,8 @@ def make_client(
     will: aiomqtt.Will | None = None,
     persistent: bool = True,
     manual_ack: bool = True,
+    queue_size: int | None = None,
+    on_drop: Callable[[], None] | None = None,
 ) -> aiomqtt.Client:
     """An MQTT v5 client; ``persistent`` keeps the session across reconnects and restarts."""
     client = aiomqtt.Client(
@@ -47,9 +71,8 @@ def make_client(
         username=settings.username,
         password=settings.password,
         will=will,
-        # The broker never has more than receive_maximum QoS 1 messages in flight to us;
-        # the margin is for QoS 0 traffic, which MQTT does not flow-control.
-        max_queued_incoming_messages=settings.receive_maximum * 4,
+        queue_type=functools.partial(CountingQueue, on_drop=on_drop),  # type: ignore[arg-type]
+        max_queued_incoming_messages=queue_size or settings.receive_maximum * 16,
     )
     client.pending_calls_threshold = settings.receive_maximum * 4  # publishes in flight are expected
     if manual_ack:

@@ -79,6 +79,8 @@ class EdgeAgent:
             max_pending=max(v.max_pending_frames, settings.mqtt.receive_maximum),
         )
         self._tasks: set[asyncio.Task[None]] = set()
+        # Our own bound on messages in the pipeline (see edge_agent.mqtt on Receive Maximum).
+        self._in_flight = asyncio.Semaphore(settings.mqtt.receive_maximum)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -109,7 +111,8 @@ class EdgeAgent:
         s = self.settings
         offline = encode_status(EdgeStatus(s.edge.node_name, False, _now_ms(), self._models()))
         will = aiomqtt.Will(names.edge_status(s.edge.node_name), offline, qos=1, retain=True)
-        client = make_client(s.mqtt, will=will)
+        client = make_client(s.mqtt, will=will,
+                             on_drop=lambda: self.metrics.shed.labels(STAGE, "client_queue_full").inc())
         acker = InOrderAcker(client)
         try:
             async with client:
@@ -146,11 +149,19 @@ class EdgeAgent:
     # -- per message -------------------------------------------------------------------
 
     async def _consume(self, client: aiomqtt.Client, acker: InOrderAcker) -> None:
-        async for message in client.messages:
+        messages = aiter(client.messages)
+        while True:
+            await self._in_flight.acquire()  # released when the message is finished
+            try:
+                message = await anext(messages)
+            except BaseException:
+                self._in_flight.release()
+                raise
             token = acker.received(message)
             task = asyncio.create_task(self._handle(client, acker, token, message, time.monotonic()))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(lambda _: self._in_flight.release())
 
     async def _handle(self, client: aiomqtt.Client, acker: InOrderAcker, token: int,
                       message: aiomqtt.Message, received_s: float) -> None:

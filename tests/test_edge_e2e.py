@@ -13,6 +13,7 @@ import pytest
 from devices.camera import photo_frames, run_camera
 from edge_agent.app import EdgeNode
 from edge_offload.brokers import MosquittoBroker, TansuBroker
+from edge_offload.settings import VisionSettings
 from tests.edge_helpers import agent_settings, collect, running_agent, subscriber
 from topics import names
 from topics.kubeedge import twin_update_topic
@@ -123,3 +124,21 @@ async def test_shared_subscription_splits_one_stream(mosquitto: MosquittoBroker,
     assert nodes == {"split-a", "split-b"}
     assert a.metrics.value("edge_results_published_total", stage="vision") + \
         b.metrics.value("edge_results_published_total", stage="vision") == n
+
+
+async def test_a_backlog_larger_than_every_bound_is_served_without_shedding(
+        mosquitto: MosquittoBroker, cache_dir: Path) -> None:
+    """Mosquitto 2.0.11 does not hold to our Receive Maximum; the agent's own bound must."""
+    images = photo_frames(cache_dir)[:2]
+    n = 120
+    settings = agent_settings(mosquitto.port, "backlog-agent", group="backlog", receive_maximum=8,
+                              vision=VisionSettings(max_pending_frames=8, max_batch_size=4))
+    async with running_agent(settings) as agent:
+        async with subscriber(mosquitto.port, names.vision_results("cam-backlog")) as sub:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, lambda: run_camera("127.0.0.1", mosquitto.port, "cam-backlog",
+                                                                images, fps=0, count=n))
+            messages = await collect(sub, n)
+    assert sorted(decode_result(bytes(m.payload)).seq for m in messages) == list(range(n))
+    assert agent.metrics.value("edge_messages_shed_total", stage="vision", reason="overload") == 0
+    assert agent.batcher.stats.overloaded == 0
