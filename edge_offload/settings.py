@@ -78,7 +78,8 @@ class VisionSettings(BaseModel):
                                     description="frames of one batch decoded + searched in parallel")
     cv_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1,
                             description="OpenCV threads for a batch of one frame")
-    torch_threads: int = Field(1, ge=1)
+    torch_threads: int = Field(default_factory=lambda: min(2, os.cpu_count() or 1), ge=1,
+                               description="FER runs after a batch's detection, so it may use the cores")
 
 
 class SpeechServiceConfig(BaseModel):
