@@ -40,7 +40,7 @@ def _subcommands() -> set[str]:
 def test_compose_services_use_real_settings_and_commands() -> None:
     compose = yaml.safe_load((COMPOSE / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"mosquitto", "kafka", "edge-agent", "camera"} <= set(services)
+    assert {"mosquitto", "kafka", "edge-agent", "trainer", "camera", "field-unit"} <= set(services)
     commands = _subcommands()
     for name, svc in services.items():
         for env_name in (svc.get("environment") or {}):
