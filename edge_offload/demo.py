@@ -14,7 +14,6 @@ import asyncio
 import json
 import logging
 import tempfile
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from edge_offload.brokers import MosquittoBroker, TansuBroker
 from edge_offload.settings import Settings, load_settings
@@ -45,3 +46,12 @@ def kafka() -> Iterator[TansuBroker]:
 def own_kafka() -> Iterator[TansuBroker]:
     with TansuBroker() as broker:
         yield broker
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread for a module's model tests: on a busy 2-core box two threads stall badly."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

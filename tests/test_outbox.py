@@ -8,13 +8,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from edge_agent.dc_settings import OutboxSettings
 from edge_agent.outbox import KafkaForwarder, Outbox
 from edge_offload.brokers import TansuBroker
-from edge_offload.kafka_admin import ensure_topics
 from edge_offload.settings import KafkaSettings
+from tests.kafka_helpers import read_topic
 
 
 def _outbox(tmp_path: Path, **kw: object) -> Outbox:
@@ -55,22 +54,6 @@ def test_rows_survive_reopen_and_delete_is_exact(tmp_path: Path) -> None:
     assert again.pending == 3 and again.pending_bytes == 3
 
 
-async def _consume(bootstrap: str, topic: str, want: int) -> list[bytes]:
-    """The first ``want`` messages of ``topic`` (no group: Tansu delays every group join by 5 s)."""
-    await ensure_topics(bootstrap, [topic])  # so this consumer knows its partitions from the start
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
-    await consumer.start()
-    got: list[bytes] = []
-    try:
-        while len(got) < want:
-            batch = await consumer.getmany(timeout_ms=500)
-            got += [r.value for rs in batch.values() for r in rs]
-    finally:
-        await consumer.stop()
-    return got
-
-
 @pytest.fixture()
 async def stop_event() -> AsyncIterator[asyncio.Event]:
     ev = asyncio.Event()
@@ -87,7 +70,7 @@ async def test_forwarder_delivers_and_deletes_after_ack(
     box.put_many([(f"k{i}", "outbox-t1", b"m%d" % i, b"cam") for i in range(50)])
     box.put("huge", "outbox-t1", b"z" * (2 << 20))  # over the producer's request size: never sendable
     box.put("last", "outbox-t1", b"last")
-    got = await asyncio.wait_for(_consume(kafka.bootstrap_servers, "outbox-t1", 51), 30)
+    got = await asyncio.wait_for(read_topic(kafka.bootstrap_servers, "outbox-t1", 51), 30)
     assert sorted(got) == sorted([b"m%d" % i for i in range(50)] + [b"last"])
     await asyncio.wait_for(fw.wait_until(lambda: box.pending == 0), 10)
     assert box.stats.sent == 51 and box.stats.dead_lettered == 1
@@ -108,7 +91,7 @@ async def test_store_and_forward_while_broker_is_down(
     await asyncio.wait_for(fw.wait_until(lambda: box.stats.send_errors >= 2), 20)
     assert box.pending == 30 and box.stats.sent == 0
     own_kafka.start()
-    got = await asyncio.wait_for(_consume(own_kafka.bootstrap_servers, "outbox-t2", 30), 30)
+    got = await asyncio.wait_for(read_topic(own_kafka.bootstrap_servers, "outbox-t2", 30), 30)
     assert sorted(got) == sorted(b"m%d" % i for i in range(30))
     await asyncio.wait_for(fw.wait_until(lambda: box.pending == 0), 10)
     stop_event.set()

@@ -8,12 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from cloud_trainer.cli import add_trainer_commands
 from cloud_trainer.registry import Registry, Signer
 from edge_offload.brokers import TansuBroker
-from edge_offload.kafka_admin import ensure_topics
+from tests.kafka_helpers import read_topic
 from topics.dc import ModelUpdate, decode_label, decode_model_update
 from topics.names import KAFKA_LABELS, KAFKA_MODEL_UPDATES
 from topics.signing import verify
@@ -24,20 +23,6 @@ def _run(*argv: str) -> int:
     add_trainer_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(list(argv))
     return int(args.func(args))
-
-
-async def _read_all(bootstrap: str, topic: str, want: int) -> list[bytes]:
-    await ensure_topics(bootstrap, [topic])
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest")
-    await consumer.start()
-    got: list[bytes] = []
-    try:
-        while len(got) < want:
-            batch = await consumer.getmany(timeout_ms=500)
-            got += [r.value for rs in batch.values() for r in rs]
-    finally:
-        await consumer.stop()
-    return got
 
 
 @pytest.fixture()
@@ -61,7 +46,7 @@ async def test_promote_and_rollback_announce_signed_versions(
     assert await asyncio.to_thread(_run, "models", "rollback", "m") == 0
     assert await asyncio.to_thread(_run, "models", "promote", "m", "v9") == 1  # unknown: refused
     updates: list[ModelUpdate] = [decode_model_update(p) for p in
-                                  await _read_all(own_kafka.bootstrap_servers, KAFKA_MODEL_UPDATES, 2)]
+                                  await read_topic(own_kafka.bootstrap_servers, KAFKA_MODEL_UPDATES, 2)]
     assert [(u.version, u.action) for u in updates] == [("v2", "promote"), ("base", "rollback")]
     assert updates[0].artifact == b"weights-2"
     assert all(verify(public_key, u.signature, u.name, u.version, u.sha256) for u in updates)
@@ -78,6 +63,6 @@ async def test_label_set_publishes_a_label(cli_env: Path, own_kafka: TansuBroker
     assert await asyncio.to_thread(_run, "label", "set", key, "convoy bravo report at checkpoint kilo",
                                    "--operator", "ana") == 0
     assert await asyncio.to_thread(_run, "label", "set", "not-a-key", "x") == 1
-    (payload,) = await _read_all(own_kafka.bootstrap_servers, KAFKA_LABELS, 1)
+    (payload,) = await read_topic(own_kafka.bootstrap_servers, KAFKA_LABELS, 1)
     label = decode_label(payload)
     assert (label.key, label.text, label.source) == (key, "convoy bravo report at checkpoint kilo", "operator:ana")
