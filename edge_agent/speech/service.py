@@ -32,6 +32,7 @@ import numpy as np
 
 from edge_agent.speech.diarize import Diarizer
 from edge_agent.speech.pipeline import ConversationTracker, LegStream, PipelineConfig, StepOutput, Utterance
+from edge_offload.mqtt_security import aiomqtt_connection
 from edge_offload.settings import Settings, SpeechServiceConfig
 from models.asr import AsrModel, build_domain_lm
 from models.speaker import SpeakerEncoder
@@ -375,9 +376,8 @@ class SpeechService:
     def _make_client(self) -> aiomqtt.Client:
         m = self.settings.mqtt
         return aiomqtt.Client(
-            m.host, m.port, identifier=f"{m.client_id}{self.config.client_suffix}",
+            **aiomqtt_connection(m), identifier=f"{m.client_id}{self.config.client_suffix}",
             protocol=aiomqtt.ProtocolVersion.V5, clean_start=True, keepalive=m.keepalive_s,
-            username=m.username, password=m.password,
             max_queued_incoming_messages=max(1000, m.receive_maximum * 16),
         )
 
