@@ -74,6 +74,18 @@ def _config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pki_init(args: argparse.Namespace) -> int:
+    from edge_offload.pki import make_pki
+
+    if (args.dir / "ca.crt").exists() and not args.force:
+        print(f"ok {args.dir} (exists; --force makes a new CA)")
+        return 0
+    pki = make_pki(args.dir, args.host, args.client)
+    print(f"ok {pki.dir}: ca.crt, server.crt/.key for {', '.join(args.host)}"
+          f"{', clients: ' + ', '.join(args.client) if args.client else ''}")
+    return 0
+
+
 # Subcommands whose own parser reads the rest of the command line (they have options of their own).
 _PASS_THROUGH = ("tail", "device")
 
@@ -96,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     csub = p.add_subparsers(dest="config_command", required=True)
     csub.add_parser("show", help="effective settings as JSON (env > --config file > defaults)").set_defaults(
         func=_config_show)
+    p = sub.add_parser("pki", help="`pki init DIR --host H`: a CA and broker/client certificates (keys 0600)")
+    psub = p.add_subparsers(dest="pki_command", required=True)
+    p = psub.add_parser("init", help="write ca.crt, server.crt/.key (SANs: --host) and client certificates")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--host", action="append", required=True, help="broker host name or IP (repeatable)")
+    p.add_argument("--client", action="append", default=[], help="client certificate name (repeatable)")
+    p.add_argument("--force", action="store_true", help="replace an existing CA")
+    p.set_defaults(func=_pki_init)
     p = sub.add_parser("fetch-models", help="download and sha256-check the pinned model artifacts")
     p.set_defaults(func=_fetch_models)
     p = sub.add_parser("edge", help="run the edge agent: vision + speech (settings from EDGE_OFFLOAD_* / EDGE_OFFLOAD_CONFIG)")

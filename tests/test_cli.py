@@ -121,3 +121,16 @@ def test_missing_config_file_and_unknown_keys_are_errors(tmp_path: Path, monkeyp
     monkeypatch.setenv("EDGE_OFFLOAD_KAFKA__BOOTSTRAP_SERVER", "x:9092")
     with pytest.raises(ConfigError, match="EDGE_OFFLOAD_KAFKA__BOOTSTRAP_SERVER"):
         load_settings()
+
+
+def test_pki_init_writes_private_keys_0600(tmp_path: Path) -> None:
+    run = _run("pki", "init", str(tmp_path / "pki"), "--host", "mosquitto", "--host", "127.0.0.1",
+               "--client", "cam-1")
+    assert run.returncode == 0, run.stderr
+    for key in ("ca.key", "server.key", "cam-1.key"):
+        assert (tmp_path / "pki" / key).stat().st_mode & 0o777 == 0o600
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate((tmp_path / "pki" / "server.crt").read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "mosquitto" in sans.get_values_for_type(x509.DNSName)
