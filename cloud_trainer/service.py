@@ -200,7 +200,8 @@ class Trainer:
         await self.setup()
         assert self.consumer is not None and self.store is not None
         if self.settings.serve_port is not None:
-            self.server = ArtifactServer(self.registry, self.settings.serve_host, self.settings.serve_port)
+            self.server = ArtifactServer(self.registry, self.settings.serve_host, self.settings.serve_port,
+                                         max_bytes=self.settings.serve_max_bytes)
             port = await self.server.start()
             if self.base_url is None:
                 host = "127.0.0.1" if self.settings.serve_host in ("0.0.0.0", "") else self.settings.serve_host

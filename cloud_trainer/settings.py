@@ -60,7 +60,9 @@ class TrainerSettings(BaseModel):
     max_poll_records: int = Field(500, ge=1)
     inline_artifact_max_bytes: int = Field(900_000, ge=0, description="larger artifacts go by URL")
     artifact_base_url: str | None = Field(None, description="where serve.py is reachable from edges")
-    serve_host: str = "0.0.0.0"
+    serve_host: str = Field("127.0.0.1", description="interface the artifact server binds to "
+                            "(0.0.0.0 only behind a network policy)")
+    serve_max_bytes: int = Field(256 << 20, ge=1, description="larger artifacts are not served (413)")
     serve_port: int | None = Field(None, ge=0, description="serve artifacts over HTTP (0: any free port)")
     torch_threads: int = Field(2, ge=1)
     work_dir: Path = Field(Path("trainer-data/work"), description="scratch space of rounds")

@@ -29,6 +29,7 @@ from aiokafka.errors import (
 )
 
 from edge_agent.dc_settings import OutboxSettings
+from edge_offload.files import ensure_private
 from edge_offload.kafka_admin import ensure_topics
 from edge_offload.settings import KafkaSettings
 
@@ -87,6 +88,7 @@ class Outbox:
     def __init__(self, settings: OutboxSettings) -> None:
         self.settings = settings
         Path(settings.path).parent.mkdir(parents=True, exist_ok=True)
+        ensure_private(Path(settings.path))  # face crops and voice clips: owner-only (0600)
         self._db = sqlite3.connect(settings.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={settings.synchronous}")

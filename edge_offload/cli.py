@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -154,6 +155,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.umask(0o077)  # sample stores, outbox, keys, exported clips: readable by this user only
     args = parse_args(argv)
     level = args.log_level or ("INFO" if args.verbose else "WARNING")
     setup_logging(getattr(logging, level), as_json=args.log_json)

@@ -134,3 +134,18 @@ def test_pki_init_writes_private_keys_0600(tmp_path: Path) -> None:
     cert = x509.load_pem_x509_certificate((tmp_path / "pki" / "server.crt").read_bytes())
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "mosquitto" in sans.get_values_for_type(x509.DNSName)
+
+
+async def test_outbox_and_sample_store_files_are_owner_only(tmp_path: Path) -> None:
+    from cloud_trainer.store import open_store
+    from edge_agent.dc_settings import OutboxSettings
+    from edge_agent.outbox import Outbox
+
+    outbox = Outbox(OutboxSettings(path=tmp_path / "outbox.sqlite3"))
+    store = await open_store(f"sqlite:///{tmp_path / 'samples.sqlite3'}")
+    try:
+        for name in ("outbox.sqlite3", "samples.sqlite3"):
+            assert (tmp_path / name).stat().st_mode & 0o777 == 0o600
+    finally:
+        outbox.close()
+        await store.close()
