@@ -36,6 +36,7 @@ from edge_agent.dc_settings import UpdateSettings
 from edge_agent.model_slot import Loaded, ModelSlot
 from edge_offload.files import write_private
 from edge_offload.kafka_admin import ensure_topics
+from edge_offload.kafka_clients import make_consumer
 from edge_offload.settings import KafkaSettings
 from topics.codec import ContractError
 from topics.dc import ModelUpdate, decode_model_update
@@ -260,9 +261,9 @@ class ModelUpdater:
         """Follow the model-updates topic from its start until ``stop`` is set."""
         while not stop.is_set():
             try:
-                await ensure_topics(self.kafka.bootstrap_servers, [KAFKA_MODEL_UPDATES])
-                consumer = AIOKafkaConsumer(
-                    KAFKA_MODEL_UPDATES, bootstrap_servers=self.kafka.bootstrap_servers,
+                await ensure_topics(self.kafka, [KAFKA_MODEL_UPDATES])
+                consumer = make_consumer(
+                    self.kafka, KAFKA_MODEL_UPDATES,
                     client_id=f"{self.kafka.client_id}-updates-{self.node}", group_id=None,
                     auto_offset_reset="earliest", enable_auto_commit=False,
                     max_partition_fetch_bytes=self.settings.max_artifact_bytes + (1 << 20),
