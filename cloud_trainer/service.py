@@ -59,6 +59,9 @@ class Trainer:
         self.cache_dir = cache_dir
         self.store: SampleStore | None = None
         self.registry = Registry(settings.registry_dir, Signer.load_or_create(settings.keys_dir))
+        if settings.public_key_file is not None:  # hand the edges the key they must trust
+            settings.public_key_file.parent.mkdir(parents=True, exist_ok=True)
+            settings.public_key_file.write_text((settings.keys_dir / "signing.pub").read_text())
         self.rounds: dict[str, ModelRound] = {}
         self.records: list[RoundRecord] = []
         self.consumer: SampleConsumer | None = None

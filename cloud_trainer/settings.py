@@ -53,6 +53,8 @@ class TrainerSettings(BaseModel):
                            description="sqlite:///PATH or postgresql://user@host/db")
     registry_dir: Path = Path("trainer-data/registry")
     keys_dir: Path = Field(Path("trainer-data/keys"), description="ed25519 signing key; made if absent")
+    public_key_file: Path | None = Field(None, description="also write the public key (hex) here, e.g. "
+                                         "a volume the edges mount as updates.trusted_key_files")
     holdout_percent: int = Field(20, ge=1, le=90, description="share of samples kept for evaluation")
     retrain_interval_s: float = Field(3600.0, gt=0, description="a round also starts this often if "
                                       "the model's interval_min_samples are new")

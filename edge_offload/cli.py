@@ -69,6 +69,15 @@ def _tail(args: argparse.Namespace) -> int:
     return tail_main(args.rest)
 
 
+def _health(args: argparse.Namespace) -> int:
+    """Exit 0 if the local edge agent answers /healthz (a container HEALTHCHECK)."""
+    import urllib.request
+
+    port = load_settings().edge.http_port
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{args.path}", timeout=args.timeout) as resp:  # noqa: S310
+        return 0 if resp.status == 200 else 1
+
+
 def _config_show(args: argparse.Namespace) -> int:
     """Print the effective settings as JSON; secrets show as ``**********``."""
     print(load_settings().model_dump_json(indent=2))
@@ -109,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     csub = p.add_subparsers(dest="config_command", required=True)
     csub.add_parser("show", help="effective settings as JSON (env > --config file > defaults)").set_defaults(
         func=_config_show)
+    p = sub.add_parser("health", help="exit 0 if the local edge agent's /healthz answers (container healthcheck)")
+    p.add_argument("--path", default="/healthz", choices=("/healthz", "/readyz"))
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.set_defaults(func=_health)
     p = sub.add_parser("pki", help="`pki init DIR --host H`: a CA and broker/client certificates (keys 0600)")
     psub = p.add_subparsers(dest="pki_command", required=True)
     p = psub.add_parser("init", help="write ca.crt, server.crt/.key (SANs: --host) and client certificates")

@@ -35,10 +35,10 @@ class SecureMosquitto(MosquittoBroker):
         if passwd_bin is None:
             raise BrokerError("mosquitto_passwd not found (apt-get install -y mosquitto)")
         root = self._workdir
-        (root / "config").mkdir()
-        (root / "data").mkdir()
+        for folder in ("config", "secrets", "data"):
+            (root / folder).mkdir()
         self.pki: Pki = make_pki(root / "certs", ["localhost", "127.0.0.1"])
-        passwd = root / "config" / "passwd"
+        passwd = root / "secrets" / "passwd"
         passwd.touch(mode=0o600)
         for user, password in users.items():
             subprocess.run([passwd_bin, "-b", str(passwd), user, password], check=True, capture_output=True)
