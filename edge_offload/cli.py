@@ -69,6 +69,16 @@ def _tail(args: argparse.Namespace) -> int:
     return tail_main(args.rest)
 
 
+def _config_reference(args: argparse.Namespace) -> int:
+    """Every setting as a Markdown table (the README's settings reference)."""
+    from edge_offload.settings import reference
+
+    print("| variable | type | default | meaning |\n| --- | --- | --- | --- |")
+    for env, type_name, default, doc in reference():
+        print(f"| `{env}` | {type_name} | `{default}` | {doc} |".replace("`unset`", "unset"))
+    return 0
+
+
 def _health(args: argparse.Namespace) -> int:
     """Exit 0 if the local edge agent answers /healthz (a container HEALTHCHECK)."""
     import urllib.request
@@ -118,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     csub = p.add_subparsers(dest="config_command", required=True)
     csub.add_parser("show", help="effective settings as JSON (env > --config file > defaults)").set_defaults(
         func=_config_show)
+    csub.add_parser("reference", help="every setting as a Markdown table").set_defaults(func=_config_reference)
     p = sub.add_parser("health", help="exit 0 if the local edge agent's /healthz answers (container healthcheck)")
     p.add_argument("--path", default="/healthz", choices=("/healthz", "/readyz"))
     p.add_argument("--timeout", type=float, default=5.0)

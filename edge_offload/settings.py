@@ -35,6 +35,7 @@ __all__ = [
     "ConfigError",
     "load_settings",
     "use_config_file",
+    "reference",
 ]
 
 CONFIG_ENV = "EDGE_OFFLOAD_CONFIG"
@@ -228,6 +229,35 @@ def _unknown_env() -> list[str]:
         if _unknown_keys(Settings, nested, ""):
             unknown.append(name)
     return sorted(unknown)
+
+
+def reference(model: type[BaseModel] | None = None, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(environment variable, type, default, description) of every setting, nested ones included."""
+    rows: list[tuple[str, str, str, str]] = []
+    for name, field in (model or Settings).model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows += reference(ann, f"{prefix}{name}__")
+            continue
+        if field.default_factory is not None:
+            default = "(computed)"
+        elif isinstance(field.default, SecretStr):
+            default = "**********"
+        else:
+            default = repr(field.default) if field.default is not None else "unset"
+        rows.append((f"{ENV_PREFIX}{prefix}{name}".upper(), _type_name(ann), default, field.description or ""))
+    return rows
+
+
+def _type_name(ann: Any) -> str:
+    origin, args = get_origin(ann), get_args(ann)
+    if origin is Literal:
+        return " / ".join(str(a) for a in args)
+    if args and origin is not None and getattr(origin, "__name__", "") in ("UnionType", "Union"):
+        return " or ".join(_type_name(a) for a in args)
+    if args and origin in (list, dict):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    return getattr(ann, "__name__", str(ann)).replace("NoneType", "none")
 
 
 def use_config_file(path: Path | str) -> None:
