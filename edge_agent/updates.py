@@ -37,6 +37,7 @@ from edge_agent.model_slot import Loaded, ModelSlot
 from edge_offload.files import write_private
 from edge_offload.kafka_admin import ensure_topics
 from edge_offload.kafka_clients import make_consumer
+from edge_offload.logs import RateLimitedLog
 from edge_offload.settings import KafkaSettings
 from topics.codec import ContractError
 from topics.dc import ModelUpdate, decode_model_update
@@ -123,6 +124,7 @@ class ModelUpdater:
         self._lock = asyncio.Lock()
         self._changed = asyncio.Condition()
         self.serials: dict[str, int] = self._load_serials()
+        self._log = RateLimitedLog(log, interval_s=30.0)  # a replay flood: counted, logged now and then
 
     def _load_serials(self) -> dict[str, int]:
         path = self.settings.state_file
@@ -146,7 +148,7 @@ class ModelUpdater:
         self.stats.refused[reason] = self.stats.refused.get(reason, 0) + 1
         refusal = Refusal(name, version, reason, detail[:500], int(time.time() * 1000))
         self.refusals.append(refusal)
-        log.warning("model update %s %s refused: %s %s", name, version, reason, detail)
+        self._log.warning(reason, "model update %s %s refused: %s %s", name, version, reason, detail[:200])
         if self.on_refused is not None:
             self.on_refused(refusal)
 

@@ -139,7 +139,7 @@ def _check_granted(topic_filter: str, granted: Any) -> None:
     for code in granted if isinstance(granted, (list, tuple)) else [granted]:
         value = getattr(code, "value", code)
         if isinstance(value, int) and value >= 0x80:
-            name = getattr(code, "getName", lambda: hex(value))()
+            name = code.getName() if hasattr(code, "getName") else hex(value)
             raise PermissionError(f"subscription to {topic_filter} refused: {name}")
 
 

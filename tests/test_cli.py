@@ -103,10 +103,13 @@ def test_unreachable_broker_is_one_line_and_nonzero(tmp_path: Path) -> None:
     assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
 
 
-def test_empty_image_folder_is_one_line(tmp_path: Path) -> None:
+def test_empty_image_folder_and_missing_wav_are_one_line(tmp_path: Path) -> None:
     run = _run("device", "camera", "--images", str(tmp_path), "--count", "1")
     assert run.returncode == 1
     assert "no readable images" in run.stderr and "Traceback" not in run.stderr
+    run = _run("device", "audio", "--leg", f"a={tmp_path / 'missing.wav'}")
+    assert run.returncode == 1 and "missing.wav" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
 
 
 def test_missing_config_file_and_unknown_keys_are_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

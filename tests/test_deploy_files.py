@@ -184,7 +184,7 @@ def test_production_mosquitto_config_is_locked_down() -> None:
 
 def test_manifests_validate_against_kubernetes_and_kubeedge_schemas() -> None:
     kinds = set()
-    for name, doc in _all_manifests():
+    for _, doc in _all_manifests():
         kinds.add(doc["kind"])
         if doc["apiVersion"].startswith("devices.kubeedge.io/"):
             jsonschema.validate(doc, SCHEMAS[doc["kind"]])
@@ -220,7 +220,7 @@ def test_edge_daemonset_runs_hardened_on_edge_nodes_with_secrets_and_outbox_volu
     docs = {(d["kind"], d["metadata"]["name"]): d for d in _docs(KUBEEDGE / "edge-agent.yaml")}
     secrets = {(d["metadata"]["namespace"], d["metadata"]["name"]): d
                for d in _docs(KUBEEDGE / "secrets.example.yaml")}
-    for (kind, name), ds in docs.items():
+    for (kind, _), ds in docs.items():
         if kind != "DaemonSet":
             continue
         pod = ds["spec"]["template"]["spec"]

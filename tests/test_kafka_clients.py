@@ -12,7 +12,12 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from edge_offload.kafka_clients import connection_kwargs, make_admin, make_consumer, make_producer
+from edge_offload.kafka_clients import (
+    connection_kwargs,
+    make_admin,
+    make_consumer,
+    make_producer,
+)
 from edge_offload.pki import make_pki
 from edge_offload.settings import KafkaSettings, load_settings
 

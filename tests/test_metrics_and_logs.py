@@ -62,7 +62,7 @@ def test_model_info_follows_every_slot_through_a_swap() -> None:
     node._applied(None)  # type: ignore[arg-type]  # noqa: SLF001
     text = generate_latest(m.registry).decode()
     assert f'edge_model_info{{model="{NAME}",version="v2"}} 1.0' in text
-    assert f'version="base"' not in text  # the old series is gone, not left at 1
+    assert 'version="base"' not in text  # the old series is gone, not left at 1
     assert 'edge_model_info{model="pocketsphinx-en-us",version="generic"} 1.0' in text
 
 
