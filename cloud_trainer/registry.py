@@ -276,6 +276,13 @@ class Registry:
             rows = self._db.execute("SELECT version FROM serving WHERE name = ? ORDER BY id", (name,)).fetchall()
         return [r[0] for r in rows]
 
+    def current_action(self, name: str) -> str:
+        """How the serving version came to serve: ``promote`` or ``rollback`` (``base`` if never announced)."""
+        with self._lock:
+            row = self._db.execute("SELECT action FROM serving WHERE name = ? ORDER BY id DESC LIMIT 1",
+                                   (name,)).fetchone()
+        return "base" if row is None else str(row[0])
+
     def current(self, name: str) -> VersionRecord | None:
         """The version announced last (promote or rollback)."""
         history = self.serving_history(name)

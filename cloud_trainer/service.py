@@ -215,7 +215,10 @@ class Trainer:
             for name in self.rounds:  # edges that missed the last announcement catch up
                 current = self.registry.current(name)
                 if current is not None and current.lineage.get("origin") != "base":
-                    self._unannounced[name] = (current, "promote")
+                    # re-announced as what it was: a rollback must stay one, or edges that
+                    # serve a newer version would refuse it as a downgrade
+                    action = "rollback" if self.registry.current_action(name) == "rollback" else "promote"
+                    self._unannounced[name] = (current, action)
             tick = min(self.settings.retrain_interval_s, 5.0)
             while not stop.is_set():
                 self._work.clear()
