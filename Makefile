@@ -16,6 +16,7 @@ setup: $(STAMP) $(MODELS)
 $(SYSDEPS):
 	@missing=""; \
 	command -v mosquitto >/dev/null 2>&1 || missing="$$missing mosquitto"; \
+	command -v mosquitto_passwd >/dev/null 2>&1 || missing="$$missing mosquitto"; \
 	command -v espeak-ng >/dev/null 2>&1 || missing="$$missing espeak-ng"; \
 	command -v sox       >/dev/null 2>&1 || missing="$$missing sox"; \
 	if [ -n "$$missing" ]; then \

@@ -20,6 +20,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from cloud_trainer.store import SampleStore
 from edge_offload.kafka_admin import ensure_topics
+from edge_offload.kafka_clients import make_consumer
 from edge_offload.settings import KafkaSettings
 from topics.codec import ContractError
 from topics.dc import MAX_HARD_EXAMPLE_BYTES, HardExample, Label, decode_hard_example, decode_label
@@ -64,9 +65,8 @@ class SampleConsumer:
             await self._progress.wait_for(predicate)
 
     def _consumer(self) -> AIOKafkaConsumer:
-        return AIOKafkaConsumer(
-            KAFKA_HARD_EXAMPLES, KAFKA_LABELS,
-            bootstrap_servers=self.kafka.bootstrap_servers,
+        return make_consumer(
+            self.kafka, KAFKA_HARD_EXAMPLES, KAFKA_LABELS,
             client_id=f"{self.kafka.client_id}-trainer",
             group_id=self.group_id,
             enable_auto_commit=False,
@@ -141,7 +141,7 @@ class SampleConsumer:
         while not stop.is_set():
             consumer: AIOKafkaConsumer | None = None
             try:
-                await ensure_topics(self.kafka.bootstrap_servers, [KAFKA_HARD_EXAMPLES, KAFKA_LABELS])
+                await ensure_topics(self.kafka, [KAFKA_HARD_EXAMPLES, KAFKA_LABELS])
                 consumer = self._consumer()
                 await consumer.start()
                 await self._consume(consumer, stop)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaProducer
 
 from edge_offload.kafka_admin import ensure_topics
+from edge_offload.kafka_clients import make_producer
 from edge_offload.settings import KafkaSettings
 from topics.dc import MAX_MODEL_UPDATE_BYTES, Label, ModelUpdate, encode_label, encode_model_update
 from topics.names import KAFKA_LABELS, KAFKA_MODEL_UPDATES
@@ -25,9 +26,9 @@ class UpdatePublisher:
     async def start(self) -> None:
         if self._producer is not None:
             return
-        await ensure_topics(self.kafka.bootstrap_servers, [KAFKA_MODEL_UPDATES])
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.kafka.bootstrap_servers, client_id=f"{self.kafka.client_id}-updates",
+        await ensure_topics(self.kafka, [KAFKA_MODEL_UPDATES])
+        producer = make_producer(
+            self.kafka, client_id=f"{self.kafka.client_id}-updates",
             acks="all", enable_idempotence=self.kafka.enable_idempotence,
             max_request_size=MAX_MODEL_UPDATE_BYTES + (1 << 20))
         try:
@@ -63,8 +64,8 @@ async def announce_once(kafka: KafkaSettings, update: ModelUpdate) -> int:
 
 async def publish_labels(kafka: KafkaSettings, labels: Sequence[Label]) -> None:
     """Send operator labels to the labels topic (acks=all), keyed by sample key."""
-    await ensure_topics(kafka.bootstrap_servers, [KAFKA_LABELS])
-    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, client_id=f"{kafka.client_id}-labels",
+    await ensure_topics(kafka, [KAFKA_LABELS])
+    producer = make_producer(kafka, client_id=f"{kafka.client_id}-labels",
                                 acks="all", enable_idempotence=kafka.enable_idempotence)
     await producer.start()
     try:

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from topics.dc import ModelUpdate
 from topics.names import check_id
-from topics.signing import key_id, signed_message
+from topics.signing import announcement_message, key_id, signed_message
 
 __all__ = ["Signer", "VersionRecord", "Decision", "RegistryError", "Registry"]
 
@@ -42,6 +42,9 @@ CREATE TABLE IF NOT EXISTS decisions (
     action TEXT NOT NULL, metrics TEXT NOT NULL, reason TEXT NOT NULL, at_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS serving (
     id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, version TEXT NOT NULL,
+    action TEXT NOT NULL, at_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS announcements (
+    serial INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, version TEXT NOT NULL,
     action TEXT NOT NULL, at_ms INTEGER NOT NULL);
 """
 
@@ -273,6 +276,13 @@ class Registry:
             rows = self._db.execute("SELECT version FROM serving WHERE name = ? ORDER BY id", (name,)).fetchall()
         return [r[0] for r in rows]
 
+    def current_action(self, name: str) -> str:
+        """How the serving version came to serve: ``promote`` or ``rollback`` (``base`` if never announced)."""
+        with self._lock:
+            row = self._db.execute("SELECT action FROM serving WHERE name = ? ORDER BY id DESC LIMIT 1",
+                                   (name,)).fetchone()
+        return "base" if row is None else str(row[0])
+
     def current(self, name: str) -> VersionRecord | None:
         """The version announced last (promote or rollback)."""
         history = self.serving_history(name)
@@ -302,15 +312,25 @@ class Registry:
 
     def announcement(self, rec: VersionRecord, action: str, *, inline_max_bytes: int,
                      base_url: str | None) -> ModelUpdate:
-        """The :class:`ModelUpdate` that tells edges to serve ``rec``: inline if small, else by URL."""
+        """The :class:`ModelUpdate` that tells edges to serve ``rec``: inline if small, else by URL.
+
+        Each call takes the next announcement serial and signs (name, version, sha256, action,
+        serial), so edges refuse a replay of an older announcement."""
         artifact: bytes | None = None
         url: str | None = None
         if rec.size <= inline_max_bytes or base_url is None:
             artifact = self.artifact(rec)
         else:
             url = f"{base_url.rstrip('/')}/artifacts/{rec.name}/{rec.version}"
+        now = _now_ms()
+        with self._lock:
+            cur = self._db.execute("INSERT INTO announcements (name, version, action, at_ms) VALUES (?, ?, ?, ?)",
+                                   (rec.name, rec.version, action, now))
+            serial = int(cur.lastrowid or 0)
         return ModelUpdate(
             name=rec.name, version=rec.version, sha256=rec.sha256, signature=rec.signature,
             key_id=rec.key_id, format=rec.format, size=rec.size, action=action, parent=rec.parent,
-            artifact=artifact, url=url, metrics=dict(rec.metrics), created_at_ms=_now_ms(),
+            artifact=artifact, url=url, metrics=dict(rec.metrics), created_at_ms=now,
+            serial=serial, announce_signature=self.signer.sign(
+                announcement_message(rec.name, rec.version, rec.sha256, action, serial)),
         )

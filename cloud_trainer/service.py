@@ -59,6 +59,9 @@ class Trainer:
         self.cache_dir = cache_dir
         self.store: SampleStore | None = None
         self.registry = Registry(settings.registry_dir, Signer.load_or_create(settings.keys_dir))
+        if settings.public_key_file is not None:  # hand the edges the key they must trust
+            settings.public_key_file.parent.mkdir(parents=True, exist_ok=True)
+            settings.public_key_file.write_text((settings.keys_dir / "signing.pub").read_text())
         self.rounds: dict[str, ModelRound] = {}
         self.records: list[RoundRecord] = []
         self.consumer: SampleConsumer | None = None
@@ -200,7 +203,8 @@ class Trainer:
         await self.setup()
         assert self.consumer is not None and self.store is not None
         if self.settings.serve_port is not None:
-            self.server = ArtifactServer(self.registry, self.settings.serve_host, self.settings.serve_port)
+            self.server = ArtifactServer(self.registry, self.settings.serve_host, self.settings.serve_port,
+                                         max_bytes=self.settings.serve_max_bytes)
             port = await self.server.start()
             if self.base_url is None:
                 host = "127.0.0.1" if self.settings.serve_host in ("0.0.0.0", "") else self.settings.serve_host
@@ -211,7 +215,10 @@ class Trainer:
             for name in self.rounds:  # edges that missed the last announcement catch up
                 current = self.registry.current(name)
                 if current is not None and current.lineage.get("origin") != "base":
-                    self._unannounced[name] = (current, "promote")
+                    # re-announced as what it was: a rollback must stay one, or edges that
+                    # serve a newer version would refuse it as a downgrade
+                    action = "rollback" if self.registry.current_action(name) == "rollback" else "promote"
+                    self._unannounced[name] = (current, action)
             tick = min(self.settings.retrain_interval_s, 5.0)
             while not stop.is_set():
                 self._work.clear()

@@ -53,6 +53,8 @@ class TrainerSettings(BaseModel):
                            description="sqlite:///PATH or postgresql://user@host/db")
     registry_dir: Path = Path("trainer-data/registry")
     keys_dir: Path = Field(Path("trainer-data/keys"), description="ed25519 signing key; made if absent")
+    public_key_file: Path | None = Field(None, description="also write the public key (hex) here, e.g. "
+                                         "a volume the edges mount as updates.trusted_key_files")
     holdout_percent: int = Field(20, ge=1, le=90, description="share of samples kept for evaluation")
     retrain_interval_s: float = Field(3600.0, gt=0, description="a round also starts this often if "
                                       "the model's interval_min_samples are new")
@@ -60,7 +62,9 @@ class TrainerSettings(BaseModel):
     max_poll_records: int = Field(500, ge=1)
     inline_artifact_max_bytes: int = Field(900_000, ge=0, description="larger artifacts go by URL")
     artifact_base_url: str | None = Field(None, description="where serve.py is reachable from edges")
-    serve_host: str = "0.0.0.0"
+    serve_host: str = Field("127.0.0.1", description="interface the artifact server binds to "
+                            "(0.0.0.0 only behind a network policy)")
+    serve_max_bytes: int = Field(256 << 20, ge=1, description="larger artifacts are not served (413)")
     serve_port: int | None = Field(None, ge=0, description="serve artifacts over HTTP (0: any free port)")
     torch_threads: int = Field(2, ge=1)
     work_dir: Path = Field(Path("trainer-data/work"), description="scratch space of rounds")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_offload.files import ensure_private
 from topics.dc import HardExample, Label
 
 __all__ = ["StoredSample", "SampleStore", "SqliteStore", "PostgresStore", "open_store", "split_of"]
@@ -164,6 +165,7 @@ class SqliteStore(SampleStore):
     def __init__(self, path: Path, holdout_percent: int) -> None:
         super().__init__(holdout_percent)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        ensure_private(Path(path))  # face crops and voice clips: owner-only (0600)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a stored sample is committed to disk

@@ -41,6 +41,8 @@ from edge_agent.speech.rtp import (
     parse_rtp,
     unix_to_ntp64,
 )
+from edge_offload.mqtt_security import configure_paho
+from edge_offload.settings import MqttSettings
 from topics import names
 
 __all__ = [
@@ -256,10 +258,11 @@ def stream_audio(host: str, port: int, *, device: str, conversation: str, legs: 
                  codec: str = "pcmu", speed: float = 1.0, impairments: Impairments | None = None,
                  seed: int | None = None, qos: int = 1, ntp: bool = True, dtx_dbfs: float | None = None,
                  client_id: str | None = None, stop: threading.Event | None = None,
-                 connect_timeout_s: float = 10.0) -> StreamReport:
+                 connect_timeout_s: float = 10.0, security: MqttSettings | None = None) -> StreamReport:
     """Publish every leg's RTP packets on ``names.audio(device, conversation, leg)``, all legs
     interleaved on one connection. ``speed``: 1 = real time, 2 = twice as fast, 0 = no pacing.
-    Returns once every message is handed to the broker (QoS 1: acknowledged)."""
+    Returns once every message is handed to the broker (QoS 1: acknowledged).
+    ``security``: TLS and credentials (its host and port are not used)."""
     if qos not in (0, 1):
         raise ValueError(f"qos {qos} not 0 or 1")
     if speed < 0:
@@ -303,6 +306,8 @@ def stream_audio(host: str, port: int, *, device: str, conversation: str, legs: 
         connected.set()
 
     client.on_connect = on_connect
+    if security is not None:
+        configure_paho(client, security)
     client.connect(host, port, keepalive=30)
     client.loop_start()
     try:
@@ -378,6 +383,6 @@ def main(argv: list[str] | None = None) -> int:
         args.host, args.port, device=args.device, conversation=conversation, legs=legs, codec=args.codec,
         speed=args.speed, seed=args.seed, qos=args.qos, ntp=not args.no_ntp, dtx_dbfs=args.dtx_dbfs,
         impairments=Impairments(loss=args.loss, reorder=args.reorder, reorder_max=args.reorder_max,
-                                jitter_ms=args.jitter_ms))
+                                jitter_ms=args.jitter_ms), security=settings.mqtt)
     print(report.as_json(), flush=True)
     return 0

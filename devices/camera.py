@@ -18,6 +18,8 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge_offload.mqtt_security import configure_paho
+from edge_offload.settings import MqttSettings
 from models.artifacts import path_of
 from topics import names
 from topics.kubeedge import twin_update, twin_update_topic
@@ -103,8 +105,11 @@ def run_camera(
     namespace: str = "default",
     stop: threading.Event | None = None,
     start_seq: int = 0,
+    security: MqttSettings | None = None,
 ) -> CameraStats:
-    """Publish frames until ``count`` frames or ``seconds`` pass (or ``stop``); fps <= 0: no pacing."""
+    """Publish frames until ``count`` frames or ``seconds`` pass (or ``stop``); fps <= 0: no pacing.
+
+    ``security``: TLS and credentials (its host and port are not used)."""
     if not images:
         raise ValueError("no images to send")
     if count is None and seconds is None:
@@ -115,6 +120,8 @@ def run_camera(
                          protocol=mqtt.MQTTv5)
     client.max_inflight_messages_set(64)
     client.max_queued_messages_set(0)
+    if security is not None:
+        configure_paho(client, security)
     client.connect(host, port, keepalive=30)
     client.loop_start()
     twin_topic = twin_update_topic(namespace, device)
@@ -176,6 +183,6 @@ def main(argv: list[str] | None = None) -> int:
     images = load_folder(args.images) if args.images else photo_frames(settings.cache_dir)
     seconds = args.seconds if args.seconds is not None or args.count is not None else 10.0
     stats = run_camera(args.host, args.port, args.device, images, fps=args.fps,
-                       count=args.count, seconds=seconds, qos=args.qos)
+                       count=args.count, seconds=seconds, qos=args.qos, security=settings.mqtt)
     print(f"sent {stats.frames_sent} frames ({stats.bytes_sent} bytes) in {stats.seconds:.1f}s")
     return 0

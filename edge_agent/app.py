@@ -21,7 +21,7 @@ import numpy as np
 
 from edge_agent.health import HealthServer
 from edge_agent.hard_examples import HardExampleReporter
-from edge_agent.metrics import EdgeMetrics
+from edge_agent.metrics import EdgeMetrics, NodeCollector
 from edge_agent.mining import MiningPolicy
 from edge_agent.model_handlers import asr_handler, fer_handler
 from edge_agent.model_slot import Loaded, ModelSlot
@@ -33,6 +33,7 @@ from edge_agent.speech.stream import SAMPLE_RATE
 from edge_agent.updates import ModelHandler, ModelUpdater, Refusal
 from edge_agent.vision import FrameOutcome
 from edge_offload.settings import Settings
+from topics.dc import ModelUpdate
 from models.asr import AsrModel
 from topics import names
 
@@ -55,6 +56,10 @@ class EdgeNode:
         self.reporter: HardExampleReporter | None = None
         self.updater: ModelUpdater | None = None
         self._mining_pool = ThreadPoolExecutor(1, thread_name_prefix="mining")
+        self.metrics.registry.register(NodeCollector(
+            outbox=lambda: self.outbox, forwarder=lambda: self.forwarder, updater=lambda: self.updater,
+            policy=lambda: self.reporter.policy if self.reporter is not None else None))
+        self.handlers: dict[str, ModelHandler[Any]] = {}
         self.health = HealthServer(settings.edge.http_host, settings.edge.http_port,
                                    self.metrics.registry, self.ready)
         self.started = asyncio.Event()
@@ -82,14 +87,23 @@ class EdgeNode:
             captured_at_ms=int(time.time() * 1000))
 
     def _refused(self, refusal: Refusal) -> None:
-        log.warning("model update refused: %s", refusal)
+        log.debug("model update refused: %s", refusal)  # ModelUpdater logs and counts it
+
+    def _applied(self, update: ModelUpdate) -> None:
+        """A hot swap: ``edge_model_info`` follows every slot."""
+        self._export_models()
+
+    def _export_models(self) -> None:
+        for handler in self.handlers.values():
+            current = handler.slot.current()
+            self.metrics.set_model(current.name, current.version)
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         node = s.edge.node_name
         await self.health.start()
         tasks: list[asyncio.Task[None]] = []
-        handlers: dict[str, ModelHandler[Any]] = {}
+        handlers = self.handlers
         try:
             if s.mining.enabled:
                 self.outbox = Outbox(s.outbox)
@@ -110,8 +124,10 @@ class EdgeNode:
                 self.speech = SpeechService(s, asr=lambda: slot.current().model, on_utterance=self._mine_speech)
                 register_metrics(self.speech.counters, self.metrics.registry)
                 await self.speech.start()
+            self._export_models()
             if s.updates.enabled and handlers:
-                self.updater = ModelUpdater(s.updates, s.kafka, node, handlers, on_refused=self._refused)
+                self.updater = ModelUpdater(s.updates, s.kafka, node, handlers, on_refused=self._refused,
+                                            on_applied=self._applied)
                 tasks.append(asyncio.create_task(self.updater.run(stop), name="updates"))
             self.started.set()
             log.info("edge node %s up (vision=%s speech=%s mining=%s), http on %d",

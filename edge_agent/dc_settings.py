@@ -84,3 +84,6 @@ class UpdateSettings(BaseModel):
     max_artifact_bytes: int = Field(256 << 20, ge=1)
     warmup_batches: int = Field(2, ge=0)
     work_dir: Path = Field(Path("edge-models"), description="where ASR language-model artifacts are unpacked")
+    state_file: Path | None = Field(
+        None, description="keeps the highest announcement serial applied per model across restarts "
+                          "(0600); None: kept in memory (the topic's history restores it)")

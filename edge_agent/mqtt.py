@@ -20,6 +20,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge_offload.mqtt_security import aiomqtt_connection
 from edge_offload.settings import MqttSettings
 
 __all__ = ["connect_properties", "make_client", "InOrderAcker", "CountingQueue"]
@@ -59,17 +60,16 @@ def make_client(
     queue_size: int | None = None,
     on_drop: Callable[[], None] | None = None,
 ) -> aiomqtt.Client:
-    """An MQTT v5 client; ``persistent`` keeps the session across reconnects and restarts."""
+    """An MQTT v5 client; ``persistent`` keeps the session across reconnects and restarts.
+
+    TLS and credentials come from ``settings`` (:mod:`edge_offload.mqtt_security`)."""
     client = aiomqtt.Client(
-        settings.host,
-        settings.port,
+        **aiomqtt_connection(settings),
         identifier=client_id or settings.client_id,
         protocol=aiomqtt.ProtocolVersion.V5,
         clean_start=not persistent,
         properties=connect_properties(settings),
         keepalive=settings.keepalive_s,
-        username=settings.username,
-        password=settings.password,
         will=will,
         queue_type=functools.partial(CountingQueue, on_drop=on_drop),  # type: ignore[arg-type]
         max_queued_incoming_messages=queue_size or settings.receive_maximum * 16,

@@ -29,7 +29,9 @@ from aiokafka.errors import (
 )
 
 from edge_agent.dc_settings import OutboxSettings
+from edge_offload.files import ensure_private
 from edge_offload.kafka_admin import ensure_topics
+from edge_offload.kafka_clients import make_producer
 from edge_offload.settings import KafkaSettings
 
 __all__ = ["OutboxRow", "OutboxStats", "Outbox", "KafkaForwarder"]
@@ -87,6 +89,7 @@ class Outbox:
     def __init__(self, settings: OutboxSettings) -> None:
         self.settings = settings
         Path(settings.path).parent.mkdir(parents=True, exist_ok=True)
+        ensure_private(Path(settings.path))  # face crops and voice clips: owner-only (0600)
         self._db = sqlite3.connect(settings.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={settings.synchronous}")
@@ -249,8 +252,8 @@ class KafkaForwarder:
 
     async def _producer_started(self) -> AIOKafkaProducer:
         if self._producer is None:
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self.kafka.bootstrap_servers,
+            producer = make_producer(
+                self.kafka,
                 client_id=self.kafka.client_id,
                 acks="all",
                 enable_idempotence=self.kafka.enable_idempotence,
@@ -280,7 +283,7 @@ class KafkaForwarder:
         if not missing:
             return
         try:
-            await ensure_topics(self.kafka.bootstrap_servers, sorted(missing))
+            await ensure_topics(self.kafka, sorted(missing))
         except (KafkaError, OSError, RuntimeError) as exc:
             log.info("outbox: could not create topics %s (%s)", sorted(missing), exc)
         self._ensured |= missing

@@ -20,6 +20,7 @@ from edge_agent.metrics import EdgeMetrics
 from edge_agent.model_slot import Loaded, ModelSlot
 from edge_agent.mqtt import InOrderAcker, make_client
 from edge_agent.vision import FrameJob, FrameOutcome, VisionPipeline
+from edge_offload.logs import RateLimitedLog
 from edge_offload.settings import Settings
 from models.artifacts import path_of
 from models.face_detect import FaceDetector
@@ -69,6 +70,7 @@ class EdgeAgent:
         self.settings = settings
         self.pipeline = pipeline
         self.metrics = metrics or EdgeMetrics()
+        self._flood_log = RateLimitedLog(log, interval_s=10.0)
         self.on_outcome = on_outcome
         self.connected = asyncio.Event()
         v = settings.vision
@@ -89,7 +91,7 @@ class EdgeAgent:
 
     async def run(self, stop: asyncio.Event) -> None:
         loaded = self.pipeline.slot.current()
-        self.metrics.model_info.labels(loaded.name, loaded.version).set(1)
+        self.metrics.set_model(loaded.name, loaded.version)
         self.batcher.start()
         backoff = 0.2
         try:
@@ -195,7 +197,8 @@ class EdgeAgent:
             future = self.batcher.submit_nowait(FrameJob(frame, received_s))
         except Overloaded:
             self.metrics.shed.labels(STAGE, "overload").inc()
-            log.warning("overload: shed frame %s/%d", frame.device, frame.seq)
+            self._flood_log.warning("shed", "overload: shed frame %s/%d (counted in edge_messages_shed)",
+                                    frame.device, frame.seq)
             return
         self.metrics.queue_depth.labels(STAGE).set(self.batcher.depth)
         outcome = await future

@@ -7,13 +7,20 @@ DC keys, loads and warms the new version in a worker thread while the old one ke
 serving, then swaps it into the model's :class:`ModelSlot` in one step. Batches that
 already took the old version finish on it. A refused update is counted, kept in
 ``refusals`` and passed to ``on_refused``; it never stops the updater.
+
+Versions only move forward: each announcement carries a serial number and a signature over
+(name, version, sha256, action, serial). One with a serial below the last applied is a replay
+(``stale``); a ``promote`` of a version older than the serving one is a ``downgrade``; only a
+signed ``rollback`` (with a new serial) may go back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
+import re
 import time
 import urllib.request
 from collections import deque
@@ -27,14 +34,17 @@ from aiokafka.errors import KafkaError
 
 from edge_agent.dc_settings import UpdateSettings
 from edge_agent.model_slot import Loaded, ModelSlot
+from edge_offload.files import write_private
 from edge_offload.kafka_admin import ensure_topics
+from edge_offload.kafka_clients import make_consumer
+from edge_offload.logs import RateLimitedLog
 from edge_offload.settings import KafkaSettings
 from topics.codec import ContractError
 from topics.dc import ModelUpdate, decode_model_update
 from topics.names import KAFKA_MODEL_UPDATES
-from topics.signing import key_id, verify
+from topics.signing import announcement_message, key_id, verify, verify_message
 
-__all__ = ["ModelHandler", "Refusal", "UpdateStats", "ModelUpdater", "load_trusted_keys"]
+__all__ = ["ModelHandler", "Refusal", "UpdateStats", "ModelUpdater", "load_trusted_keys", "version_number"]
 
 log = logging.getLogger(__name__)
 M = TypeVar("M")
@@ -74,6 +84,15 @@ class _Refused(Exception):
         self.reason, self.detail = reason, detail
 
 
+_VERSION = re.compile(r"^v(\d+)$")
+
+
+def version_number(version: str) -> int:
+    """``v<n>`` -> n; any other name (a base version) counts as 0, older than every ``v<n>``."""
+    m = _VERSION.match(version)
+    return int(m.group(1)) if m else 0
+
+
 def load_trusted_keys(settings: UpdateSettings) -> dict[str, bytes]:
     """key id -> raw public key, from the hex keys and key files in ``settings``."""
     texts = list(settings.trusted_public_keys) + [Path(p).read_text() for p in settings.trusted_key_files]
@@ -104,6 +123,21 @@ class ModelUpdater:
         self.refusals: deque[Refusal] = deque(maxlen=100)
         self._lock = asyncio.Lock()
         self._changed = asyncio.Condition()
+        self.serials: dict[str, int] = self._load_serials()
+        self._log = RateLimitedLog(log, interval_s=30.0)  # a replay flood: counted, logged now and then
+
+    def _load_serials(self) -> dict[str, int]:
+        path = self.settings.state_file
+        if path is None or not path.exists():
+            return {}
+        data = json.loads(path.read_text())
+        return {str(k): int(v) for k, v in data.get("serials", {}).items()}
+
+    def _save_serials(self) -> None:
+        path = self.settings.state_file
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_private(path, json.dumps({"serials": self.serials}).encode())
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         """Return once ``predicate()`` holds; re-checked after every handled announcement."""
@@ -114,7 +148,7 @@ class ModelUpdater:
         self.stats.refused[reason] = self.stats.refused.get(reason, 0) + 1
         refusal = Refusal(name, version, reason, detail[:500], int(time.time() * 1000))
         self.refusals.append(refusal)
-        log.warning("model update %s %s refused: %s %s", name, version, reason, detail)
+        self._log.warning(reason, "model update %s %s refused: %s %s", name, version, reason, detail[:200])
         if self.on_refused is not None:
             self.on_refused(refusal)
 
@@ -149,7 +183,20 @@ class ModelUpdater:
         keys = [self.trusted[update.key_id]] if update.key_id in self.trusted else list(self.trusted.values())
         if not any(verify(k, update.signature, update.name, update.version, digest) for k in keys):
             raise _Refused("bad_signature", f"key id {update.key_id!r}")
+        if not update.announce_signature:
+            raise _Refused("unsigned_announcement")
+        message = announcement_message(update.name, update.version, digest, update.action, update.serial)
+        if not any(verify_message(k, update.announce_signature, message) for k in keys):
+            raise _Refused("bad_announcement_signature", f"{update.action} serial {update.serial}")
         return data
+
+    def _check_order(self, update: ModelUpdate, serving: str) -> None:
+        """Refuse a replayed announcement and a downgrade that is not a rollback (signatures checked)."""
+        last = self.serials.get(update.name, 0)
+        if update.serial < last:
+            raise _Refused("stale", f"serial {update.serial} < {last} already applied")
+        if update.action != "rollback" and version_number(update.version) < version_number(serving):
+            raise _Refused("downgrade", f"{update.version} is older than serving {serving}; use a rollback")
 
     async def apply(self, update: ModelUpdate) -> bool:
         """Verify, load, warm up and swap in one announced version; False if refused or a no-op."""
@@ -174,6 +221,7 @@ class ModelUpdater:
         if update.format != handler.format:
             raise _Refused("wrong_format", f"{update.format} != {handler.format}")
         data = await self._verified_artifact(update)
+        self._check_order(update, handler.slot.current().version)
         try:
             model = await asyncio.to_thread(handler.load, data, update.version)
         except Exception as exc:  # a signed artifact that does not load: refuse, keep serving
@@ -184,6 +232,8 @@ class ModelUpdater:
         except Exception as exc:
             raise _Refused("warmup_failed", f"{type(exc).__name__}: {exc}") from None
         old = handler.slot.swap(Loaded(model, update.name, update.version))
+        self.serials[update.name] = max(update.serial, self.serials.get(update.name, 0))
+        self._save_serials()
         self.stats.applied += 1
         self.stats.last_swap_s = time.monotonic()
         log.info("model %s: %s -> %s (%s)", update.name, old.version, update.version, update.action)
@@ -201,6 +251,10 @@ class ModelUpdater:
                 async with self._changed:
                     self._changed.notify_all()
                 continue
+            seen = latest.get(update.name)
+            if seen is not None and update.serial < seen.serial:  # replayed after a newer one
+                self._refuse(update.name, update.version, "stale", f"serial {update.serial} < {seen.serial}")
+                continue
             latest[update.name] = update  # a later announcement supersedes an earlier one
         for update in latest.values():
             await self.apply(update)
@@ -209,9 +263,9 @@ class ModelUpdater:
         """Follow the model-updates topic from its start until ``stop`` is set."""
         while not stop.is_set():
             try:
-                await ensure_topics(self.kafka.bootstrap_servers, [KAFKA_MODEL_UPDATES])
-                consumer = AIOKafkaConsumer(
-                    KAFKA_MODEL_UPDATES, bootstrap_servers=self.kafka.bootstrap_servers,
+                await ensure_topics(self.kafka, [KAFKA_MODEL_UPDATES])
+                consumer = make_consumer(
+                    self.kafka, KAFKA_MODEL_UPDATES,
                     client_id=f"{self.kafka.client_id}-updates-{self.node}", group_id=None,
                     auto_offset_reset="earliest", enable_auto_commit=False,
                     max_partition_fetch_bytes=self.settings.max_artifact_bytes + (1 << 20),

@@ -127,13 +127,13 @@ async def run_demo(settings: Settings, seconds: float, fps: float = 10.0, show: 
                           names.transcript(CONVERSATION)):
                 await operator.subscribe(topic, qos=1)
             camera = loop.run_in_executor(None, lambda: run_camera(
-                "127.0.0.1", broker.port, CAMERA, images, fps=fps, seconds=seconds))
+                "127.0.0.1", broker.port, CAMERA, images, fps=fps, seconds=seconds, security=s.mqtt))
             field_unit = None
             if legs:
                 sources = [LegSource(name=leg, samples=audio) for leg, audio in legs.items()]
                 field_unit = loop.run_in_executor(None, lambda: stream_audio(
                     "127.0.0.1", broker.port, device=FIELD_UNIT, conversation=CONVERSATION, legs=sources,
-                    speed=1.0, impairments=Impairments(loss=0.02), seed=1))
+                    speed=1.0, impairments=Impairments(loss=0.02), seed=1, security=s.mqtt))
             conversation_done = (asyncio.ensure_future(node.speech.engine.conversation_closed())
                                  if node.speech is not None and node.speech.engine is not None else None)
             shown = Counter[str]()

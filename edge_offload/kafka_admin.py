@@ -4,17 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
+
+from edge_offload.kafka_clients import make_admin
+from edge_offload.settings import KafkaSettings
 
 __all__ = ["ensure_topics"]
 
 _TOPIC_ALREADY_EXISTS = 36
 
 
-async def ensure_topics(bootstrap_servers: str, names: Sequence[str], *, partitions: int = 1,
+async def ensure_topics(kafka: KafkaSettings | str, names: Sequence[str], *, partitions: int = 1,
                         replication: int = 1, client_id: str = "edge-offload-admin") -> None:
-    """Create the topics that do not exist yet (an existing topic is left as it is)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id=client_id)
+    """Create the topics that do not exist yet (an existing topic is left as it is).
+
+    ``kafka``: the settings (SSL/SASL included), or a bootstrap string for a plaintext broker."""
+    settings = KafkaSettings(bootstrap_servers=kafka) if isinstance(kafka, str) else kafka
+    admin = make_admin(settings, client_id=client_id)
     await admin.start()
     try:
         response = await admin.create_topics([NewTopic(n, partitions, replication) for n in names])

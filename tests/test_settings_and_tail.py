@@ -12,7 +12,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_offload.brokers import MosquittoBroker
-from edge_offload.settings import load_settings
+from edge_offload.settings import MqttSettings, load_settings
 from edge_offload.tail import format_line, tail
 from topics import names
 from topics.vision import Face, ModelRef, Timing, VisionResult, encode_result
@@ -51,7 +51,8 @@ def test_format_line_is_readable() -> None:
 async def test_tail_follows_results_as_json(mosquitto: MosquittoBroker) -> None:
     out = io.StringIO()
     subscribed = asyncio.Event()
-    task = asyncio.create_task(tail("127.0.0.1", mosquitto.port, names.RESULTS_FILTER, as_json=True, count=2,
+    task = asyncio.create_task(tail(MqttSettings(port=mosquitto.port, client_id="tail-json"), [names.RESULTS_FILTER],
+                                    as_json=True, count=2,
                                     out=out, subscribed=subscribed))
     await asyncio.wait_for(subscribed.wait(), 10)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)

@@ -117,9 +117,9 @@ async def test_large_artifact_is_served_over_http_and_checked(tmp_path: Path, re
         assert announce(first).url == f"http://127.0.0.1:{port}/artifacts/{NAME}/{first.version}"
         assert await updater.apply(announce(first))
         registry.artifact_path(NAME, second.version).write_bytes(b"swapped on the server")
-        assert not await updater.apply(announce(second))
-        assert [r.reason for r in refusals] == ["size_mismatch"]
-        assert slot.current().version == first.version and server.served == 2
+        assert not await updater.apply(announce(second))  # the server no longer serves it: 404
+        assert [r.reason for r in refusals] == ["fetch_failed"] and "404" in refusals[0].detail
+        assert slot.current().version == first.version and (server.served, server.refused) == (1, 1)
     finally:
         await server.stop()
 
@@ -143,3 +143,88 @@ async def test_updates_arrive_over_kafka(tmp_path: Path, registry: Registry, kaf
         stop.set()
         await asyncio.wait_for(task, 10)
         await publisher.stop()
+
+
+async def test_replayed_old_announcement_is_refused_and_a_signed_rollback_accepted(
+        tmp_path: Path, registry: Registry) -> None:
+    state = tmp_path / "edge-state" / "updates.json"
+    updater, slot, refusals = _updater(tmp_path, registry, state_file=state)
+    v1 = registry.register(NAME, fer_to_bytes(_model(1)), FER_FORMAT, parent="base", metrics={}, lineage={})
+    v2 = registry.register(NAME, fer_to_bytes(_model(2)), FER_FORMAT, parent=v1.version, metrics={}, lineage={})
+    announce = lambda rec, action="promote": registry.announcement(  # noqa: E731
+        rec, action, inline_max_bytes=1 << 30, base_url=None)
+    old = announce(v1)
+    assert await updater.apply(old)
+    assert await updater.apply(announce(v2))
+    assert slot.current().version == v2.version
+
+    # the old promote of v1 replayed: its signatures are valid, but it is older than what serves
+    assert not await updater.apply(old)
+    assert refusals[-1].reason == "stale" and slot.current().version == v2.version
+    # a forged "rollback" label on the old announcement breaks the announcement signature
+    assert not await updater.apply(dataclasses.replace(old, action="rollback"))
+    assert refusals[-1].reason == "bad_announcement_signature"
+    # a fresh serial on the old promote (not signed by the DC) is refused too
+    assert not await updater.apply(dataclasses.replace(old, serial=old.serial + 100))
+    assert refusals[-1].reason == "bad_announcement_signature"
+    # a newly signed promote of an older version is a downgrade: only a rollback may go back
+    assert not await updater.apply(announce(v1))
+    assert refusals[-1].reason == "downgrade"
+    assert updater.stats.refused == {"stale": 1, "bad_announcement_signature": 2, "downgrade": 1}
+
+    assert await updater.apply(announce(v1, "rollback"))  # the DC's signed rollback
+    assert slot.current().version == v1.version and slot.swaps == 3
+    assert state.stat().st_mode & 0o777 == 0o600
+
+    # a restarted edge remembers the serial: the replay is still refused
+    again, again_slot, again_refusals = _updater(tmp_path, registry, state_file=state)
+    assert not await again.apply(old)
+    assert again_refusals[-1].reason == "stale" and again_slot.current().version == "base"
+
+
+async def test_replay_after_a_newer_announcement_in_one_batch_is_skipped(tmp_path: Path, registry: Registry) -> None:
+    from topics.dc import encode_model_update
+
+    updater, slot, refusals = _updater(tmp_path, registry)
+    v1 = registry.register(NAME, fer_to_bytes(_model(1)), FER_FORMAT, parent="base", metrics={}, lineage={})
+    v2 = registry.register(NAME, fer_to_bytes(_model(2)), FER_FORMAT, parent=v1.version, metrics={}, lineage={})
+    first = registry.announcement(v1, "promote", inline_max_bytes=1 << 30, base_url=None)
+    second = registry.announcement(v2, "promote", inline_max_bytes=1 << 30, base_url=None)
+    await updater._handle([encode_model_update(u) for u in (first, second, first)])  # noqa: SLF001
+    assert slot.current().version == v2.version and slot.swaps == 1
+    assert [r.reason for r in refusals] == ["stale"]
+
+
+async def test_artifact_server_serves_only_signed_registered_artifacts_within_limit(
+        tmp_path: Path, registry: Registry) -> None:
+    import urllib.error
+    import urllib.request
+
+    rec = registry.register(NAME, fer_to_bytes(_model(6)), FER_FORMAT, parent="base", metrics={}, lineage={})
+    rejected = registry.register(NAME, fer_to_bytes(_model(7)), FER_FORMAT, parent="base", metrics={}, lineage={})
+    registry.reject(NAME, rejected.version, {}, "gate")
+    stray = registry.artifact_path(NAME, "v99")
+    stray.write_bytes(b"dropped into the folder, never registered or signed")
+    server = ArtifactServer(registry, "127.0.0.1", 0, max_bytes=rec.size)
+    small = ArtifactServer(registry, "127.0.0.1", 0, max_bytes=rec.size - 1)
+    port, small_port = await server.start(), await small.start()
+
+    def status(p: int, version: str) -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{p}/artifacts/{NAME}/{version}", timeout=10) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    try:
+        assert await asyncio.to_thread(status, port, rec.version) == 200
+        assert await asyncio.to_thread(status, port, "v99") == 404
+        assert await asyncio.to_thread(status, port, rejected.version) == 404
+        assert await asyncio.to_thread(status, small_port, rec.version) == 413
+        assert (server.served, server.refused, small.refused) == (1, 2, 1)
+    finally:
+        await server.stop()
+        await small.stop()
+    from cloud_trainer.settings import TrainerSettings
+
+    assert TrainerSettings().serve_host == "127.0.0.1"  # not every interface unless configured

@@ -98,7 +98,9 @@ class ModelUpdate:
 
     The artifact comes inline (``artifact``) or by ``url``. ``signature`` is an ed25519
     signature of :func:`cloud_trainer.registry.signed_message` (name, version, sha256)
-    by the DC key whose fingerprint is ``key_id``.
+    by the DC key whose fingerprint is ``key_id``. ``serial`` rises with every announcement
+    of the DC; ``announce_signature`` signs :func:`topics.signing.announcement_message`
+    (name, version, sha256, action, serial) with the same key.
     """
 
     name: str
@@ -114,6 +116,8 @@ class ModelUpdate:
     url: str | None = None
     metrics: dict[str, float] = dc_field(default_factory=dict)
     created_at_ms: int = 0
+    serial: int = 0
+    announce_signature: bytes = b""
 
 
 def _checked_id(obj: dict[str, Any], key: str) -> str:
@@ -241,6 +245,8 @@ def encode_model_update(update: ModelUpdate) -> bytes:
         "url": update.url,
         "metrics": {k: float(v) for k, v in update.metrics.items()},
         "created_at_ms": update.created_at_ms,
+        "serial": update.serial,
+        "announce_signature": update.announce_signature,
     })
 
 
@@ -276,4 +282,6 @@ def decode_model_update(payload: bytes, max_bytes: int = MAX_MODEL_UPDATE_BYTES)
         url=url,
         metrics=metrics,
         created_at_ms=field(obj, "created_at_ms", int),
+        serial=opt_field(obj, "serial", int, 0),
+        announce_signature=opt_field(obj, "announce_signature", bytes, b""),
     )

@@ -30,8 +30,10 @@ from dataclasses import dataclass, field
 import aiomqtt
 import numpy as np
 
+from edge_agent.metrics import BucketCounts
 from edge_agent.speech.diarize import Diarizer
 from edge_agent.speech.pipeline import ConversationTracker, LegStream, PipelineConfig, StepOutput, Utterance
+from edge_offload.mqtt_security import aiomqtt_connection
 from edge_offload.settings import Settings, SpeechServiceConfig
 from models.asr import AsrModel, build_domain_lm
 from models.speaker import SpeakerEncoder
@@ -78,6 +80,8 @@ class SpeechCounters:
     reconnects: int = 0
     partial_latency_s: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
     final_latency_s: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
+    partial_latency_hist: BucketCounts = field(default_factory=BucketCounts)  # every one, exported
+    final_latency_hist: BucketCounts = field(default_factory=BucketCounts)
 
     @staticmethod
     def p95(values: deque[float]) -> float:
@@ -86,7 +90,7 @@ class SpeechCounters:
 
 def register_metrics(counters: SpeechCounters, registry: object) -> None:
     """Expose ``counters`` on a prometheus_client registry as ``edge_speech_*`` metrics."""
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.core import CounterMetricFamily
 
     class _Collector:
         def collect(self) -> object:
@@ -112,11 +116,10 @@ def register_metrics(counters: SpeechCounters, registry: object) -> None:
             for reason, n in sorted(c.packets_rejected.items()):
                 rejected.add_metric([reason], n)
             yield rejected
-            yield GaugeMetricFamily("edge_speech_partial_latency_p95_seconds",
-                                    "p95 audio arrival -> partial published (recent)", value=c.p95(c.partial_latency_s))
-            yield GaugeMetricFamily("edge_speech_final_latency_p95_seconds",
-                                    "p95 end of speech arrival -> segment published (recent)",
-                                    value=c.p95(c.final_latency_s))
+            yield c.partial_latency_hist.family("edge_speech_partial_latency_seconds",
+                                                "audio arrival -> partial published")
+            yield c.final_latency_hist.family("edge_speech_final_latency_seconds",
+                                              "end of speech arrival -> segment published")
 
     registry.register(_Collector())  # type: ignore[attr-defined]
 
@@ -311,8 +314,12 @@ class SpeechEngine:
         if out.partials or out.segments or out.rejected:
             await self.sink(out, state.topic)
         now = self.clock()
-        c.partial_latency_s.extend(max(0.0, now - a) for a in out.partial_arrivals_s)
-        c.final_latency_s.extend(s.latency_ms / 1000.0 for s in out.segments)
+        partial_s = [max(0.0, now - a) for a in out.partial_arrivals_s]
+        final_s = [s.latency_ms / 1000.0 for s in out.segments]
+        c.partial_latency_s.extend(partial_s)
+        c.final_latency_s.extend(final_s)
+        c.partial_latency_hist.observe_many(partial_s)
+        c.final_latency_hist.observe_many(final_s)
 
 
 # ------------------------------------------------------------------------------ MQTT service
@@ -375,9 +382,8 @@ class SpeechService:
     def _make_client(self) -> aiomqtt.Client:
         m = self.settings.mqtt
         return aiomqtt.Client(
-            m.host, m.port, identifier=f"{m.client_id}{self.config.client_suffix}",
+            **aiomqtt_connection(m), identifier=f"{m.client_id}{self.config.client_suffix}",
             protocol=aiomqtt.ProtocolVersion.V5, clean_start=True, keepalive=m.keepalive_s,
-            username=m.username, password=m.password,
             max_queued_incoming_messages=max(1000, m.receive_maximum * 16),
         )
 
