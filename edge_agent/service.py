@@ -45,7 +45,8 @@ def build_vision_pipeline(settings: Settings) -> VisionPipeline:
     if v.detector == "blazeface":
         ranges = ("full", "short") if v.blazeface_short_range else ("full",)
         detector = load_blazeface(settings.cache_dir, device=resolve_device(settings.edge.device),
-                                  ranges=ranges, min_face_px=v.min_face_px, max_faces=v.max_faces)
+                                  ranges=ranges, min_face_px=v.min_face_px, max_faces=v.max_faces,
+                                  workers=v.detect_workers)
     else:
         cascade = path_of("fer", "haarcascade_frontalface_default.xml", settings.cache_dir)
 

@@ -131,6 +131,11 @@ def test_batch_equals_single_and_gray_input(cache_dir: Path, photos: list) -> No
     images = [bgr for _, bgr, _ in photos]
     batch = detector.detect_batch(images)
     assert batch == [detector.detect(img) for img in images]
+    threaded = load_blazeface(cache_dir, chunk=2, workers=2)
+    try:
+        assert threaded.detect_batch(images) == batch  # (model, chunk) pieces in 2 threads
+    finally:
+        threaded.close()
     assert detector.detect_batch([]) == []
     gray = cv2.cvtColor(photos[1][1], cv2.COLOR_BGR2GRAY)  # the astronaut
     assert len(detector.detect(gray)) == 1
