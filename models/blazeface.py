@@ -16,6 +16,7 @@ weighted NMS, so one detector covers every face size.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -355,20 +356,28 @@ class BlazeFaceDetector:
 
     ``detect_batch`` takes uint8 images (H, W, 3) in OpenCV's BGR order, or (H, W) gray
     (replicated to 3 channels; BlazeFace finds fewer faces in gray: 4/6 in t1.jpg) and
-    returns per frame (x, y, w, h) boxes in full-resolution pixels, largest first. Each
-    network runs on the whole batch on ``device``, in chunks of ``chunk`` frames (on CPU 4
-    is faster per frame than 1 or 16: measured 6.1 vs 9.0 / 9.1 ms for full range).
+    returns per frame (x, y, w, h) boxes in full-resolution pixels, largest first.
+
+    Each frame is letterboxed once (OpenCV, to the largest model input); the whole batch
+    goes to ``device`` as one uint8 tensor, and each smaller model input is resized from it
+    there (one batched antialiased resize). Each network runs over the batch in chunks of
+    ``chunk`` frames (on CPU 4 is faster per frame than 1 or 16: measured 6.1 vs 9.0 / 9.1
+    ms for full range), the (network, chunk) pieces spread over ``workers`` threads. On CPU
+    that is how detection uses several cores: torch's own intra-op threads stall badly when
+    the cores are shared with the broker and the camera (measured: p99 6.4 s with 2 intra-op
+    threads vs 0.12 s with 1 at the same load).
     """
 
     color = True  # BlazeFace finds fewer faces in gray (4/6 in t1.jpg): give it BGR frames
 
     def __init__(self, nets: Sequence[tuple[BlazeSpec, TfliteGraphNet]], device: str = "cpu",
                  min_face_px: int = 24, max_faces: int = 16,
-                 min_scores: Sequence[float] | None = None, chunk: int | None = None) -> None:
+                 min_scores: Sequence[float] | None = None, chunk: int | None = None,
+                 workers: int = 1) -> None:
         if not nets:
             raise ValueError("need at least one BlazeFace network")
-        if min_face_px < 1 or max_faces < 1:
-            raise ValueError("need min_face_px >= 1 and max_faces >= 1")
+        if min_face_px < 1 or max_faces < 1 or workers < 1:
+            raise ValueError("need min_face_px >= 1, max_faces >= 1 and workers >= 1")
         self.device = torch.device(device)
         self.specs = [s for s, _ in nets]
         self.nets = [n.to(self.device).eval() for _, n in nets]
@@ -378,43 +387,58 @@ class BlazeFaceDetector:
         self.chunk = chunk if chunk is not None else (4 if self.device.type == "cpu" else 256)
         if self.chunk < 1:
             raise ValueError("chunk must be >= 1")
+        self.square = max(s.input_size for s in self.specs)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="blazeface") if workers > 1 else None
 
-    def _raw(self, k: int, squares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Run network k on N letterboxed BGR uint8 squares (N, S, S, 3): (N, A, 16), (N, A) scores."""
-        regs, scores = [], []
+    def _run(self, k: int, squares: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Network k on (n, S, S, 3) BGR uint8 squares on the device: (n, A, 16), (n, A) scores."""
         with torch.inference_mode():
-            for i in range(0, len(squares), self.chunk):
-                x = torch.from_numpy(squares[i:i + self.chunk]).to(self.device)
-                # BGR -> RGB, NHWC -> NCHW view (channels-last memory), [0, 255] -> [-1, 1]
-                x = x.flip(-1).permute(0, 3, 1, 2).float().mul_(2.0 / 255.0).sub_(1.0)
-                reg, logit = self.nets[k](x)
-                regs.append(reg)
-                scores.append(torch.sigmoid(logit[..., 0].clamp(-SCORE_CLIP, SCORE_CLIP)))
-            reg, score = torch.cat(regs), torch.cat(scores)
-        return reg.float().cpu().numpy(), score.float().cpu().numpy()
+            # BGR -> RGB, NHWC -> NCHW view (channels-last memory), [0, 255] -> [-1, 1]
+            x = squares.flip(-1).permute(0, 3, 1, 2).float().mul_(2.0 / 255.0).sub_(1.0)
+            size = self.specs[k].input_size
+            if size != x.shape[-1]:
+                x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            reg, logit = self.nets[k](x)
+            return reg, torch.sigmoid(logit[..., 0].clamp(-SCORE_CLIP, SCORE_CLIP))
+
+    def raw_batch(self, images: Sequence[np.ndarray]) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[tuple[float, int, int]]]:
+        """Per network: regressors (N, A, 16) and scores (N, A); per image: letterbox (scale, px, py)."""
+        squares, geo = [], []
+        for img in images:
+            if img.dtype != np.uint8 or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
+                raise ValueError(f"expected uint8 (H, W) or (H, W, 3) images, got {img.dtype} {img.shape}")
+            sq, scale, px, py = letterbox(img, self.square)
+            squares.append(np.repeat(sq[:, :, None], 3, axis=2) if sq.ndim == 2 else sq)
+            geo.append((scale, px, py))
+        batch = torch.from_numpy(np.stack(squares)).to(self.device)
+        pieces = [(k, i) for k in range(len(self.nets)) for i in range(0, len(batch), self.chunk)]
+
+        def run(piece: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+            k, i = piece
+            return self._run(k, batch[i:i + self.chunk])
+
+        done = list(self._pool.map(run, pieces)) if self._pool and len(pieces) > 1 else [run(p) for p in pieces]
+        raw = []
+        for k in range(len(self.nets)):
+            mine = [d for (kk, _), d in zip(pieces, done) if kk == k]
+            raw.append((torch.cat([r for r, _ in mine]).float().cpu().numpy(),
+                        torch.cat([s for _, s in mine]).float().cpu().numpy()))
+        return raw, geo
 
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Box]]:
         """Faces per image, largest first, at most ``max_faces`` each."""
         if not images:
             return []
-        for img in images:
-            if img.dtype != np.uint8 or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
-                raise ValueError(f"expected uint8 (H, W) or (H, W, 3) images, got {img.dtype} {img.shape}")
+        raw, geo = self.raw_batch(images)
         cand: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in images]
         for k, spec in enumerate(self.specs):
-            squares, geo = [], []
-            for img in images:
-                sq, scale, px, py = letterbox(img, spec.input_size)
-                if sq.ndim == 2:
-                    sq = np.repeat(sq[:, :, None], 3, axis=2)
-                squares.append(sq)
-                geo.append((scale, px, py))
-            reg, score = self._raw(k, np.stack(squares))
+            reg, score = raw[k]
             for i, (scale, px, py) in enumerate(geo):
                 keep = score[i] >= self.min_scores[k]
                 if not keep.any():
                     continue
-                b = decode_boxes(reg[i][keep], self.anchors[k][keep], spec.input_size) * spec.input_size
+                # [0, 1] of the model input = [0, 1] of the letterboxed square
+                b = decode_boxes(reg[i][keep], self.anchors[k][keep], spec.input_size) * self.square
                 b = (b - np.array([px, py, px, py], np.float32)) / scale  # full-resolution pixels
                 cand[i].append((b, score[i][keep]))
         return [self._finish(c, img.shape[:2]) for c, img in zip(cand, images)]
@@ -424,7 +448,9 @@ class BlazeFaceDetector:
         return self.detect_batch([image])[0]
 
     def close(self) -> None:
-        """Nothing to release (the interface's counterpart of the Haar thread pool)."""
+        """Release the worker threads."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
     def _finish(self, cand: list[tuple[np.ndarray, np.ndarray]], hw: tuple[int, ...]) -> list[Box]:
         if not cand:
@@ -443,7 +469,8 @@ class BlazeFaceDetector:
 
 
 def load_blazeface(cache_dir: Path, device: str = "cpu", ranges: Sequence[str] = ("full", "short"),
-                   min_face_px: int = 24, max_faces: int = 16, chunk: int | None = None) -> BlazeFaceDetector:
+                   min_face_px: int = 24, max_faces: int = 16, chunk: int | None = None,
+                   workers: int = 1) -> BlazeFaceDetector:
     """The detector from the pinned ``blazeface`` artifact: ``ranges`` picks full and/or short."""
     specs = {"full": FULL_RANGE, "short": SHORT_RANGE}
     unknown = set(ranges) - set(specs)
@@ -451,4 +478,5 @@ def load_blazeface(cache_dir: Path, device: str = "cpu", ranges: Sequence[str] =
         raise ValueError(f"ranges must be a non-empty subset of {sorted(specs)}, got {list(ranges)}")
     nets = [(specs[r], load_blazeface_net(path_of("blazeface", specs[r].filename, cache_dir)))
             for r in ranges]
-    return BlazeFaceDetector(nets, device=device, min_face_px=min_face_px, max_faces=max_faces, chunk=chunk)
+    return BlazeFaceDetector(nets, device=device, min_face_px=min_face_px, max_faces=max_faces, chunk=chunk,
+                             workers=workers)
