@@ -362,7 +362,8 @@ class BlazeFaceDetector:
     goes to ``device`` as one uint8 tensor, and each smaller model input is resized from it
     there (one batched antialiased resize). Each network runs over the batch in chunks of
     ``chunk`` frames (on CPU 4 is faster per frame than 1 or 16: measured 6.1 vs 9.0 / 9.1
-    ms for full range), the (network, chunk) pieces spread over ``workers`` threads. On CPU
+    ms for full range; smaller when the batch is too small to give every worker a share),
+    the (network, chunk) pieces spread over ``workers`` threads. On CPU
     that is how detection uses several cores: torch's own intra-op threads stall badly when
     the cores are shared with the broker and the camera (measured: p99 6.4 s with 2 intra-op
     threads vs 0.12 s with 1 at the same load).
@@ -388,6 +389,7 @@ class BlazeFaceDetector:
         if self.chunk < 1:
             raise ValueError("chunk must be >= 1")
         self.square = max(s.input_size for s in self.specs)
+        self.workers = workers
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="blazeface") if workers > 1 else None
 
     def _run(self, k: int, squares: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -411,11 +413,13 @@ class BlazeFaceDetector:
             squares.append(np.repeat(sq[:, :, None], 3, axis=2) if sq.ndim == 2 else sq)
             geo.append((scale, px, py))
         batch = torch.from_numpy(np.stack(squares)).to(self.device)
-        pieces = [(k, i) for k in range(len(self.nets)) for i in range(0, len(batch), self.chunk)]
+        # Small batches (light load) are split finer so every worker has a share of each model.
+        chunk = min(self.chunk, -(-len(batch) // self.workers))
+        pieces = [(k, i) for k in range(len(self.nets)) for i in range(0, len(batch), chunk)]
 
         def run(piece: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
             k, i = piece
-            return self._run(k, batch[i:i + self.chunk])
+            return self._run(k, batch[i:i + chunk])
 
         done = list(self._pool.map(run, pieces)) if self._pool and len(pieces) > 1 else [run(p) for p in pieces]
         raw = []
