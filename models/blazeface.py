@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.artifacts import path_of
+from models.face_detect import Box
 
 __all__ = [
     "FULL_RANGE",
@@ -43,9 +44,6 @@ __all__ = [
     "weighted_nms",
 ]
 
-Box = tuple[int, int, int, int]  # x, y, w, h in full-resolution pixels
-
-
 @dataclass(frozen=True)
 class BlazeSpec:
     """One BlazeFace model file and its MediaPipe SSD / decoding options."""
@@ -57,9 +55,12 @@ class BlazeSpec:
     min_score: float
 
 
-# MediaPipe face_detection_full_range.pbtxt: 1 layer, stride 4, 1 anchor per cell (48x48 = 2304).
+# MediaPipe face_detection_full_range.pbtxt: 1 layer, stride 4, 1 anchor per cell (48x48 = 2304),
+# checked against the file's 2304 output rows. Score threshold 0.5 as for short range (at 0.6
+# the group photo t1.jpg gives 5/6: its 6th face scores 0.55).
 FULL_RANGE = BlazeSpec("face_detection_full_range.tflite", 192, (4,), 1, 0.5)
-# face_detection_short_range.pbtxt: strides 8,16,16,16 with 2 anchors each: 16x16x2 + 8x8x6 = 896.
+# face_detection_short_range.pbtxt: strides 8,16,16,16 with 2 anchors each: 16x16x2 + 8x8x6 = 896
+# (the file's output rows).
 SHORT_RANGE = BlazeSpec("face_detection_short_range.tflite", 128, (8, 16, 16, 16), 2, 0.5)
 
 NMS_IOU = 0.3  # MediaPipe: min_suppression_threshold 0.3, overlap IOU, WEIGHTED
@@ -102,6 +103,12 @@ def _tensor_array(model: tflite.Model, graph: tflite.SubGraph, index: int) -> np
     if dtype is None:
         raise ValueError(f"tensor {t.Name()!r}: unsupported constant type {t.Type()}")
     return np.frombuffer(buf.DataAsNumpy().tobytes(), dtype=dtype).reshape(t.ShapeAsNumpy())
+
+
+def _activation(path: Path, index: int, code: int) -> str | None:
+    if code not in _ACT:
+        raise ValueError(f"{path}: op {index} has fused activation {code}, not ported")
+    return _ACT[code]
 
 
 def _options(op: tflite.Operator, cls: type) -> object:
@@ -230,16 +237,16 @@ def load_blazeface_net(path: Path) -> TfliteGraphNet:
             if kind == "DEPTHWISE_CONV_2D" and o.DepthMultiplier() != 1:
                 raise ValueError(f"{path}: op {i} has depth multiplier {o.DepthMultiplier()}")
             ops.append(_Op(kind, ins, out, o.StrideH(), o.Padding() == 0,
-                           _ACT[o.FusedActivationFunction()]))
+                           _activation(path, i, o.FusedActivationFunction())))
         elif kind == "ADD":
             o = _options(op, tflite.AddOptions)
-            ops.append(_Op(kind, ins, out, act=_ACT[o.FusedActivationFunction()]))
+            ops.append(_Op(kind, ins, out, act=_activation(path, i, o.FusedActivationFunction())))
         elif kind == "MAX_POOL_2D":
             o = _options(op, tflite.Pool2DOptions)
             if o.FilterHeight() != o.FilterWidth() or o.StrideH() != o.StrideW():
                 raise ValueError(f"{path}: op {i} is a non-square pool")
             ops.append(_Op(kind, ins, out, o.StrideH(), o.Padding() == 0,
-                           _ACT[o.FusedActivationFunction()], kernel=o.FilterHeight()))
+                           _activation(path, i, o.FusedActivationFunction()), kernel=o.FilterHeight()))
         elif kind == "PAD":
             ops.append(_Op(kind, ins[:1], out, shape=tuple(int(v) for v in consts[ins[1]].ravel())))
         elif kind == "RESIZE_BILINEAR":
