@@ -25,9 +25,8 @@ import sys
 import threading
 import time
 
-import numpy as np
-
 import cv2
+import numpy as np
 
 from devices.camera import face_test_photos, photo_frames, run_camera
 from edge_agent.service import build_vision_pipeline

@@ -24,7 +24,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-__all__ = ["Overloaded", "BatchStats", "DynamicBatcher", "adaptive_wait_s"]
+__all__ = ["BatchStats", "DynamicBatcher", "Overloaded", "adaptive_wait_s"]
 
 T = TypeVar("T")
 R = TypeVar("R")

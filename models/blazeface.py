@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -69,6 +70,7 @@ SCORE_CLIP = 100.0  # MediaPipe: score_clipping_thresh 100
 
 # -- the graph -----------------------------------------------------------------------------
 
+_T = TypeVar("_T")
 _ACT = {0: None, 1: "relu", 3: "relu6"}
 _SUPPORTED = {"CONV_2D", "DEPTHWISE_CONV_2D", "RELU", "ADD", "PAD", "MAX_POOL_2D",
               "RESIZE_BILINEAR", "RESHAPE", "CONCATENATION", "DEQUANTIZE"}
@@ -111,10 +113,10 @@ def _activation(path: Path, index: int, code: int) -> str | None:
     return _ACT[code]
 
 
-def _options(op: tflite.Operator, cls: type) -> object:
+def _options(op: tflite.Operator, cls: type[_T]) -> _T:
     table = op.BuiltinOptions()
     opts = cls()
-    opts.Init(table.Bytes, table.Pos)
+    opts.Init(table.Bytes, table.Pos)  # type: ignore[attr-defined]
     return opts
 
 
@@ -466,8 +468,8 @@ class BlazeFaceDetector:
     def _finish(self, cand: list[tuple[np.ndarray, np.ndarray]], hw: tuple[int, ...]) -> list[Box]:
         if not cand:
             return []
-        boxes, scores = weighted_nms(np.concatenate([b for b, _ in cand]),
-                                     np.concatenate([s for _, s in cand]))
+        boxes, _ = weighted_nms(np.concatenate([b for b, _ in cand]),
+                                np.concatenate([s for _, s in cand]))
         h, w = hw
         out: list[Box] = []
         for x0, y0, x1, y1 in boxes:
