@@ -398,8 +398,9 @@ class BlazeFaceDetector:
         if self.chunk < 1:
             raise ValueError("chunk must be >= 1")
         self.square = max(s.input_size for s in self.specs)
-        self.workers = workers
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="blazeface") if workers > 1 else None
+        # On a GPU one thread feeds the whole batch; the threads are a CPU device's parallelism.
+        self.workers = workers if self.device.type == "cpu" else 1
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="blazeface") if self.workers > 1 else None
 
     def _run(self, k: int, squares: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Network k on (n, S, S, 3) BGR uint8 squares on the device: (n, A, 16), (n, A) scores."""
