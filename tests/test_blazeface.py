@@ -21,6 +21,7 @@ from models.blazeface import (
     load_blazeface,
     load_blazeface_net,
     ssd_anchors,
+    trace_net,
     weighted_nms,
 )
 from models.face_detect import Box
@@ -144,6 +145,18 @@ def test_batch_equals_single_and_gray_input(cache_dir: Path, photos: list) -> No
         detector.detect(np.zeros((10, 10, 4), np.uint8))
     with pytest.raises(ValueError):
         load_blazeface(cache_dir, ranges=("medium",))
+
+
+def test_traced_net_equals_the_eager_graph_at_any_batch_size(cache_dir: Path) -> None:
+    for spec in (FULL_RANGE, SHORT_RANGE):
+        net = load_blazeface_net(path_of("blazeface", spec.filename, cache_dir))
+        traced = trace_net(net, spec.input_size, torch.device("cpu"))  # traced at batch 2
+        for n in (1, 3):
+            x = torch.rand(n, 3, spec.input_size, spec.input_size) * 2 - 1
+            with torch.inference_mode():
+                for a, b in zip(net(x), traced(x)):
+                    assert a.shape[0] == n
+                    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
 
 def test_weighted_nms_blends_a_cluster_and_keeps_separate_boxes() -> None:
