@@ -66,3 +66,16 @@ def test_haar_stays_selectable_and_finds_fewer_in_the_group(settings: Settings) 
     assert counts[1] == 1  # the astronaut
     boxes = [[f.box for f in o.result.faces] for o in batch[:2]]  # type: ignore[union-attr]
     assert [[f.box for f in o.result.faces] for o in single] == boxes  # type: ignore[union-attr]
+
+
+def test_blazeface_takes_gray_frames_too(settings: Settings) -> None:
+    """A camera sending 1-channel images: decoded to BGR (replicated), the face is still found."""
+    pipeline = _pipeline(settings, "blazeface")
+    try:
+        _, astronaut, _ = face_test_photos(settings.cache_dir)[1]
+        gray_png = cv2.imencode(".png", cv2.cvtColor(astronaut, cv2.COLOR_BGR2GRAY))[1].tobytes()
+        (outcome,) = pipeline.run_batch([FrameJob(Frame("cam-pipe", 0, 0, "png", gray_png), time.monotonic())])
+    finally:
+        pipeline.close()
+    assert outcome.result is not None and len(outcome.result.faces) == 1
+    assert outcome.crops[0].ndim == 2  # FER gets gray crops
