@@ -1,11 +1,17 @@
 """Vision benchmark: ``python -m bench.vision --json`` prints one JSON object.
 
+Top-level figures are for the configured detector (``vision.detector``, default BlazeFace);
+``haar`` / ``blazeface`` hold the other detector's figures from the same run.
+
 - ``offline_fps``: decode + detect + classify (the agent's own ``run_batch``), no broker.
+- ``offline_fps_by_batch``: the same at batch 1 / 16 / 64 on the serving device.
 - ``e2e_fps``: frames/s through Mosquitto and an edge agent *process* at saturation
   (a backlog is published with QoS 1; rate of results between the first and last).
 - ``efficiency`` = e2e_fps / offline_fps.
+- ``e2e_vs_other``: e2e_fps / the other detector's e2e_fps.
 - ``batching_gain``: FER crops/s at the configured batch size vs batch 1.
 - ``p50_ms`` / ``p99_ms``: capture -> result received at half the saturation rate.
+- ``faces_found``: faces per test photo (group t1.jpg: 6, astronaut: 1, close-ups: 1 each).
 """
 
 from __future__ import annotations
@@ -19,9 +25,10 @@ import sys
 import threading
 import time
 
+import cv2
 import numpy as np
 
-from devices.camera import photo_frames, run_camera
+from devices.camera import face_test_photos, photo_frames, run_camera
 from edge_agent.service import build_vision_pipeline
 from edge_agent.vision import FrameJob
 from edge_offload.brokers import MosquittoBroker
@@ -46,6 +53,37 @@ def offline_fps(settings: Settings, images: list[bytes], n: int) -> float:
     elapsed = time.perf_counter() - t0
     pipeline.close()
     return n / elapsed
+
+
+def offline_fps_by_batch(settings: Settings, images: list[bytes], sizes: tuple[int, ...] = (1, 16, 64)) -> dict[str, float]:
+    """Frames/s of ``run_batch`` at each batch size (one warm-up batch, then >= 64 frames)."""
+    pipeline = build_vision_pipeline(settings)
+    out: dict[str, float] = {}
+    try:
+        for bs in sizes:
+            frames = [Frame("bench", i, 0, "jpeg", images[i % len(images)]) for i in range(bs)]
+            pipeline.run_batch([FrameJob(f, time.monotonic()) for f in frames])
+            done, t0 = 0, time.perf_counter()
+            while done < max(64, bs):
+                pipeline.run_batch([FrameJob(f, time.monotonic()) for f in frames])
+                done += bs
+            out[str(bs)] = round(done / (time.perf_counter() - t0), 2)
+    finally:
+        pipeline.close()
+    return out
+
+
+def faces_found(settings: Settings) -> dict[str, str]:
+    """'found/expected' faces per test photo, through the agent's own ``run_batch``."""
+    pipeline = build_vision_pipeline(settings)
+    photos = face_test_photos(settings.cache_dir)
+    jobs = [FrameJob(Frame("bench", i, 0, "png", cv2.imencode(".png", bgr)[1].tobytes()), time.monotonic())
+            for i, (_, bgr, _) in enumerate(photos)]
+    try:
+        outcomes = pipeline.run_batch(jobs)
+    finally:
+        pipeline.close()
+    return {name: f"{len(o.result.faces) if o.result else 0}/{n}" for (name, _, n), o in zip(photos, outcomes)}
 
 
 def batching_gain(settings: Settings, images: list[bytes]) -> tuple[float, float, float]:
@@ -79,6 +117,7 @@ def _agent_env(settings: Settings, port: int) -> dict[str, str]:
         "EDGE_OFFLOAD_EDGE__HTTP_PORT": "0",
         "EDGE_OFFLOAD_VISION__MAX_BATCH_SIZE": str(settings.vision.max_batch_size),
         "EDGE_OFFLOAD_VISION__MAX_QUEUE_DELAY_MS": str(settings.vision.max_queue_delay_ms),
+        "EDGE_OFFLOAD_VISION__DETECTOR": settings.vision.detector,
         # the vision path alone: no speech service, no DC loop competing for the cores
         "EDGE_OFFLOAD_EDGE__SPEECH": "false",
         "EDGE_OFFLOAD_MINING__ENABLED": "false",
@@ -152,38 +191,68 @@ def end_to_end(settings: Settings, images: list[bytes], n_saturation: int, laten
             "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--json", action="store_true", help="print only the JSON object")
-    p.add_argument("--frames", type=int, default=300, help="frames for the saturation runs")
-    p.add_argument("--latency-seconds", type=float, default=10.0)
-    args = p.parse_args(argv)
-    settings = load_settings()
-    images = photo_frames(settings.cache_dir)
-    off = offline_fps(settings, images, args.frames)
-    gain, r1, rb = batching_gain(settings, images)
-    e2e = end_to_end(settings, images, args.frames, args.latency_seconds)
-    out = {
+def _with_detector(settings: Settings, detector: str) -> Settings:
+    return settings.model_copy(update={"vision": settings.vision.model_copy(update={"detector": detector})})
+
+
+def measure(settings: Settings, images: list[bytes], frames: int, latency_seconds: float) -> dict[str, object]:
+    """Every figure for one detector."""
+    off = offline_fps(settings, images, frames)
+    by_batch = offline_fps_by_batch(settings, images)
+    found = faces_found(settings)
+    e2e = end_to_end(settings, images, frames, latency_seconds)
+    return {
         "e2e_fps": round(e2e["e2e_fps"], 2),
         "offline_fps": round(off, 2),
         "efficiency": round(e2e["e2e_fps"] / off, 3),
-        "batching_gain": round(gain, 2),
-        "fer_crops_per_s_batch1": round(r1, 1),
-        "fer_crops_per_s_batch": round(rb, 1),
+        "offline_fps_by_batch": by_batch,
         "p50_ms": round(e2e["p50_ms"], 2),
         "p99_ms": round(e2e["p99_ms"], 2),
         "latency_load_fps": round(e2e["latency_load_fps"], 2),
         "latency_frames": int(e2e["latency_frames"]),
+        "faces_found": found,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", action="store_true", help="print only the JSON object")
+    p.add_argument("--frames", type=int, default=300, help="frames for the saturation runs")
+    p.add_argument("--latency-seconds", type=float, default=10.0)
+    p.add_argument("--no-compare", action="store_true", help="measure the configured detector only")
+    args = p.parse_args(argv)
+    settings = load_settings()
+    images = photo_frames(settings.cache_dir)
+    main_detector = settings.vision.detector
+    out: dict[str, object] = {"detector": main_detector}
+    out.update(measure(settings, images, args.frames, args.latency_seconds))
+    gain, r1, rb = batching_gain(settings, images)
+    if not args.no_compare:
+        other = "haar" if main_detector == "blazeface" else "blazeface"
+        theirs = measure(_with_detector(settings, other), images, args.frames, args.latency_seconds)
+        out["e2e_vs_other"] = round(float(out["e2e_fps"]) / float(theirs["e2e_fps"]), 2)  # type: ignore[arg-type]
+        out[other] = theirs
+    out.update({
+        "batching_gain": round(gain, 2),
+        "fer_crops_per_s_batch1": round(r1, 1),
+        "fer_crops_per_s_batch": round(rb, 1),
         "max_batch_size": settings.vision.max_batch_size,
         "max_queue_delay_ms": settings.vision.max_queue_delay_ms,
         "detect_max_side": settings.vision.detect_max_side,
-        "frame_pixels": "x".join(map(str, __import__("cv2").imdecode(np.frombuffer(images[0], np.uint8), 0).shape)),
+        "device": str(build_device(settings)),
+        "frame_pixels": "x".join(map(str, cv2.imdecode(np.frombuffer(images[0], np.uint8), 0).shape)),
         "cpu_cores": os.cpu_count(),
-    }
+    })
     if not args.json:
         print(__doc__)
     print(json.dumps(out))
     return 0
+
+
+def build_device(settings: Settings) -> str:
+    from models.fer_edge import resolve_device
+
+    return resolve_device(settings.edge.device)
 
 
 if __name__ == "__main__":

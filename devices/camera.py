@@ -25,7 +25,7 @@ from topics import names
 from topics.kubeedge import twin_update, twin_update_topic
 from topics.vision import Frame, encode_frame
 
-__all__ = ["CameraStats", "load_folder", "photo_frames", "run_camera", "main"]
+__all__ = ["CameraStats", "face_test_photos", "load_folder", "photo_frames", "run_camera", "main"]
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
@@ -90,6 +90,31 @@ def photo_frames(cache_dir: Path, max_side: int = 640) -> list[bytes]:
         ]
         frames.extend(_jpeg(v) for v in variants)
     return frames
+
+
+# Face boxes (x, y, w, h) in the pinned photos, from BlazeFace full range run by ai-edge-litert.
+_CLOSE_UP_FACES = (
+    ("photos_astronaut", "astronaut.png", (174, 70, 105, 105)),
+    ("photos_group", "t1.jpg", (457, 290, 115, 115)),
+    ("photos_group", "t1.jpg", (52, 275, 117, 116)),
+)
+
+
+def face_test_photos(cache_dir: Path, close_up_side: int = 480) -> list[tuple[str, np.ndarray, int]]:
+    """(name, BGR image, faces in it): the group photo (6), the astronaut (1) and close-ups.
+
+    A close-up is one face's box cropped so the face fills the whole frame, scaled to
+    ``close_up_side`` px: what a camera a hand's length from a face sees.
+    """
+    out: list[tuple[str, np.ndarray, int]] = []
+    for name, basename, count in (("photos_group", "t1.jpg", 6), ("photos_astronaut", "astronaut.png", 1)):
+        out.append((basename, cv2.imread(str(path_of(name, basename, cache_dir)), cv2.IMREAD_COLOR), count))
+    for i, (name, basename, (x, y, w, h)) in enumerate(_CLOSE_UP_FACES):
+        photo = cv2.imread(str(path_of(name, basename, cache_dir)), cv2.IMREAD_COLOR)
+        face = photo[y:y + h, x:x + w]
+        size = (close_up_side, round(close_up_side * h / w))
+        out.append((f"close-up-{i}-{basename}", cv2.resize(face, size, interpolation=cv2.INTER_LINEAR), 1))
+    return out
 
 
 def run_camera(

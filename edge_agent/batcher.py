@@ -1,10 +1,18 @@
-"""A dynamic batcher with Triton semantics.
+"""A dynamic batcher with Triton semantics, and a delay that adapts to the load.
 
 Items wait in a bounded queue. A batch is dispatched as soon as ``max_batch_size`` items
 are there; otherwise when the oldest waiting item has waited ``max_queue_delay_s``. One
 batch runs at a time, in an executor thread, so the event loop never runs the model.
 While a batch runs, new items queue up and form the next batch, which is why batches
 grow with load.
+
+Triton's ``max_queue_delay`` is fixed: a lone frame on an idle device waits the whole
+delay for company that is not coming. With ``adaptive=True`` (the default) the batcher
+keeps a moving average of the gap between arrivals and, when the queue is empty, waits
+for the next item only about as long as that gap predicts (at most twice the gap, never
+past the fixed delay). Sparse traffic is dispatched at once; dense traffic still batches.
+The device is idle whenever the batcher collects (one batch at a time), so an empty queue
+is the only reason to wait.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-__all__ = ["Overloaded", "BatchStats", "DynamicBatcher"]
+__all__ = ["BatchStats", "DynamicBatcher", "Overloaded", "adaptive_wait_s"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -32,6 +40,16 @@ class BatchStats:
     items: int = 0
     overloaded: int = 0
     largest: int = 0
+
+
+GAP_WEIGHT = 0.2  # weight of the newest inter-arrival gap in the moving average
+
+
+def adaptive_wait_s(remaining_s: float, gap_s: float | None) -> float:
+    """How long to wait for one more item: 0 when none is expected before the deadline."""
+    if gap_s is None or gap_s >= remaining_s:
+        return 0.0  # sparse traffic (or nothing seen yet): the next item would come too late
+    return min(remaining_s, 2.0 * gap_s)
 
 
 @dataclass(slots=True)
@@ -57,12 +75,16 @@ class DynamicBatcher(Generic[T, R]):
         max_queue_delay_s: float,
         max_pending: int,
         executor: Executor | None = None,
+        adaptive: bool = True,
     ) -> None:
         if max_batch_size < 1 or max_pending < 1 or max_queue_delay_s < 0:
             raise ValueError("max_batch_size and max_pending must be >= 1, delay >= 0")
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
+        self.adaptive = adaptive
+        self.gap_s: float | None = None  # moving average of the inter-arrival gap
+        self._last_arrival_s: float | None = None
         self._queue: asyncio.Queue[_Pending[T, R]] = asyncio.Queue(maxsize=max_pending)
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="batcher")
@@ -97,8 +119,15 @@ class DynamicBatcher(Generic[T, R]):
     def submit_nowait(self, item: T) -> asyncio.Future[R]:
         """Queue ``item``; return the future of its result. Raise :class:`Overloaded` if full."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        now = time.monotonic()
+        if self._last_arrival_s is not None:
+            # A gap beyond 4x the delay just means "sparse": cap it so one idle spell
+            # does not hide a burst that follows it.
+            gap = min(now - self._last_arrival_s, 4.0 * self.max_queue_delay_s)
+            self.gap_s = gap if self.gap_s is None else (1 - GAP_WEIGHT) * self.gap_s + GAP_WEIGHT * gap
+        self._last_arrival_s = now
         try:
-            self._queue.put_nowait(_Pending(item, time.monotonic(), future))
+            self._queue.put_nowait(_Pending(item, now, future))
         except asyncio.QueueFull:
             self.stats.overloaded += 1
             raise Overloaded(f"{self._queue.maxsize} items already wait") from None
@@ -119,10 +148,11 @@ class DynamicBatcher(Generic[T, R]):
             except asyncio.QueueEmpty:
                 pass
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            wait = adaptive_wait_s(remaining, self.gap_s) if self.adaptive else remaining
+            if wait <= 0:
                 break
             try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                batch.append(await asyncio.wait_for(self._queue.get(), wait))
             except TimeoutError:
                 break
         return batch

@@ -14,7 +14,7 @@ import numpy as np
 
 from topics.codec import ContractError
 
-__all__ = ["image_size", "decode_gray"]
+__all__ = ["image_size", "decode_bgr", "decode_gray"]
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -67,12 +67,21 @@ def image_size(data: bytes, encoding: str) -> tuple[int, int]:
     return width, height
 
 
-def decode_gray(data: bytes, encoding: str, max_pixels: int) -> np.ndarray:
-    """Decode to a uint8 grayscale array, refusing images above ``max_pixels``."""
+def _decode(data: bytes, encoding: str, max_pixels: int, flags: int) -> np.ndarray:
     width, height = image_size(data, encoding)
     if width * height > max_pixels:
         raise ContractError("image_too_large", f"{width}x{height} > {max_pixels} pixels")
-    gray = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
-    if gray is None or gray.size == 0:
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    if image is None or image.size == 0:
         raise ContractError("bad_image", f"{encoding} data does not decode")
-    return gray
+    return image
+
+
+def decode_gray(data: bytes, encoding: str, max_pixels: int) -> np.ndarray:
+    """Decode to a uint8 grayscale array, refusing images above ``max_pixels``."""
+    return _decode(data, encoding, max_pixels, cv2.IMREAD_GRAYSCALE)
+
+
+def decode_bgr(data: bytes, encoding: str, max_pixels: int) -> np.ndarray:
+    """Decode to a uint8 (H, W, 3) BGR array (gray images are expanded), same checks."""
+    return _decode(data, encoding, max_pixels, cv2.IMREAD_COLOR)

@@ -23,8 +23,9 @@ from edge_agent.vision import FrameJob, FrameOutcome, VisionPipeline
 from edge_offload.logs import RateLimitedLog
 from edge_offload.settings import Settings
 from models.artifacts import path_of
-from models.face_detect import FaceDetector
-from models.fer_edge import FerClassifier, load_edge_fer
+from models.blazeface import load_blazeface
+from models.face_detect import BatchDetector, FaceDetector, HaarBatchDetector
+from models.fer_edge import FerClassifier, load_edge_fer, resolve_device
 from topics import names
 from topics.codec import ContractError
 from topics.deadletter import DeadLetter, encode_dead_letter
@@ -38,19 +39,28 @@ STAGE = "vision"
 
 
 def build_vision_pipeline(settings: Settings) -> VisionPipeline:
-    """Load the face detector and the edge FER model from the artifact cache."""
+    """Load the face detector (``vision.detector``) and the edge FER model from the artifact cache."""
     torch.set_num_threads(settings.vision.torch_threads)
     v = settings.vision
-    cascade = path_of("fer", "haarcascade_frontalface_default.xml", settings.cache_dir)
+    detector: BatchDetector
+    if v.detector == "blazeface":
+        ranges = ("full", "short") if v.blazeface_short_range else ("full",)
+        detector = load_blazeface(settings.cache_dir, device=resolve_device(settings.edge.device),
+                                  ranges=ranges, min_face_px=v.min_face_px, max_faces=v.max_faces,
+                                  workers=v.detect_workers)
+    else:
+        cascade = path_of("fer", "haarcascade_frontalface_default.xml", settings.cache_dir)
 
-    def make_detector() -> FaceDetector:
-        return FaceDetector(cascade, max_side=v.detect_max_side, scale_factor=v.detect_scale_factor,
-                            min_neighbors=v.detect_min_neighbors, min_face_px=v.min_face_px,
-                            max_faces=v.max_faces)
+        def make_detector() -> FaceDetector:
+            return FaceDetector(cascade, max_side=v.detect_max_side, scale_factor=v.detect_scale_factor,
+                                min_neighbors=v.detect_min_neighbors, min_face_px=v.min_face_px,
+                                max_faces=v.max_faces)
+
+        detector = HaarBatchDetector(make_detector, v.preprocess_threads, v.cv_threads)
 
     fer = load_edge_fer(settings.cache_dir, device=settings.edge.device)
     slot: ModelSlot[FerClassifier] = ModelSlot(Loaded(fer, fer.name, fer.version))
-    return VisionPipeline(make_detector, slot, v, settings.edge.node_name)
+    return VisionPipeline(detector, slot, v, settings.edge.node_name)
 
 
 def _now_ms() -> int:

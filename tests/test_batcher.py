@@ -105,3 +105,62 @@ async def test_exception_reaches_every_item_of_the_batch() -> None:
     finally:
         await batcher.stop()
     assert all(isinstance(o, ValueError) for o in outcomes)
+
+
+async def test_adaptive_delay_does_not_hold_a_lone_item() -> None:
+    """A lone item on an idle batcher runs at once, not after the (here absurd) fixed delay."""
+    sizes: list[int] = []
+
+    def run(items: Sequence[int]) -> list[int]:
+        sizes.append(len(items))
+        return list(items)
+
+    batcher: DynamicBatcher[int, int] = DynamicBatcher(run, max_batch_size=8, max_queue_delay_s=600.0,
+                                                       max_pending=16)
+    assert batcher.adaptive
+    batcher.start()
+    try:
+        assert await asyncio.wait_for(batcher.submit(7), 10) == 7
+        assert await asyncio.wait_for(batcher.submit(8), 10) == 8
+    finally:
+        await batcher.stop()
+    assert sizes == [1, 1]
+
+
+async def test_fixed_delay_holds_a_lone_item_until_the_delay() -> None:
+    """adaptive=False keeps Triton's semantics: the lone item waits for company."""
+    batcher: DynamicBatcher[int, int] = DynamicBatcher(list, max_batch_size=8, max_queue_delay_s=600.0,
+                                                       max_pending=16, adaptive=False)
+    batcher.start()
+    try:
+        first = batcher.submit_nowait(1)
+        # Yield (no time passes) so the collector takes the lone item; adaptive=True would
+        # dispatch it right here and the sizes would be [1, 7].
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        rest = [batcher.submit_nowait(i) for i in range(2, 9)]  # the 8th item fills the batch
+        assert await asyncio.wait_for(asyncio.gather(first, *rest), 10) == list(range(1, 9))
+    finally:
+        await batcher.stop()
+    assert batcher.stats.batches == 1 and batcher.stats.largest == 8
+
+
+def test_adaptive_wait_follows_the_arrival_gap() -> None:
+    from edge_agent.batcher import adaptive_wait_s
+
+    assert adaptive_wait_s(0.004, None) == 0.0  # nothing seen yet
+    assert adaptive_wait_s(0.004, 0.040) == 0.0  # 25 frames/s against a 4 ms delay: go now
+    assert adaptive_wait_s(0.004, 0.001) == pytest.approx(0.002)  # dense: wait ~2 gaps
+    assert adaptive_wait_s(0.004, 0.003) == pytest.approx(0.004)  # never past the deadline
+
+
+async def test_gap_estimate_tracks_arrivals() -> None:
+    batcher: DynamicBatcher[int, int] = DynamicBatcher(list, max_batch_size=64, max_queue_delay_s=0.01,
+                                                       max_pending=64)
+    futures = [batcher.submit_nowait(i) for i in range(20)]  # back to back: tiny gaps
+    assert batcher.gap_s is not None and batcher.gap_s < 0.01
+    batcher.start()
+    try:
+        assert await asyncio.wait_for(asyncio.gather(*futures), 10) == list(range(20))
+    finally:
+        await batcher.stop()
