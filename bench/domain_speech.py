@@ -14,7 +14,7 @@ import numpy as np
 
 from bench.speech_corpus import VOICES, synthesize
 
-__all__ = ["BASE_SENTENCES", "domain_sentences", "speak", "PRIMER"]
+__all__ = ["BASE_SENTENCES", "domain_sentences", "speak"]
 
 BASE_SENTENCES: tuple[str, ...] = (
     "radio check how do you read me",
@@ -41,8 +41,6 @@ _TEMPLATES = (
     "{c} request resupply at waypoint {p}",
 )
 
-# Spoken first into every fresh decoder: PocketSphinx's live CMN starts cold.
-PRIMER = BASE_SENTENCES[0]
 
 
 def domain_sentences() -> list[str]:

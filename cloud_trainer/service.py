@@ -88,19 +88,19 @@ class Trainer:
         self.rounds[fer.model] = FerRound(store, labeler, replay, fer)
 
     async def _setup_asr(self, store: SampleStore) -> None:
-        from models.asr import build_domain_lm
-        from models.asr_artifact import ASR_FORMAT, asr_to_bytes, generic_asr_bytes
+        from cloud_trainer.asr_adapt import vocabulary_words
+        from models.edge_asr import VOCAB_FORMAT, AsrVocabulary, load_whisper, prompt_from_sentences, \
+            vocabulary_to_bytes
 
         asr = self.settings.asr
         if self.registry.current(asr.model) is None:
-            if asr.base_sentences:
-                work = self.settings.work_dir / "base-lm"
-                lm = await asyncio.to_thread(build_domain_lm, asr.base_sentences, work)
-                artifact = asr_to_bytes(lm, {"words": list(lm.words), "base_sentences": len(asr.base_sentences)})
-            else:
-                artifact = generic_asr_bytes()
-            self.registry.ensure_base(asr.model, asr.base_version, artifact, ASR_FORMAT)
-        self.rounds[asr.model] = AsrRound(store, asr, self.settings.work_dir)
+            base = AsrVocabulary(prompt=prompt_from_sentences(asr.base_sentences),
+                                 words=vocabulary_words(asr.base_sentences))
+            artifact = vocabulary_to_bytes(base, {"base_sentences": len(asr.base_sentences)})
+            self.registry.ensure_base(asr.model, asr.base_version, artifact, VOCAB_FORMAT)
+        whisper = await asyncio.to_thread(load_whisper, self.cache_dir, asr.whisper_model,
+                                          device=asr.device, cpu_threads=self.settings.torch_threads)
+        self.rounds[asr.model] = AsrRound(store, asr, self.settings.work_dir, whisper)
 
     async def setup(self) -> None:
         """Open the store, load the teacher, register base versions (idempotent)."""

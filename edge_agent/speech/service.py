@@ -23,6 +23,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from pathlib import Path
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ import numpy as np
 from edge_agent.speech.diarize import Diarizer
 from edge_agent.speech.pipeline import ConversationTracker, LegStream, PipelineConfig, StepOutput, Utterance
 from edge_offload.settings import Settings, SpeechServiceConfig
-from models.asr import AsrModel, build_domain_lm
+from models.edge_asr import AsrVocabulary, EdgeAsr, load_edge_asr, prompt_from_sentences
 from models.speaker import SpeakerEncoder
 from models.vad import SileroVad
 from topics import names
@@ -52,7 +53,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-AsrSource = Callable[[], AsrModel]
+AsrSource = Callable[[], EdgeAsr]
 UtteranceHook = Callable[[str, Utterance], None]
 """Called in the worker thread with the leg's topic and each finished utterance (hard-example mining)."""
 
@@ -159,7 +160,7 @@ class _Leg:
 class SpeechEngine:
     """Per-leg serial workers over a shared thread pool; results go to ``sink``."""
 
-    def __init__(self, *, vad: SileroVad, encoder: SpeakerEncoder, asr: AsrModel | AsrSource, sink: Sink,
+    def __init__(self, *, vad: SileroVad, encoder: SpeakerEncoder, asr: EdgeAsr | AsrSource, sink: Sink,
                  config: SpeechServiceConfig | None = None, pipeline: PipelineConfig | None = None,
                  counters: SpeechCounters | None = None, clock: Callable[[], float] = time.time,
                  on_utterance: UtteranceHook | None = None) -> None:
@@ -317,21 +318,22 @@ class SpeechEngine:
 
 # ------------------------------------------------------------------------------ MQTT service
 
-def default_asr(config: SpeechServiceConfig) -> AsrModel:
-    """The ASR model the config names: a prebuilt LM, an LM built from a corpus, or the generic one."""
-    if config.lm_path is not None:
-        return AsrModel(lm_path=config.lm_path, dict_path=config.dict_path, version=config.lm_path.stem)
+def default_asr(config: SpeechServiceConfig, cache_dir: Path) -> EdgeAsr:
+    """The Whisper models the config names (loaded once, shared by every leg), with the
+    corpus's sentences as the starting vocabulary prompt when a corpus is given."""
+    vocab = AsrVocabulary()
     if config.corpus_path is not None:
         sentences = config.corpus_path.read_text(encoding="utf-8").splitlines()
-        return build_domain_lm(sentences).model(version=f"corpus-{config.corpus_path.stem}")
-    return AsrModel()
+        vocab = AsrVocabulary(version=f"corpus-{config.corpus_path.stem}", prompt=prompt_from_sentences(sentences, keep="first"))
+    return load_edge_asr(cache_dir, config.asr_final_model, config.asr_partial_model, device=config.asr_device,
+                         cpu_threads=config.asr_threads, max_batch=config.asr_max_batch, vocabulary=vocab)
 
 
 class SpeechService:
     """The engine behind MQTT. ``await start()``, later ``await stop()``; ``ready`` is set once subscribed."""
 
     def __init__(self, settings: Settings, *, config: SpeechServiceConfig | None = None,
-                 asr: AsrModel | AsrSource | None = None, vad: SileroVad | None = None,
+                 asr: EdgeAsr | AsrSource | None = None, vad: SileroVad | None = None,
                  encoder: SpeakerEncoder | None = None, pipeline: PipelineConfig | None = None,
                  registry: object | None = None, on_utterance: UtteranceHook | None = None) -> None:
         self.settings = settings
@@ -352,9 +354,9 @@ class SpeechService:
 
     async def start(self) -> None:
         """Load models (in a thread) and start consuming."""
-        def load() -> tuple[SileroVad, SpeakerEncoder, AsrModel | AsrSource]:
+        def load() -> tuple[SileroVad, SpeakerEncoder, EdgeAsr | AsrSource]:
             return (self._vad or SileroVad(), self._encoder or SpeakerEncoder(self.config.device),
-                    self._asr if self._asr is not None else default_asr(self.config))
+                    self._asr if self._asr is not None else default_asr(self.config, self.settings.cache_dir))
 
         vad, encoder, asr = await asyncio.to_thread(load)
         self.engine = SpeechEngine(vad=vad, encoder=encoder, asr=asr, sink=self._publish, config=self.config,
