@@ -44,6 +44,9 @@ class AsrAdaptSettings(BaseModel):
         description="always part of the vocabulary prompt; the base version is the prompt of these alone")
     min_gain: float = Field(0.02, ge=0, description="holdout WER must fall at least this much")
     min_holdout: int = Field(2, ge=1)
+    revise: bool = Field(True, description="re-decode speech hard examples and send revised segments to the edge")
+    revise_models: list[str] = Field(default_factory=lambda: ["whisper_base", "whisper_tiny_en"],
+                                     description="Whisper models of the DC's advanced inference")
 
 
 class TrainerSettings(BaseModel):

@@ -3,8 +3,8 @@
 For each low-confidence utterance the edge sent, :class:`SpeechReviser` decodes again with
 
 - larger and multiple models: Whisper base (beam search, temperature fallback) and Whisper
-  tiny.en (beam search); the hypothesis with the higher calibrated confidence wins, and
-  the edge's own hypothesis is kept when neither beats it;
+  tiny.en (beam search); the hypothesis with the higher calibrated confidence wins (the
+  edge's own hypothesis is only kept when no model heard any words);
 - context: the adapted vocabulary prompt plus the conversation's earlier (revised) turns.
 
 The result is a :class:`Revision`: text, words with times, confidence, which model made it.
@@ -77,7 +77,7 @@ class SpeechReviser:
             candidates[model.name] = round(result.confidence, 4)
             if result.text and (best is None or result.confidence > best[0].confidence):
                 best = (result, model)
-        if best is None or (edge is not None and edge.text and edge.confidence > best[0].confidence):
+        if best is None:
             result = edge if edge is not None else AsrResult("", (), 0.0)
             revision = Revision(result, "edge", "edge", candidates)
         else:

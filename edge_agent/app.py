@@ -28,6 +28,7 @@ from edge_agent.model_slot import Loaded, ModelSlot
 from edge_agent.outbox import KafkaForwarder, Outbox
 from edge_agent.service import EdgeAgent, build_vision_pipeline
 from edge_agent.speech.pipeline import Utterance
+from edge_agent.speech.revisions import RevisionFollower
 from edge_agent.speech.service import SpeechService, default_asr, register_metrics
 from edge_agent.speech.stream import SAMPLE_RATE
 from edge_agent.updates import ModelHandler, ModelUpdater, Refusal
@@ -54,6 +55,7 @@ class EdgeNode:
         self.forwarder: KafkaForwarder | None = None
         self.reporter: HardExampleReporter | None = None
         self.updater: ModelUpdater | None = None
+        self.revisions: RevisionFollower | None = None
         self._mining_pool = ThreadPoolExecutor(1, thread_name_prefix="mining")
         self.health = HealthServer(settings.edge.http_host, settings.edge.http_port,
                                    self.metrics.registry, self.ready)
@@ -113,6 +115,9 @@ class EdgeNode:
                 self.speech = SpeechService(s, asr=lambda: slot.current().model, on_utterance=self._mine_speech)
                 register_metrics(self.speech.counters, self.metrics.registry)
                 await self.speech.start()
+            if self.speech is not None and s.mining.enabled and s.speech.follow_revisions:
+                self.revisions = RevisionFollower(s.kafka, node, self.speech.publish_revision)
+                tasks.append(asyncio.create_task(self.revisions.run(stop), name="revisions"))
             if s.updates.enabled and handlers:
                 self.updater = ModelUpdater(s.updates, s.kafka, node, handlers, on_refused=self._refused)
                 tasks.append(asyncio.create_task(self.updater.run(stop), name="updates"))

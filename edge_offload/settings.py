@@ -102,6 +102,7 @@ class SpeechServiceConfig(BaseModel):
     asr_threads: int = Field(2, ge=1, description="CPU threads of each Whisper model")
     asr_max_batch: int = Field(8, ge=1, description="utterances of many legs decoded in one model call")
     corpus_path: Path | None = Field(None, description="domain sentences, one a line: the starting Whisper prompt")
+    follow_revisions: bool = Field(True, description="publish the DC's revisions of mined segments")
     device: str = Field("cpu", description="speaker-embedding device: cpu, cuda")
     client_suffix: str = "-speech"
     reconnect_max_s: float = Field(10.0, gt=0)

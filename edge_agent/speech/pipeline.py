@@ -270,6 +270,7 @@ class _Pending:
     end_arrival_s: float
     held_since_s: float
     model: ModelRef
+    utterance_start_s: float
 
 
 @dataclass(slots=True)
@@ -343,7 +344,8 @@ class ConversationTracker:
                     start_s=mine[0].start_s, order=self._order, leg=utt.leg, utterance=utt.utterance,
                     speaker=turn.speaker, end_s=mine[-1].end_s, words=mine,
                     confidence=float(np.mean([w.confidence for w in mine])),
-                    end_arrival_s=utt.end_arrival_s, held_since_s=now_s, model=utt.model))
+                    end_arrival_s=utt.end_arrival_s, held_since_s=now_s, model=utt.model,
+                    utterance_start_s=start))
                 self._order += 1
             self._pending.sort(key=lambda p: (p.start_s, p.order))
             return self._release(now_s)
@@ -384,7 +386,8 @@ class ConversationTracker:
                 conversation=self.conversation, leg=p.leg, utterance=p.utterance, seq=self._seq,
                 speaker=p.speaker, start_s=p.start_s, end_s=p.end_s,
                 text=" ".join(w.word for w in p.words), confidence=p.confidence, words=p.words,
-                model=p.model, latency_ms=max(0.0, (self.clock() - p.end_arrival_s) * 1000.0))
+                model=p.model, latency_ms=max(0.0, (self.clock() - p.end_arrival_s) * 1000.0),
+                utterance_start_s=p.utterance_start_s)
             self._seq += 1
             self.transcript.append(seg)
             out.append(seg)

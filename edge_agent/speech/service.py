@@ -33,13 +33,14 @@ import numpy as np
 
 from edge_agent.speech.diarize import Diarizer
 from edge_agent.speech.pipeline import ConversationTracker, LegStream, PipelineConfig, StepOutput, Utterance
+from edge_agent.speech.revisions import SegmentIndex
 from edge_offload.settings import Settings, SpeechServiceConfig
 from models.edge_asr import AsrVocabulary, EdgeAsr, load_edge_asr, prompt_from_sentences
 from models.speaker import SpeakerEncoder
 from models.vad import SileroVad
 from topics import names
 from topics.deadletter import DeadLetter, encode_dead_letter
-from topics.transcript import encode_partial, encode_segment
+from topics.transcript import SpeechRevision, encode_partial, encode_segment
 
 __all__ = [
     "SpeechServiceConfig",
@@ -77,6 +78,8 @@ class SpeechCounters:
     publish_errors: int = 0
     worker_errors: int = 0
     reconnects: int = 0
+    revisions_published: int = 0
+    revisions_unknown: int = 0
     partial_latency_s: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
     final_latency_s: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
 
@@ -107,6 +110,8 @@ def register_metrics(counters: SpeechCounters, registry: object) -> None:
                 ("publish_errors", c.publish_errors, "publishes that failed"),
                 ("worker_errors", c.worker_errors, "pipeline steps that raised"),
                 ("reconnects", c.reconnects, "MQTT reconnects"),
+                ("revisions_published", c.revisions_published, "DC revisions of segments published"),
+                ("revisions_unknown", c.revisions_unknown, "DC revisions of segments not (or no longer) known"),
             ):
                 yield CounterMetricFamily(f"edge_speech_{name}", doc, value=value)
             rejected = CounterMetricFamily("edge_speech_packets_rejected", "RTP packets rejected", labels=["reason"])
@@ -351,6 +356,7 @@ class SpeechService:
         self._client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        self.published = SegmentIndex()  # what DC revisions refer to
 
     async def start(self) -> None:
         """Load models (in a thread) and start consuming."""
@@ -422,6 +428,7 @@ class SpeechService:
                 c.partials_published += 1
             for s in out.segments:
                 await client.publish(names.transcript(s.conversation), encode_segment(s), qos=self.config.segment_qos)
+                self.published.record(s)
                 c.segments_published += 1
             for err, payload in out.rejected:
                 dl = DeadLetter(stage="audio", reason=err.reason, detail=err.detail, topic=topic, payload=payload,
@@ -431,6 +438,25 @@ class SpeechService:
                 c.dead_letters_published += 1
         except aiomqtt.MqttError:
             c.publish_errors += 1
+
+
+    async def publish_revision(self, rev: SpeechRevision) -> bool:
+        """Publish a DC revision of a segment this edge published, on the same transcript topic."""
+        seg = self.published.apply(rev)
+        client = self._client
+        if seg is None:
+            self.counters.revisions_unknown += 1
+            return False
+        if client is None:
+            self.counters.publish_errors += 1
+            return False
+        try:
+            await client.publish(names.transcript(seg.conversation), encode_segment(seg), qos=self.config.segment_qos)
+        except aiomqtt.MqttError:
+            self.counters.publish_errors += 1
+            return False
+        self.counters.revisions_published += 1
+        return True
 
 
 async def run_speech_service(settings: Settings, stop: asyncio.Event, **kwargs: object) -> SpeechCounters:
