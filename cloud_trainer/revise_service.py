@@ -4,7 +4,9 @@ Its own consumer group on the hard-examples topic takes every audio hard example
 edge ASR (:data:`models.edge_asr.ASR_MODEL`), re-decodes it with
 :class:`~cloud_trainer.speech_revise.SpeechReviser` (in a worker thread) and sends a
 :class:`~topics.transcript.SpeechRevision` to :data:`topics.names.KAFKA_SPEECH_REVISIONS`
-(acks=all), keyed by the edge node. Offsets are committed after the revisions of a batch are
+(acks=all), keyed by the edge node, and the revised text as a ``dc:<model>`` label of the
+sample (training data for vocabulary adaptation; the store never lets it replace an
+operator's label). Offsets are committed after the revisions of a batch are
 acknowledged: a crash re-decodes, never loses (the edge ignores a revision it already
 published). Records that cannot be decoded or revised are counted and skipped.
 """
@@ -25,8 +27,8 @@ from edge_offload.settings import KafkaSettings
 from models.edge_asr import ASR_MODEL
 from models.whisper_asr import AsrResult
 from topics.codec import ContractError
-from topics.dc import MAX_HARD_EXAMPLE_BYTES, HardExample, decode_hard_example
-from topics.names import KAFKA_HARD_EXAMPLES, KAFKA_SPEECH_REVISIONS
+from topics.dc import MAX_HARD_EXAMPLE_BYTES, HardExample, Label, decode_hard_example, encode_label
+from topics.names import KAFKA_HARD_EXAMPLES, KAFKA_LABELS, KAFKA_SPEECH_REVISIONS
 from topics.transcript import ModelRef, SpeechRevision, TranscriptWord, encode_revision
 
 __all__ = ["RevisionStats", "RevisionService", "revision_of"]
@@ -100,15 +102,18 @@ class RevisionService:
                 continue
             self.stats.seconds += time.perf_counter() - t0
             sends.append(await producer.send(KAFKA_SPEECH_REVISIONS, encode_revision(rev), key=rev.node.encode()))
+            if rev.text:  # the DC transcript becomes training data (an operator's label still wins)
+                label = Label(rev.key, rev.text, f"dc:{rev.model.name}", rev.created_at_ms)
+                sends.append(await producer.send(KAFKA_LABELS, encode_label(label), key=rev.key.encode()))
         for fut in sends:
             await fut  # acks=all before the offsets move
-        self.stats.revised += len(sends)
+        self.stats.revised += sum(1 for f in sends if f.result().topic == KAFKA_SPEECH_REVISIONS)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             consumer = producer = None
             try:
-                await ensure_topics(self.kafka.bootstrap_servers, [KAFKA_HARD_EXAMPLES, KAFKA_SPEECH_REVISIONS])
+                await ensure_topics(self.kafka.bootstrap_servers, [KAFKA_HARD_EXAMPLES, KAFKA_LABELS, KAFKA_SPEECH_REVISIONS])
                 producer = AIOKafkaProducer(bootstrap_servers=self.kafka.bootstrap_servers,
                                             client_id=f"{self.kafka.client_id}-reviser", acks="all",
                                             enable_idempotence=self.kafka.enable_idempotence)

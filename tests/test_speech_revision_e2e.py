@@ -76,6 +76,12 @@ async def test_low_confidence_speech_comes_back_revised_by_the_dc(
                 await asyncio.wait_for(arrived.wait_for(
                     lambda: sum(x.revision == 1 for x in seen) >= n_turns), 120)
             collector.cancel()
+        # The DC's transcripts are training data now (labels of the stored hard examples).
+        consumer, store = trainer.consumer, trainer.store
+        assert consumer is not None and store is not None
+        await asyncio.wait_for(consumer.wait_until(lambda: consumer.stats.labels >= n_turns), 30)
+        labelled = await store.samples(ASR_MODEL, labelled=True)
+        assert len(labelled) >= n_turns and all((r.label_source or "").startswith("dc:") for r in labelled)
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
