@@ -168,6 +168,29 @@ def _confidence_check(segments: list[TranscriptSegment], conv: Conversation) -> 
             "confidence_wer_high": round(wer([refs[s.seq] for s in high], [s.text for s in high]), 4)}
 
 
+def batch_gain(edge: EdgeAsr, conv: Conversation, n: int = 8) -> dict[str, float]:
+    """Final-pass utterances per second: one at a time vs all ``n`` in one batched call."""
+    from bench.speech_corpus import telephone
+    from models.whisper_asr import DecodeOptions
+
+    asr = edge.final.asr
+    clips = []
+    for turn in conv.turns[:n]:
+        audio = conv.legs[turn.leg]
+        clips.append(telephone(audio[int(turn.start_s * 16000) - 2400:int(turn.end_s * 16000) + 2400]))
+    opts = DecodeOptions(words=True)
+    asr.transcribe(clips[:1], opts)  # warm
+    t0 = time.perf_counter()
+    for c in clips:
+        asr.transcribe([c], opts)
+    one = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    asr.transcribe(clips, opts)
+    batched = time.perf_counter() - t0
+    return {"utt_per_s_single": round(len(clips) / one, 2), "utt_per_s_batched": round(len(clips) / batched, 2),
+            "batch_gain": round(one / batched, 2), "batch_size": len(clips)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.speech", description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object (the only output)")
@@ -215,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     result["dc_segments"] = len(segs)
     result["dc_seconds_per_revision"] = round(dc_s / max(revised, 1), 3)
     result["heldout_sentences"] = n_held
+    result["final_batching"] = batch_gain(edge, held)
 
     babble = build_heldout_call(HELDOUT[:n_held], (PIPER, PIPER), snr_db=10.0, noise="babble", seed=1)
     segs, _, _ = run_conversation(babble, vad, encoder, edge, loss=0.02, seed=4)
