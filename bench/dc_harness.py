@@ -92,7 +92,7 @@ class DcLoop:
                                  replay_dir=replay_dir, min_gain=config.fer_min_gain, min_holdout=10),
             asr=AsrAdaptSettings(retrain_min_samples=config.asr_min_samples, base_version=ASR_BASE_VERSION,
                                  base_sentences=list(BASE_SENTENCES), min_gain=config.asr_min_gain,
-                                 min_holdout=2, revise=False),
+                                 min_holdout=2, revise=False, whisper_model="whisper_tiny_en"),
         )
         self.trainer = Trainer(self.trainer_settings, self.kafka, cache_dir)
         self.teacher: TeacherFer = load_teacher(cache_dir, "cpu")

@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-final-ms", type=float, default=2000.0)
     ap.add_argument("--threads", type=int, default=8, help="speech worker threads (ASR waits in its batcher)")
     ap.add_argument("--asr-threads", type=int, default=2, help="CPU threads of each Whisper model")
-    ap.add_argument("--final-model", default="whisper_tiny_en", choices=["whisper_tiny_en", "whisper_base"])
+    ap.add_argument("--final-model", default="whisper_base", choices=["whisper_tiny_en", "whisper_base"])
     ap.add_argument("--partial-model", default="whisper_tiny_en", choices=["whisper_tiny_en", "whisper_base"])
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--mine-below", type=float, default=0.75, help="segments below this confidence go to the DC")

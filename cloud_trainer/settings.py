@@ -34,7 +34,7 @@ class AsrAdaptSettings(BaseModel):
 
     model: str = "whisper-vocab"
     enabled: bool = True
-    whisper_model: str = Field("whisper_tiny_en", description="the edge's final Whisper model: the gate decodes with it")
+    whisper_model: str = Field("whisper_base", description="the edge's final Whisper model: the gate decodes with it")
     device: str = Field("auto", description="Whisper device of the DC: auto (CUDA when present), cpu, cuda")
     retrain_min_samples: int = Field(20, ge=1, description="new labelled transcripts that start a round")
     interval_min_samples: int = Field(3, ge=1, description="new transcripts a timed round needs")

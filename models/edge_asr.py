@@ -150,7 +150,7 @@ class EdgeAsr:
             self.partial.close()
 
 
-def load_edge_asr(cache_dir: Path, final_model: str = "whisper_tiny_en", partial_model: str | None = "whisper_tiny_en",
+def load_edge_asr(cache_dir: Path, final_model: str = "whisper_base", partial_model: str | None = "whisper_tiny_en",
                   *, device: str = "auto", cpu_threads: int = 2, max_batch: int = 8,
                   vocabulary: AsrVocabulary | None = None) -> EdgeAsr:
     """Load the final (and, if different, the partial) model once; ``partial_model`` None:

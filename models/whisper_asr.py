@@ -209,16 +209,16 @@ class WhisperAsr:
         with self._lock:
             encoded = self.model.encode(ctranslate2.StorageView.from_array(feats), to_cpu=False)
             max_new = min(opts.max_new_tokens, int(_TOKENS_PER_S * max(len(c) for c in clips) / SAMPLE_RATE) + 8)
-            results = self._generate(encoded, prompt_tokens, opts, max_new)
+            results = self._generate(encoded, feats, prompt_tokens, opts, max_new)
             tokens = [r[0] for r in results]
-            aligned = self._align(encoded, tokens, n_frames) if opts.words else [None] * len(clips)
+            aligned = self._align(encoded, feats, tokens, n_frames) if opts.words else [None] * len(clips)
         seconds = time.perf_counter() - t0
         out = []
         for clip, (text_tokens, avg_lp, no_speech), words in zip(clips, results, aligned, strict=True):
             out.append(self._result(text_tokens, avg_lp, no_speech, words, len(clip) / SAMPLE_RATE, seconds))
         return out
 
-    def _generate(self, encoded: object, prompts: list[list[int]],
+    def _generate(self, encoded: object, feats: np.ndarray, prompts: list[list[int]],
                   opts: DecodeOptions, max_new: int) -> list[tuple[list[int], float, float]]:
         """Greedy/beam decode with temperature fallback per item: (tokens, avg_logprob, no_speech_prob)."""
         n = len(prompts)
@@ -227,7 +227,7 @@ class WhisperAsr:
         for k, temperature in enumerate(opts.temperatures):
             if not todo:
                 break
-            enc = encoded if len(todo) == n else _select(encoded, todo)
+            enc = encoded if len(todo) == n else self._encode_rows(feats, todo)
             kwargs: dict[str, object] = {"beam_size": opts.beam_size if temperature == 0 else 1,
                                          "patience": 1.0, "length_penalty": 1.0,
                                          "max_length": max_new + max(len(p) for p in prompts),
@@ -253,12 +253,19 @@ class WhisperAsr:
             todo = retry
         return [b if b is not None else ([], 0.0, 1.0) for b in best]
 
-    def _align(self, encoded: object, tokens: list[list[int]], n_frames: int) -> list[list[dict] | None]:
+    def _encode_rows(self, feats: np.ndarray, rows: list[int]) -> object:
+        """The encoder output of some rows of a batch (encoded again: works on every device)."""
+        import ctranslate2
+
+        return self.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[rows])), to_cpu=False)
+
+    def _align(self, encoded: object, feats: np.ndarray, tokens: list[list[int]],
+               n_frames: int) -> list[list[dict] | None]:
         idx = [i for i, t in enumerate(tokens) if t]
         out: list[list[dict] | None] = [[] for _ in tokens]
         if not idx:
             return out
-        enc = encoded if len(idx) == len(tokens) else _select(encoded, idx)
+        enc = encoded if len(idx) == len(tokens) else self._encode_rows(feats, idx)
         tok = self.tokenizer
         results = self.model.align(enc, tok.sot_sequence, [tokens[i] for i in idx], n_frames,
                                    median_filter_width=7)
@@ -280,16 +287,6 @@ class WhisperAsr:
                    for w in words if w["word"].strip())
         conf = segment_confidence([w.confidence for w in ws], avg_logprob, no_speech)
         return AsrResult(" ".join(w.word for w in ws), ws, conf, avg_logprob, no_speech, seconds)
-
-
-def _select(storage: object, rows: list[int]) -> object:
-    """Rows of an encoder output (a CTranslate2 StorageView) as a new StorageView."""
-    import ctranslate2
-
-    arr = np.asarray(storage) if getattr(storage, "device", "cpu") == "cpu" else None
-    if arr is None:  # on CUDA: go through torch-free host copy
-        arr = np.asarray(storage.to_device(ctranslate2.Device.cpu))  # type: ignore[attr-defined]
-    return ctranslate2.StorageView.from_array(np.ascontiguousarray(arr[rows]))
 
 
 def _words_from_alignment(tok: object, text_tokens: list[int], result: object) -> list[dict]:

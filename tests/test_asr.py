@@ -62,6 +62,10 @@ def test_batched_decode_gives_words_times_probabilities_and_confidence(tiny: Whi
         assert 0.0 < r.confidence <= 1.0 and r.avg_logprob < 0 and 0 <= r.no_speech_prob <= 1
     silence = tiny.transcribe([np.zeros(SAMPLE_RATE, np.float32)], DecodeOptions(words=True))[0]
     assert silence.confidence < 0.5  # nothing said: no confident words
+    # Beam search and temperature fallback over a batch in which some items need a retry.
+    dc = tiny.transcribe([clips[0], np.zeros(2 * SAMPLE_RATE, np.float32), clips[1]],
+                         DecodeOptions(beam_size=3, temperatures=(0.0, 0.4), logprob_threshold=-0.3))
+    assert wer(texts, [dc[0].text, dc[2].text]) <= 0.35 and dc[1].confidence < 0.5
 
 
 def test_confidence_falls_with_word_probabilities_and_no_speech() -> None:
