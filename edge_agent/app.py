@@ -130,6 +130,8 @@ class EdgeNode:
         finally:
             if self.speech is not None:
                 await self.speech.stop()
+            if self.asr_slot is not None:  # every vocabulary version shares these Whisper threads
+                self.asr_slot.current().model.close()
             if self.vision is not None:
                 self.vision.pipeline.close()
             self._mining_pool.shutdown(wait=True)

@@ -23,10 +23,10 @@ import contextlib
 import logging
 import time
 from collections import deque
-from pathlib import Path
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiomqtt
 import numpy as np
@@ -357,6 +357,7 @@ class SpeechService:
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self.published = SegmentIndex()  # what DC revisions refer to
+        self._owned_asr: EdgeAsr | None = None
 
     async def start(self) -> None:
         """Load models (in a thread) and start consuming."""
@@ -365,6 +366,7 @@ class SpeechService:
                     self._asr if self._asr is not None else default_asr(self.config, self.settings.cache_dir))
 
         vad, encoder, asr = await asyncio.to_thread(load)
+        self._owned_asr = asr if self._asr is None and isinstance(asr, EdgeAsr) else None
         self.engine = SpeechEngine(vad=vad, encoder=encoder, asr=asr, sink=self._publish, config=self.config,
                                    pipeline=self._pipeline, counters=self.counters,
                                    on_utterance=self._on_utterance)
@@ -375,6 +377,8 @@ class SpeechService:
         self._stop.set()
         if self.engine is not None:
             await self.engine.close()
+        if self._owned_asr is not None:  # the Whisper batching threads this service started
+            self._owned_asr.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -439,16 +443,15 @@ class SpeechService:
         except aiomqtt.MqttError:
             c.publish_errors += 1
 
-
     async def publish_revision(self, rev: SpeechRevision) -> bool:
         """Publish a DC revision of a segment this edge published, on the same transcript topic."""
-        seg = self.published.apply(rev)
         client = self._client
-        if seg is None:
-            self.counters.revisions_unknown += 1
-            return False
         if client is None:
             self.counters.publish_errors += 1
+            return False
+        seg = self.published.apply(rev)
+        if seg is None:
+            self.counters.revisions_unknown += 1
             return False
         try:
             await client.publish(names.transcript(seg.conversation), encode_segment(seg), qos=self.config.segment_qos)
