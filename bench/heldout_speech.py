@@ -161,7 +161,7 @@ def build_heldout_call(sentences: tuple[str, ...] | list[str] = HELDOUT, voices:
     total = pos + int(lead_s * SAMPLE_RATE)
     legs = {"leg1": np.zeros(total, dtype=np.float32), "leg2": np.zeros(total, dtype=np.float32)}
     turns = []
-    power = {"leg1": [], "leg2": []}
+    power: dict[str, list[float]] = {"leg1": [], "leg2": []}
     for i, (clip, (start, end)) in enumerate(zip(clips, spans, strict=True)):
         leg = f"leg{i % 2 + 1}"
         legs[leg][start:end] += clip

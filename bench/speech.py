@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-from bench.heldout_speech import ESPEAK_VOICES, HELDOUT, PIPER, build_heldout_call
+from bench.heldout_speech import ESPEAK_VOICES, HELDOUT, PIPER, build_heldout_call, check_heldout
 from bench.scoring import der, wer
 from bench.speech_corpus import SENTENCES, Conversation, build_conversation, to_8k_int16
 from cloud_trainer.speech_revise import SpeechReviser
@@ -251,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     segs, _, _ = run_conversation(esp2, vad, encoder, edge, loss=0.02, seed=6)
     result["wer_heldout_espeak_edge_2"] = round(_turn_wer(esp2, segs), 4)
 
-    # Field corpus: espeak-ng radio traffic with the net's sentences as the vocabulary prompt.
+    # Field corpus: espeak-ng radio traffic with the net's sentences as the vocabulary prompt
+    # (a prompt never built from a held-out sentence).
+    check_heldout(SENTENCES[:n_field])
     field_asr = edge.with_vocabulary(AsrVocabulary(version="field", prompt=prompt_from_sentences(
         SENTENCES[:n_field], keep="first")))
     conv = build_conversation(SENTENCES[:n_field])

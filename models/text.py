@@ -74,7 +74,7 @@ def normalize(text: str) -> str:
     s = re.sub(r"(\d)-(?=\d)", r"\1 ", s)
     s = _NUM.sub(_number, s)
     s = re.sub(r"[^a-z0-9' ]+", " ", s)
-    words = []
+    words: list[str] = []
     for w in s.split():
         w = w.strip("'")
         if not w:

@@ -37,6 +37,15 @@ def test_whisper_artifacts_match_their_pins(cache_dir: Path) -> None:
         "model.bin", "config.json", "tokenizer.json", "vocabulary.txt"}
 
 
+def test_heldout_sentences_are_in_nothing_a_vocabulary_is_built_from() -> None:
+    from bench.domain_speech import BASE_SENTENCES
+    from bench.heldout_speech import HELDOUT, check_heldout
+
+    check_heldout([*SENTENCES, *BASE_SENTENCES, *domain_sentences()])  # raises on a leak
+    with pytest.raises(ValueError):
+        check_heldout([HELDOUT[3].upper() + "."])  # the same sentence, normalised, is caught
+
+
 def test_text_normalisation_is_one_form_for_both_sides() -> None:
     assert normalize("The Harbour closes at 14:30, don't be late!") == \
         "the harbor closes at fourteen thirty do not be late"
