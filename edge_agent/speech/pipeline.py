@@ -37,7 +37,7 @@ from edge_agent.speech.diarize import Diarizer, DiarizerConfig
 from edge_agent.speech.rtp import RtpError
 from edge_agent.speech.stream import LegDecoder, PcmChunk
 from models.edge_asr import EdgeAsr
-from models.whisper_asr import AsrResult
+from models.whisper_asr import AsrResult, segment_confidence
 from models.speaker import SpeakerEncoder
 from models.vad import SAMPLE_RATE, WINDOW, SileroVad, VadConfig
 from topics.transcript import ModelRef, PartialTranscript, TranscriptSegment, TranscriptWord
@@ -343,7 +343,8 @@ class ConversationTracker:
                 self._pending.append(_Pending(
                     start_s=mine[0].start_s, order=self._order, leg=utt.leg, utterance=utt.utterance,
                     speaker=turn.speaker, end_s=mine[-1].end_s, words=mine,
-                    confidence=float(np.mean([w.confidence for w in mine])),
+                    confidence=segment_confidence([w.confidence for w in mine], utt.result.avg_logprob,
+                                                  utt.result.no_speech_prob),
                     end_arrival_s=utt.end_arrival_s, held_since_s=now_s, model=utt.model,
                     utterance_start_s=start))
                 self._order += 1
