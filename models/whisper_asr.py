@@ -195,16 +195,24 @@ class WhisperAsr:
 
     def transcribe(self, clips: Sequence[np.ndarray], options: DecodeOptions | None = None,
                    prompts: Sequence[str | None] | None = None) -> list[AsrResult]:
-        """Decode a batch of 16 kHz float32 utterances (each at most 30 s) in one model call.
-        ``prompts`` (one per clip) override ``options.prompt``."""
+        """Decode a batch of 16 kHz float32 utterances (each at most 30 s) in one model call
+        (one call per distinct prompt). ``prompts`` (one per clip) override ``options.prompt``."""
         import ctranslate2
 
         if not clips:
             return []
         opts = options or DecodeOptions()
+        per_clip = list(prompts) if prompts is not None else [opts.prompt] * len(clips)
+        if len(set(per_clip)) > 1:
+            # CTranslate2 needs <|startoftranscript|> at one position in a batch: one call per prompt.
+            out: list[AsrResult | None] = [None] * len(clips)
+            for prompt in dict.fromkeys(per_clip):
+                idx = [i for i, p in enumerate(per_clip) if p == prompt]
+                for i, r in zip(idx, self.transcribe([clips[i] for i in idx], opts, [prompt] * len(idx)), strict=True):
+                    out[i] = r
+            return [r for r in out if r is not None]
         t0 = time.perf_counter()
         feats, n_frames = self.features(clips)
-        per_clip = list(prompts) if prompts is not None else [opts.prompt] * len(clips)
         prompt_tokens = [self._prompt(p) for p in per_clip]
         with self._lock:
             encoded = self.model.encode(ctranslate2.StorageView.from_array(feats), to_cpu=False)

@@ -2,7 +2,7 @@
 
 Leg workers call :meth:`WhisperBatcher.transcribe` (blocking, from their own thread); one
 inference thread takes every request waiting at that moment (up to ``max_batch``, same
-decode options) and runs them as one batch. While the model is busy, new requests queue up
+decode options and prompt) and runs them as one batch. While the model is busy, new requests queue up
 and form the next batch, so batches grow with load and a lone request waits for nothing.
 The queue is bounded by the callers: each caller waits for its own answer.
 """
@@ -98,7 +98,8 @@ class WhisperBatcher:
             rest: deque[_Request] = deque()
             while self._queue and len(batch) < self.max_batch:
                 r = self._queue.popleft()
-                (batch if r.options == first.options else rest).append(r)
+                same = r.options == first.options and r.prompt == first.prompt  # one model call
+                (batch if same else rest).append(r)
             self._queue.extendleft(reversed(rest))
             return batch
 

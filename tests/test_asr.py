@@ -123,3 +123,27 @@ def test_legs_share_one_vad_network() -> None:
     a, b = vad.new_stream(), vad.new_stream()
     assert a._vad is b._vad  # noqa: SLF001 - one set of weights; per-leg state only
     assert a._state is not b._state  # noqa: SLF001
+
+
+@needs_espeak
+def test_the_batcher_decodes_waiting_legs_in_one_call_and_keeps_prompts_apart(tiny: WhisperAsr) -> None:
+    from models.whisper_batch import WhisperBatcher
+
+    texts = ["the courier will cross the border at dawn", "please leave the keys under the kitchen window"]
+    clips = [telephone(synthesize(t, v)) for t, v in zip(texts, VOICES, strict=True)]
+    alone = [r.text for r in tiny.transcribe(clips)]
+    batcher = WhisperBatcher(tiny, max_batch=8)
+    opts = DecodeOptions()
+    try:
+        with batcher._cv:  # noqa: SLF001 - hold the inference thread while four legs ask at once
+            futures = [batcher.submit(clips[i % 2], opts) for i in range(4)]
+            other = batcher.submit(clips[0], opts, prompt="Courier, border, dawn.")  # another prompt
+        results = [f.result(timeout=60) for f in futures]
+        assert other.result(timeout=60).text
+    finally:
+        batcher.close()
+    assert [r.text for r in results] == [alone[i % 2] for i in range(4)]
+    assert list(batcher.stats.sizes) == [4, 1] and batcher.stats.batches == 2
+    # Mixed prompts in one direct call are split into one model call per prompt.
+    mixed = tiny.transcribe(clips, prompts=[None, "Kitchen, window, keys."])
+    assert mixed[0].text == alone[0] and wer([texts[1]], [mixed[1].text]) <= 0.35
