@@ -6,7 +6,9 @@ edge ASR (:data:`models.edge_asr.ASR_MODEL`), re-decodes it with
 :class:`~topics.transcript.SpeechRevision` to :data:`topics.names.KAFKA_SPEECH_REVISIONS`
 (acks=all), keyed by the edge node, and the revised text as a ``dc:<model>`` label of the
 sample (training data for vocabulary adaptation; the store never lets it replace an
-operator's label). Offsets are committed after the revisions of a batch are
+operator's label). An operator's label of a speech sample (``edge-offload label``, on the
+labels topic) becomes revision 2 of the segment, ``source: operator``, addressed to every
+edge (node ""). Offsets are committed after the revisions of a batch are
 acknowledged: a crash re-decodes, never loses (the edge ignores a revision it already
 published). Records that cannot be decoded or revised are counted and skipped.
 """
@@ -27,11 +29,14 @@ from edge_offload.settings import KafkaSettings
 from models.edge_asr import ASR_MODEL
 from models.whisper_asr import AsrResult
 from topics.codec import ContractError
-from topics.dc import MAX_HARD_EXAMPLE_BYTES, HardExample, Label, decode_hard_example, encode_label
+from topics.dc import MAX_HARD_EXAMPLE_BYTES, HardExample, Label, decode_hard_example, decode_label, encode_label
 from topics.names import KAFKA_HARD_EXAMPLES, KAFKA_LABELS, KAFKA_SPEECH_REVISIONS
 from topics.transcript import ModelRef, SpeechRevision, TranscriptWord, encode_revision
 
-__all__ = ["RevisionStats", "RevisionService", "revision_of"]
+__all__ = ["RevisionStats", "RevisionService", "revision_of", "DC_REVISION", "OPERATOR_REVISION"]
+
+DC_REVISION = 1
+OPERATOR_REVISION = 2  # an operator's transcript overrides the DC's
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +63,7 @@ def revision_of(example: HardExample, reviser: SpeechReviser) -> SpeechRevision:
     r = rev.result
     return SpeechRevision(
         key=example.key, node=example.node, conversation=conversation, leg=leg, utterance=example.seq,
-        revision=1, text=r.text,
+        revision=DC_REVISION, text=r.text,
         words=tuple(TranscriptWord(w.word, w.start_s, w.end_s, w.confidence) for w in r.words),
         confidence=r.confidence, model=ModelRef(rev.model, rev.version), source="dc",
         created_at_ms=int(time.time() * 1000))
@@ -76,10 +81,20 @@ class RevisionService:
         self.commit_timeout_s = commit_timeout_s
         self.stats = RevisionStats()
 
-    async def _batch(self, producer: AIOKafkaProducer, values: list[bytes | None]) -> None:
+    async def _batch(self, producer: AIOKafkaProducer, records: list[tuple[str, bytes | None]]) -> None:
         sends = []
-        for value in values:
+        for topic, value in records:
             self.stats.records += 1
+            if topic == KAFKA_LABELS:
+                rev = self._operator_revision(value)
+                if rev is not None:
+                    try:
+                        payload = encode_revision(rev)
+                    except (ContractError, ValueError):  # ids that are not ids
+                        self.stats.bad += 1
+                        continue
+                    sends.append(await producer.send(KAFKA_SPEECH_REVISIONS, payload, key=b""))
+                continue
             try:
                 if value is None:
                     raise ContractError("empty", "record without a value")
@@ -109,6 +124,25 @@ class RevisionService:
             await fut  # acks=all before the offsets move
         self.stats.revised += sum(1 for f in sends if f.result().topic == KAFKA_SPEECH_REVISIONS)
 
+    def _operator_revision(self, value: bytes | None) -> SpeechRevision | None:
+        """An operator's transcript of a speech sample -> revision 2 of its segment (for every edge:
+        only the one that published the segment knows it)."""
+        try:
+            if value is None:
+                raise ContractError("empty", "record without a value")
+            label = decode_label(value)
+        except ContractError:
+            self.stats.bad += 1
+            return None
+        model, _, stream, seq, _ = label.key.split("|")
+        conversation, _, leg = stream.rpartition(".")
+        if not label.source.startswith("operator:") or model != self.model or not conversation or not seq.isdigit():
+            return None
+        return SpeechRevision(key=label.key, node="", conversation=conversation, leg=leg, utterance=int(seq),
+                              revision=OPERATOR_REVISION, text=label.text, words=(), confidence=1.0,
+                              model=ModelRef("operator", label.source), source="operator",
+                              created_at_ms=label.labelled_at_ms)
+
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             consumer = producer = None
@@ -119,7 +153,7 @@ class RevisionService:
                                             enable_idempotence=self.kafka.enable_idempotence)
                 await producer.start()
                 consumer = AIOKafkaConsumer(
-                    KAFKA_HARD_EXAMPLES, bootstrap_servers=self.kafka.bootstrap_servers,
+                    KAFKA_HARD_EXAMPLES, KAFKA_LABELS, bootstrap_servers=self.kafka.bootstrap_servers,
                     client_id=f"{self.kafka.client_id}-reviser", group_id=self.group_id,
                     enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=16,
                     max_partition_fetch_bytes=MAX_HARD_EXAMPLE_BYTES + (64 << 10), metadata_max_age_ms=5000)
@@ -129,7 +163,7 @@ class RevisionService:
                     records = [r for rs in batch.values() for r in rs]
                     if not records:
                         continue
-                    await self._batch(producer, [r.value for r in records])
+                    await self._batch(producer, [(r.topic, r.value) for r in records])
                     offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items() if rs}
                     await asyncio.wait_for(consumer.commit(offsets), self.commit_timeout_s)
             except Exception as exc:  # Kafka trouble: rebuild, never crash

@@ -1,5 +1,6 @@
 """A low-confidence utterance goes edge -> outbox -> Kafka -> DC (advanced inference) -> Kafka ->
-edge, and its revision appears on the conversation's MQTT transcript topic."""
+edge, and its revision appears on the conversation's MQTT transcript topic; an operator's
+label of it then overrides the DC's (revision 2) there and in the training data."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from bench.heldout_speech import HELDOUT, build_heldout_call, piper_available
 from bench.scoring import wer
 from bench.speech_corpus import to_8k_int16
+from cloud_trainer.publish import publish_labels
 from cloud_trainer.service import Trainer
 from cloud_trainer.settings import AsrAdaptSettings, FerTrainSettings, TrainerSettings
 from devices.audio import LegSource, stream_audio
@@ -21,6 +23,7 @@ from edge_offload.brokers import MosquittoBroker, TansuBroker
 from edge_offload.settings import EdgeSettings, MqttSettings, Settings
 from models.edge_asr import ASR_MODEL
 from topics import names
+from topics.dc import Label
 from topics.transcript import TranscriptSegment, decode_segment
 
 pytestmark = [pytest.mark.integration,
@@ -75,19 +78,32 @@ async def test_low_confidence_speech_comes_back_revised_by_the_dc(
             async with arrived:
                 await asyncio.wait_for(arrived.wait_for(
                     lambda: sum(x.revision == 1 for x in seen) >= n_turns), 120)
+            # An operator corrects one segment (``edge-offload label``): revision 2 overrides the DC's.
+            first = min((x for x in seen if x.revision == 1), key=lambda x: x.seq)
+            key = f"{ASR_MODEL}|{device}|{conversation}.{first.leg}|{first.utterance}|0"
+            await publish_labels(_kafka(own_kafka), [Label(key, "an operator typed this", "operator:ana", 1)])
+            async with arrived:
+                await asyncio.wait_for(arrived.wait_for(lambda: any(x.revision == 2 for x in seen)), 60)
             collector.cancel()
+        op = [x for x in seen if x.revision == 2]
+        assert len(op) == 1 and (op[0].leg, op[0].utterance, op[0].seq) == (first.leg, first.utterance, first.seq)
+        assert op[0].source == "operator" and op[0].text == "an operator typed this"
+        assert op[0].model.version == "operator:ana"
         # The DC's transcripts are training data now (labels of the stored hard examples).
         consumer, store = trainer.consumer, trainer.store
         assert consumer is not None and store is not None
         await asyncio.wait_for(consumer.wait_until(lambda: consumer.stats.labels >= n_turns), 30)
         labelled = await store.samples(ASR_MODEL, labelled=True)
-        assert len(labelled) >= n_turns and all((r.label_source or "").startswith("dc:") for r in labelled)
+        sources = {r.key: r.label_source or "" for r in labelled}
+        assert len(labelled) >= n_turns and all(x.startswith(("dc:", "operator:")) for x in sources.values())
+        await asyncio.wait_for(consumer.wait_until(lambda: consumer.stats.labels >= n_turns + 1), 30)
+        assert (await store.get(key)).label == "an operator typed this"  # type: ignore[union-attr]
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
 
     edge = [x for x in seen if x.revision == 0]
-    dc = [x for x in seen if x.revision == 1]
+    dc = [x for x in seen if x.revision == 1]  # the operator's revision 2 came after all of these
     assert len(edge) == len(dc) == len(call.turns)
     assert all(x.source == "edge" for x in edge) and all(x.source == "dc" for x in dc)
     for rev in dc:  # the same segment: conversation, leg, utterance, seq and speaker
@@ -99,7 +115,7 @@ async def test_low_confidence_speech_comes_back_revised_by_the_dc(
     ref = " ".join(t.text for t in call.turns)
     dc_text = " ".join(x.text for x in sorted(dc, key=lambda x: x.seq))
     assert wer([ref], [dc_text]) <= 0.2, dc_text
-    assert node.speech is not None and node.speech.counters.revisions_published == len(dc)
+    assert node.speech is not None and node.speech.counters.revisions_published == len(dc) + len(op)
 
 
 def _kafka(broker: TansuBroker):  # noqa: ANN202 - KafkaSettings for a test broker

@@ -7,7 +7,8 @@
   conversation clock, ``revision`` and ``source`` from the DC, the DC's model.
 - :class:`RevisionFollower`: follows :data:`topics.names.KAFKA_SPEECH_REVISIONS` (a consumer
   group per node, auto-commit: a lost revision costs a better transcript, never a result),
-  keeps this node's revisions and hands them to ``on_revision``. Undecodable records are
+  keeps this node's revisions (and those for every node: operators' labels) and hands them
+  to ``on_revision``. Undecodable records are
   counted and skipped.
 """
 
@@ -136,7 +137,7 @@ class RevisionFollower:
             self.stats.bad += 1
             log.warning("revisions: bad record (%s)", exc)
             return
-        if rev.node != self.node:
+        if rev.node not in (self.node, ""):  # "": for every edge (an operator's label)
             self.stats.for_other_nodes += 1
             return
         await self.on_revision(rev)
