@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.domain_speech import BASE_SENTENCES, PRIMER, speak
+from bench.domain_speech import BASE_SENTENCES, speak
 from bench.shifted_domain import FaceSources, write_replay_dir
 from cloud_trainer.asr_adapt import corpus_wer, transcribe
+from models.edge_asr import EdgeAsr, load_edge_asr, vocabulary_from_bytes
 from cloud_trainer.publish import publish_labels
 from cloud_trainer.service import Trainer
 from cloud_trainer.settings import AsrAdaptSettings, FerTrainSettings, TrainerSettings
@@ -40,8 +41,6 @@ from edge_agent.service import build_vision_pipeline
 from edge_agent.updates import ModelUpdater, Refusal
 from edge_agent.vision import FrameJob, VisionPipeline
 from edge_offload.settings import EdgeSettings, KafkaSettings, Settings
-from models.asr import AsrModel
-from models.asr_artifact import asr_from_bytes
 from models.fer_teacher import TeacherFer, load_teacher
 from topics.dc import Label
 from topics.vision import Frame
@@ -49,7 +48,7 @@ from topics.vision import Frame
 __all__ = ["LoopConfig", "Traffic", "DcLoop"]
 
 NODE = "edge-e2e"
-ASR_BASE_VERSION = "base-lm"
+ASR_BASE_VERSION = "base-vocab"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +92,7 @@ class DcLoop:
                                  replay_dir=replay_dir, min_gain=config.fer_min_gain, min_holdout=10),
             asr=AsrAdaptSettings(retrain_min_samples=config.asr_min_samples, base_version=ASR_BASE_VERSION,
                                  base_sentences=list(BASE_SENTENCES), min_gain=config.asr_min_gain,
-                                 min_holdout=2),
+                                 min_holdout=2, revise=False, whisper_model="whisper_tiny_en"),
         )
         self.trainer = Trainer(self.trainer_settings, self.kafka, cache_dir)
         self.teacher: TeacherFer = load_teacher(cache_dir, "cpu")
@@ -101,12 +100,13 @@ class DcLoop:
         edge_settings = Settings(cache_dir=cache_dir, kafka=self.kafka,
                                  edge=EdgeSettings(node_name=NODE, device="cpu"))
         self.pipeline: VisionPipeline = build_vision_pipeline(edge_settings)
-        self.asr_slot: ModelSlot[AsrModel] | None = None
+        self.asr_slot: ModelSlot[EdgeAsr] | None = None
+        self.edge_asr: EdgeAsr | None = None
         mining = HardExampleSettings(models={
             "fer-mini-xception": ModelMiningSettings(
                 filters=[FilterSpec(kind="threshold", threshold=0.7), FilterSpec(kind="margin", threshold=0.3)],
                 rate_per_device_s=500, burst_per_device=1000),
-            "pocketsphinx-en-us": ModelMiningSettings(
+            "whisper-vocab": ModelMiningSettings(
                 filters=[FilterSpec(kind="threshold", threshold=0.8)], rate_per_device_s=50, burst_per_device=100),
         }, rate_total_s=1000, burst_total=2000, seed=1)
         self.policy = MiningPolicy(mining)
@@ -123,14 +123,15 @@ class DcLoop:
         await self.trainer.setup()  # registers the base versions and makes the signing key
         base = self.trainer.registry.current(self.trainer_settings.asr.model)
         assert base is not None
-        asr_base = asr_from_bytes(self.trainer.registry.artifact(base), self.workdir / "edge-asr",
-                                  base.name, base.version)
-        self.asr_slot = ModelSlot(Loaded(asr_base, base.name, base.version))
+        vocab = vocabulary_from_bytes(self.trainer.registry.artifact(base), base.name, base.version)
+        self.edge_asr = load_edge_asr(self.cache_dir, "whisper_tiny_en", None, device="cpu", cpu_threads=1,
+                                      vocabulary=vocab)
+        self.asr_slot = ModelSlot(Loaded(self.edge_asr, base.name, base.version))
         self.updater = ModelUpdater(
             UpdateSettings(trusted_key_files=[self.trainer_settings.keys_dir / "signing.pub"], warmup_batches=1),
             self.kafka, NODE,
             {"fer-mini-xception": fer_handler(self.pipeline.slot, "cpu", max_batch_size=8),
-             base.name: asr_handler(self.asr_slot, self.workdir / "edge-asr")},
+             base.name: asr_handler(self.asr_slot)},
             on_refused=self.refusals.append,
             on_applied=lambda u: self.applied_at.setdefault(u.name, time.monotonic()))
         return [asyncio.create_task(self.forwarder.run(stop)), asyncio.create_task(self.updater.run(stop)),
@@ -150,6 +151,8 @@ class DcLoop:
             await asyncio.wait_for(asyncio.gather(*tasks), 60)
             loop.pipeline.close()
             loop.outbox.close()
+            if loop.edge_asr is not None:
+                loop.edge_asr.close()
 
     # --- edge traffic -------------------------------------------------------------------------
 
@@ -212,28 +215,22 @@ class DcLoop:
                     traffic.versions.append(o.result.model.version)
 
     async def feed_speech(self, sentences: Sequence[str], first_seq: int = 0) -> dict[str, str]:
-        """Decode utterances on the edge ASR (one primed stream), mine them; return key -> truth."""
+        """Decode utterances on the edge ASR, mine them by confidence; return key -> truth."""
         assert self.asr_slot is not None
         slot = self.asr_slot
 
         def work() -> dict[str, str]:
             loaded = slot.current()
-            stream = loaded.model.new_stream()
-            stream.start()
-            stream.feed(speak(PRIMER, 0))
-            stream.finish()
             truth: dict[str, str] = {}
             for i, sentence in enumerate(sentences):
                 audio = speak(sentence, i)
-                stream.start()
-                stream.feed(audio)
-                result = stream.finish()
+                result = loaded.model.decode_final(audio)
                 pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
                 seq = first_seq + i
                 if self.reporter.offer_speech(
                         device="radio-1", stream="conv-1.leg1", seq=seq, model=loaded.name,
                         model_version=loaded.version, pcm=pcm, sample_rate=16000, text=result.text,
-                        word_confidences=[w.confidence for w in result.words] or [0.0],
+                        word_confidences=[result.confidence],
                         captured_at_ms=int(time.time() * 1000)):
                     truth[f"{loaded.name}|radio-1|conv-1.leg1|{seq}|0"] = sentence
             return truth
@@ -245,11 +242,12 @@ class DcLoop:
         await publish_labels(self.kafka, [Label(k, t, "operator:e2e", now) for k, t in truth.items()])
 
     async def asr_wer(self, sentences: Sequence[str]) -> tuple[float, str]:
-        """WER of the serving edge ASR on ``sentences`` (a fresh decoder, primed)."""
+        """WER of the serving edge ASR (final model, serving vocabulary) on ``sentences``."""
         assert self.asr_slot is not None
         loaded = self.asr_slot.current()
 
         def work() -> float:
-            clips = [speak(PRIMER, 0)] + [speak(s, i) for i, s in enumerate(sentences)]
-            return corpus_wer(list(sentences), transcribe(loaded.model, clips)[1:])
+            clips = [speak(s, i) for i, s in enumerate(sentences)]
+            asr = loaded.model
+            return corpus_wer(list(sentences), transcribe(asr.final.asr, clips, asr.vocabulary.prompt or None))
         return await asyncio.to_thread(work), loaded.version

@@ -1,7 +1,7 @@
-"""Domain-vocabulary speech for the DC loop: formulaic radio traffic the edge's base LM lacks.
+"""Domain-vocabulary speech for the DC loop: formulaic radio traffic the edge's base vocabulary lacks.
 
-The edge starts with a small LM of :data:`BASE_SENTENCES` (generic radio phrases). Field
-traffic follows templates with call signs and places and brings words that LM has never
+The edge starts with the vocabulary prompt of :data:`BASE_SENTENCES` (generic radio phrases).
+Field traffic follows templates with call signs and places and brings words that prompt has never
 seen (convoy, medevac, sitrep, exfil, waypoint, ...), some not even in CMUdict. Train and
 held-out utterances are different combinations of the same templates.
 """
@@ -14,7 +14,7 @@ import numpy as np
 
 from bench.speech_corpus import VOICES, synthesize
 
-__all__ = ["BASE_SENTENCES", "domain_sentences", "speak", "PRIMER"]
+__all__ = ["BASE_SENTENCES", "domain_sentences", "speak"]
 
 BASE_SENTENCES: tuple[str, ...] = (
     "radio check how do you read me",
@@ -41,8 +41,6 @@ _TEMPLATES = (
     "{c} request resupply at waypoint {p}",
 )
 
-# Spoken first into every fresh decoder: PocketSphinx's live CMN starts cold.
-PRIMER = BASE_SENTENCES[0]
 
 
 def domain_sentences() -> list[str]:

@@ -77,7 +77,7 @@ async def run(cache_dir: Path) -> dict[str, Any]:
             fer_after, _, _ = await loop.fer_agreement(eval_frames)
             wer_after, _ = await loop.asr_wer(eval_speech)
             reg = loop.trainer.registry
-            fer, asr = reg.current("fer-mini-xception"), reg.current("pocketsphinx-en-us")
+            fer, asr = reg.current("fer-mini-xception"), reg.current("whisper-vocab")
             assert fer is not None and asr is not None and loop.first_hard_at is not None
             result = {
                 "fer_agreement_before": round(fer_before, 4),
@@ -87,7 +87,7 @@ async def run(cache_dir: Path) -> dict[str, Any]:
                 "wer_after": round(wer_after, 4),
                 "asr_eval_utterances": len(eval_speech),
                 "seconds_to_deploy": round(loop.applied_at["fer-mini-xception"] - loop.first_hard_at, 2),
-                "asr_seconds_label_to_deploy": round(loop.applied_at["pocketsphinx-en-us"] - labelled_at, 2),
+                "asr_seconds_label_to_deploy": round(loop.applied_at["whisper-vocab"] - labelled_at, 2),
                 "dropped_during_swap": traffic.dropped,
                 "served_during_loop": traffic.answered,
                 "hard_examples": {"faces": sent_faces, "speech": len(truth)},

@@ -1,4 +1,4 @@
-"""Scoring: word error rate and diarization error rate."""
+"""Scoring: word error rate (the product's one WER, :func:`models.text.wer`) and diarization error rate."""
 
 from __future__ import annotations
 
@@ -7,23 +7,9 @@ from collections.abc import Iterable
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from cloud_trainer.asr_adapt import word_errors
+from models.text import wer
 
-__all__ = ["edit_distance", "wer", "der"]
-
-
-edit_distance = word_errors
-"""Levenshtein distance between two token sequences (the trainer's, one implementation)."""
-
-
-def wer(refs: Iterable[str], hyps: Iterable[str]) -> float:
-    """Corpus WER: total word edits / total reference words (pairs of strings)."""
-    edits = words = 0
-    for r, h in zip(refs, hyps, strict=True):
-        rt, ht = r.split(), h.split()
-        edits += edit_distance(rt, ht)
-        words += len(rt)
-    return edits / max(words, 1)
+__all__ = ["wer", "der"]
 
 
 def der(

@@ -34,7 +34,7 @@ __all__ = [
 SAMPLE_RATE = 16000
 
 # ~30 sentences of convoy / supply radio traffic. Four words are not in CMUdict
-# (medevac, sitrep, waypoint, exfil): the domain LM has to bring their pronunciations.
+# (medevac, sitrep, waypoint, exfil): the vocabulary prompt has to bring their spellings.
 SENTENCES: tuple[str, ...] = (
     "convoy bravo departing depot north at zero six hundred",
     "roger convoy bravo report at checkpoint alpha",

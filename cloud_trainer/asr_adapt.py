@@ -1,42 +1,28 @@
-"""ASR vocabulary / language-model adaptation and its figure, the word error rate.
+"""Vocabulary adaptation of the edge's Whisper ASR, and the one WER it is judged by.
 
-A candidate LM is built from the base sentences plus every operator-labelled training
-transcript (new words get pronunciations, see :func:`models.asr.build_domain_lm`).
-PocketSphinx's live cepstral mean normalisation starts cold in a new decoder, so
-:func:`transcribe` primes each decoder on the first clip before scoring anything.
+A candidate vocabulary is a Whisper prompt built from the base sentences plus every
+operator-labelled (or DC-revised) training transcript (:func:`build_candidate_vocabulary`);
+the edge hands it to Whisper as previous text on every decode. The gate compares the
+current and the candidate prompt with the edge's own final model on labelled holdout
+clips (:func:`transcribe`), scored by :func:`models.text.wer`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
-from models.asr import AsrModel, DomainLm, build_domain_lm, normalize_text
+from models.edge_asr import AsrVocabulary, prompt_from_sentences
+from models.text import normalize, wer
+from models.whisper_asr import DecodeOptions, WhisperAsr
 
-__all__ = ["word_errors", "corpus_wer", "pcm_to_float", "transcribe", "build_candidate_lm"]
-
-
-def word_errors(ref: Sequence[str], hyp: Sequence[str]) -> int:
-    """Word-level Levenshtein distance."""
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1]
+__all__ = ["corpus_wer", "pcm_to_float", "transcribe", "build_candidate_vocabulary", "vocabulary_words"]
 
 
 def corpus_wer(refs: Sequence[str], hyps: Sequence[str]) -> float:
-    """Total word edits / total reference words, on normalised text; NaN for no words."""
-    edits = words = 0
-    for r, h in zip(refs, hyps, strict=True):
-        rt, ht = normalize_text(r).split(), normalize_text(h).split()
-        edits += word_errors(rt, ht)
-        words += len(rt)
-    return edits / words if words else float("nan")
+    """The project's one WER (:func:`models.text.wer`)."""
+    return wer(refs, hyps)
 
 
 def pcm_to_float(pcm: bytes) -> np.ndarray:
@@ -44,22 +30,30 @@ def pcm_to_float(pcm: bytes) -> np.ndarray:
     return np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0
 
 
-def transcribe(model: AsrModel, clips: Sequence[np.ndarray]) -> list[str]:
-    """Decode 16 kHz clips in one decoder, primed on the first clip."""
-    if not clips:
-        return []
-    stream = model.new_stream()
-    stream.start()
-    stream.feed(clips[0])
-    stream.finish()
-    out = []
-    for clip in clips:
-        stream.start()
-        stream.feed(clip)
-        out.append(stream.finish().text)
+def transcribe(asr: WhisperAsr, clips: Sequence[np.ndarray], prompt: str | None = None,
+               options: DecodeOptions | None = None, batch: int = 8) -> list[str]:
+    """Decode 16 kHz clips with ``prompt``, ``batch`` at a time."""
+    opts = options or DecodeOptions(words=False)
+    out: list[str] = []
+    for i in range(0, len(clips), batch):
+        part = list(clips[i:i + batch])
+        out += [r.text for r in asr.transcribe(part, opts, prompts=[prompt] * len(part))]
     return out
 
 
-def build_candidate_lm(base_sentences: Sequence[str], transcripts: Sequence[str], out_dir: Path) -> DomainLm:
-    """The domain LM of the base sentences plus the labelled transcripts (repeats weigh more)."""
-    return build_domain_lm([s for s in (*base_sentences, *transcripts) if normalize_text(s)], out_dir)
+def vocabulary_words(sentences: Sequence[str]) -> tuple[str, ...]:
+    """The sorted distinct normalised words of ``sentences``."""
+    return tuple(sorted({w for s in sentences for w in normalize(s).split()}))
+
+
+def build_candidate_vocabulary(base_sentences: Sequence[str], transcripts: Sequence[str]) -> AsrVocabulary:
+    """The prompt of the base sentences plus the labelled transcripts (the most recent last,
+    distinct sentences only; Whisper reads the end of a prompt most)."""
+    seen: set[str] = set()
+    sentences: list[str] = []
+    for s in (*base_sentences, *transcripts):
+        key = normalize(s)
+        if key and key not in seen:
+            seen.add(key)
+            sentences.append(s.strip())
+    return AsrVocabulary(prompt=prompt_from_sentences(sentences), words=vocabulary_words(sentences))

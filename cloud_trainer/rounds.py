@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from cloud_trainer.asr_adapt import build_candidate_lm, corpus_wer, pcm_to_float, transcribe
+from cloud_trainer.asr_adapt import build_candidate_vocabulary, corpus_wer, pcm_to_float, transcribe
 from cloud_trainer.fer_train import LabelledCrop, agreement, decode_crop, fine_tune, label_index
 from cloud_trainer.gate import GateResult, judge
 from cloud_trainer.labeler import FaceLabeler, ReplaySet
 from cloud_trainer.settings import AsrAdaptSettings, FerTrainSettings
 from cloud_trainer.store import SampleStore, StoredSample
-from models.asr_artifact import ASR_FORMAT, asr_from_bytes, asr_manifest, asr_to_bytes
+from models.edge_asr import VOCAB_FORMAT, vocabulary_from_bytes, vocabulary_manifest, vocabulary_to_bytes
 from models.fer_artifact import FER_FORMAT, fer_from_bytes, fer_to_bytes
+from models.whisper_asr import WhisperAsr
 
 __all__ = ["Candidate", "ModelRound", "FerRound", "AsrRound", "keys_digest"]
 
@@ -125,14 +125,16 @@ class FerRound:
 
 
 class AsrRound:
-    """ASR LM adaptation on operator transcripts, gated on holdout WER."""
+    """Whisper vocabulary (prompt) adaptation on operator / DC transcripts, gated on holdout WER
+    measured with the edge's own final model."""
 
-    format = ASR_FORMAT
+    format = VOCAB_FORMAT
 
-    def __init__(self, store: SampleStore, settings: AsrAdaptSettings, work_dir: Path) -> None:
+    def __init__(self, store: SampleStore, settings: AsrAdaptSettings, work_dir: Path, asr: WhisperAsr) -> None:
         self.store = store
         self.settings = settings
         self.work_dir = work_dir
+        self.asr = asr
         self.name = settings.model
         self.retrain_min_samples = settings.retrain_min_samples
         self.interval_min_samples = settings.interval_min_samples
@@ -150,32 +152,29 @@ class AsrRound:
                         if r.kind == "audio" and r.label]
 
         def work() -> Candidate:
-            self.work_dir.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
-                lm = build_candidate_lm(self.settings.base_sentences, [r.label or "" for r in train_rows],
-                                        Path(tmp) / "lm")
-                parent_words = set(asr_manifest(parent_artifact).get("words", []))
-                artifact = asr_to_bytes(lm, {"words": list(lm.words), "transcripts": len(train_rows),
-                                             "base_sentences": len(self.settings.base_sentences)})
-                current = asr_from_bytes(parent_artifact, Path(tmp) / "models", self.name, parent_version)
-                candidate = asr_from_bytes(artifact, Path(tmp) / "models", self.name, "candidate")
-                clips = [pcm_to_float(r.data) for r in holdout_rows]
-                refs = [r.label or "" for r in holdout_rows]
-                gate = judge("wer", current=corpus_wer(refs, transcribe(current, clips)),
-                             candidate=corpus_wer(refs, transcribe(candidate, clips)),
-                             higher_is_better=False, margin=self.settings.min_gain,
-                             n_holdout=len(holdout_rows), min_holdout=self.settings.min_holdout)
+            vocab = build_candidate_vocabulary(self.settings.base_sentences, [r.label or "" for r in train_rows])
+            parent_words = set(vocabulary_manifest(parent_artifact).get("words", []))
+            artifact = vocabulary_to_bytes(vocab, {"transcripts": len(train_rows),
+                                                   "base_sentences": len(self.settings.base_sentences)})
+            current = vocabulary_from_bytes(parent_artifact, self.name, parent_version)
+            clips = [pcm_to_float(r.data) for r in holdout_rows]
+            refs = [r.label or "" for r in holdout_rows]
+            gate = judge("wer", current=corpus_wer(refs, transcribe(self.asr, clips, current.prompt or None)),
+                         candidate=corpus_wer(refs, transcribe(self.asr, clips, vocab.prompt or None)),
+                         higher_is_better=False, margin=self.settings.min_gain,
+                         n_holdout=len(holdout_rows), min_holdout=self.settings.min_holdout)
             lineage = {
                 "parent": parent_version,
                 "samples_new": len(train_rows),
                 "labelled_train_total": len(train_rows),
                 "max_sample_id": max((r.id for r in train_rows), default=0),
                 "samples_sha256": keys_digest(train_rows),
-                "labels": "operators",
-                "vocabulary": len(lm.words),
-                "new_words": sorted(set(lm.words) - parent_words) if parent_words else sorted(lm.oov),
-                "oov_pronunciations": {w: src for w, (_, src) in lm.oov.items()},
+                "labels": {"operator": sum(1 for r in train_rows if (r.label_source or "").startswith("operator:")),
+                           "dc": sum(1 for r in train_rows if (r.label_source or "").startswith("dc:"))},
+                "vocabulary": len(vocab.words),
+                "new_words": sorted(set(vocab.words) - parent_words),
+                "judged_with": f"{self.asr.name}/{self.asr.version}",
             }
-            return Candidate(artifact, ASR_FORMAT, gate, lineage)
+            return Candidate(artifact, VOCAB_FORMAT, gate, lineage)
 
         return await asyncio.to_thread(work)

@@ -20,9 +20,11 @@ from cloud_trainer.consumer import SampleConsumer
 from cloud_trainer.labeler import FaceLabeler, ReplaySet
 from cloud_trainer.publish import UpdatePublisher
 from cloud_trainer.registry import Registry, Signer, VersionRecord
+from cloud_trainer.revise_service import RevisionService
 from cloud_trainer.rounds import AsrRound, FerRound, ModelRound
 from cloud_trainer.serve import ArtifactServer
 from cloud_trainer.settings import TrainerSettings
+from cloud_trainer.speech_revise import SpeechReviser
 from cloud_trainer.store import SampleStore, open_store
 from edge_offload.settings import KafkaSettings, Settings
 
@@ -72,6 +74,8 @@ class Trainer:
         self._triggers: dict[str, _Trigger] = {}
         self._work = asyncio.Event()
         self._changed = asyncio.Condition()
+        self.reviser: SpeechReviser | None = None  # DC advanced inference on speech (asr.revise)
+        self.revisions: RevisionService | None = None
 
     # --- set-up -------------------------------------------------------------------------
 
@@ -91,19 +95,33 @@ class Trainer:
         self.rounds[fer.model] = FerRound(store, labeler, replay, fer)
 
     async def _setup_asr(self, store: SampleStore) -> None:
-        from models.asr import build_domain_lm
-        from models.asr_artifact import ASR_FORMAT, asr_to_bytes, generic_asr_bytes
+        from cloud_trainer.asr_adapt import vocabulary_words
+        from models.edge_asr import VOCAB_FORMAT, AsrVocabulary, load_whisper, prompt_from_sentences, \
+            vocabulary_to_bytes
 
         asr = self.settings.asr
         if self.registry.current(asr.model) is None:
-            if asr.base_sentences:
-                work = self.settings.work_dir / "base-lm"
-                lm = await asyncio.to_thread(build_domain_lm, asr.base_sentences, work)
-                artifact = asr_to_bytes(lm, {"words": list(lm.words), "base_sentences": len(asr.base_sentences)})
-            else:
-                artifact = generic_asr_bytes()
-            self.registry.ensure_base(asr.model, asr.base_version, artifact, ASR_FORMAT)
-        self.rounds[asr.model] = AsrRound(store, asr, self.settings.work_dir)
+            base = AsrVocabulary(prompt=prompt_from_sentences(asr.base_sentences),
+                                 words=vocabulary_words(asr.base_sentences))
+            artifact = vocabulary_to_bytes(base, {"base_sentences": len(asr.base_sentences)})
+            self.registry.ensure_base(asr.model, asr.base_version, artifact, VOCAB_FORMAT)
+        whisper = await asyncio.to_thread(load_whisper, self.cache_dir, asr.whisper_model,
+                                          device=asr.device, cpu_threads=self.settings.torch_threads)
+        self.rounds[asr.model] = AsrRound(store, asr, self.settings.work_dir, whisper)
+        if asr.revise:
+            from models.edge_asr import vocabulary_from_bytes
+
+            models = [whisper if m == asr.whisper_model else
+                      await asyncio.to_thread(load_whisper, self.cache_dir, m, device=asr.device,
+                                              cpu_threads=self.settings.torch_threads)
+                      for m in asr.revise_models]
+            current = self.registry.current(asr.model)
+            prompt = ""
+            if current is not None:
+                prompt = vocabulary_from_bytes(self.registry.artifact(current), asr.model, current.version).prompt
+            self.reviser = SpeechReviser(models, vocabulary_prompt=prompt)
+            self.revisions = RevisionService(self.kafka, self.reviser, group_id=f"{self.settings.group_id}-reviser",
+                                             model=asr.model)
 
     async def setup(self) -> None:
         """Open the store, load the teacher, register base versions (idempotent)."""
@@ -163,6 +181,10 @@ class Trainer:
         if cand.gate.promote and self.settings.auto_promote:
             rec = self.registry.promote(name, rec.version, cand.gate.metrics, f"gate: {cand.gate.reason}")
             self._unannounced[name] = (rec, "promote")
+            if self.reviser is not None and name == self.settings.asr.model:
+                from models.edge_asr import vocabulary_manifest
+
+                self.reviser.vocabulary_prompt = str(vocabulary_manifest(cand.artifact).get("prompt", ""))
             await self._announce_pending()
         elif cand.gate.promote:
             log.info("%s %s passed the gate; waiting for an operator to promote it", name, rec.version)
@@ -210,6 +232,7 @@ class Trainer:
                 host = "127.0.0.1" if self.settings.serve_host in ("0.0.0.0", "") else self.settings.serve_host
                 self.base_url = f"http://{host}:{port}"
         consumer_task = asyncio.create_task(self.consumer.run(stop))
+        revision_task = asyncio.create_task(self.revisions.run(stop)) if self.revisions is not None else None
         try:
             await self._start_publisher(stop)
             for name in self.rounds:  # edges that missed the last announcement catch up
@@ -233,6 +256,8 @@ class Trainer:
                 stopper.cancel()
         finally:
             await consumer_task
+            if revision_task is not None:
+                await revision_task
             if self.server is not None:
                 await self.server.stop()
             await self.publisher.stop()

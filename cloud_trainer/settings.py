@@ -32,17 +32,21 @@ class FerTrainSettings(BaseModel):
 class AsrAdaptSettings(BaseModel):
     """Vocabulary / language-model adaptation of the edge ASR, and its evaluation gate."""
 
-    model: str = "pocketsphinx-en-us"
+    model: str = "whisper-vocab"
     enabled: bool = True
+    whisper_model: str = Field("whisper_base", description="the edge's final Whisper model: the gate decodes with it")
+    device: str = Field("auto", description="Whisper device of the DC: auto (CUDA when present), cpu, cuda")
     retrain_min_samples: int = Field(20, ge=1, description="new labelled transcripts that start a round")
     interval_min_samples: int = Field(3, ge=1, description="new transcripts a timed round needs")
-    base_version: str = Field("generic", description="version name the edge's initial ASR model is known by")
+    base_version: str = Field("none", description="version name the edge's initial vocabulary is known by")
     base_sentences: list[str] = Field(
         default_factory=list,
-        description="always part of the domain LM; if set, the base version is the LM of these alone, "
-                    "else PocketSphinx's generic LM")
+        description="always part of the vocabulary prompt; the base version is the prompt of these alone")
     min_gain: float = Field(0.02, ge=0, description="holdout WER must fall at least this much")
     min_holdout: int = Field(2, ge=1)
+    revise: bool = Field(True, description="re-decode speech hard examples and send revised segments to the edge")
+    revise_models: list[str] = Field(default_factory=lambda: ["whisper_base", "whisper_tiny_en"],
+                                     description="Whisper models of the DC's advanced inference")
 
 
 class TrainerSettings(BaseModel):

@@ -3,7 +3,8 @@
 Idempotent on the hard-example key (model, device, stream, seq, item): storing the same
 example twice keeps one row, so the consumer can be at-least-once. Each sample is put in
 the ``train`` or ``holdout`` split by a hash of its key, so a sample never moves. Labels
-that arrive before their sample wait in ``pending_labels``. Two back ends with the same
+that arrive before their sample wait in ``pending_labels``. An operator's label
+(source ``operator:...``) is never replaced by another source's (the DC's revisions, ``dc:...``). Two back ends with the same
 SQL: SQLite (default, a file) and PostgreSQL (``postgresql://`` URL, via asyncpg).
 """
 
@@ -211,15 +212,17 @@ class SqliteStore(SampleStore):
             matched = 0
             for lb in labels:
                 n = self._db.execute(
-                    "UPDATE samples SET label = ?, label_source = ?, labelled_at_ms = ? WHERE key = ?",
-                    (lb.text, lb.source, lb.labelled_at_ms, lb.key)).rowcount
-                if n:
-                    matched += 1
+                    "UPDATE samples SET label = ?, label_source = ?, labelled_at_ms = ? WHERE key = ? AND "
+                    "(label_source IS NULL OR label_source NOT LIKE 'operator:%' OR ? LIKE 'operator:%')",
+                    (lb.text, lb.source, lb.labelled_at_ms, lb.key, lb.source)).rowcount
+                if n or self._db.execute("SELECT 1 FROM samples WHERE key = ?", (lb.key,)).fetchone():
+                    matched += 1  # updated, or an operator's label kept over the DC's
                 else:
                     self._db.execute(
                         "INSERT INTO pending_labels (key, text, source, labelled_at_ms) VALUES (?, ?, ?, ?) "
                         "ON CONFLICT (key) DO UPDATE SET text = excluded.text, source = excluded.source, "
-                        "labelled_at_ms = excluded.labelled_at_ms", (lb.key, lb.text, lb.source, lb.labelled_at_ms))
+                        "labelled_at_ms = excluded.labelled_at_ms WHERE pending_labels.source NOT LIKE 'operator:%' "
+                        "OR excluded.source LIKE 'operator:%'", (lb.key, lb.text, lb.source, lb.labelled_at_ms))
             return matched
         return int(await self._run(self._tx, body))
 
@@ -308,13 +311,15 @@ class PostgresStore(SampleStore):
         async with self._pool.acquire() as conn, conn.transaction():
             for lb in labels:
                 status = await conn.execute(
-                    "UPDATE samples SET label = $1, label_source = $2, labelled_at_ms = $3 WHERE key = $4",
+                    "UPDATE samples SET label = $1, label_source = $2, labelled_at_ms = $3 WHERE key = $4 AND "
+                    "(label_source IS NULL OR label_source NOT LIKE 'operator:%' OR $2 LIKE 'operator:%')",
                     lb.text, lb.source, lb.labelled_at_ms, lb.key)
-                if status.endswith(" 0"):
+                if status.endswith(" 0") and not await conn.fetchval("SELECT 1 FROM samples WHERE key = $1", lb.key):
                     await conn.execute(
                         "INSERT INTO pending_labels (key, text, source, labelled_at_ms) VALUES ($1, $2, $3, $4) "
                         "ON CONFLICT (key) DO UPDATE SET text = excluded.text, source = excluded.source, "
-                        "labelled_at_ms = excluded.labelled_at_ms", lb.key, lb.text, lb.source, lb.labelled_at_ms)
+                        "labelled_at_ms = excluded.labelled_at_ms WHERE pending_labels.source NOT LIKE 'operator:%' "
+                        "OR excluded.source LIKE 'operator:%'", lb.key, lb.text, lb.source, lb.labelled_at_ms)
                 else:
                     matched += 1
         return matched

@@ -28,13 +28,14 @@ from edge_agent.model_slot import Loaded, ModelSlot
 from edge_agent.outbox import KafkaForwarder, Outbox
 from edge_agent.service import EdgeAgent, build_vision_pipeline
 from edge_agent.speech.pipeline import Utterance
+from edge_agent.speech.revisions import RevisionFollower
 from edge_agent.speech.service import SpeechService, default_asr, register_metrics
 from edge_agent.speech.stream import SAMPLE_RATE
 from edge_agent.updates import ModelHandler, ModelUpdater, Refusal
 from edge_agent.vision import FrameOutcome
 from edge_offload.settings import Settings
 from topics.dc import ModelUpdate
-from models.asr import AsrModel
+from models.edge_asr import ASR_MODEL, EdgeAsr
 from topics import names
 
 __all__ = ["EdgeNode"]
@@ -50,11 +51,12 @@ class EdgeNode:
         self.metrics = EdgeMetrics()
         self.vision: EdgeAgent | None = None
         self.speech: SpeechService | None = None
-        self.asr_slot: ModelSlot[AsrModel] | None = None
+        self.asr_slot: ModelSlot[EdgeAsr] | None = None
         self.outbox: Outbox | None = None
         self.forwarder: KafkaForwarder | None = None
         self.reporter: HardExampleReporter | None = None
         self.updater: ModelUpdater | None = None
+        self.revisions: RevisionFollower | None = None
         self._mining_pool = ThreadPoolExecutor(1, thread_name_prefix="mining")
         self.metrics.registry.register(NodeCollector(
             outbox=lambda: self.outbox, forwarder=lambda: self.forwarder, updater=lambda: self.updater,
@@ -75,15 +77,17 @@ class EdgeNode:
             self._mining_pool.submit(self.reporter.offer_faces, outcome.result, outcome.crops, outcome.probs)
 
     def _mine_speech(self, topic: str, utterance: Utterance) -> None:
-        """Judge one finished utterance (called in a speech worker thread)."""
+        """Judge one finished utterance by its calibrated confidence (called in a speech worker
+        thread). A hard example carries the audio, the edge hypothesis, the stream
+        ``conversation.leg``, the utterance number and the serving model's name/version."""
         if self.reporter is None or not utterance.result.words:
             return
         pcm = (np.clip(utterance.samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
         self.reporter.offer_speech(
             device=names.device_of(topic), stream=topic.rsplit("/", 2)[-2] + "." + utterance.leg,
-            seq=utterance.utterance, model=utterance.model.name, model_version=utterance.model.version,
+            seq=utterance.utterance, model=ASR_MODEL, model_version=utterance.model.version,
             pcm=pcm, sample_rate=SAMPLE_RATE, text=utterance.result.text,
-            word_confidences=[w.confidence for w in utterance.result.words],
+            word_confidences=[utterance.result.confidence],
             captured_at_ms=int(time.time() * 1000))
 
     def _refused(self, refusal: Refusal) -> None:
@@ -117,14 +121,18 @@ class EdgeNode:
                     pipeline.slot, s.edge.device, s.vision.max_batch_size)
                 tasks.append(asyncio.create_task(self.vision.run(stop), name="vision"))
             if s.edge.speech:
-                asr = await asyncio.to_thread(default_asr, s.speech)
-                self.asr_slot = ModelSlot(Loaded(asr, asr.name, asr.version))
+                asr = await asyncio.to_thread(default_asr, s.speech, s.cache_dir)
+                vocab = asr.vocabulary
+                self.asr_slot = ModelSlot(Loaded(asr, vocab.name, vocab.version))
                 slot = self.asr_slot
-                handlers[asr.name] = asr_handler(slot, s.updates.work_dir)
+                handlers[vocab.name] = asr_handler(slot)
                 self.speech = SpeechService(s, asr=lambda: slot.current().model, on_utterance=self._mine_speech)
                 register_metrics(self.speech.counters, self.metrics.registry)
                 await self.speech.start()
             self._export_models()
+            if self.speech is not None and s.mining.enabled and s.speech.follow_revisions:
+                self.revisions = RevisionFollower(s.kafka, node, self.speech.publish_revision)
+                tasks.append(asyncio.create_task(self.revisions.run(stop), name="revisions"))
             if s.updates.enabled and handlers:
                 self.updater = ModelUpdater(s.updates, s.kafka, node, handlers, on_refused=self._refused,
                                             on_applied=self._applied)
@@ -138,6 +146,8 @@ class EdgeNode:
         finally:
             if self.speech is not None:
                 await self.speech.stop()
+            if self.asr_slot is not None:  # every vocabulary version shares these Whisper threads
+                self.asr_slot.current().model.close()
             if self.vision is not None:
                 self.vision.pipeline.close()
             self._mining_pool.shutdown(wait=True)

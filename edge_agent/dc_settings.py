@@ -40,8 +40,8 @@ def _default_models() -> dict[str, ModelMiningSettings]:
             FilterSpec(kind="margin", threshold=0.15),
             FilterSpec(kind="random", threshold=0.01),
         ]),
-        "pocketsphinx-en-us": ModelMiningSettings(filters=[
-            FilterSpec(kind="threshold", threshold=0.6),
+        "whisper-vocab": ModelMiningSettings(filters=[  # the segment's calibrated confidence
+            FilterSpec(kind="threshold", threshold=0.75),
             FilterSpec(kind="random", threshold=0.02),
         ]),
     }

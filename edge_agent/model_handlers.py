@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
 from edge_agent.model_slot import ModelSlot
 from edge_agent.updates import ModelHandler
-from models.asr import SAMPLE_RATE, AsrModel
-from models.asr_artifact import ASR_FORMAT, asr_from_bytes
+from models.edge_asr import VOCAB_FORMAT, EdgeAsr, vocabulary_from_bytes
 from models.fer_artifact import FER_FORMAT, fer_from_bytes
 from models.fer_edge import INPUT_SIZE, FerClassifier
 
@@ -36,22 +34,20 @@ def fer_handler(slot: ModelSlot[FerClassifier], device: str = "auto", max_batch_
     return ModelHandler(slot=slot, format=FER_FORMAT, load=load, warmup=warmup)
 
 
-def asr_handler(slot: ModelSlot[AsrModel], work_dir: Path) -> ModelHandler[AsrModel]:
-    """ASR language-model artifacts -> :class:`AsrModel` (files unpacked under ``work_dir``).
+def asr_handler(slot: ModelSlot[EdgeAsr]) -> ModelHandler[EdgeAsr]:
+    """Vocabulary artifacts (the Whisper prompt the DC adapts) -> the edge's :class:`EdgeAsr`
+    with that vocabulary; the Whisper weights stay loaded and shared.
 
-    Warm-up builds a decoder on the new LM and dictionary and decodes half a second of
-    faint noise: a broken LM fails here, before the swap.
+    Warm-up decodes one second of faint noise with the new prompt: a prompt that breaks the
+    decoder fails here, before the swap.
     """
     name = slot.current().name
 
-    def load(data: bytes, version: str) -> AsrModel:
-        return asr_from_bytes(data, work_dir, name, version)
+    def load(data: bytes, version: str) -> EdgeAsr:
+        return slot.current().model.with_vocabulary(vocabulary_from_bytes(data, name, version))
 
-    def warmup(model: AsrModel) -> None:
-        noise = (np.random.default_rng(0).standard_normal(SAMPLE_RATE // 2) * 1e-3).astype(np.float32)
-        stream = model.new_stream()
-        stream.start()
-        stream.feed(noise)
-        stream.finish()
+    def warmup(model: EdgeAsr) -> None:
+        noise = (np.random.default_rng(0).standard_normal(16000) * 1e-3).astype(np.float32)
+        model.decode_final(noise)
 
-    return ModelHandler(slot=slot, format=ASR_FORMAT, load=load, warmup=warmup)
+    return ModelHandler(slot=slot, format=VOCAB_FORMAT, load=load, warmup=warmup)

@@ -93,7 +93,7 @@ async def run_demo(settings: Settings, seconds: float, fps: float = 10.0, show: 
             "edge": EdgeSettings(node_name="demo-edge", http_host="127.0.0.1", http_port=0,
                                  speech=espeak_available()),
         })
-        s.speech.corpus_path = corpus  # the edge's domain LM for this radio net
+        s.speech.corpus_path = corpus  # the edge's vocabulary prompt for this radio net
         s.speech.idle_close_s = 2.0
         s.outbox.path = work / "edge-outbox.sqlite3"
         s.updates.work_dir = work / "edge-models"
@@ -194,7 +194,7 @@ async def run_demo(settings: Settings, seconds: float, fps: float = 10.0, show: 
                 log.warning("hard examples still on their way to the DC")
             summary.hard_examples_sent = outbox.stats.sent
         if trainer.store is not None:
-            models = ("fer-mini-xception", "pocketsphinx-en-us")
+            models = ("fer-mini-xception", "whisper-vocab")
             summary.dc_samples_stored = sum([await trainer.store.count(name) for name in models])
         if node.vision is not None:
             current = node.vision.pipeline.slot.current()

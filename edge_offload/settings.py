@@ -122,7 +122,7 @@ class VisionSettings(BaseModel):
 class SpeechServiceConfig(BaseModel):
     """The edge agent's speech service (RTP legs -> partials and speaker-labelled segments)."""
 
-    worker_threads: int = Field(2, ge=1, description="threads for VAD/ASR/embedding work")
+    worker_threads: int = Field(8, ge=1, description="threads for VAD/ASR/embedding work (ASR waits in its batcher)")
     max_legs: int = Field(64, ge=1, description="legs decoded at once; more are refused, counted")
     leg_queue_packets: int = Field(1500, ge=1, description="bound of each leg's packet queue (30 s)")
     batch_max_packets: int = Field(50, ge=1, description="packets handed to a worker at once")
@@ -131,9 +131,16 @@ class SpeechServiceConfig(BaseModel):
     subscribe_qos: int = Field(1, ge=0, le=1)
     partial_qos: int = Field(0, ge=0, le=1)
     segment_qos: int = Field(1, ge=0, le=1)
-    lm_path: Path | None = Field(None, description="ARPA LM (with dict_path); default: generic en-us")
-    dict_path: Path | None = None
-    corpus_path: Path | None = Field(None, description="domain sentences, one a line: build the LM at start")
+    asr_final_model: Literal["whisper_tiny_en", "whisper_base"] = Field(
+        "whisper_base", description="Whisper weights of final segments (pinned artifact folder): the most "
+        "accurate that keeps 4 legs real time on 2 cores (README, bench.speech)")
+    asr_partial_model: Literal["whisper_tiny_en", "whisper_base"] | None = Field(
+        "whisper_tiny_en", description="Whisper weights of partials; None: the final model")
+    asr_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA float16 when present, else CPU int8")
+    asr_threads: int = Field(2, ge=1, description="CPU threads of each Whisper model")
+    asr_max_batch: int = Field(8, ge=1, description="utterances of many legs decoded in one model call")
+    corpus_path: Path | None = Field(None, description="domain sentences, one a line: the starting Whisper prompt")
+    follow_revisions: bool = Field(True, description="publish the DC's revisions of mined segments")
     device: str = Field("cpu", description="speaker-embedding device: cpu, cuda")
     client_suffix: str = "-speech"
     reconnect_max_s: float = Field(10.0, gt=0)

@@ -73,7 +73,12 @@ def format_line(topic: str, payload: bytes) -> str:
     if kind == "edge_status":
         return f"edge {obj.node} {'online' if obj.online else 'OFFLINE'} models={obj.models}"
     if kind == "transcript_segment":
-        return f"transcript {obj.conversation} {obj.speaker} [{obj.start_s:.2f}-{obj.end_s:.2f}] {obj.text!r} ({obj.confidence:.2f})"
+        line = (f"transcript {obj.conversation} {obj.speaker} [{obj.start_s:.2f}-{obj.end_s:.2f}] "
+                f"{obj.text!r} ({obj.confidence:.2f})")
+        if getattr(obj, "revision", 0):  # a later version of a segment already shown
+            line += (f" REVISED r{obj.revision} of {obj.leg}#{obj.utterance} seq {obj.seq} "
+                     f"by {obj.source} {obj.model.name}/{obj.model.version}")
+        return line
     if kind == "partial_transcript":
         return f"partial {obj.conversation} {obj.speaker} {obj.text!r}"
     return f"{kind} on {topic}: {_jsonable(obj)}"  # bytes show as their size, never raw

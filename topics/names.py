@@ -19,6 +19,7 @@ __all__ = [
     "KAFKA_HARD_EXAMPLES",
     "KAFKA_MODEL_UPDATES",
     "KAFKA_LABELS",
+    "KAFKA_SPEECH_REVISIONS",
     "check_id",
     "frames",
     "audio",
@@ -43,6 +44,7 @@ DEAD_LETTER_FILTER = f"{ROOT}/deadletter/#"
 KAFKA_HARD_EXAMPLES = "offload.hard-examples"
 KAFKA_MODEL_UPDATES = "offload.model-updates"
 KAFKA_LABELS = "offload.labels"
+KAFKA_SPEECH_REVISIONS = "offload.speech-revisions"  # DC -> edge: re-decoded utterances
 
 # What edgecore's EventBus subscribes to itself (kubeedge/kubeedge, edge/pkg/eventbus).
 EDGECORE_FILTERS: tuple[str, ...] = (

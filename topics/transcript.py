@@ -6,6 +6,13 @@ the conversation's clock: zero is the first sample of the conversation's first l
 legs are placed on it by their RTP clocks. ``seq`` orders final segments of a conversation
 by ``start_s`` as the edge released them; partials carry their leg's utterance number, and
 a newer ``seq`` of the same (leg, utterance) replaces an older one.
+
+Revisions (segment v2): a segment is identified by (conversation, leg, utterance). The edge
+publishes it first with ``revision`` 0 and ``source`` ``"edge"``; when the DC re-decodes a
+low-confidence utterance (:class:`SpeechRevision`, over Kafka), the edge publishes the same
+segment again on the same topic with ``revision`` 1, ``source`` ``"dc"`` and the DC's model
+name and version. A higher revision of a segment replaces a lower one. Version 1 segments
+decode as revision 0 from the edge.
 """
 
 from __future__ import annotations
@@ -31,10 +38,17 @@ __all__ = [
     "decode_partial",
     "encode_segment",
     "decode_segment",
+    "SOURCES",
+    "REVISION_VERSION",
+    "SpeechRevision",
+    "encode_revision",
+    "decode_revision",
 ]
 
 PARTIAL_VERSION = 1
-SEGMENT_VERSION = 1
+SEGMENT_VERSION = 2
+REVISION_VERSION = 1
+SOURCES = ("edge", "dc", "operator")
 MAX_TEXT_CHARS = 8192
 MAX_WORDS = 2048
 _MAX_SPEAKER = 64
@@ -86,6 +100,31 @@ class TranscriptSegment:
     words: tuple[TranscriptWord, ...]
     model: ModelRef
     latency_ms: float
+    revision: int = 0
+    source: str = "edge"
+    utterance_start_s: float = 0.0  # the utterance's first sample (conversation clock)
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechRevision:
+    """The DC's re-decoding of one utterance the edge mined (DC -> edge, Kafka).
+
+    ``key``: the hard example's key; ``node``: the edge that sent it; (``conversation``,
+    ``leg``, ``utterance``) name the segment; word times are seconds from the utterance's
+    first sample; ``model``: the DC model whose hypothesis won."""
+
+    key: str
+    node: str
+    conversation: str
+    leg: str
+    utterance: int
+    revision: int
+    text: str
+    words: tuple[TranscriptWord, ...]
+    confidence: float
+    model: ModelRef
+    source: str
+    created_at_ms: int
 
 
 def _check_ids(conversation: str, leg: str) -> None:
@@ -184,6 +223,9 @@ def encode_segment(s: TranscriptSegment) -> bytes:
         "words": [[w.word, round(w.start_s, 3), round(w.end_s, 3), round(w.confidence, 4)] for w in s.words],
         "model": {"name": s.model.name, "version": s.model.version},
         "latency_ms": round(s.latency_ms, 2),
+        "revision": s.revision,
+        "source": s.source,
+        "utterance_start_s": round(s.utterance_start_s, 3),
     })
 
 
@@ -203,7 +245,7 @@ def _word_from_wire(obj: Any) -> TranscriptWord:
 
 
 def decode_segment(payload: bytes, max_bytes: int = _MAX_BYTES) -> TranscriptSegment:
-    obj = unpack(payload, "transcript_segment", frozenset({SEGMENT_VERSION}), max_bytes)
+    obj = unpack(payload, "transcript_segment", frozenset({1, SEGMENT_VERSION}), max_bytes)
     conversation = field(obj, "conversation", str)
     leg = field(obj, "leg", str)
     _check_ids(conversation, leg)
@@ -231,4 +273,64 @@ def decode_segment(payload: bytes, max_bytes: int = _MAX_BYTES) -> TranscriptSeg
         words=tuple(_word_from_wire(w) for w in words),
         model=ModelRef(name=field(model, "name", str), version=field(model, "version", str)),
         latency_ms=latency,
+        revision=_nonneg_int(obj, "revision") if obj.get("v") == SEGMENT_VERSION else 0,
+        source=_source(obj) if obj.get("v") == SEGMENT_VERSION else "edge",
+        utterance_start_s=_finite(obj, "utterance_start_s") if obj.get("v") == SEGMENT_VERSION else start,
+    )
+
+
+def _source(obj: dict[str, Any]) -> str:
+    source = field(obj, "source", str)
+    if source not in SOURCES:
+        raise ContractError("bad_field", f"source {source!r} not in {SOURCES}")
+    return source
+
+
+# ---------------------------------------------------------------------------- revision
+
+def encode_revision(r: SpeechRevision) -> bytes:
+    _check_ids(r.conversation, r.leg)
+    if r.source not in SOURCES:
+        raise ValueError(f"source {r.source!r} not in {SOURCES}")
+    return pack("speech_revision", REVISION_VERSION, {
+        "key": r.key,
+        "node": r.node,
+        "conversation": r.conversation,
+        "leg": r.leg,
+        "utterance": r.utterance,
+        "revision": r.revision,
+        "text": r.text,
+        "words": [[w.word, round(w.start_s, 3), round(w.end_s, 3), round(w.confidence, 4)] for w in r.words],
+        "confidence": round(r.confidence, 4),
+        "model": {"name": r.model.name, "version": r.model.version},
+        "source": r.source,
+        "created_at_ms": r.created_at_ms,
+    })
+
+
+def decode_revision(payload: bytes, max_bytes: int = _MAX_BYTES) -> SpeechRevision:
+    obj = unpack(payload, "speech_revision", frozenset({REVISION_VERSION}), max_bytes)
+    conversation = field(obj, "conversation", str)
+    leg = field(obj, "leg", str)
+    _check_ids(conversation, leg)
+    words = field(obj, "words", list)
+    if len(words) > MAX_WORDS:
+        raise ContractError("bad_field", f"{len(words)} words > {MAX_WORDS}")
+    model = field(obj, "model", dict)
+    revision = _nonneg_int(obj, "revision")
+    if revision < 1:
+        raise ContractError("bad_field", "a revision is numbered from 1")
+    return SpeechRevision(
+        key=field(obj, "key", str),
+        node=field(obj, "node", str),
+        conversation=conversation,
+        leg=leg,
+        utterance=_nonneg_int(obj, "utterance"),
+        revision=revision,
+        text=_text(obj),
+        words=tuple(_word_from_wire(w) for w in words),
+        confidence=_prob(_finite(obj, "confidence"), "confidence"),
+        model=ModelRef(name=field(model, "name", str), version=field(model, "version", str)),
+        source=_source(obj),
+        created_at_ms=_nonneg_int(obj, "created_at_ms"),
     )

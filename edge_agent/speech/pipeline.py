@@ -1,8 +1,12 @@
 """Speech pipeline, synchronous core: 16 kHz PCM of call legs -> live, speaker-labelled transcript.
 
-- :class:`LegRecognizer`: one leg's VAD -> ASR. Emits a :class:`Partial` after every
-  ``partial_every_s`` of speech fed to the recogniser and an :class:`Utterance` (final
-  words, timings, confidences and the utterance's audio) when the VAD closes the speech.
+- :class:`LegRecognizer`: one leg's VAD -> ASR. Its only state is the VAD's recurrent
+  state and the audio of the utterance in progress: the Whisper models are shared by every
+  leg (:class:`~models.edge_asr.EdgeAsr`, batched across legs). Emits a :class:`Partial`
+  (the fast model on the growing utterance) after every ``partial_every_s`` of speech and
+  an :class:`Utterance` (final words, timings, word probabilities, calibrated confidence
+  and the utterance's audio) when the VAD closes the speech (or cuts it at
+  ``vad.max_speech_s``).
 - :class:`ConversationTracker`: one conversation. Puts every leg on the conversation clock
   (``PcmChunk.origin_s + start_s``, zero at the first leg's first sample), labels speakers
   with the conversation's :class:`~edge_agent.speech.diarize.Diarizer`, and releases final
@@ -32,7 +36,8 @@ import numpy as np
 from edge_agent.speech.diarize import Diarizer, DiarizerConfig
 from edge_agent.speech.rtp import RtpError
 from edge_agent.speech.stream import LegDecoder, PcmChunk
-from models.asr import AsrModel, AsrResult
+from models.edge_asr import EdgeAsr
+from models.whisper_asr import AsrResult, segment_confidence
 from models.speaker import SpeakerEncoder
 from models.vad import SAMPLE_RATE, WINDOW, SileroVad, VadConfig
 from topics.transcript import ModelRef, PartialTranscript, TranscriptSegment, TranscriptWord
@@ -64,14 +69,14 @@ class PipelineConfig:
 
 @dataclass
 class SpeechModels:
-    """Loaded once per process and shared: the VAD net, the ASR recipe, the speaker encoder."""
+    """Loaded once per process and shared: the VAD net, the ASR models, the speaker encoder."""
 
     vad: SileroVad
-    asr: AsrModel
+    asr: EdgeAsr
     encoder: SpeakerEncoder
 
     @classmethod
-    def load(cls, asr: AsrModel, device: str | None = "cpu") -> "SpeechModels":
+    def load(cls, asr: EdgeAsr, device: str | None = "cpu") -> "SpeechModels":
         return cls(vad=SileroVad(), asr=asr, encoder=SpeakerEncoder(device))
 
 
@@ -104,11 +109,11 @@ class Utterance:
 class LegRecognizer:
     """VAD -> ASR for one leg. Feed it the leg's :class:`PcmChunk` s in order. One thread at a time."""
 
-    def __init__(self, leg: str, vad: SileroVad, asr: AsrModel, config: PipelineConfig | None = None) -> None:
+    def __init__(self, leg: str, vad: SileroVad, asr: EdgeAsr, config: PipelineConfig | None = None) -> None:
         self.leg = leg
         self.config = config or PipelineConfig()
         self._vad = vad.new_stream(self.config.vad)
-        self._asr = asr.new_stream()
+        self._asr = asr
         self.model_ref = ModelRef(asr.name, asr.version)
         self._chunks: deque[tuple[int, np.ndarray, float]] = deque()  # (first sample, audio, arrival)
         self.received = 0  # next sample index on the leg clock
@@ -191,7 +196,7 @@ class LegRecognizer:
             every = int(self.config.partial_every_s * SAMPLE_RATE)
             if self._fed_until - self._last_partial_at >= every:
                 self._last_partial_at = self._fed_until
-                text = self._asr.partial()
+                text = self._asr.decode_partial(self._slice(self._utt_start, self._fed_until))
                 if text:
                     out.append(Partial(self.leg, self.utterances, text, self._utt_start / SAMPLE_RATE,
                                        (self._fed_until - self._utt_start) / SAMPLE_RATE, arrival_s))
@@ -224,21 +229,22 @@ class LegRecognizer:
         self._fed_until = start
         self._last_partial_at = start
         self.utterances += 1
-        self._asr.start()
 
     def _feed(self, until: int) -> None:
-        if until > self._fed_until:
-            self._asr.feed(self._slice(self._fed_until, until))
-            self._fed_until = until
+        self._fed_until = max(self._fed_until, until)
 
     def _finish(self, end: int, arrival_s: float) -> list[Partial | Utterance]:
         if self._utt_start is None:
             return []
         start = self._utt_start
         self._feed(end)
-        result = self._asr.finish()
         samples = self._slice(start, end)
         self._utt_start = None
+        if (end - start) < self.config.min_utterance_s * SAMPLE_RATE:
+            self.dropped_utterances += 1
+            self._trim()
+            return []
+        result = self._asr.decode_final(samples)
         pad = int(self.config.vad.speech_pad_s * SAMPLE_RATE)
         end_arrival = self._arrival_of(max(start, end - pad))
         self._trim()
@@ -264,6 +270,7 @@ class _Pending:
     end_arrival_s: float
     held_since_s: float
     model: ModelRef
+    utterance_start_s: float
 
 
 @dataclass(slots=True)
@@ -336,8 +343,10 @@ class ConversationTracker:
                 self._pending.append(_Pending(
                     start_s=mine[0].start_s, order=self._order, leg=utt.leg, utterance=utt.utterance,
                     speaker=turn.speaker, end_s=mine[-1].end_s, words=mine,
-                    confidence=float(np.mean([w.confidence for w in mine])),
-                    end_arrival_s=utt.end_arrival_s, held_since_s=now_s, model=utt.model))
+                    confidence=segment_confidence([w.confidence for w in mine], utt.result.avg_logprob,
+                                                  utt.result.no_speech_prob),
+                    end_arrival_s=utt.end_arrival_s, held_since_s=now_s, model=utt.model,
+                    utterance_start_s=start))
                 self._order += 1
             self._pending.sort(key=lambda p: (p.start_s, p.order))
             return self._release(now_s)
@@ -378,7 +387,8 @@ class ConversationTracker:
                 conversation=self.conversation, leg=p.leg, utterance=p.utterance, seq=self._seq,
                 speaker=p.speaker, start_s=p.start_s, end_s=p.end_s,
                 text=" ".join(w.word for w in p.words), confidence=p.confidence, words=p.words,
-                model=p.model, latency_ms=max(0.0, (self.clock() - p.end_arrival_s) * 1000.0))
+                model=p.model, latency_ms=max(0.0, (self.clock() - p.end_arrival_s) * 1000.0),
+                utterance_start_s=p.utterance_start_s)
             self._seq += 1
             self.transcript.append(seg)
             out.append(seg)
@@ -412,7 +422,7 @@ class StepOutput:
 class LegStream:
     """One leg end to end: RTP bytes -> PCM -> VAD/ASR -> tracker. One thread at a time."""
 
-    def __init__(self, conversation: str, leg: str, vad: SileroVad, asr: AsrModel, tracker: ConversationTracker,
+    def __init__(self, conversation: str, leg: str, vad: SileroVad, asr: EdgeAsr, tracker: ConversationTracker,
                  config: PipelineConfig | None = None) -> None:
         self.conversation = conversation
         self.leg = leg

