@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -22,7 +24,7 @@ from paho.mqtt.properties import Properties
 
 from edge_offload.settings import MqttSettings
 
-__all__ = ["connect_properties", "make_client", "InOrderAcker", "CountingQueue"]
+__all__ = ["connect_properties", "make_client", "InOrderAcker", "CountingQueue", "ArrivalQueue", "SessionLost", "publish_confirmed"]
 
 
 class CountingQueue(asyncio.Queue):  # type: ignore[type-arg]
@@ -39,6 +41,25 @@ class CountingQueue(asyncio.Queue):  # type: ignore[type-arg]
             if self._on_drop is not None:
                 self._on_drop()
             raise
+
+
+class ArrivalQueue(CountingQueue):
+    """A :class:`CountingQueue` that stamps each message with its arrival time: it holds
+    ``(arrival_s, message)`` pairs (so ``client.messages`` yields pairs), and calls
+    ``on_arrival(message, arrival_s)`` as the message arrives, before it waits in the queue."""
+
+    def __init__(self, maxsize: int = 0, on_drop: Callable[[], None] | None = None,
+                 on_arrival: Callable[[aiomqtt.Message, float], None] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        super().__init__(maxsize, on_drop)
+        self._on_arrival = on_arrival
+        self._clock = clock
+
+    def put_nowait(self, item: object) -> None:
+        now = self._clock()
+        if self._on_arrival is not None:
+            self._on_arrival(item, now)  # type: ignore[arg-type]
+        super().put_nowait((now, item))
 
 
 def connect_properties(settings: MqttSettings) -> Properties:
@@ -81,6 +102,43 @@ def make_client(
     return client
 
 
+class SessionLost(aiomqtt.MqttError):
+    """The session ended (or was declared stuck) before a publish was confirmed."""
+
+
+def session_gone(client: aiomqtt.Client) -> bool:
+    """True once ``client``'s connection has dropped (its local queue may still hold messages)."""
+    return client._disconnected.done()  # noqa: SLF001
+
+
+async def publish_confirmed(client: aiomqtt.Client, topic: str, payload: bytes, *, qos: int = 1,
+                            deadline_s: float = 60.0) -> None:
+    """Publish once and wait for the broker's PUBACK for as long as the session lives.
+
+    aiomqtt's own publish gives up after 10 s although paho keeps the message in flight, which
+    is how a broker stall used to wedge the agent. Here a QoS 1 publish is never re-sent on the
+    same connection (MQTT 5 forbids it; a copy would be a duplicate result), it is waited for.
+    Raises :class:`SessionLost` when the connection drops first, or after ``deadline_s`` (the
+    caller must then end the session so that the broker redelivers what is unacknowledged).
+    """
+    if session_gone(client):
+        raise SessionLost("session gone before publish")
+    publish = asyncio.ensure_future(client.publish(topic, payload, qos=qos, timeout=math.inf))
+    gone = client._disconnected  # noqa: SLF001
+    try:
+        done, _ = await asyncio.wait({publish, gone}, timeout=deadline_s, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        publish.cancel()
+        raise
+    if publish in done:
+        publish.result()  # raises MqttCodeError if paho refused it (not connected)
+        return
+    publish.cancel()
+    if gone in done:
+        raise SessionLost("connection lost while waiting for PUBACK")
+    raise SessionLost(f"no PUBACK within {deadline_s:.0f} s")
+
+
 class InOrderAcker:
     """Sends PUBACKs in the order the PUBLISHes arrived (MQTT 4.6.0-2), as each finishes.
 
@@ -93,6 +151,8 @@ class InOrderAcker:
         self._pending: OrderedDict[int, tuple[int, int, bool]] = OrderedDict()
         self._next = 0
         self._closed = False
+        self.last_progress_s = time.monotonic()
+        self.acked = 0
 
     def received(self, message: aiomqtt.Message) -> int:
         """Register an incoming message; return the token to pass to :meth:`done`."""
@@ -113,12 +173,18 @@ class InOrderAcker:
             if not finished:
                 break
             del self._pending[first]
+            self.last_progress_s = time.monotonic()
             if qos > 0:
                 self._client._client.ack(mid, qos)  # noqa: SLF001
+                self.acked += 1
 
     @property
     def in_flight(self) -> int:
         return len(self._pending)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self) -> None:
         self._closed = True
