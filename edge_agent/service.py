@@ -279,9 +279,10 @@ class EdgeAgent:
             await self._publish_result(sess, key, unsent)
             return
         try:
+            device = names.device_of(topic)  # the topic first: a bad device id is bad_device_id
             frame = decode_frame(payload, self.settings.vision.max_payload_bytes)
-            if names.device_of(topic) != frame.device:
-                raise ContractError("device_mismatch", f"topic device {names.device_of(topic)!r} != {frame.device!r}")
+            if device != frame.device:
+                raise ContractError("device_mismatch", f"topic device {device!r} != {frame.device!r}")
         except ContractError as exc:
             await self._dead_letter(sess, topic, payload, exc)
             return
