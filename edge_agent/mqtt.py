@@ -144,6 +144,9 @@ class InOrderAcker:
 
     One acker belongs to one connection: after :meth:`close` (the connection dropped)
     acks are discarded, and the broker redelivers those messages on the next session.
+    One unfinished message holds back every ack behind it, so its owner must either call
+    :meth:`done` or end the session (the agent does one or the other for every message);
+    ``last_progress_s`` tells liveness when the head of the line last moved.
     """
 
     def __init__(self, client: aiomqtt.Client) -> None:

@@ -7,6 +7,7 @@ Both can be stopped and started again on the same port.
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -145,7 +146,8 @@ def _persistence_lines(config: str, workdir: Path) -> str:
     lines = [line for line in config.splitlines()
              if line.strip() and not line.lstrip().startswith("#")
              and not line.split()[0] == "persistence_location"]
-    return "\n".join(lines) + f"\npersistence_location {workdir}/\n"
+    # Mosquitto started as root drops to the user "mosquitto", which could not write our store.
+    return "\n".join(lines) + f"\npersistence_location {workdir}/\nuser {getpass.getuser()}\n"
 
 
 class TansuBroker(_ChildBroker):

@@ -165,3 +165,51 @@ class AgentProcess:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+
+def shipped_persistence() -> str:
+    """The persistence lines of the shipped ``compose/mosquitto.conf``."""
+    conf = (REPO / "compose" / "mosquitto.conf").read_text()
+    return "\n".join(line for line in conf.splitlines() if line.startswith(("persistence", "autosave")))
+
+
+def autosave_interval_s(persistence: str) -> float:
+    for line in persistence.splitlines():
+        if line.startswith("autosave_interval"):
+            return float(line.split()[1])
+    raise ValueError("no autosave_interval")
+
+
+@contextlib.asynccontextmanager
+async def persistent_tally(port: int, device: str, client_id: str) -> AsyncIterator[tuple[Tally, asyncio.Event]]:
+    """Like :func:`results_tally`, but a persistent session that reconnects across broker restarts."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    tally = Tally()
+    changed = asyncio.Event()
+    subscribed = asyncio.Event()
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 3600
+
+    async def run() -> None:
+        while True:
+            try:
+                async with aiomqtt.Client("127.0.0.1", port, identifier=client_id, protocol=aiomqtt.ProtocolVersion.V5,
+                                          clean_start=False, properties=props, timeout=30) as client:
+                    await client.subscribe(names.vision_results(device), qos=1)
+                    subscribed.set()
+                    async for message in client.messages:
+                        tally.add(bytes(message.payload))  # type: ignore[arg-type]
+                        changed.set()
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.2)  # reconnect backoff while the broker restarts
+
+    task = asyncio.create_task(run())
+    try:
+        await asyncio.wait_for(subscribed.wait(), 30)
+        yield tally, changed
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
