@@ -88,10 +88,12 @@ class SpeechServiceConfig(BaseModel):
 
     worker_threads: int = Field(2, ge=1, description="threads for VAD/ASR/embedding work")
     max_legs: int = Field(64, ge=1, description="legs decoded at once; more are refused, counted in legs")
-    leg_memory_mib: float = Field(120.0, gt=0, description="resident memory one open leg costs (measured: "
-                                  "a pocketsphinx decoder per leg is ~111 MiB)")
-    legs_memory_budget_mib: float = Field(1024.0, gt=0, description="memory all open legs may use together; "
+    leg_memory_mib: float = Field(128.0, gt=0, description="resident memory one open leg costs (measured: "
+                                  "~92 MiB to build a pocketsphinx decoder per leg, ~130 MiB while decoding)")
+    legs_memory_budget_mib: float = Field(768.0, gt=0, description="memory all open legs may use together; "
                                           "with leg_memory_mib it lowers max_legs (see leg_limit)")
+    client_queue_packets: int = Field(16384, ge=1, description="bound of the MQTT client's packet queue (all "
+                                      "legs); overflow is counted (packets_client_queue_full)")
     leg_queue_packets: int = Field(1500, ge=1, description="bound of each leg's packet queue (30 s)")
     batch_max_packets: int = Field(50, ge=1, description="packets handed to a worker at once")
     idle_close_s: float = Field(10.0, gt=0, description="a leg with no packet for this long is closed")

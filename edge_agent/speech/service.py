@@ -82,6 +82,7 @@ class SpeechCounters:
     legs_opened: int = 0
     legs_closed: int = 0
     legs_refused: int = 0
+    legs_open_peak: int = 0
     conversations_opened: int = 0
     conversations_closed: int = 0
     partials_published: int = 0
@@ -132,6 +133,7 @@ def register_metrics(counters: SpeechCounters, registry: object) -> None:
             for reason, n in sorted(c.packets_rejected.items()):
                 rejected.add_metric([reason], n)
             yield rejected
+            yield GaugeMetricFamily("edge_speech_legs_open_peak", "most legs open at once", value=c.legs_open_peak)
             yield GaugeMetricFamily("edge_speech_partial_latency_p95_seconds",
                                     "p95 audio arrival -> partial published (recent)", value=c.p95(c.partial_latency_s))
             yield GaugeMetricFamily("edge_speech_final_latency_p95_seconds",
@@ -320,6 +322,7 @@ class SpeechEngine:
         self._legs[(conversation, leg)] = state
         self._by_topic[topic] = state
         self.counters.legs_opened += 1
+        self.counters.legs_open_peak = max(self.counters.legs_open_peak, len(self._legs))
         state.task = asyncio.get_running_loop().create_task(self._run_leg(state), name=f"speech-{conversation}-{leg}")
         return state
 
@@ -478,7 +481,7 @@ class SpeechService:
             username=m.username, password=m.password,
             queue_type=functools.partial(ArrivalQueue, on_drop=on_drop, on_arrival=on_arrival,  # type: ignore[arg-type]
                                          clock=engine.clock),
-            max_queued_incoming_messages=max(1000, m.receive_maximum * 16),
+            max_queued_incoming_messages=self.config.client_queue_packets,
         )
 
     async def _run(self) -> None:

@@ -108,7 +108,9 @@ async def wait_results(tally: Tally, changed: asyncio.Event, n: int, timeout_s: 
 class AgentProcess:
     """``python -m edge_offload.cli edge`` (vision only) as a child process that a test may kill -9."""
 
-    def __init__(self, port: int, node: str, *, receive_maximum: int = 64, log_path: Path | None = None) -> None:
+    def __init__(self, port: int, node: str, *, receive_maximum: int = 64, log_path: Path | None = None,
+                 http_port: int = 0, extra_env: dict[str, str] | None = None) -> None:
+        self.http_port = http_port
         self.port = port
         self.node = node
         self.env = {
@@ -121,11 +123,12 @@ class AgentProcess:
             "EDGE_OFFLOAD_MQTT__RECEIVE_MAXIMUM": str(receive_maximum),
             "EDGE_OFFLOAD_EDGE__NODE_NAME": node,
             "EDGE_OFFLOAD_EDGE__HTTP_HOST": "127.0.0.1",
-            "EDGE_OFFLOAD_EDGE__HTTP_PORT": "0",
+            "EDGE_OFFLOAD_EDGE__HTTP_PORT": str(http_port),
             "EDGE_OFFLOAD_EDGE__SPEECH": "false",
             "EDGE_OFFLOAD_MINING__ENABLED": "false",
             "EDGE_OFFLOAD_UPDATES__ENABLED": "false",
             "EDGE_OFFLOAD_VISION__TORCH_THREADS": "1",
+            **(extra_env or {}),
         }
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
@@ -145,6 +148,25 @@ class AgentProcess:
                         return
 
             await asyncio.wait_for(online(), timeout_s)
+
+    def http_get(self, path: str) -> tuple[int, str]:
+        """GET ``path`` from the agent's health endpoint (needs a fixed ``http_port``)."""
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def metric(self, name: str) -> float:
+        """One unlabelled sample from /metrics (0 if absent)."""
+        _, text = self.http_get("/metrics")
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return 0.0
 
     def kill9(self) -> None:
         assert self.proc is not None
