@@ -115,7 +115,7 @@ class MosquittoBroker(_ChildBroker):
     """Mosquitto on 127.0.0.1:``port`` (MQTT 3.1.1 and 5), anonymous, sessions kept in memory."""
 
     def __init__(self, port: int | None = None, max_queued_messages: int = 10000,
-                 persistence: str | None = None) -> None:
+                 persistence: str | None = None, allow_anonymous: bool = True) -> None:
         """``persistence``: mosquitto.conf lines on persistence (e.g. those of ``compose/mosquitto.conf``);
         ``persistence_location`` is replaced by this broker's own directory. Default: in memory."""
         super().__init__(port)
@@ -126,7 +126,7 @@ class MosquittoBroker(_ChildBroker):
         self.config_path = self._workdir / "mosquitto.conf"
         self.config_path.write_text(
             f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+            f"allow_anonymous {'true' if allow_anonymous else 'false'}\n"
             + (_persistence_lines(persistence, self._workdir) if persistence else "persistence false\n")
             + f"max_queued_messages {max_queued_messages}\n"
             "max_inflight_messages 0\n"
