@@ -6,7 +6,8 @@ the broker redelivers it. We announce an MQTT v5 *Receive Maximum*, but do not r
 it: Mosquitto 2.0.11 (Debian 12) lets a whole window through for every PUBACK (measured:
 receive maximum 20, one ack -> 40 messages, four acks -> 100). The agent therefore bounds
 its own in-flight work, and the client's local queue is bounded with counted overflow
-(an overflowed message stays unacknowledged: the broker redelivers it next session).
+(QoS 0 first; an overflowed QoS 1 message stays unacknowledged, so the agent ends the session
+and the broker redelivers it on the next one).
 """
 
 from __future__ import annotations
@@ -28,19 +29,36 @@ __all__ = ["connect_properties", "make_client", "InOrderAcker", "CountingQueue",
 
 
 class CountingQueue(asyncio.Queue):  # type: ignore[type-arg]
-    """aiomqtt's incoming queue, bounded, calling ``on_drop`` for every message it refuses."""
+    """aiomqtt's incoming queue, bounded, calling ``on_drop`` for every message it refuses.
 
-    def __init__(self, maxsize: int = 0, on_drop: Callable[[], None] | None = None) -> None:
-        super().__init__(maxsize)
+    QoS 0 messages are refused once ``maxsize`` messages wait; QoS 1 messages only once
+    ``maxsize + qos1_headroom`` wait, so a QoS 0 flood cannot crowd them out. A refused QoS 1
+    message is never acknowledged and keeps its slot of the broker's in-flight window for the
+    whole session, so ``on_unacked_drop`` is called too: the owner must end the session (the
+    broker then redelivers it) or the window would fill with holes and delivery stop.
+    """
+
+    def __init__(self, maxsize: int = 0, on_drop: Callable[[], None] | None = None,
+                 qos1_headroom: int = 0, on_unacked_drop: Callable[[], None] | None = None) -> None:
+        super().__init__(0)  # the bounds are enforced in put_nowait, per QoS
+        self.limit = maxsize
+        self.qos1_limit = maxsize + qos1_headroom if maxsize else 0
         self._on_drop = on_drop
+        self._on_unacked_drop = on_unacked_drop
+
+    def _wrap(self, item: object) -> object:
+        return item
 
     def put_nowait(self, item: object) -> None:
-        try:
-            super().put_nowait(item)
-        except asyncio.QueueFull:
+        qos = getattr(item, "qos", 0)
+        limit = self.qos1_limit if qos > 0 else self.limit
+        if limit and self.qsize() >= limit:
             if self._on_drop is not None:
                 self._on_drop()
-            raise
+            if qos > 0 and self._on_unacked_drop is not None:
+                self._on_unacked_drop()
+            raise asyncio.QueueFull
+        super().put_nowait(self._wrap(item))
 
 
 class ArrivalQueue(CountingQueue):
@@ -55,11 +73,11 @@ class ArrivalQueue(CountingQueue):
         self._on_arrival = on_arrival
         self._clock = clock
 
-    def put_nowait(self, item: object) -> None:
+    def _wrap(self, item: object) -> object:
         now = self._clock()
         if self._on_arrival is not None:
             self._on_arrival(item, now)  # type: ignore[arg-type]
-        super().put_nowait((now, item))
+        return (now, item)
 
 
 def connect_properties(settings: MqttSettings) -> Properties:
@@ -79,6 +97,7 @@ def make_client(
     manual_ack: bool = True,
     queue_size: int | None = None,
     on_drop: Callable[[], None] | None = None,
+    on_unacked_drop: Callable[[], None] | None = None,
 ) -> aiomqtt.Client:
     """An MQTT v5 client; ``persistent`` keeps the session across reconnects and restarts."""
     client = aiomqtt.Client(
@@ -92,7 +111,8 @@ def make_client(
         username=settings.username,
         password=settings.password,
         will=will,
-        queue_type=functools.partial(CountingQueue, on_drop=on_drop),  # type: ignore[arg-type]
+        queue_type=functools.partial(CountingQueue, on_drop=on_drop, qos1_headroom=settings.receive_maximum * 16,
+                                     on_unacked_drop=on_unacked_drop),  # type: ignore[arg-type]
         max_queued_incoming_messages=queue_size or settings.receive_maximum * 16,
     )
     client.pending_calls_threshold = settings.receive_maximum * 4  # publishes in flight are expected

@@ -165,9 +165,11 @@ class EdgeAgent:
         s = self.settings
         offline = encode_status(EdgeStatus(s.edge.node_name, False, _now_ms(), self._models()))
         will = aiomqtt.Will(names.edge_status(s.edge.node_name), offline, qos=1, retain=True)
+        broken = asyncio.Event()  # a QoS 1 message the client queue refused is a hole in the window
         client = make_client(s.mqtt, will=will,
-                             on_drop=lambda: self.metrics.shed.labels(STAGE, "client_queue_full").inc())
-        sess = _Session(client, InOrderAcker(client))
+                             on_drop=lambda: self.metrics.shed.labels(STAGE, "client_queue_full").inc(),
+                             on_unacked_drop=broken.set)
+        sess = _Session(client, InOrderAcker(client), broken)
         try:
             async with client:
                 await client.subscribe(names.shared(s.mqtt.share_group, names.FRAMES_FILTER), qos=1)
@@ -187,7 +189,7 @@ class EdgeAgent:
                     return
                 consume.cancel()
                 if broken in done and not stopping.done():
-                    raise SessionLost("a result publish was not confirmed in time; reconnecting")
+                    raise SessionLost("a publish was not confirmed or a QoS 1 message was refused; reconnecting")
                 await self._drain()
                 offline = encode_status(EdgeStatus(s.edge.node_name, False, _now_ms(), self._models()))
                 await client.publish(names.edge_status(s.edge.node_name), offline, qos=1, retain=True)
