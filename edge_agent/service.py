@@ -180,15 +180,15 @@ class EdgeAgent:
                 self.metrics.connected.set(1)
                 consume = asyncio.create_task(self._consume(sess))
                 stopping = asyncio.create_task(stop.wait())
-                broken = asyncio.create_task(sess.broken.wait())
-                done, _ = await asyncio.wait({consume, stopping, broken}, return_when=asyncio.FIRST_COMPLETED)
+                breaking = asyncio.create_task(sess.broken.wait())
+                done, _ = await asyncio.wait({consume, stopping, breaking}, return_when=asyncio.FIRST_COMPLETED)
                 stopping.cancel()
-                broken.cancel()
+                breaking.cancel()
                 if consume in done:
                     consume.result()  # raises the MqttError that ended the session
                     return
                 consume.cancel()
-                if broken in done and not stopping.done():
+                if breaking in done and not stopping.done():
                     raise SessionLost("a publish was not confirmed or a QoS 1 message was refused; reconnecting")
                 await self._drain()
                 offline = encode_status(EdgeStatus(s.edge.node_name, False, _now_ms(), self._models()))

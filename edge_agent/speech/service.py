@@ -35,6 +35,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import cast
 
 import aiomqtt
 import numpy as np
@@ -200,7 +201,7 @@ class SpeechEngine:
         self._legs: dict[tuple[str, str], _Leg] = {}
         self._by_topic: dict[str, _Leg] = {}
         self._refused: dict[tuple[str, str], float] = {}  # refused leg -> its last arrival
-        self._dead_letter_tasks: set[asyncio.Task[None]] = set()
+        self._dead_letter_tasks: set[asyncio.Future[None]] = set()
         self._conversations: dict[str, _Conversation] = {}
         self._closed_conversations: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
         self.segments_by_conversation: dict[str, int] = {}
@@ -290,7 +291,7 @@ class SpeechEngine:
             c.dead_letters_shed += 1
             return
         out = StepOutput(rejected=[(error, payload)])  # type: ignore[list-item]
-        task = asyncio.get_running_loop().create_task(self.sink(out, topic))
+        task: asyncio.Future[None] = asyncio.ensure_future(self.sink(out, topic))
         self._dead_letter_tasks.add(task)
         task.add_done_callback(self._dead_letter_tasks.discard)
 
@@ -495,7 +496,7 @@ class SpeechService:
                     self.ready.set()
                     backoff = 0.2
                     async for item in client.messages:
-                        arrival_s, message = item  # type: ignore[misc]  # stamped by ArrivalQueue
+                        arrival_s, message = cast(tuple[float, aiomqtt.Message], item)  # stamped by ArrivalQueue
                         payload = message.payload
                         if not isinstance(payload, (bytes, bytearray)):
                             payload = b"" if payload is None else str(payload).encode()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import struct
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -71,13 +70,16 @@ def test_bad_audio_topics_have_reason_codes(topic: str, reason: str) -> None:
 
 def _audio_corpus() -> list[tuple[str, bytes]]:
     """(reason expected, packet) - each sent on a fresh leg topic."""
-    ext = dict(payload_type=0, sequence=1, timestamp=2, ssrc=3, extension_profile=ONE_BYTE_PROFILE)
+    def ext(data: bytes) -> bytes:
+        return build_rtp(PCMU, payload_type=0, sequence=1, timestamp=2, ssrc=3, extension_profile=ONE_BYTE_PROFILE,
+                         extension_data=data)
+
     rtcp = bytearray(build_rtp(PCMU, payload_type=0, sequence=1, timestamp=2, ssrc=3))
     rtcp[1] = 200
     return [
         ("oversize", build_rtp(bytes(65535 - 12), payload_type=0, sequence=1, timestamp=2, ssrc=3)),
-        ("bad_extension", build_rtp(PCMU, **ext, extension_data=bytes([0x2F, 1, 2, 3]))),  # overruns
-        ("bad_extension", build_rtp(PCMU, **ext, extension_data=build_one_byte_extensions({NTP64_EXT_ID: b"1234"}))),
+        ("bad_extension", ext(bytes([0x2F, 1, 2, 3]))),  # element overruns the extension
+        ("bad_extension", ext(build_one_byte_extensions({NTP64_EXT_ID: b"1234"}))),  # NTP-64 of 4 bytes
         ("truncated", b"\x00\x01junk"),
         ("bad_version", b"\x40" + bytes(20)),
         ("rtcp_packet", bytes(rtcp)),
