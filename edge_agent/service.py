@@ -8,8 +8,9 @@ Faults: every message either ends acknowledged (result or dead letter confirmed 
 broker) or ends its session, so the in-order acker is never blocked by one message. When
 the session drops, work on its messages stops (queued frames are skipped, not computed) and
 the broker redelivers them next session; a result already computed is kept and answers its
-redelivered input instead of being recomputed or thrown away, and a redelivered input whose
-result was already confirmed (only its ack was lost) is acked without a second result.
+redelivered input instead of being recomputed or thrown away. A redelivered input whose
+result was confirmed is answered again: after a broker crash the redelivery means the broker
+lost state, possibly that result too (at least once, never "acked but lost").
 """
 
 from __future__ import annotations
@@ -121,7 +122,6 @@ class EdgeAgent:
         self._session_now: _Session | None = None
         self._job_session: dict[int, _Session] = {}  # id(FrameJob) -> its session, while queued
         self._unsent: OrderedDict[bytes, _Unsent] = OrderedDict()
-        self._answered: OrderedDict[bytes, None] = OrderedDict()  # inputs whose result was confirmed
         self._batch_started_s: float | None = None  # set while a batch runs in the worker
 
     # -- lifecycle -------------------------------------------------------------------
@@ -278,9 +278,6 @@ class EdgeAgent:
         payload = _payload(message)
         self.metrics.received.labels(STAGE).inc()
         key = hashlib.blake2b(topic.encode() + b"\0" + payload, digest_size=16).digest()
-        if key in self._answered:  # redelivered, its result confirmed already: only the ack was lost
-            self.metrics.redelivered.labels(STAGE, "already_answered").inc()
-            return
         unsent = self._unsent.pop(key, None)
         if unsent is not None:  # a redelivered input whose result was computed last session
             self.metrics.redelivered.labels(STAGE, "answered_from_unsent").inc()
@@ -328,9 +325,6 @@ class EdgeAgent:
                     self._unsent.popitem(last=False)
                     self.metrics.shed.labels(STAGE, "unsent_results_full").inc()
             raise
-        self._answered[key] = None
-        while len(self._answered) > 4 * max(1, self.settings.delivery.unsent_results):
-            self._answered.popitem(last=False)
         result = unsent.outcome.result
         assert result is not None
         m = self.metrics
