@@ -86,3 +86,24 @@ def test_leg_limit_is_max_legs_lowered_by_the_memory_budget() -> None:
     assert SpeechServiceConfig(max_legs=64, leg_memory_mib=128, legs_memory_budget_mib=768).leg_limit == 6
     assert SpeechServiceConfig(max_legs=4, leg_memory_mib=8, legs_memory_budget_mib=768).leg_limit == 4
     assert SpeechServiceConfig(max_legs=4, leg_memory_mib=800, legs_memory_budget_mib=768).leg_limit == 1
+
+
+async def test_idle_is_measured_on_network_arrival_not_on_dequeue() -> None:
+    async def sink(out: StepOutput, topic: str) -> None:
+        pass
+
+    now = [1000.0]
+    engine = SpeechEngine(vad=None, encoder=None, asr=lambda: None, sink=sink,  # type: ignore[arg-type]
+                          config=SpeechServiceConfig(idle_close_s=5.0), clock=lambda: now[0])
+    topic = names.audio("d", "c1", "leg1")
+    try:
+        assert engine.submit(topic, _packet(1), arrival_s=1000.0)
+        state = engine._legs[("c1", "leg1")]
+        engine.note_arrival(topic, 1004.0)  # the next packet reached the MQTT client, waits in its queue
+        assert state.last_arrival_s == 1004.0
+        assert engine.submit(topic, _packet(2), arrival_s=1004.0)  # dequeued later, stamped with arrival
+        assert engine.submit(topic, _packet(3), arrival_s=1003.0)  # an older stamp never moves it back
+        assert state.last_arrival_s == 1004.0
+    finally:
+        now[0] += 100.0
+        await engine.close()
