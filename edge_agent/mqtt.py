@@ -181,6 +181,8 @@ class InOrderAcker:
         """Register an incoming message; return the token to pass to :meth:`done`."""
         token = self._next
         self._next += 1
+        if not self._pending:  # the line was empty: its head starts waiting now
+            self.last_progress_s = time.monotonic()
         self._pending[token] = (message.mid, message.qos, False)
         return token
 

@@ -210,7 +210,11 @@ class SpeechEngine:
 
     def live(self, stall_s: float) -> bool:
         """False when packets wait and no worker step finished for ``stall_s`` (a wedged worker)."""
-        return self.backlog == 0 or time.monotonic() - self._last_progress_s <= stall_s
+        now = time.monotonic()
+        if self.backlog == 0:  # nothing waits: a quiet spell is not a stall
+            self._last_progress_s = now
+            return True
+        return now - self._last_progress_s <= stall_s
 
     @property
     def open_legs(self) -> int:

@@ -49,6 +49,9 @@ async def test_agent_is_not_live_when_acks_stall_with_work_pending() -> None:
     assert not agent.live() and client._client.acked == []
     acker.done(first)  # the head moves: both acked in order, live again
     assert client._client.acked == [1, 2] and agent.live()
+    acker.last_progress_s = time.monotonic() - 300  # a quiet spell with nothing pending ...
+    acker.received(_Msg(3))  # type: ignore[arg-type]
+    assert agent.live()  # ... is not a stall: the new head waits from now
     agent._batch_started_s = time.monotonic() - 31  # a batch running for 31 s: a wedged worker
     assert not agent.live()
 
