@@ -40,7 +40,7 @@ from typing import cast
 import aiomqtt
 import numpy as np
 
-from edge_agent.mqtt import ArrivalQueue
+from edge_agent.mqtt import ArrivalQueue, publish_confirmed
 from edge_agent.speech.diarize import Diarizer
 from edge_agent.speech.pipeline import ConversationTracker, LegStream, PipelineConfig, StepOutput, Utterance
 from edge_agent.speech.rtp import parse_rtp
@@ -125,7 +125,7 @@ def register_metrics(counters: SpeechCounters, registry: object) -> None:
                 ("dead_letters_published", c.dead_letters_published, "rejected packets dead-lettered"),
                 ("dead_letters_shed", c.dead_letters_shed, "rejections counted but not dead-lettered: "
                  "too many dead letters in flight"),
-                ("publish_errors", c.publish_errors, "publishes that failed"),
+                ("publish_errors", c.publish_errors, "partials, segments and dead letters not published"),
                 ("worker_errors", c.worker_errors, "pipeline steps that raised"),
                 ("reconnects", c.reconnects, "MQTT reconnects"),
             ):
@@ -522,22 +522,28 @@ class SpeechService:
         if client is None:
             c.publish_errors += len(out.partials) + len(out.segments) + len(out.rejected)
             return
+        deadline = self.settings.delivery.publish_deadline_s
+        done = 0
         try:
             for p in out.partials:
                 await client.publish(names.partial_transcript(p.conversation), encode_partial(p),
                                      qos=self.config.partial_qos)
                 c.partials_published += 1
-            for s in out.segments:
-                await client.publish(names.transcript(s.conversation), encode_segment(s), qos=self.config.segment_qos)
+                done += 1
+            for s in out.segments:  # waited for through a broker stall, not given up after 10 s
+                await publish_confirmed(client, names.transcript(s.conversation), encode_segment(s),
+                                        qos=self.config.segment_qos, deadline_s=deadline)
                 c.segments_published += 1
+                done += 1
             for err, payload in out.rejected:
                 dl = DeadLetter(stage="audio", reason=err.reason, detail=err.detail, topic=topic, payload=payload,
                                 payload_size=len(payload), node=self.settings.edge.node_name,
                                 received_at_ms=int(time.time() * 1000))
-                await client.publish(names.dead_letter("audio"), encode_dead_letter(dl), qos=1)
+                await publish_confirmed(client, names.dead_letter("audio"), encode_dead_letter(dl), deadline_s=deadline)
                 c.dead_letters_published += 1
+                done += 1
         except aiomqtt.MqttError:
-            c.publish_errors += 1
+            c.publish_errors += len(out.partials) + len(out.segments) + len(out.rejected) - done  # each one lost
 
 
 async def run_speech_service(settings: Settings, stop: asyncio.Event, **kwargs: object) -> SpeechCounters:
