@@ -8,7 +8,7 @@ SYSDEPS := $(VENV)/.sysdeps
 SECONDS ?= 20
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test faults bench clean
 
 setup: $(STAMP) $(MODELS)
 
@@ -42,6 +42,11 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Every fault-injection test (tests/faults), the long ones too: broker stall, restarts,
+# agent kill -9, QoS 0 flood, 100 speech legs. `make test` runs only the fast ones.
+faults: setup
+	$(BIN)/python -m pytest -q -m "" -s tests/faults $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/python -m bench.vision --json

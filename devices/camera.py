@@ -7,6 +7,7 @@ cache (astronaut, group photo) in several sizes, crops, mirror images and exposu
 from __future__ import annotations
 
 import argparse
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ import cv2
 import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_offload.mqtt_security import configure_paho
 from edge_offload.settings import MqttSettings
@@ -131,10 +133,13 @@ def run_camera(
     stop: threading.Event | None = None,
     start_seq: int = 0,
     security: MqttSettings | None = None,
+    connect_timeout_s: float = 10.0,
 ) -> CameraStats:
     """Publish frames until ``count`` frames or ``seconds`` pass (or ``stop``); fps <= 0: no pacing.
 
-    ``security``: TLS and credentials (its host and port are not used)."""
+    ``security``: TLS and credentials (its host and port are not used). Raises
+    :class:`ConnectRefused` when the broker refuses the connection (e.g. not authorised)
+    or sends no CONNACK within ``connect_timeout_s``."""
     if not images:
         raise ValueError("no images to send")
     if count is None and seconds is None:
@@ -147,10 +152,22 @@ def run_camera(
     client.max_queued_messages_set(0)
     if security is not None:
         configure_paho(client, security)
+    connack: list[ReasonCode] = []
+    answered = threading.Event()
+
+    def on_connect(_c: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object = None) -> None:
+        connack.append(reason)
+        answered.set()
+
+    client.on_connect = on_connect
+    twin_topic = twin_update_topic(namespace, device)
     client.connect(host, port, keepalive=30)
     client.loop_start()
-    twin_topic = twin_update_topic(namespace, device)
     try:
+        if not answered.wait(connect_timeout_s):
+            raise ConnectRefused(f"no CONNACK from {host}:{port} within {connect_timeout_s:.0f} s")
+        if connack[0].is_failure:
+            raise ConnectRefused(f"{host}:{port} refused the connection: {connack[0]}")
         client.publish(twin_topic, twin_update({"status": "online", "fps": float(fps)}, _now_ms()), qos=1)
         period = 1.0 / fps if fps > 0 else 0.0
         t0 = time.monotonic()
@@ -187,6 +204,10 @@ def run_camera(
     return stats
 
 
+class ConnectRefused(ConnectionError):
+    """The broker refused the camera's connection (its CONNACK reason) or never answered."""
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -207,7 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     images = load_folder(args.images) if args.images else photo_frames(settings.cache_dir)
     seconds = args.seconds if args.seconds is not None or args.count is not None else 10.0
-    stats = run_camera(args.host, args.port, args.device, images, fps=args.fps,
-                       count=args.count, seconds=seconds, qos=args.qos, security=settings.mqtt)
+    try:
+        stats = run_camera(args.host, args.port, args.device, images, fps=args.fps,
+                           count=args.count, seconds=seconds, qos=args.qos, security=settings.mqtt)
+    except (ConnectRefused, OSError) as exc:
+        print(f"edge-offload device camera: error: {exc}", file=sys.stderr)
+        return 2
     print(f"sent {stats.frames_sent} frames ({stats.bytes_sent} bytes) in {stats.seconds:.1f}s")
     return 0

@@ -63,13 +63,19 @@ class EdgeNode:
             policy=lambda: self.reporter.policy if self.reporter is not None else None))
         self.handlers: dict[str, ModelHandler[Any]] = {}
         self.health = HealthServer(settings.edge.http_host, settings.edge.http_port,
-                                   self.metrics.registry, self.ready)
+                                   self.metrics.registry, self.ready, self.live)
         self.started = asyncio.Event()
 
     def ready(self) -> bool:
         vision_ok = self.vision is None or self.vision.ready()
         speech_ok = self.speech is None or self.speech.ready.is_set()
         return self.started.is_set() and vision_ok and speech_ok
+
+    def live(self) -> bool:
+        """Liveness: no enabled part is stuck with work pending (see ``delivery.liveness_stall_s``)."""
+        vision_ok = self.vision is None or self.vision.live()
+        speech_ok = self.speech is None or self.speech.engine is None or self.speech.engine.live(self.settings.delivery.liveness_stall_s)
+        return vision_ok and speech_ok
 
     def _mine(self, outcome: FrameOutcome) -> None:
         """Hand a published result to the miner, off the event loop (serial, never blocks it)."""

@@ -11,13 +11,17 @@ __all__ = ["HealthServer"]
 
 
 class HealthServer:
-    """``/healthz``: the process serves; ``/readyz``: ``ready()`` is true; ``/metrics``: the registry."""
+    """``/healthz``: ``live()`` is true (work makes progress); ``/readyz``: ``ready()`` is true;
+    ``/metrics``: the registry. Liveness is progress, not "the process answers HTTP": a wedged
+    ack pipeline or worker must fail it so that Kubernetes restarts the pod."""
 
-    def __init__(self, host: str, port: int, registry: CollectorRegistry, ready: Callable[[], bool]) -> None:
+    def __init__(self, host: str, port: int, registry: CollectorRegistry, ready: Callable[[], bool],
+                 live: Callable[[], bool] | None = None) -> None:
         self.host = host
         self.port = port
         self._registry = registry
         self._ready = ready
+        self._live = live or (lambda: True)
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -36,7 +40,9 @@ class HealthServer:
             parts = request.split(b" ", 2)
             path = parts[1].decode("latin-1") if len(parts) > 1 else ""
             if path == "/healthz":
-                status, ctype, body = "200 OK", "text/plain", b"ok\n"
+                ok = self._live()
+                status = "200 OK" if ok else "503 Service Unavailable"
+                ctype, body = "text/plain", b"ok\n" if ok else b"stalled: work pending, no progress\n"
             elif path == "/readyz":
                 ok = self._ready()
                 status = "200 OK" if ok else "503 Service Unavailable"

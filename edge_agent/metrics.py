@@ -36,6 +36,10 @@ class EdgeMetrics:
         self.rejected = Counter("edge_messages_rejected", "messages rejected as bad input (dead-lettered)",
                                 ["stage", "reason"], registry=r)
         self.shed = Counter("edge_messages_shed", "messages shed under overload", ["stage", "reason"], registry=r)
+        self.abandoned = Counter("edge_messages_abandoned", "inputs left unacked for redelivery "
+                                 "(their session ended first)", ["stage", "reason"], registry=r)
+        self.redelivered = Counter("edge_messages_redelivered", "redelivered inputs answered without "
+                                   "recomputation", ["stage", "outcome"], registry=r)
         self.published = Counter("edge_results_published", "results published", ["stage"], registry=r)
         self.faces = Counter("edge_faces", "faces classified", ["label"], registry=r)
         self.batch_size = Histogram("edge_batch_size", "frames per batch", ["stage"],

@@ -3,14 +3,25 @@
 Flow per message: decode + validate the envelope on the event loop (cheap), queue it in
 the dynamic batcher (bounded), the batch runs in a worker thread, the result is
 published with QoS 1 and only then is the input acknowledged to the broker.
+
+Faults: every message either ends acknowledged (result or dead letter confirmed by the
+broker) or ends its session, so the in-order acker is never blocked by one message. When
+the session drops, work on its messages stops (queued frames are skipped, not computed) and
+the broker redelivers them next session; a result already computed is kept and answers its
+redelivered input instead of being recomputed or thrown away. A redelivered input whose
+result was confirmed is answered again: after a broker crash the redelivery means the broker
+lost state, possibly that result too (at least once, never "acked but lost").
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import aiomqtt
 import torch
@@ -18,7 +29,7 @@ import torch
 from edge_agent.batcher import DynamicBatcher, Overloaded
 from edge_agent.metrics import EdgeMetrics
 from edge_agent.model_slot import Loaded, ModelSlot
-from edge_agent.mqtt import InOrderAcker, make_client
+from edge_agent.mqtt import InOrderAcker, SessionLost, make_client, publish_confirmed, session_gone
 from edge_agent.vision import FrameJob, FrameOutcome, VisionPipeline
 from edge_offload.logs import RateLimitedLog
 from edge_offload.settings import Settings
@@ -67,6 +78,33 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+_SESSION_LOST = ContractError("session_lost", "the session of this frame ended before its batch ran")
+
+
+@dataclass(eq=False)
+class _Session:
+    """One MQTT connection: its client, its acker, and ``broken``, set by a handler that
+    could not finish a message (its publish was not confirmed): the session then ends."""
+
+    client: aiomqtt.Client
+    acker: InOrderAcker
+    broken: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: bool = False
+
+    @property
+    def live(self) -> bool:
+        return not self.ended and not session_gone(self.client)
+
+
+@dataclass(slots=True)
+class _Unsent:
+    """A computed result whose publish the session did not confirm."""
+
+    topic: str
+    payload: bytes
+    outcome: FrameOutcome
+
+
 class EdgeAgent:
     """Runs until ``stop`` is set; reconnects to the broker with backoff, session kept."""
 
@@ -85,7 +123,7 @@ class EdgeAgent:
         self.connected = asyncio.Event()
         v = settings.vision
         self.batcher: DynamicBatcher[FrameJob, FrameOutcome] = DynamicBatcher(
-            pipeline.run_batch,
+            self._run_batch,
             max_batch_size=v.max_batch_size,
             max_queue_delay_s=v.max_queue_delay_ms / 1000.0,
             max_pending=max(v.max_pending_frames, settings.mqtt.receive_maximum),
@@ -93,11 +131,27 @@ class EdgeAgent:
         self._tasks: set[asyncio.Task[None]] = set()
         # Our own bound on messages in the pipeline (see edge_agent.mqtt on Receive Maximum).
         self._in_flight = asyncio.Semaphore(settings.mqtt.receive_maximum)
+        self._session_now: _Session | None = None
+        self._job_session: dict[int, _Session] = {}  # id(FrameJob) -> its session, while queued
+        self._unsent: OrderedDict[bytes, _Unsent] = OrderedDict()
+        self._batch_started_s: float | None = None  # set while a batch runs in the worker
 
     # -- lifecycle -------------------------------------------------------------------
 
     def ready(self) -> bool:
         return self.connected.is_set()
+
+    def live(self) -> bool:
+        """False when acks or the batch worker made no progress for ``liveness_stall_s`` with work pending."""
+        stall = self.settings.delivery.liveness_stall_s
+        now = time.monotonic()
+        started = self._batch_started_s
+        if started is not None and now - started > stall:
+            return False
+        sess = self._session_now
+        if sess is not None and not sess.ended and sess.acker.in_flight > 0:
+            return now - sess.acker.last_progress_s <= stall
+        return True
 
     async def run(self, stop: asyncio.Event) -> None:
         loaded = self.pipeline.slot.current()
@@ -123,31 +177,45 @@ class EdgeAgent:
         s = self.settings
         offline = encode_status(EdgeStatus(s.edge.node_name, False, _now_ms(), self._models()))
         will = aiomqtt.Will(names.edge_status(s.edge.node_name), offline, qos=1, retain=True)
+        broken = asyncio.Event()  # a QoS 1 message the client queue refused is a hole in the window
         client = make_client(s.mqtt, will=will,
-                             on_drop=lambda: self.metrics.shed.labels(STAGE, "client_queue_full").inc())
-        acker = InOrderAcker(client)
+                             on_drop=lambda: self.metrics.shed.labels(STAGE, "client_queue_full").inc(),
+                             on_unacked_drop=broken.set)
+        sess = _Session(client, InOrderAcker(client), broken)
         try:
             async with client:
                 await client.subscribe(names.shared(s.mqtt.share_group, names.FRAMES_FILTER), qos=1)
                 online = EdgeStatus(s.edge.node_name, True, _now_ms(), self._models())
                 await client.publish(names.edge_status(s.edge.node_name), encode_status(online), qos=1, retain=True)
+                self._session_now = sess
                 self.connected.set()
                 self.metrics.connected.set(1)
-                consume = asyncio.create_task(self._consume(client, acker))
+                consume = asyncio.create_task(self._consume(sess))
                 stopping = asyncio.create_task(stop.wait())
-                done, _ = await asyncio.wait({consume, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                breaking = asyncio.create_task(sess.broken.wait())
+                done, _ = await asyncio.wait({consume, stopping, breaking}, return_when=asyncio.FIRST_COMPLETED)
                 stopping.cancel()
+                breaking.cancel()
                 if consume in done:
                     consume.result()  # raises the MqttError that ended the session
                     return
                 consume.cancel()
+                if breaking in done and not stopping.done():
+                    raise SessionLost("a publish was not confirmed or a QoS 1 message was refused; reconnecting")
                 await self._drain()
                 offline = encode_status(EdgeStatus(s.edge.node_name, False, _now_ms(), self._models()))
                 await client.publish(names.edge_status(s.edge.node_name), offline, qos=1, retain=True)
         finally:
-            acker.close()
-            self.connected.clear()
-            self.metrics.connected.set(0)
+            self._end(sess)
+
+    def _end(self, sess: _Session) -> None:
+        """Nothing more is acked on this session; its queued frames are skipped by the worker."""
+        sess.ended = True
+        sess.acker.close()
+        if self._session_now is sess:
+            self._session_now = None
+        self.connected.clear()
+        self.metrics.connected.set(0)
 
     async def _drain(self, timeout_s: float = 10.0) -> None:
         """Let in-flight messages finish (results published, inputs acked)."""
@@ -158,83 +226,138 @@ class EdgeAgent:
         loaded = self.pipeline.slot.current()
         return {loaded.name: loaded.version}
 
+    def _run_batch(self, jobs: Sequence[FrameJob]) -> list[FrameOutcome]:
+        """The batcher's work (worker thread): frames of a session that has ended are skipped."""
+        self._batch_started_s = time.monotonic()
+        try:
+            out = [FrameOutcome(job, error=_SESSION_LOST) for job in jobs]
+            live = [i for i, job in enumerate(jobs)
+                    if (sess := self._job_session.get(id(job))) is not None and sess.live]
+            if live:
+                for i, outcome in zip(live, self.pipeline.run_batch([jobs[i] for i in live]), strict=True):
+                    out[i] = outcome
+            return out
+        finally:
+            self._batch_started_s = None
+
     # -- per message -------------------------------------------------------------------
 
-    async def _consume(self, client: aiomqtt.Client, acker: InOrderAcker) -> None:
-        messages = aiter(client.messages)
+    async def _consume(self, sess: _Session) -> None:
+        messages = aiter(sess.client.messages)
         while True:
             await self._in_flight.acquire()  # released when the message is finished
             try:
                 message = await anext(messages)
+                if not sess.live:  # aiomqtt hands out its local queue even after the connection dropped
+                    raise SessionLost("connection lost; the local queue is left for redelivery")
             except BaseException:
                 self._in_flight.release()
                 raise
-            token = acker.received(message)
-            task = asyncio.create_task(self._handle(client, acker, token, message, time.monotonic()))
+            token = sess.acker.received(message)
+            task = asyncio.create_task(self._handle(sess, token, message, time.monotonic()))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             task.add_done_callback(lambda _: self._in_flight.release())
 
-    async def _handle(self, client: aiomqtt.Client, acker: InOrderAcker, token: int,
-                      message: aiomqtt.Message, received_s: float) -> None:
+    async def _handle(self, sess: _Session, token: int, message: aiomqtt.Message, received_s: float) -> None:
+        """Finish one message: ack it, or (its publish not confirmed) end the session, never neither."""
         try:
-            await self._process(client, message, received_s)
+            await self._process(sess, message, received_s)
         except aiomqtt.MqttError as exc:
-            # Publishing failed with the connection: leave the input unacked, the broker redelivers it.
-            log.warning("publish failed, input left for redelivery: %s", exc)
+            self._abandon(sess, exc)
             return
         except Exception as exc:  # noqa: BLE001 - a bug must not poison the stream: dead-letter it
             log.exception("internal error on %s", message.topic)
             try:
-                await self._dead_letter(client, str(message.topic), _payload(message),
+                await self._dead_letter(sess, str(message.topic), _payload(message),
                                         ContractError("internal_error", f"{type(exc).__name__}: {exc}"))
-            except aiomqtt.MqttError:
+            except aiomqtt.MqttError as exc2:
+                self._abandon(sess, exc2)
                 return
-        acker.done(token)
+        sess.acker.done(token)
 
-    async def _process(self, client: aiomqtt.Client, message: aiomqtt.Message, received_s: float) -> None:
+    def _abandon(self, sess: _Session, exc: BaseException) -> None:
+        """Leave the input unacked and end the session: the broker redelivers it next session."""
+        self.metrics.abandoned.labels(STAGE, "session_lost").inc()
+        if not sess.broken.is_set():
+            log.warning("publish not confirmed (%s): ending the session, inputs left for redelivery", exc)
+        sess.broken.set()
+
+    async def _process(self, sess: _Session, message: aiomqtt.Message, received_s: float) -> None:
+        if not sess.live:
+            raise SessionLost("session ended before this message was handled")
         topic = str(message.topic)
         payload = _payload(message)
         self.metrics.received.labels(STAGE).inc()
-        try:
-            frame = decode_frame(payload, self.settings.vision.max_payload_bytes)
-            if names.device_of(topic) != frame.device:
-                raise ContractError("device_mismatch", f"topic device {names.device_of(topic)!r} != {frame.device!r}")
-        except ContractError as exc:
-            await self._dead_letter(client, topic, payload, exc)
+        key = hashlib.blake2b(topic.encode() + b"\0" + payload, digest_size=16).digest()
+        unsent = self._unsent.pop(key, None)
+        if unsent is not None:  # a redelivered input whose result was computed last session
+            self.metrics.redelivered.labels(STAGE, "answered_from_unsent").inc()
+            await self._publish_result(sess, key, unsent)
             return
         try:
-            future = self.batcher.submit_nowait(FrameJob(frame, received_s))
+            device = names.device_of(topic)  # the topic first: a bad device id is bad_device_id
+            frame = decode_frame(payload, self.settings.vision.max_payload_bytes)
+            if device != frame.device:
+                raise ContractError("device_mismatch", f"topic device {device!r} != {frame.device!r}")
+        except ContractError as exc:
+            await self._dead_letter(sess, topic, payload, exc)
+            return
+        job = FrameJob(frame, received_s)
+        try:
+            future = self.batcher.submit_nowait(job)
         except Overloaded:
             self.metrics.shed.labels(STAGE, "overload").inc()
             self._flood_log.warning("shed", "overload: shed frame %s/%d (counted in edge_messages_shed)",
                                     frame.device, frame.seq)
             return
-        self.metrics.queue_depth.labels(STAGE).set(self.batcher.depth)
-        outcome = await future
+        self._job_session[id(job)] = sess
+        try:
+            self.metrics.queue_depth.labels(STAGE).set(self.batcher.depth)
+            outcome = await future
+        finally:
+            self._job_session.pop(id(job), None)
+        if outcome.error is _SESSION_LOST:
+            raise SessionLost("session ended while the frame waited for its batch")
         if outcome.error is not None:
-            await self._dead_letter(client, topic, payload, outcome.error)
+            await self._dead_letter(sess, topic, payload, outcome.error)
             return
         result = outcome.result
         assert result is not None
-        await client.publish(names.vision_results(frame.device), encode_result(result), qos=1)
+        await self._publish_result(sess, key, _Unsent(names.vision_results(frame.device), encode_result(result), outcome))
+
+    async def _publish_result(self, sess: _Session, key: bytes, unsent: _Unsent) -> None:
+        try:
+            await publish_confirmed(sess.client, unsent.topic, unsent.payload,
+                                    deadline_s=self.settings.delivery.publish_deadline_s)
+        except aiomqtt.MqttError:
+            limit = self.settings.delivery.unsent_results
+            if limit > 0:  # kept: the redelivered input gets this result, not a recomputation
+                self._unsent[key] = unsent
+                while len(self._unsent) > limit:
+                    self._unsent.popitem(last=False)
+                    self.metrics.shed.labels(STAGE, "unsent_results_full").inc()
+            raise
+        result = unsent.outcome.result
+        assert result is not None
         m = self.metrics
         m.published.labels(STAGE).inc()
-        m.latency.labels(STAGE).observe(time.monotonic() - received_s)
+        m.latency.labels(STAGE).observe(time.monotonic() - unsent.outcome.job.received_s)
         m.batch_size.labels(STAGE).observe(result.timing.batch_size)
         m.inference.labels(STAGE).observe(result.timing.inference_ms / 1000.0)
         for face in result.faces:
             m.faces.labels(face.label).inc()
         if self.on_outcome is not None:
-            self.on_outcome(outcome)
+            self.on_outcome(unsent.outcome)
 
-    async def _dead_letter(self, client: aiomqtt.Client, topic: str, payload: bytes, error: ContractError) -> None:
+    async def _dead_letter(self, sess: _Session, topic: str, payload: bytes, error: ContractError) -> None:
         self.metrics.rejected.labels(STAGE, error.reason).inc()
         log.info("dead-letter %s: %s", topic, error)
         record = DeadLetter(stage=STAGE, reason=error.reason, detail=error.detail, topic=topic,
                             payload=payload, payload_size=len(payload),
                             node=self.settings.edge.node_name, received_at_ms=_now_ms())
-        await client.publish(names.dead_letter(STAGE), encode_dead_letter(record), qos=1)
+        await publish_confirmed(sess.client, names.dead_letter(STAGE), encode_dead_letter(record),
+                                deadline_s=self.settings.delivery.publish_deadline_s)
 
 
 def _payload(message: aiomqtt.Message) -> bytes:

@@ -7,6 +7,7 @@ Both can be stopped and started again on the same port.
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -59,6 +60,20 @@ class _ChildBroker:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs (fault tests signal it)."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` (SIGSTOP, SIGCONT, SIGKILL, ...) to the broker; reap it if it dies."""
+        if self._proc is None:
+            raise BrokerError("broker is not running")
+        self._proc.send_signal(sig)
+        if sig in (9, 15):  # SIGKILL, SIGTERM: wait for it, so that start() can bind the port again
+            self._proc.wait(timeout=30)
+            self._proc = None
+
     def start(self) -> "_ChildBroker":
         if self.running:
             return self
@@ -99,7 +114,10 @@ class _ChildBroker:
 class MosquittoBroker(_ChildBroker):
     """Mosquitto on 127.0.0.1:``port`` (MQTT 3.1.1 and 5), anonymous, sessions kept in memory."""
 
-    def __init__(self, port: int | None = None, max_queued_messages: int = 10000) -> None:
+    def __init__(self, port: int | None = None, max_queued_messages: int = 10000,
+                 persistence: str | None = None, allow_anonymous: bool = True) -> None:
+        """``persistence``: mosquitto.conf lines on persistence (e.g. those of ``compose/mosquitto.conf``);
+        ``persistence_location`` is replaced by this broker's own directory. Default: in memory."""
         super().__init__(port)
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(binary).exists():
@@ -108,9 +126,9 @@ class MosquittoBroker(_ChildBroker):
         self.config_path = self._workdir / "mosquitto.conf"
         self.config_path.write_text(
             f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence false\n"
-            f"max_queued_messages {max_queued_messages}\n"
+            f"allow_anonymous {'true' if allow_anonymous else 'false'}\n"
+            + (_persistence_lines(persistence, self._workdir) if persistence else "persistence false\n")
+            + f"max_queued_messages {max_queued_messages}\n"
             "max_inflight_messages 0\n"
             "message_size_limit 16777216\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
@@ -122,6 +140,14 @@ class MosquittoBroker(_ChildBroker):
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
+
+
+def _persistence_lines(config: str, workdir: Path) -> str:
+    lines = [line for line in config.splitlines()
+             if line.strip() and not line.lstrip().startswith("#")
+             and not line.split()[0] == "persistence_location"]
+    # Mosquitto started as root drops to the user "mosquitto", which could not write our store.
+    return "\n".join(lines) + f"\npersistence_location {workdir}/\nuser {getpass.getuser()}\n"
 
 
 class TansuBroker(_ChildBroker):

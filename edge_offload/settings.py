@@ -30,6 +30,7 @@ __all__ = [
     "KafkaSettings",
     "VisionSettings",
     "EdgeSettings",
+    "DeliverySettings",
     "SpeechServiceConfig",
     "Settings",
     "ConfigError",
@@ -123,7 +124,13 @@ class SpeechServiceConfig(BaseModel):
     """The edge agent's speech service (RTP legs -> partials and speaker-labelled segments)."""
 
     worker_threads: int = Field(8, ge=1, description="threads for VAD/ASR/embedding work (ASR waits in its batcher)")
-    max_legs: int = Field(64, ge=1, description="legs decoded at once; more are refused, counted")
+    max_legs: int = Field(64, ge=1, description="legs decoded at once; more are refused, counted in legs")
+    leg_memory_mib: float = Field(128.0, gt=0, description="resident memory one open leg costs (measured: "
+                                  "~92 MiB to build a pocketsphinx decoder per leg, ~130 MiB while decoding)")
+    legs_memory_budget_mib: float = Field(768.0, gt=0, description="memory all open legs may use together; "
+                                          "with leg_memory_mib it lowers max_legs (see leg_limit)")
+    client_queue_packets: int = Field(16384, ge=1, description="bound of the MQTT client's packet queue (all "
+                                      "legs); overflow is counted (packets_client_queue_full)")
     leg_queue_packets: int = Field(1500, ge=1, description="bound of each leg's packet queue (30 s)")
     batch_max_packets: int = Field(50, ge=1, description="packets handed to a worker at once")
     idle_close_s: float = Field(10.0, gt=0, description="a leg with no packet for this long is closed")
@@ -144,6 +151,22 @@ class SpeechServiceConfig(BaseModel):
     device: str = Field("cpu", description="speaker-embedding device: cpu, cuda")
     client_suffix: str = "-speech"
     reconnect_max_s: float = Field(10.0, gt=0)
+
+    @property
+    def leg_limit(self) -> int:
+        """Legs open at once: ``max_legs``, lowered so that open legs fit the memory budget (at least 1)."""
+        return max(1, min(self.max_legs, int(self.legs_memory_budget_mib // self.leg_memory_mib)))
+
+
+class DeliverySettings(BaseModel):
+    """Delivery guarantees of the edge agent under faults (see README "Delivery guarantees")."""
+
+    publish_deadline_s: float = Field(60.0, gt=0, description="longest wait for a result's PUBACK before "
+                                      "the session is declared stuck and reconnected (inputs redelivered)")
+    liveness_stall_s: float = Field(120.0, gt=0, description="/healthz fails when acks or a worker made "
+                                    "no progress for this long with work pending")
+    unsent_results: int = Field(1024, ge=0, description="computed results kept across a reconnect, "
+                                "answered when their input is redelivered")
 
 
 class EdgeSettings(BaseModel):
@@ -172,6 +195,7 @@ class Settings(BaseSettings):
     vision: VisionSettings = VisionSettings()
     edge: EdgeSettings = EdgeSettings()
     speech: SpeechServiceConfig = SpeechServiceConfig()
+    delivery: DeliverySettings = DeliverySettings()
     mining: HardExampleSettings = HardExampleSettings()
     outbox: OutboxSettings = OutboxSettings()
     updates: UpdateSettings = UpdateSettings()

@@ -53,7 +53,7 @@ def unpack(payload: bytes, kind: str, versions: frozenset[int], max_bytes: int) 
     if got_kind != kind:
         raise ContractError("wrong_type", f"expected type {kind!r}, got {got_kind!r}")
     version = obj.get("v")
-    if version not in versions:
+    if type(version) is not int or version not in versions:  # not True, 1.0, a list or a map
         raise ContractError("unsupported_version", f"{kind} v={version!r}, supported {sorted(versions)}")
     return obj
 

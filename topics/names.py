@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from topics.codec import ContractError
+
 __all__ = [
     "ROOT",
     "FRAMES_FILTER",
@@ -108,11 +110,20 @@ def shared(group: str, topic_filter: str) -> str:
 
 
 def device_of(topic: str) -> str:
-    """The device named in a frames or audio topic."""
+    """The device named in a frames or audio topic.
+
+    Raises :class:`~topics.codec.ContractError` (a ``ValueError``): ``bad_topic`` for another
+    topic, ``bad_device_id`` for a device level that is not a valid id (empty, non-ASCII, too long)."""
     parts = topic.split("/")
     if len(parts) < 4 or "/".join(parts[:2]) != ROOT or parts[2] not in ("frames", "audio"):
-        raise ValueError(f"not an {ROOT} frames/audio topic: {topic!r}")
-    return check_id(parts[3], "device")
+        raise ContractError("bad_topic", f"not an {ROOT} frames/audio topic: {_clip(topic)!r}")
+    if not _ID.match(parts[3]):
+        raise ContractError("bad_device_id", f"device {_clip(parts[3])!r} must match {_ID.pattern}")
+    return parts[3]
+
+
+def _clip(text: str, n: int = 80) -> str:
+    return text if len(text) <= n else text[:n] + f"...(+{len(text) - n})"
 
 
 def matches(topic_filter: str, topic: str) -> bool:

@@ -18,6 +18,7 @@ __all__ = [
     "CLOCK_RATE",
     "ONE_BYTE_PROFILE",
     "NTP64_EXT_ID",
+    "MAX_PACKET_BYTES",
     "RtpError",
     "RtpPacket",
     "parse_rtp",
@@ -36,6 +37,9 @@ ONE_BYTE_PROFILE = 0xBEDE
 # Extension element id that carries the RFC 6051 64-bit NTP timestamp of the packet's first
 # sample (``urn:ietf:params:rtp-hdrext:ntp-64``). Without SDP the id is fixed by convention.
 NTP64_EXT_ID = 1
+# Largest packet accepted: 12-byte header + CSRCs + extension + 200 ms of G.711 (1600 bytes)
+# with room to spare; a 20 ms packet is 172 bytes. Anything bigger is not a voice packet.
+MAX_PACKET_BYTES = 2048
 
 _HEADER = struct.Struct("!BBHII")
 _NTP_UNIX_OFFSET = 2_208_988_800  # seconds from 1900-01-01 to 1970-01-01
@@ -43,7 +47,7 @@ _NTP_UNIX_OFFSET = 2_208_988_800  # seconds from 1900-01-01 to 1970-01-01
 
 class RtpError(ContractError):
     """A packet that is not acceptable RTP. ``reason`` is a short stable code:
-    ``truncated``, ``bad_version``, ``bad_csrc``, ``bad_extension``, ``bad_padding``,
+    ``oversize``, ``truncated``, ``bad_version``, ``bad_csrc``, ``bad_extension``, ``bad_padding``,
     ``empty_payload``, ``rtcp_packet``, ``unknown_payload_type`` (from :func:`parse_rtp`);
     stream-level codes (``foreign_ssrc``, ``ssrc_change``, ``ts_jump``, ``seq_jump``) come
     from the jitter buffer, which sets ``packet`` to the rejected packet."""
@@ -70,9 +74,15 @@ class RtpPacket:
     payload: bytes
 
 
-def parse_rtp(data: bytes) -> RtpPacket:
-    """Parse and validate one RTP packet (G.711 payload types only); raise :class:`RtpError`."""
+def parse_rtp(data: bytes, max_bytes: int = MAX_PACKET_BYTES) -> RtpPacket:
+    """Parse and validate one RTP packet (G.711 payload types only); raise :class:`RtpError`.
+
+    RFC 8285 one-byte-header extension elements are checked here too (an element that overruns
+    the extension, or an NTP-64 element that is not 8 bytes, is ``bad_extension``), so that a
+    packet is accepted or rejected as a whole, never half-used."""
     n = len(data)
+    if n > max_bytes:
+        raise RtpError("oversize", f"{n} bytes > limit {max_bytes}")
     if n < _HEADER.size:
         raise RtpError("truncated", f"{n} bytes < 12-byte RTP header")
     b0, b1, seq, ts, ssrc = _HEADER.unpack_from(data)
@@ -110,7 +120,7 @@ def parse_rtp(data: bytes) -> RtpPacket:
         raise RtpError("unknown_payload_type", f"payload type {pt}, accepted {sorted(PAYLOAD_TYPES)}")
     if end <= pos:
         raise RtpError("empty_payload", "no payload bytes")
-    return RtpPacket(
+    packet = RtpPacket(
         version=version,
         padding=padding,
         extension=extension,
@@ -125,6 +135,11 @@ def parse_rtp(data: bytes) -> RtpPacket:
         extension_data=ext_data,
         payload=bytes(data[pos:end]),
     )
+    if profile == ONE_BYTE_PROFILE:
+        ntp = one_byte_extensions(packet).get(NTP64_EXT_ID)  # raises bad_extension when malformed
+        if ntp is not None and len(ntp) != 8:
+            raise RtpError("bad_extension", f"NTP-64 element of {len(ntp)} bytes, expected 8")
+    return packet
 
 
 def build_rtp(

@@ -7,6 +7,14 @@
   (counted, the jitter buffer conceals it like network loss). Legs idle for
   ``idle_close_s`` are closed (their speech in progress finished); a conversation ends with
   its last leg.
+- Admission is cheap and bounded: a new leg's first packet is parsed before anything is
+  opened (a bad one is dead-lettered, no leg); at most :meth:`SpeechServiceConfig.leg_limit`
+  legs are open (``max_legs``, lowered by the per-leg memory budget); a leg over the limit is
+  refused once, counted in legs (``legs_refused``), its packets counted
+  (``packets_of_refused_legs``) until it has been quiet for ``idle_close_s``. A leg's
+  pipeline is built by one factory call (:meth:`SpeechEngine._build_stream`) in a worker.
+- Idle is measured on network arrival time: the MQTT client stamps each packet when it
+  arrives (:class:`edge_agent.mqtt.ArrivalQueue`), so a backlog never looks like silence.
 - :class:`SpeechService`: the engine behind an aiomqtt MQTT v5 client. Subscribes to
   :data:`topics.names.AUDIO_FILTER` (QoS 1, not shared: every packet of a leg must reach the
   same agent), publishes partials (QoS 0) on ``partial_transcript(conversation)``, segments
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
@@ -27,20 +36,24 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import aiomqtt
 import numpy as np
 
 from edge_agent.metrics import BucketCounts
+from edge_agent.mqtt import ArrivalQueue, publish_confirmed
 from edge_agent.speech.diarize import Diarizer
 from edge_agent.speech.pipeline import ConversationTracker, LegStream, PipelineConfig, StepOutput, Utterance
-from edge_offload.mqtt_security import aiomqtt_connection
 from edge_agent.speech.revisions import SegmentIndex
+from edge_agent.speech.rtp import parse_rtp
+from edge_offload.mqtt_security import aiomqtt_connection
 from edge_offload.settings import Settings, SpeechServiceConfig
 from models.edge_asr import AsrVocabulary, EdgeAsr, load_edge_asr, prompt_from_sentences
 from models.speaker import SpeakerEncoder
 from models.vad import SileroVad
 from topics import names
+from topics.codec import ContractError
 from topics.deadletter import DeadLetter, encode_dead_letter
 from topics.transcript import SpeechRevision, encode_partial, encode_segment
 
@@ -67,16 +80,20 @@ class SpeechCounters:
 
     packets_received: int = 0
     packets_overload: int = 0
+    packets_client_queue_full: int = 0
+    packets_of_refused_legs: int = 0
     packets_rejected: dict[str, int] = field(default_factory=dict)
     bad_topics: int = 0
     legs_opened: int = 0
     legs_closed: int = 0
     legs_refused: int = 0
+    legs_open_peak: int = 0
     conversations_opened: int = 0
     conversations_closed: int = 0
     partials_published: int = 0
     segments_published: int = 0
     dead_letters_published: int = 0
+    dead_letters_shed: int = 0
     publish_errors: int = 0
     worker_errors: int = 0
     reconnects: int = 0
@@ -94,7 +111,7 @@ class SpeechCounters:
 
 def register_metrics(counters: SpeechCounters, registry: object) -> None:
     """Expose ``counters`` on a prometheus_client registry as ``edge_speech_*`` metrics."""
-    from prometheus_client.core import CounterMetricFamily
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
     class _Collector:
         def collect(self) -> object:
@@ -102,16 +119,21 @@ def register_metrics(counters: SpeechCounters, registry: object) -> None:
             for name, value, doc in (
                 ("packets_received", c.packets_received, "RTP packets received"),
                 ("packets_overload", c.packets_overload, "packets dropped: leg queue full"),
+                ("packets_client_queue_full", c.packets_client_queue_full,
+                 "packets dropped: MQTT client queue full"),
+                ("packets_of_refused_legs", c.packets_of_refused_legs, "packets dropped: their leg was refused"),
                 ("bad_topics", c.bad_topics, "messages on malformed audio topics"),
                 ("legs_opened", c.legs_opened, "call legs opened"),
                 ("legs_closed", c.legs_closed, "call legs closed"),
-                ("legs_refused", c.legs_refused, "packets of legs refused: max_legs reached"),
+                ("legs_refused", c.legs_refused, "legs refused: leg limit (max_legs, memory budget) reached"),
                 ("conversations_opened", c.conversations_opened, "conversations opened"),
                 ("conversations_closed", c.conversations_closed, "conversations closed"),
                 ("partials_published", c.partials_published, "partial transcripts published"),
                 ("segments_published", c.segments_published, "final segments published"),
                 ("dead_letters_published", c.dead_letters_published, "rejected packets dead-lettered"),
-                ("publish_errors", c.publish_errors, "publishes that failed"),
+                ("dead_letters_shed", c.dead_letters_shed, "rejections counted but not dead-lettered: "
+                 "too many dead letters in flight"),
+                ("publish_errors", c.publish_errors, "partials, segments and dead letters not published"),
                 ("worker_errors", c.worker_errors, "pipeline steps that raised"),
                 ("reconnects", c.reconnects, "MQTT reconnects"),
                 ("revisions_published", c.revisions_published, "DC revisions of segments published"),
@@ -122,6 +144,7 @@ def register_metrics(counters: SpeechCounters, registry: object) -> None:
             for reason, n in sorted(c.packets_rejected.items()):
                 rejected.add_metric([reason], n)
             yield rejected
+            yield GaugeMetricFamily("edge_speech_legs_open_peak", "most legs open at once", value=c.legs_open_peak)
             yield c.partial_latency_hist.family("edge_speech_partial_latency_seconds",
                                                 "audio arrival -> partial published")
             yield c.final_latency_hist.family("edge_speech_final_latency_seconds",
@@ -135,11 +158,13 @@ def parse_audio_topic(topic: str) -> tuple[str, str, str]:
     parts = topic.split("/")
     prefix = names.ROOT.split("/")
     if len(parts) != len(prefix) + 4 or parts[:len(prefix)] != prefix or parts[len(prefix)] != "audio":
-        raise ValueError(f"not an audio topic: {topic!r}")
+        raise ContractError("bad_topic", f"not an audio topic: {topic[:120]!r}")
     device, conversation, leg = parts[-3:]
-    names.check_id(device, "device")
-    names.check_id(conversation, "conversation")
-    names.check_id(leg, "leg")
+    for value, what in ((device, "device"), (conversation, "conversation"), (leg, "leg")):
+        try:
+            names.check_id(value, what)
+        except ValueError:
+            raise ContractError(f"bad_{what}_id", f"{what} {value[:80]!r} is not a valid id") from None
     return device, conversation, leg
 
 
@@ -183,10 +208,22 @@ class SpeechEngine:
         self.on_utterance = on_utterance
         self._pool = ThreadPoolExecutor(self.config.worker_threads, thread_name_prefix="speech")
         self._legs: dict[tuple[str, str], _Leg] = {}
+        self._by_topic: dict[str, _Leg] = {}
+        self._refused: dict[tuple[str, str], float] = {}  # refused leg -> its last arrival
+        self._dead_letter_tasks: set[asyncio.Future[None]] = set()
         self._conversations: dict[str, _Conversation] = {}
         self._closed_conversations: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
         self.segments_by_conversation: dict[str, int] = {}
         self._stopping = False
+        self._last_progress_s = time.monotonic()
+
+    def live(self, stall_s: float) -> bool:
+        """False when packets wait and no worker step finished for ``stall_s`` (a wedged worker)."""
+        now = time.monotonic()
+        if self.backlog == 0:  # nothing waits: a quiet spell is not a stall
+            self._last_progress_s = now
+            return True
+        return now - self._last_progress_s <= stall_s
 
     @property
     def open_legs(self) -> int:
@@ -197,29 +234,79 @@ class SpeechEngine:
         """Packets waiting in leg queues."""
         return sum(s.queue.qsize() for s in self._legs.values())
 
+    def note_arrival(self, topic: str, arrival_s: float) -> None:
+        """A packet for ``topic`` reached the MQTT client (it may wait there): the leg is not idle."""
+        state = self._by_topic.get(topic)
+        if state is not None and arrival_s > state.last_arrival_s:
+            state.last_arrival_s = arrival_s
+
     def submit(self, topic: str, payload: bytes, arrival_s: float | None = None) -> bool:
-        """Queue one MQTT message (one RTP packet). Never blocks; False if dropped (counted)."""
+        """Queue one MQTT message (one RTP packet). Never blocks; False if dropped (counted).
+
+        A packet of a leg not open yet must parse as RTP before the leg is opened; a rejected
+        one is counted and dead-lettered, and no leg is opened for it."""
         arrival = self.clock() if arrival_s is None else arrival_s
-        self.counters.packets_received += 1
+        c = self.counters
+        c.packets_received += 1
         try:
             _, conversation, leg = parse_audio_topic(topic)
-        except ValueError:
-            self.counters.bad_topics += 1
+        except ContractError as exc:
+            c.bad_topics += 1
+            self.reject(topic, payload, exc)
             return False
         key = (conversation, leg)
         state = self._legs.get(key)
         if state is None:
-            if self._stopping or len(self._legs) >= self.config.max_legs:
-                self.counters.legs_refused += 1
+            refused_at = self._refused.get(key)
+            if refused_at is not None and arrival - refused_at < self.config.idle_close_s:
+                self._refused[key] = arrival
+                c.packets_of_refused_legs += 1
                 return False
+            try:
+                parse_rtp(payload)  # validate before open: a bad packet costs no leg
+            except ContractError as exc:
+                self.reject(topic, payload, exc)
+                return False
+            if self._stopping or len(self._legs) >= self.config.leg_limit:
+                self._refuse(key, topic, payload, arrival)
+                return False
+            self._refused.pop(key, None)
             state = self._open_leg(conversation, leg, topic, arrival)
-        state.last_arrival_s = arrival
+        if arrival > state.last_arrival_s:
+            state.last_arrival_s = arrival
         try:
             state.queue.put_nowait((payload, arrival))
         except asyncio.QueueFull:
             self.counters.packets_overload += 1
             return False
         return True
+
+    def _refuse(self, key: tuple[str, str], topic: str, payload: bytes, arrival_s: float) -> None:
+        """Refuse a leg over the limit: counted once per leg, dead-lettered once, its packets counted."""
+        c = self.counters
+        c.legs_refused += 1
+        c.packets_of_refused_legs += 1
+        self._refused[key] = arrival_s
+        if len(self._refused) > 4 * self.config.leg_limit + 1024:  # bounded: forget the quietest
+            quiet = [k for k, t in self._refused.items() if arrival_s - t >= self.config.idle_close_s]
+            for k in quiet or list(self._refused)[: len(self._refused) // 2]:
+                del self._refused[k]
+        limit = self.config.leg_limit
+        self.reject(topic, payload, ContractError("leg_limit", f"{len(self._legs)} legs open, limit {limit}"),
+                    count=False)
+
+    def reject(self, topic: str, payload: bytes, error: ContractError, *, count: bool = True) -> None:
+        """Count a rejected packet under its reason and dead-letter it (in the background, bounded)."""
+        c = self.counters
+        if count:
+            c.packets_rejected[error.reason] = c.packets_rejected.get(error.reason, 0) + 1
+        if len(self._dead_letter_tasks) >= self.config.leg_limit * 4 + 64:
+            c.dead_letters_shed += 1
+            return
+        out = StepOutput(rejected=[(error, payload)])  # type: ignore[list-item]
+        task: asyncio.Future[None] = asyncio.ensure_future(self.sink(out, topic))
+        self._dead_letter_tasks.add(task)
+        task.add_done_callback(self._dead_letter_tasks.discard)
 
     async def conversation_closed(self) -> tuple[str, int]:
         """Wait for the next conversation to close: (conversation, segments published)."""
@@ -247,7 +334,9 @@ class SpeechEngine:
         conv.legs.add(leg)
         state = _Leg(conversation, leg, topic, asyncio.Queue(self.config.leg_queue_packets), arrival_s)
         self._legs[(conversation, leg)] = state
+        self._by_topic[topic] = state
         self.counters.legs_opened += 1
+        self.counters.legs_open_peak = max(self.counters.legs_open_peak, len(self._legs))
         state.task = asyncio.get_running_loop().create_task(self._run_leg(state), name=f"speech-{conversation}-{leg}")
         return state
 
@@ -277,6 +366,8 @@ class SpeechEngine:
             if state.stream is not None:
                 await self._step(loop, state, lambda s: s.close(now))
             self._legs.pop((state.conversation, state.leg), None)
+            if self._by_topic.get(state.topic) is state:
+                del self._by_topic[state.topic]
             self.counters.legs_closed += 1
             conv.legs.discard(state.leg)
             if not conv.legs and self._conversations.get(state.conversation) is conv:
@@ -290,8 +381,7 @@ class SpeechEngine:
                     work: Callable[[LegStream], StepOutput]) -> None:
         def run() -> StepOutput:
             if state.stream is None:  # built here: decoder set-up is not event-loop work
-                tracker = self._conversations[state.conversation].tracker
-                state.stream = LegStream(state.conversation, state.leg, self.vad, self._asr(), tracker, self.pipeline)
+                state.stream = self._build_stream(state)
             out = work(state.stream)
             if self.on_utterance is not None:
                 for utterance in out.utterances:
@@ -308,7 +398,14 @@ class SpeechEngine:
             self.counters.worker_errors += 1
             log.exception("speech step failed on %s/%s", state.conversation, state.leg)
             return
+        finally:
+            self._last_progress_s = time.monotonic()
         await self._emit(out, state)
+
+    def _build_stream(self, state: _Leg) -> LegStream:
+        """The one place a leg's pipeline is built (in a worker thread, after its first packet validated)."""
+        tracker = self._conversations[state.conversation].tracker
+        return LegStream(state.conversation, state.leg, self.vad, self._asr(), tracker, self.pipeline)
 
     async def _emit(self, out: StepOutput, state: _Leg) -> None:
         c = self.counters
@@ -393,10 +490,21 @@ class SpeechService:
 
     def _make_client(self) -> aiomqtt.Client:
         m = self.settings.mqtt
+        engine = self.engine
+        assert engine is not None
+
+        def on_drop() -> None:
+            self.counters.packets_client_queue_full += 1
+
+        def on_arrival(message: aiomqtt.Message, arrival_s: float) -> None:
+            engine.note_arrival(message.topic.value, arrival_s)
+
         return aiomqtt.Client(
             **aiomqtt_connection(m), identifier=f"{m.client_id}{self.config.client_suffix}",
             protocol=aiomqtt.ProtocolVersion.V5, clean_start=True, keepalive=m.keepalive_s,
-            max_queued_incoming_messages=max(1000, m.receive_maximum * 16),
+            queue_type=functools.partial(ArrivalQueue, on_drop=on_drop, on_arrival=on_arrival,  # type: ignore[arg-type]
+                                         clock=engine.clock),
+            max_queued_incoming_messages=self.config.client_queue_packets,
         )
 
     async def _run(self) -> None:
@@ -409,11 +517,12 @@ class SpeechService:
                     await client.subscribe(names.AUDIO_FILTER, qos=self.config.subscribe_qos)
                     self.ready.set()
                     backoff = 0.2
-                    async for message in client.messages:
+                    async for item in client.messages:
+                        arrival_s, message = cast(tuple[float, aiomqtt.Message], item)  # stamped by ArrivalQueue
                         payload = message.payload
                         if not isinstance(payload, (bytes, bytearray)):
                             payload = b"" if payload is None else str(payload).encode()
-                        self.engine.submit(message.topic.value, bytes(payload))
+                        self.engine.submit(message.topic.value, bytes(payload), arrival_s)
             except aiomqtt.MqttError as exc:
                 self._client = None
                 self.ready.clear()
@@ -431,23 +540,28 @@ class SpeechService:
         if client is None:
             c.publish_errors += len(out.partials) + len(out.segments) + len(out.rejected)
             return
+        deadline = self.settings.delivery.publish_deadline_s
+        done = 0
         try:
             for p in out.partials:
                 await client.publish(names.partial_transcript(p.conversation), encode_partial(p),
                                      qos=self.config.partial_qos)
                 c.partials_published += 1
-            for s in out.segments:
-                await client.publish(names.transcript(s.conversation), encode_segment(s), qos=self.config.segment_qos)
+            for s in out.segments:  # waited for through a broker stall, not given up after 10 s
+                await publish_confirmed(client, names.transcript(s.conversation), encode_segment(s),
+                                        qos=self.config.segment_qos, deadline_s=deadline)
                 self.published.record(s)
                 c.segments_published += 1
+                done += 1
             for err, payload in out.rejected:
                 dl = DeadLetter(stage="audio", reason=err.reason, detail=err.detail, topic=topic, payload=payload,
                                 payload_size=len(payload), node=self.settings.edge.node_name,
                                 received_at_ms=int(time.time() * 1000))
-                await client.publish(names.dead_letter("audio"), encode_dead_letter(dl), qos=1)
+                await publish_confirmed(client, names.dead_letter("audio"), encode_dead_letter(dl), deadline_s=deadline)
                 c.dead_letters_published += 1
+                done += 1
         except aiomqtt.MqttError:
-            c.publish_errors += 1
+            c.publish_errors += len(out.partials) + len(out.segments) + len(out.rejected) - done  # each one lost
 
     async def publish_revision(self, rev: SpeechRevision) -> bool:
         """Publish a DC revision of a segment this edge published, on the same transcript topic."""
