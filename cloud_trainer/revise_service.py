@@ -20,9 +20,10 @@ import logging
 import time
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from cloud_trainer.asr_adapt import pcm_to_float
+from edge_offload.kafka_clients import make_consumer, make_producer
 from cloud_trainer.speech_revise import SpeechReviser
 from edge_offload.kafka_admin import ensure_topics
 from edge_offload.settings import KafkaSettings
@@ -147,13 +148,12 @@ class RevisionService:
         while not stop.is_set():
             consumer = producer = None
             try:
-                await ensure_topics(self.kafka.bootstrap_servers, [KAFKA_HARD_EXAMPLES, KAFKA_LABELS, KAFKA_SPEECH_REVISIONS])
-                producer = AIOKafkaProducer(bootstrap_servers=self.kafka.bootstrap_servers,
-                                            client_id=f"{self.kafka.client_id}-reviser", acks="all",
-                                            enable_idempotence=self.kafka.enable_idempotence)
+                await ensure_topics(self.kafka, [KAFKA_HARD_EXAMPLES, KAFKA_LABELS, KAFKA_SPEECH_REVISIONS])
+                producer = make_producer(self.kafka, client_id=f"{self.kafka.client_id}-reviser", acks="all",
+                                         enable_idempotence=self.kafka.enable_idempotence)
                 await producer.start()
-                consumer = AIOKafkaConsumer(
-                    KAFKA_HARD_EXAMPLES, KAFKA_LABELS, bootstrap_servers=self.kafka.bootstrap_servers,
+                consumer = make_consumer(
+                    self.kafka, KAFKA_HARD_EXAMPLES, KAFKA_LABELS,
                     client_id=f"{self.kafka.client_id}-reviser", group_id=self.group_id,
                     enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=16,
                     max_partition_fetch_bytes=MAX_HARD_EXAMPLE_BYTES + (64 << 10), metadata_max_age_ms=5000)

@@ -125,8 +125,8 @@ class SpeechServiceConfig(BaseModel):
 
     worker_threads: int = Field(8, ge=1, description="threads for VAD/ASR/embedding work (ASR waits in its batcher)")
     max_legs: int = Field(64, ge=1, description="legs decoded at once; more are refused, counted in legs")
-    leg_memory_mib: float = Field(128.0, gt=0, description="resident memory one open leg costs (measured: "
-                                  "~92 MiB to build a pocketsphinx decoder per leg, ~130 MiB while decoding)")
+    leg_memory_mib: float = Field(8.0, gt=0, description="resident memory one open leg costs: its audio, VAD "
+                                  "state and embeddings (the Whisper models are shared by all legs)")
     legs_memory_budget_mib: float = Field(768.0, gt=0, description="memory all open legs may use together; "
                                           "with leg_memory_mib it lowers max_legs (see leg_limit)")
     client_queue_packets: int = Field(16384, ge=1, description="bound of the MQTT client's packet queue (all "

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer
 
+from edge_offload.kafka_clients import make_consumer
+
 from edge_offload.kafka_admin import ensure_topics
 from edge_offload.settings import KafkaSettings
 from topics.codec import ContractError
@@ -99,9 +101,9 @@ class RevisionFollower:
         while not stop.is_set():
             consumer: AIOKafkaConsumer | None = None
             try:
-                await ensure_topics(self.kafka.bootstrap_servers, [KAFKA_SPEECH_REVISIONS])
-                consumer = AIOKafkaConsumer(
-                    KAFKA_SPEECH_REVISIONS, bootstrap_servers=self.kafka.bootstrap_servers,
+                await ensure_topics(self.kafka, [KAFKA_SPEECH_REVISIONS])
+                consumer = make_consumer(
+                    self.kafka, KAFKA_SPEECH_REVISIONS,
                     client_id=f"{self.kafka.client_id}-revisions", group_id=f"edge-revisions-{self.node}",
                     enable_auto_commit=True, auto_offset_reset="earliest", metadata_max_age_ms=5000)
                 await consumer.start()  # old revisions of unknown segments are ignored by the index

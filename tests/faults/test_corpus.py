@@ -18,7 +18,7 @@ from edge_agent.speech.rtp import NTP64_EXT_ID, ONE_BYTE_PROFILE, build_one_byte
 from edge_agent.speech.service import SpeechService, parse_audio_topic
 from edge_offload.brokers import MosquittoBroker
 from edge_offload.settings import Settings, SpeechServiceConfig
-from models.asr import AsrModel
+from models.edge_asr import load_edge_asr
 from models.speaker import SpeakerEncoder
 from models.vad import SileroVad
 from tests.edge_helpers import agent_settings, running_agent
@@ -168,11 +168,12 @@ async def test_vision_corpus_is_dead_lettered_with_reasons(mosquitto: MosquittoB
 
 @pytest.mark.integration
 async def test_audio_corpus_on_new_legs_opens_no_leg_and_costs_no_memory(mosquitto: MosquittoBroker,
-                                                                        settings: Settings) -> None:
+                                                                        settings: Settings, cache_dir: Path) -> None:
     cfg = settings.model_copy(deep=True)
     cfg.mqtt.port = mosquitto.port
     cfg.mqtt.client_id = "speech-corpus"
-    service = SpeechService(cfg, config=SpeechServiceConfig(idle_close_s=2.0), asr=AsrModel(), vad=SileroVad(),
+    service = SpeechService(cfg, config=SpeechServiceConfig(idle_close_s=2.0), asr=load_edge_asr(cache_dir, "whisper_tiny_en", "whisper_tiny_en", device="cpu"),
+                            vad=SileroVad(),
                             encoder=SpeakerEncoder("cpu"))
     await service.start()
     corpus = _audio_corpus()

@@ -1,7 +1,7 @@
 """100 speech legs at once against one agent process (vision + speech) and a real Mosquitto.
 
 Admission is bounded: at most ``speech.leg_limit`` legs are decoded at once (``max_legs``
-lowered by the per-leg memory budget: a pocketsphinx decoder per leg costs ~92 MiB), the rest
+lowered by the per-leg memory budget; the Whisper models are shared by all legs), the rest
 are refused and counted in legs, every packet is accounted for, the agent's RSS stays under
 the documented bound, and camera frames sent meanwhile are all answered.
 """
