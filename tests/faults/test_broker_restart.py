@@ -30,7 +30,7 @@ async def _restart_under_load(sig: int, cache_dir: Path) -> None:
     assert "persistence true" in persistence
     images = photo_frames(cache_dir)[:4]
     device = f"cam-restart-{sig}"
-    expected = list(range(200))
+    expected = list(range(600))  # enough that the agent is still busy when the broker goes
     with MosquittoBroker(persistence=persistence) as broker:
         port = broker.port
         settings = agent_settings(port, f"restart-agent-{sig}", group="restart", receive_maximum=RECEIVE_MAXIMUM)
@@ -40,6 +40,7 @@ async def _restart_under_load(sig: int, cache_dir: Path) -> None:
                 await asyncio.sleep(autosave_interval_s(persistence) + 1.0)
             await wait_results(tally, changed, 20, timeout_s=120)
             answered_before = tally.answered(expected)
+            assert answered_before < len(expected), "the fault came after the load: make the backlog longer"
             broker.send_signal(sig)
             broker.start()  # same port, same store
             await wait_answered(tally, changed, expected, timeout_s=240)
@@ -53,7 +54,12 @@ async def _restart_under_load(sig: int, cache_dir: Path) -> None:
           f"duplicates={tally.duplicates} left for redelivery={abandoned:.0f} rss={rss_mib():.0f}MiB")
     assert tally.missing(expected) == []
     assert cache_overflow == 0  # no computed result was thrown away
-    assert tally.duplicates <= 2 * RECEIVE_MAXIMUM
+    if sig == signal.SIGKILL:
+        # The restored store is as of the last autosave: an input acked after it is redelivered
+        # (a second result) and a result delivered after it is sent again: at most 3 answers a frame.
+        assert max(tally.seen.values()) <= 3
+    else:
+        assert tally.duplicates <= 2 * RECEIVE_MAXIMUM
     assert rss_mib() < RSS_BOUND_MIB
 
 
