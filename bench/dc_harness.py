@@ -24,8 +24,8 @@ from cloud_trainer.asr_adapt import corpus_wer, transcribe
 from models.edge_asr import EdgeAsr, load_edge_asr, vocabulary_from_bytes
 from cloud_trainer.publish import publish_labels
 from cloud_trainer.service import Trainer
-from cloud_trainer.settings import AsrAdaptSettings, FerTrainSettings, TrainerSettings
-from edge_agent.dc_settings import (
+from offload_core.trainer_settings import AsrAdaptSettings, FerTrainSettings, TrainerSettings
+from offload_core.dc_settings import (
     FilterSpec,
     HardExampleSettings,
     ModelMiningSettings,
@@ -40,7 +40,7 @@ from edge_agent.outbox import KafkaForwarder, Outbox
 from edge_agent.service import build_vision_pipeline
 from edge_agent.updates import ModelUpdater, Refusal
 from edge_agent.vision import FrameJob, VisionPipeline
-from edge_offload.settings import EdgeSettings, KafkaSettings, Settings
+from offload_core.settings import EdgeSettings, KafkaSettings, Settings
 from models.fer_teacher import TeacherFer, load_teacher
 from topics.dc import Label
 from topics.vision import Frame

@@ -23,13 +23,13 @@ import numpy as np
 import torch
 
 from cloud_trainer.fer_train import LabelledCrop, agreement, fine_tune
-from cloud_trainer.settings import FerTrainSettings
+from offload_core.trainer_settings import FerTrainSettings
 from models.fer_edge import FerClassifier, load_keras_hdf5, preprocess_faces
 
 
 def make_data(folder: Path, n_frames: int = 400) -> None:
     from bench.shifted_domain import FaceSources, make_frames
-    from edge_offload.settings import load_settings
+    from offload_core.settings import load_settings
     from models.face_detect import FaceDetector
     from models.fer_teacher import load_teacher
     import cv2

@@ -44,7 +44,7 @@ from devices.audio import packetize
 from edge_agent.speech.diarize import Diarizer
 from edge_agent.speech.pipeline import ConversationTracker, LegStream, PipelineConfig, StepOutput, Utterance
 from edge_agent.speech.service import SpeechEngine, SpeechServiceConfig
-from edge_offload.settings import load_settings
+from offload_core.settings import load_settings
 from models.edge_asr import AsrVocabulary, EdgeAsr, load_edge_asr, load_whisper, prompt_from_sentences
 from models.speaker import SpeakerEncoder
 from models.vad import SileroVad

@@ -32,7 +32,7 @@ from devices.camera import face_test_photos, photo_frames, run_camera
 from edge_agent.service import build_vision_pipeline
 from edge_agent.vision import FrameJob
 from edge_offload.brokers import MosquittoBroker
-from edge_offload.settings import Settings, load_settings
+from offload_core.settings import Settings, load_settings
 from models.fer_edge import preprocess_faces
 from topics import names
 from topics.status import decode_status

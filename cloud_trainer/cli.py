@@ -18,9 +18,9 @@ from aiokafka.errors import KafkaError
 
 from cloud_trainer.publish import announce_once, publish_labels
 from cloud_trainer.registry import Registry, RegistryError, Signer
-from cloud_trainer.settings import TrainerSettings
+from offload_core.trainer_settings import TrainerSettings
 from cloud_trainer.store import open_store
-from edge_offload.settings import Settings, load_settings
+from offload_core.settings import Settings, load_settings
 from topics.dc import Label
 
 __all__ = ["add_trainer_commands"]

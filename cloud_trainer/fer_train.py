@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cloud_trainer.settings import FerTrainSettings
+from offload_core.trainer_settings import FerTrainSettings
 from models.fer_edge import FerClassifier, MiniXception, preprocess_faces, resolve_device
 from topics.vision import EMOTIONS
 

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaProducer
 
 from cloud_trainer.asr_adapt import pcm_to_float
-from edge_offload.kafka_clients import make_consumer, make_producer
+from offload_core.kafka_clients import make_consumer, make_producer
 from cloud_trainer.speech_revise import SpeechReviser
-from edge_offload.kafka_admin import ensure_topics
-from edge_offload.settings import KafkaSettings
+from offload_core.kafka_admin import ensure_topics
+from offload_core.settings import KafkaSettings
 from models.edge_asr import ASR_MODEL
 from models.whisper_asr import AsrResult
 from topics.codec import ContractError

@@ -23,10 +23,10 @@ from cloud_trainer.registry import Registry, Signer, VersionRecord
 from cloud_trainer.revise_service import RevisionService
 from cloud_trainer.rounds import AsrRound, FerRound, ModelRound
 from cloud_trainer.serve import ArtifactServer
-from cloud_trainer.settings import TrainerSettings
+from offload_core.trainer_settings import TrainerSettings
 from cloud_trainer.speech_revise import SpeechReviser
 from cloud_trainer.store import SampleStore, open_store
-from edge_offload.settings import KafkaSettings, Settings
+from offload_core.settings import KafkaSettings, Settings
 
 __all__ = ["RoundRecord", "Trainer", "run_trainer"]
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_offload.files import ensure_private
+from offload_core.files import ensure_private
 from topics.dc import HardExample, Label
 
 __all__ = ["StoredSample", "SampleStore", "SqliteStore", "PostgresStore", "open_store", "split_of"]

@@ -41,8 +41,8 @@ from edge_agent.speech.rtp import (
     parse_rtp,
     unix_to_ntp64,
 )
-from edge_offload.mqtt_security import configure_paho
-from edge_offload.settings import MqttSettings
+from offload_core.mqtt_security import configure_paho
+from offload_core.settings import MqttSettings
 from topics import names
 
 __all__ = [
@@ -352,7 +352,7 @@ def _leg_arg(value: str) -> tuple[str, Path, float]:
 
 def main(argv: list[str] | None = None) -> int:
     """``edge-offload device audio``: send one conversation, print a JSON report."""
-    from edge_offload.settings import load_settings
+    from offload_core.settings import load_settings
 
     settings = load_settings()
     p = argparse.ArgumentParser(prog="edge-offload device audio", description=__doc__,

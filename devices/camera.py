@@ -20,8 +20,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_offload.mqtt_security import configure_paho
-from edge_offload.settings import MqttSettings
+from offload_core.mqtt_security import configure_paho
+from offload_core.settings import MqttSettings
 from models.artifacts import path_of
 from topics import names
 from topics.kubeedge import twin_update, twin_update_topic
@@ -213,7 +213,7 @@ def _now_ms() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edge_offload.settings import load_settings
+    from offload_core.settings import load_settings
 
     settings = load_settings()
     p = argparse.ArgumentParser(prog="edge-offload device camera", description=__doc__)

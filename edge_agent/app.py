@@ -33,7 +33,7 @@ from edge_agent.speech.service import SpeechService, default_asr, register_metri
 from edge_agent.speech.stream import SAMPLE_RATE
 from edge_agent.updates import ModelHandler, ModelUpdater, Refusal
 from edge_agent.vision import FrameOutcome
-from edge_offload.settings import Settings
+from offload_core.settings import Settings
 from topics.dc import ModelUpdate
 from models.edge_asr import ASR_MODEL, EdgeAsr
 from topics import names

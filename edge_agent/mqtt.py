@@ -23,8 +23,8 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_offload.mqtt_security import aiomqtt_connection
-from edge_offload.settings import MqttSettings
+from offload_core.mqtt_security import aiomqtt_connection
+from offload_core.settings import MqttSettings
 
 __all__ = ["connect_properties", "make_client", "InOrderAcker", "CountingQueue", "ArrivalQueue", "SessionLost", "publish_confirmed"]
 
@@ -102,7 +102,7 @@ def make_client(
 ) -> aiomqtt.Client:
     """An MQTT v5 client; ``persistent`` keeps the session across reconnects and restarts.
 
-    TLS and credentials come from ``settings`` (:mod:`edge_offload.mqtt_security`)."""
+    TLS and credentials come from ``settings`` (:mod:`offload_core.mqtt_security`)."""
     client = aiomqtt.Client(
         **aiomqtt_connection(settings),
         identifier=client_id or settings.client_id,

@@ -28,11 +28,11 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from edge_agent.dc_settings import OutboxSettings
-from edge_offload.files import ensure_private
-from edge_offload.kafka_admin import ensure_topics
-from edge_offload.kafka_clients import make_producer
-from edge_offload.settings import KafkaSettings
+from offload_core.dc_settings import OutboxSettings
+from offload_core.files import ensure_private
+from offload_core.kafka_admin import ensure_topics
+from offload_core.kafka_clients import make_producer
+from offload_core.settings import KafkaSettings
 
 __all__ = ["OutboxRow", "OutboxStats", "Outbox", "KafkaForwarder"]
 

@@ -31,8 +31,8 @@ from edge_agent.metrics import EdgeMetrics
 from edge_agent.model_slot import Loaded, ModelSlot
 from edge_agent.mqtt import InOrderAcker, SessionLost, make_client, publish_confirmed, session_gone
 from edge_agent.vision import FrameJob, FrameOutcome, VisionPipeline
-from edge_offload.logs import RateLimitedLog
-from edge_offload.settings import Settings
+from offload_core.logs import RateLimitedLog
+from offload_core.settings import Settings
 from models.artifacts import path_of
 from models.blazeface import load_blazeface
 from models.face_detect import BatchDetector, FaceDetector, HaarBatchDetector

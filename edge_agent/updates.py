@@ -32,13 +32,13 @@ from typing import Any, Generic, TypeVar
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
-from edge_agent.dc_settings import UpdateSettings
+from offload_core.dc_settings import UpdateSettings
 from edge_agent.model_slot import Loaded, ModelSlot
-from edge_offload.files import write_private
-from edge_offload.kafka_admin import ensure_topics
-from edge_offload.kafka_clients import make_consumer
-from edge_offload.logs import RateLimitedLog
-from edge_offload.settings import KafkaSettings
+from offload_core.files import write_private
+from offload_core.kafka_admin import ensure_topics
+from offload_core.kafka_clients import make_consumer
+from offload_core.logs import RateLimitedLog
+from offload_core.settings import KafkaSettings
 from topics.codec import ContractError
 from topics.dc import ModelUpdate, decode_model_update
 from topics.names import KAFKA_MODEL_UPDATES

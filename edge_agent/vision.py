@@ -20,7 +20,7 @@ import numpy as np
 
 from edge_agent.images import decode_bgr, decode_gray
 from edge_agent.model_slot import ModelSlot
-from edge_offload.settings import VisionSettings
+from offload_core.settings import VisionSettings
 from models.face_detect import BatchDetector, Box, crop_faces
 from models.fer_edge import FerClassifier, preprocess_faces
 from topics.codec import ContractError

@@ -14,8 +14,8 @@ import signal
 import sys
 from pathlib import Path
 
-from edge_offload.logs import setup_logging
-from edge_offload.settings import ConfigError, load_settings, use_config_file
+from offload_core.logs import setup_logging
+from offload_core.settings import ConfigError, load_settings, use_config_file
 
 __all__ = ["main"]
 
@@ -71,7 +71,7 @@ def _tail(args: argparse.Namespace) -> int:
 
 def _config_reference(args: argparse.Namespace) -> int:
     """Every setting as a Markdown table (the README's settings reference)."""
-    from edge_offload.settings import reference
+    from offload_core.settings import reference
 
     print("| variable | type | default | meaning |\n| --- | --- | --- | --- |")
     for env, type_name, default, doc in reference():

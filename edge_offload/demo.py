@@ -27,7 +27,7 @@ from edge_agent.app import EdgeNode
 from edge_agent.mqtt import make_client
 from cloud_trainer.service import Trainer
 from edge_offload.brokers import MosquittoBroker, TansuBroker
-from edge_offload.settings import EdgeSettings, KafkaSettings, MqttSettings, Settings
+from offload_core.settings import EdgeSettings, KafkaSettings, MqttSettings, Settings
 from edge_offload.tail import format_line
 from topics import names
 from topics.transcript import decode_segment

@@ -18,8 +18,8 @@ from typing import Any, TextIO
 import aiomqtt
 import msgpack
 
-from edge_offload.mqtt_security import aiomqtt_connection
-from edge_offload.settings import MqttSettings, load_settings, use_config_file
+from offload_core.mqtt_security import aiomqtt_connection
+from offload_core.settings import MqttSettings, load_settings, use_config_file
 from topics import names
 from topics.codec import ContractError
 from topics.deadletter import decode_dead_letter

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import aiomqtt
 
 from edge_agent.service import EdgeAgent, build_vision_pipeline
-from edge_offload.settings import EdgeSettings, MqttSettings, Settings, VisionSettings
+from offload_core.settings import EdgeSettings, MqttSettings, Settings, VisionSettings
 
 
 def agent_settings(port: int, client_id: str, *, group: str = "edge-agents", node: str | None = None,

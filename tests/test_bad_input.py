@@ -11,7 +11,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from devices.camera import photo_frames
 from edge_offload.brokers import MosquittoBroker
-from edge_offload.settings import VisionSettings
+from offload_core.settings import VisionSettings
 from tests.edge_helpers import agent_settings, collect, running_agent, subscriber
 from topics import names
 from topics.deadletter import decode_dead_letter

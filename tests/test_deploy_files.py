@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from edge_offload.cli import build_parser
-from edge_offload.settings import Settings, _unknown_keys
+from offload_core.settings import Settings, _unknown_keys
 from tests.kubeedge_schemas import SCHEMAS
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from edge_agent.dc_settings import FilterSpec, HardExampleSettings, ModelMiningSettings
+from offload_core.dc_settings import FilterSpec, HardExampleSettings, ModelMiningSettings
 from edge_agent.mining import (
     MiningPolicy,
     TokenBucket,

@@ -14,7 +14,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_offload.brokers import MosquittoBroker
-from edge_offload.settings import MqttSettings, load_settings
+from offload_core.settings import MqttSettings, load_settings
 from edge_offload.tail import format_line, tail
 from topics import names
 from topics.vision import Face, ModelRef, Timing, VisionResult, encode_result

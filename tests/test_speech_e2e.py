@@ -24,7 +24,7 @@ from edge_agent.speech.pipeline import ConversationTracker, LegRecognizer, Parti
 from edge_agent.speech.service import SpeechEngine, SpeechService, SpeechServiceConfig, register_metrics
 from edge_agent.speech.stream import PcmChunk
 from edge_offload.brokers import MosquittoBroker
-from edge_offload.settings import Settings
+from offload_core.settings import Settings
 from models.edge_asr import AsrVocabulary, EdgeAsr, load_edge_asr, prompt_from_sentences
 from models.whisper_asr import AsrResult, Word
 from models.speaker import SpeakerEncoder

@@ -9,14 +9,14 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_offload.mqtt_security import (
+from offload_core.mqtt_security import (
     aiomqtt_connection,
     configure_paho,
     credentials,
     tls_context,
 )
 from edge_offload.pki import make_pki
-from edge_offload.settings import MqttSettings, reference
+from offload_core.settings import MqttSettings, reference
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,12 @@ import torch
 from cloud_trainer.publish import UpdatePublisher
 from cloud_trainer.registry import Registry, Signer
 from cloud_trainer.serve import ArtifactServer
-from edge_agent.dc_settings import UpdateSettings
+from offload_core.dc_settings import UpdateSettings
 from edge_agent.model_handlers import fer_handler
 from edge_agent.model_slot import Loaded, ModelSlot
 from edge_agent.updates import ModelUpdater, Refusal
 from edge_offload.brokers import TansuBroker
-from edge_offload.settings import KafkaSettings
+from offload_core.settings import KafkaSettings
 from models.fer_artifact import FER_FORMAT, fer_to_bytes
 from models.fer_edge import FerClassifier, MiniXception
 
@@ -225,6 +225,6 @@ async def test_artifact_server_serves_only_signed_registered_artifacts_within_li
     finally:
         await server.stop()
         await small.stop()
-    from cloud_trainer.settings import TrainerSettings
+    from offload_core.trainer_settings import TrainerSettings
 
     assert TrainerSettings().serve_host == "127.0.0.1"  # not every interface unless configured

@@ -47,8 +47,8 @@ from edge_agent.speech.diarize import Diarizer
 from edge_agent.speech.pipeline import ConversationTracker, LegStream, PipelineConfig, StepOutput, Utterance
 from edge_agent.speech.revisions import SegmentIndex
 from edge_agent.speech.rtp import parse_rtp
-from edge_offload.mqtt_security import aiomqtt_connection
-from edge_offload.settings import Settings, SpeechServiceConfig
+from offload_core.mqtt_security import aiomqtt_connection
+from offload_core.settings import Settings, SpeechServiceConfig
 from models.edge_asr import AsrVocabulary, EdgeAsr, load_edge_asr, prompt_from_sentences
 from models.speaker import SpeakerEncoder
 from models.vad import SileroVad

@@ -11,7 +11,7 @@ from edge_agent.mqtt import ArrivalQueue, CountingQueue
 from edge_agent.speech.pipeline import StepOutput
 from edge_agent.speech.rtp import build_rtp
 from edge_agent.speech.service import SpeechEngine
-from edge_offload.settings import SpeechServiceConfig
+from offload_core.settings import SpeechServiceConfig
 from topics import names
 
 

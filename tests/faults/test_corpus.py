@@ -17,7 +17,7 @@ from devices.camera import photo_frames
 from edge_agent.speech.rtp import NTP64_EXT_ID, ONE_BYTE_PROFILE, build_one_byte_extensions, build_rtp, parse_rtp
 from edge_agent.speech.service import SpeechService, parse_audio_topic
 from edge_offload.brokers import MosquittoBroker
-from edge_offload.settings import Settings, SpeechServiceConfig
+from offload_core.settings import Settings, SpeechServiceConfig
 from models.edge_asr import load_edge_asr
 from models.speaker import SpeakerEncoder
 from models.vad import SileroVad

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from edge_agent.health import HealthServer
 from edge_agent.mqtt import InOrderAcker
 from edge_agent.service import EdgeAgent, _Session
-from edge_offload.settings import DeliverySettings, Settings
+from offload_core.settings import DeliverySettings, Settings
 
 
 @dataclass

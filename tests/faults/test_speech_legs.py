@@ -20,7 +20,7 @@ from bench.speech_corpus import SENTENCES, espeak_available, synthesize, telepho
 from devices.audio import packetize
 from devices.camera import photo_frames
 from edge_offload.brokers import MosquittoBroker, free_port
-from edge_offload.settings import SpeechServiceConfig
+from offload_core.settings import SpeechServiceConfig
 from tests.faults.helpers import AgentProcess, publish_frames, results_tally, rss_mib, wait_answered
 from topics import names
 

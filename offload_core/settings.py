@@ -16,8 +16,8 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, Field, SecretStr
 
-from cloud_trainer.settings import TrainerSettings
-from edge_agent.dc_settings import HardExampleSettings, OutboxSettings, UpdateSettings
+from offload_core.trainer_settings import TrainerSettings
+from offload_core.dc_settings import HardExampleSettings, OutboxSettings, UpdateSettings
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
