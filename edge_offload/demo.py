@@ -66,7 +66,7 @@ class DemoSummary:
 
 def _conversation(seconds: float) -> tuple[list[str], dict[str, np.ndarray]]:
     """As many radio turns (alternating voices) as fit in about ``seconds`` of audio."""
-    from bench.speech_corpus import SENTENCES, build_conversation, to_8k_int16
+    from sim.speech_corpus import SENTENCES, build_conversation, to_8k_int16
 
     n = max(2, min(len(SENTENCES), int(seconds / 3.2)))
     conv = build_conversation(SENTENCES[:n])
@@ -75,8 +75,8 @@ def _conversation(seconds: float) -> tuple[list[str], dict[str, np.ndarray]]:
 
 async def run_demo(settings: Settings, seconds: float, fps: float = 10.0, show: int = 4) -> DemoSummary:
     """Run vision and speech end to end for about ``seconds`` and summarise what came out."""
-    from bench.scoring import wer
-    from bench.speech_corpus import SENTENCES, espeak_available
+    from sim.scoring import wer
+    from sim.speech_corpus import SENTENCES, espeak_available
 
     summary = DemoSummary()
     latencies: list[float] = []

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bench.domain_speech import domain_sentences, speak
-from bench.speech_corpus import SENTENCES, VOICES, build_conversation, espeak_available, synthesize, telephone
+from sim.speech_corpus import SENTENCES, VOICES, build_conversation, espeak_available, synthesize, telephone
 from cloud_trainer.asr_adapt import build_candidate_vocabulary, transcribe
 from models.artifacts import ARTIFACTS, JOINED, _sha256
 from models.edge_asr import load_whisper

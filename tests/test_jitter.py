@@ -7,10 +7,10 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from edge_agent.speech import g711
+from topics import g711
 from edge_agent.speech.jitter import JitterBuffer, JitterConfig, PcmFrame
 from edge_agent.speech.resample import resample_8k_to_16k
-from edge_agent.speech.rtp import (
+from topics.rtp import (
     NTP64_EXT_ID,
     ONE_BYTE_PROFILE,
     RtpPacket,

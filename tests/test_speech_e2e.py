@@ -14,8 +14,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from bench.heldout_speech import HELDOUT, build_heldout_call, piper_available
-from bench.scoring import der, wer
-from bench.speech_corpus import SENTENCES, VOICES, espeak_available, synthesize, telephone, \
+from sim.scoring import der, wer
+from sim.speech_corpus import SENTENCES, VOICES, espeak_available, synthesize, telephone, \
     to_8k_int16
 from devices.audio import Impairments, LegSource, packetize, stream_audio
 from edge_agent.speech.diarize import Diarizer

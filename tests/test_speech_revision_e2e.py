@@ -11,8 +11,8 @@ import aiomqtt
 import pytest
 
 from bench.heldout_speech import HELDOUT, build_heldout_call, piper_available
-from bench.scoring import wer
-from bench.speech_corpus import to_8k_int16
+from sim.scoring import wer
+from sim.speech_corpus import to_8k_int16
 from cloud_trainer.publish import publish_labels
 from cloud_trainer.service import Trainer
 from offload_core.trainer_settings import AsrAdaptSettings, FerTrainSettings, TrainerSettings

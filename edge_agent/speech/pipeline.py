@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_agent.speech.diarize import Diarizer, DiarizerConfig
-from edge_agent.speech.rtp import RtpError
+from topics.rtp import RtpError
 from edge_agent.speech.stream import LegDecoder, PcmChunk
 from models.edge_asr import EdgeAsr
 from models.whisper_asr import AsrResult, segment_confidence

@@ -46,7 +46,7 @@ from edge_agent.mqtt import ArrivalQueue, publish_confirmed
 from edge_agent.speech.diarize import Diarizer
 from edge_agent.speech.pipeline import ConversationTracker, LegStream, PipelineConfig, StepOutput, Utterance
 from edge_agent.speech.revisions import SegmentIndex
-from edge_agent.speech.rtp import parse_rtp
+from topics.rtp import parse_rtp
 from offload_core.mqtt_security import aiomqtt_connection
 from offload_core.settings import Settings, SpeechServiceConfig
 from models.edge_asr import AsrVocabulary, EdgeAsr, load_edge_asr, prompt_from_sentences

@@ -14,7 +14,7 @@ import msgpack
 import pytest
 
 from devices.camera import photo_frames
-from edge_agent.speech.rtp import NTP64_EXT_ID, ONE_BYTE_PROFILE, build_one_byte_extensions, build_rtp, parse_rtp
+from topics.rtp import NTP64_EXT_ID, ONE_BYTE_PROFILE, build_one_byte_extensions, build_rtp, parse_rtp
 from edge_agent.speech.service import SpeechService, parse_audio_topic
 from edge_offload.brokers import MosquittoBroker
 from offload_core.settings import Settings, SpeechServiceConfig

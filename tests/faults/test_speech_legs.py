@@ -16,7 +16,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from bench.speech_corpus import SENTENCES, espeak_available, synthesize, telephone, to_8k_int16
+from sim.speech_corpus import SENTENCES, espeak_available, synthesize, telephone, to_8k_int16
 from devices.audio import packetize
 from devices.camera import photo_frames
 from edge_offload.brokers import MosquittoBroker, free_port
