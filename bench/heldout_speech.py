@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import soxr
 
-from sim.speech_corpus import SAMPLE_RATE, SENTENCES, Conversation, RefTurn, _audible, synthesize
 from bench.domain_speech import BASE_SENTENCES
+from sim.speech_corpus import SAMPLE_RATE, SENTENCES, Conversation, RefTurn, _audible, synthesize
 
 __all__ = ["HELDOUT", "PIPER", "ESPEAK_VOICES", "piper_available", "speak", "build_heldout_call",
            "check_heldout", "mix_at_snr"]
@@ -75,7 +75,7 @@ def piper_available() -> bool:
         import importlib.util
 
         return importlib.util.find_spec("piper") is not None and _piper_model().is_file()
-    except Exception:  # noqa: BLE001 - any missing piece means "not available"
+    except Exception:
         return False
 
 

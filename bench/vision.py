@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 
+import aiomqtt
 import cv2
 import numpy as np
 
@@ -32,13 +33,11 @@ from devices.camera import face_test_photos, photo_frames, run_camera
 from edge_agent.service import build_vision_pipeline
 from edge_agent.vision import FrameJob
 from edge_offload.brokers import MosquittoBroker
-from offload_core.settings import Settings, load_settings
 from models.fer_edge import preprocess_faces
+from offload_core.settings import Settings, load_settings
 from topics import names
 from topics.status import decode_status
 from topics.vision import Frame, decode_result
-
-import aiomqtt
 
 
 def offline_fps(settings: Settings, images: list[bytes], n: int) -> float:

@@ -18,9 +18,9 @@ from aiokafka.errors import KafkaError
 
 from cloud_trainer.publish import announce_once, publish_labels
 from cloud_trainer.registry import Registry, RegistryError, Signer
-from offload_core.trainer_settings import TrainerSettings
 from cloud_trainer.store import open_store
 from offload_core.settings import Settings, load_settings
+from offload_core.trainer_settings import TrainerSettings
 from topics.dc import Label
 
 __all__ = ["add_trainer_commands"]
@@ -180,7 +180,7 @@ def _cmd_models_rollback(args: argparse.Namespace) -> int:
         registry.close()
 
 
-def add_trainer_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_trainer_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``trainer``, ``label`` and ``models`` on the ``edge-offload`` parser."""
     p = subparsers.add_parser("trainer", help="run the DC loop: consume hard examples, retrain, push models")
     p.set_defaults(func=_cmd_trainer)

@@ -124,7 +124,7 @@ class SampleConsumer:
                     # itself. The batch is stored: if it is redelivered, the store deduplicates it.
                     self.stats.commit_failures += 1
                     log.warning("trainer: commit failed after a rebalance (%s); continuing", exc)
-                except (KafkaError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, KafkaError) as exc:
                     self.stats.commit_failures += 1
                     log.warning("trainer: commit failed (%s: %s); rebuilding the consumer",
                                 type(exc).__name__, exc)
@@ -152,11 +152,11 @@ class SampleConsumer:
                 log.warning("trainer consumer: %s: %s; restarting", type(exc).__name__, exc)
                 try:
                     await asyncio.wait_for(stop.wait(), 1.0)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             finally:
                 if consumer is not None:
                     try:
                         await asyncio.wait_for(consumer.stop(), 5.0)
-                    except (asyncio.TimeoutError, KafkaError, OSError):
+                    except (TimeoutError, KafkaError, OSError):
                         log.debug("consumer did not stop cleanly", exc_info=True)

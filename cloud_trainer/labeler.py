@@ -74,11 +74,11 @@ class ReplaySet:
     holdout: tuple[LabelledCrop, ...]
 
     @classmethod
-    def empty(cls) -> "ReplaySet":
+    def empty(cls) -> ReplaySet:
         return cls((), ())
 
     @classmethod
-    def from_dir(cls, folder: Path | None, teacher: TeacherFer, holdout_percent: int) -> "ReplaySet":
+    def from_dir(cls, folder: Path | None, teacher: TeacherFer, holdout_percent: int) -> ReplaySet:
         if folder is None or not Path(folder).is_dir():
             return cls.empty()
         named = load_crop_dir(Path(folder))

@@ -70,7 +70,7 @@ class Signer:
         return self._key.sign(message)
 
     @classmethod
-    def load_or_create(cls, keys_dir: Path) -> "Signer":
+    def load_or_create(cls, keys_dir: Path) -> Signer:
         """Load ``keys_dir/signing.ed25519``; make it (mode 0600) and ``signing.pub`` if absent."""
         keys_dir.mkdir(parents=True, exist_ok=True)
         private_path = keys_dir / _PRIVATE

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaProducer
 
 from cloud_trainer.asr_adapt import pcm_to_float
-from offload_core.kafka_clients import make_consumer, make_producer
 from cloud_trainer.speech_revise import SpeechReviser
-from offload_core.kafka_admin import ensure_topics
-from offload_core.settings import KafkaSettings
 from models.edge_asr import ASR_MODEL
 from models.whisper_asr import AsrResult
+from offload_core.kafka_admin import ensure_topics
+from offload_core.kafka_clients import make_consumer, make_producer
+from offload_core.settings import KafkaSettings
 from topics.codec import ContractError
 from topics.dc import MAX_HARD_EXAMPLE_BYTES, HardExample, Label, decode_hard_example, decode_label, encode_label
 from topics.names import KAFKA_HARD_EXAMPLES, KAFKA_LABELS, KAFKA_SPEECH_REVISIONS
@@ -112,7 +112,7 @@ class RevisionService:
             except ContractError:
                 self.stats.bad += 1
                 continue
-            except Exception:  # noqa: BLE001 - one bad clip must not stop the service
+            except Exception:
                 self.stats.errors += 1
                 log.exception("reviser: decoding %s failed", ex.key)
                 continue
@@ -173,12 +173,12 @@ class RevisionService:
                 log.warning("reviser: %s: %s; restarting", type(exc).__name__, exc)
                 try:
                     await asyncio.wait_for(stop.wait(), 1.0)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             finally:
                 for client in (consumer, producer):
                     if client is not None:
                         try:
                             await asyncio.wait_for(client.stop(), 5.0)
-                        except Exception:  # noqa: BLE001
+                        except Exception:
                             pass

@@ -16,11 +16,11 @@ from cloud_trainer.asr_adapt import build_candidate_vocabulary, corpus_wer, pcm_
 from cloud_trainer.fer_train import LabelledCrop, agreement, decode_crop, fine_tune, label_index
 from cloud_trainer.gate import GateResult, judge
 from cloud_trainer.labeler import FaceLabeler, ReplaySet
-from offload_core.trainer_settings import AsrAdaptSettings, FerTrainSettings
 from cloud_trainer.store import SampleStore, StoredSample
 from models.edge_asr import VOCAB_FORMAT, vocabulary_from_bytes, vocabulary_manifest, vocabulary_to_bytes
 from models.fer_artifact import FER_FORMAT, fer_from_bytes, fer_to_bytes
 from models.whisper_asr import WhisperAsr
+from offload_core.trainer_settings import AsrAdaptSettings, FerTrainSettings
 
 __all__ = ["Candidate", "ModelRound", "FerRound", "AsrRound", "keys_digest"]
 

@@ -23,10 +23,10 @@ from cloud_trainer.registry import Registry, Signer, VersionRecord
 from cloud_trainer.revise_service import RevisionService
 from cloud_trainer.rounds import AsrRound, FerRound, ModelRound
 from cloud_trainer.serve import ArtifactServer
-from offload_core.trainer_settings import TrainerSettings
 from cloud_trainer.speech_revise import SpeechReviser
 from cloud_trainer.store import SampleStore, open_store
 from offload_core.settings import KafkaSettings, Settings
+from offload_core.trainer_settings import TrainerSettings
 
 __all__ = ["RoundRecord", "Trainer", "run_trainer"]
 
@@ -96,8 +96,13 @@ class Trainer:
 
     async def _setup_asr(self, store: SampleStore) -> None:
         from cloud_trainer.asr_adapt import vocabulary_words
-        from models.edge_asr import VOCAB_FORMAT, AsrVocabulary, load_whisper, prompt_from_sentences, \
-            vocabulary_to_bytes
+        from models.edge_asr import (
+            VOCAB_FORMAT,
+            AsrVocabulary,
+            load_whisper,
+            prompt_from_sentences,
+            vocabulary_to_bytes,
+        )
 
         asr = self.settings.asr
         if self.registry.current(asr.model) is None:
@@ -275,7 +280,7 @@ class Trainer:
                 await self.publisher.stop()
                 try:
                     await asyncio.wait_for(stop.wait(), 2.0)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
 

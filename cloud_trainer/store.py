@@ -280,7 +280,7 @@ class PostgresStore(SampleStore):
         self._pool = pool
 
     @classmethod
-    async def connect(cls, url: str, holdout_percent: int) -> "PostgresStore":
+    async def connect(cls, url: str, holdout_percent: int) -> PostgresStore:
         import asyncpg
 
         pool = await asyncpg.create_pool(url, min_size=1, max_size=4)

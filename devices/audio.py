@@ -29,7 +29,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from scipy.io import wavfile
 
 from devices.pcap import PcapRecord, read_pcap, write_pcap
-from topics import g711
+from offload_core.mqtt_security import configure_paho
+from offload_core.settings import MqttSettings
+from topics import g711, names
 from topics.rtp import (
     CLOCK_RATE,
     NTP64_EXT_ID,
@@ -41,9 +43,6 @@ from topics.rtp import (
     parse_rtp,
     unix_to_ntp64,
 )
-from offload_core.mqtt_security import configure_paho
-from offload_core.settings import MqttSettings
-from topics import names
 
 __all__ = [
     "CODECS",

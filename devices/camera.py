@@ -20,9 +20,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from models.artifacts import path_of
 from offload_core.mqtt_security import configure_paho
 from offload_core.settings import MqttSettings
-from models.artifacts import path_of
 from topics import names
 from topics.kubeedge import twin_update, twin_update_topic
 from topics.vision import Frame, encode_frame

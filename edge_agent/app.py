@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.health import HealthServer
 from edge_agent.hard_examples import HardExampleReporter
+from edge_agent.health import HealthServer
 from edge_agent.metrics import EdgeMetrics, NodeCollector
 from edge_agent.mining import MiningPolicy
 from edge_agent.model_handlers import asr_handler, fer_handler
@@ -33,10 +33,10 @@ from edge_agent.speech.service import SpeechService, default_asr, register_metri
 from edge_agent.speech.stream import SAMPLE_RATE
 from edge_agent.updates import ModelHandler, ModelUpdater, Refusal
 from edge_agent.vision import FrameOutcome
-from offload_core.settings import Settings
-from topics.dc import ModelUpdate
 from models.edge_asr import ASR_MODEL, EdgeAsr
+from offload_core.settings import Settings
 from topics import names
+from topics.dc import ModelUpdate
 
 __all__ = ["EdgeNode"]
 

@@ -118,7 +118,7 @@ def make_client(
     client.pending_calls_threshold = settings.receive_maximum * 4  # publishes in flight are expected
     if manual_ack:
         # aiomqtt has no manual-ack API yet; paho (which it wraps) does.
-        client._client.manual_ack_set(True)  # noqa: SLF001
+        client._client.manual_ack_set(True)
     return client
 
 
@@ -128,7 +128,7 @@ class SessionLost(aiomqtt.MqttError):
 
 def session_gone(client: aiomqtt.Client) -> bool:
     """True once ``client``'s connection has dropped (its local queue may still hold messages)."""
-    return client._disconnected.done()  # noqa: SLF001
+    return client._disconnected.done()
 
 
 async def publish_confirmed(client: aiomqtt.Client, topic: str, payload: bytes, *, qos: int = 1,
@@ -144,7 +144,7 @@ async def publish_confirmed(client: aiomqtt.Client, topic: str, payload: bytes, 
     if session_gone(client):
         raise SessionLost("session gone before publish")
     publish = asyncio.ensure_future(client.publish(topic, payload, qos=qos, timeout=math.inf))
-    gone = client._disconnected  # noqa: SLF001
+    gone = client._disconnected
     try:
         done, _ = await asyncio.wait({publish, gone}, timeout=deadline_s, return_when=asyncio.FIRST_COMPLETED)
     except BaseException:
@@ -200,7 +200,7 @@ class InOrderAcker:
             del self._pending[first]
             self.last_progress_s = time.monotonic()
             if qos > 0:
-                self._client._client.ack(mid, qos)  # noqa: SLF001
+                self._client._client.ack(mid, qos)
                 self.acked += 1
 
     @property

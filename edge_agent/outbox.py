@@ -274,7 +274,7 @@ class KafkaForwarder:
         # stop() flushes; against a dead broker that would wait for the request timeout.
         try:
             await asyncio.wait_for(producer.stop(), timeout=1.0)
-        except (asyncio.TimeoutError, KafkaError, OSError):
+        except (TimeoutError, KafkaError, OSError):
             log.debug("producer did not stop cleanly", exc_info=True)
 
     async def _ensure_topics(self, topics: set[str]) -> None:
@@ -340,7 +340,7 @@ class KafkaForwarder:
                     continue
                 try:
                     ok = await self._send_round(rows)
-                except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, KafkaError, OSError) as exc:
                     log.warning("outbox: Kafka unavailable (%s: %s); retry in %.2fs",
                                 type(exc).__name__, exc, backoff)
                     ok = False
@@ -352,7 +352,7 @@ class KafkaForwarder:
                 self.outbox.stats.send_errors += 1
                 try:
                     await asyncio.wait_for(asyncio.shield(stopper), backoff)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 backoff = min(backoff * 2, self.settings.backoff_max_s)
         finally:

@@ -31,12 +31,12 @@ from edge_agent.metrics import EdgeMetrics
 from edge_agent.model_slot import Loaded, ModelSlot
 from edge_agent.mqtt import InOrderAcker, SessionLost, make_client, publish_confirmed, session_gone
 from edge_agent.vision import FrameJob, FrameOutcome, VisionPipeline
-from offload_core.logs import RateLimitedLog
-from offload_core.settings import Settings
 from models.artifacts import path_of
 from models.blazeface import load_blazeface
 from models.face_detect import BatchDetector, FaceDetector, HaarBatchDetector
 from models.fer_edge import FerClassifier, load_edge_fer, resolve_device
+from offload_core.logs import RateLimitedLog
+from offload_core.settings import Settings
 from topics import names
 from topics.codec import ContractError
 from topics.deadletter import DeadLetter, encode_dead_letter
@@ -266,7 +266,7 @@ class EdgeAgent:
         except aiomqtt.MqttError as exc:
             self._abandon(sess, exc)
             return
-        except Exception as exc:  # noqa: BLE001 - a bug must not poison the stream: dead-letter it
+        except Exception as exc:
             log.exception("internal error on %s", message.topic)
             try:
                 await self._dead_letter(sess, str(message.topic), _payload(message),

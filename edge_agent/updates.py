@@ -32,8 +32,8 @@ from typing import Any, Generic, TypeVar
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
-from offload_core.dc_settings import UpdateSettings
 from edge_agent.model_slot import Loaded, ModelSlot
+from offload_core.dc_settings import UpdateSettings
 from offload_core.files import write_private
 from offload_core.kafka_admin import ensure_topics
 from offload_core.kafka_clients import make_consumer
@@ -154,7 +154,7 @@ class ModelUpdater:
 
     def _fetch(self, url: str) -> bytes:
         limit = self.settings.max_artifact_bytes
-        with urllib.request.urlopen(url, timeout=self.settings.fetch_timeout_s) as resp:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=self.settings.fetch_timeout_s) as resp:
             data = resp.read(limit + 1)
         if len(data) > limit:
             raise _Refused("too_large", f"over {limit} bytes")
@@ -277,7 +277,7 @@ class ModelUpdater:
                 log.warning("model updates: Kafka unavailable (%s); retrying", exc)
                 try:
                     await asyncio.wait_for(stop.wait(), 2.0)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 continue
             try:

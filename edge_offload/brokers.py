@@ -74,7 +74,7 @@ class _ChildBroker:
             self._proc.wait(timeout=30)
             self._proc = None
 
-    def start(self) -> "_ChildBroker":
+    def start(self) -> _ChildBroker:
         if self.running:
             return self
         log = self.log_path.open("ab")
@@ -104,7 +104,7 @@ class _ChildBroker:
         self.stop()
         shutil.rmtree(self._workdir, ignore_errors=True)
 
-    def __enter__(self) -> "_ChildBroker":
+    def __enter__(self) -> _ChildBroker:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -84,7 +84,7 @@ def _health(args: argparse.Namespace) -> int:
     import urllib.request
 
     port = load_settings().edge.http_port
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{args.path}", timeout=args.timeout) as resp:  # noqa: S310
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{args.path}", timeout=args.timeout) as resp:
         return 0 if resp.status == 200 else 1
 
 

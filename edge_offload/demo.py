@@ -21,14 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from cloud_trainer.service import Trainer
 from devices.audio import Impairments, LegSource, stream_audio
 from devices.camera import photo_frames, run_camera
 from edge_agent.app import EdgeNode
 from edge_agent.mqtt import make_client
-from cloud_trainer.service import Trainer
 from edge_offload.brokers import MosquittoBroker, TansuBroker
-from offload_core.settings import EdgeSettings, KafkaSettings, MqttSettings, Settings
 from edge_offload.tail import format_line
+from offload_core.settings import EdgeSettings, KafkaSettings, MqttSettings, Settings
 from topics import names
 from topics.transcript import decode_segment
 from topics.vision import decode_result

@@ -132,7 +132,7 @@ class EdgeAsr:
     def version(self) -> str:
         return f"{self.final.version}+vocab.{self.vocabulary.version}"
 
-    def with_vocabulary(self, vocabulary: AsrVocabulary) -> "EdgeAsr":
+    def with_vocabulary(self, vocabulary: AsrVocabulary) -> EdgeAsr:
         return dataclasses.replace(self, vocabulary=vocabulary)
 
     def decode_final(self, samples: np.ndarray) -> AsrResult:

@@ -15,15 +15,15 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, Field, SecretStr
-
-from offload_core.trainer_settings import TrainerSettings
-from offload_core.dc_settings import HardExampleSettings, OutboxSettings, UpdateSettings
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from offload_core.dc_settings import HardExampleSettings, OutboxSettings, UpdateSettings
+from offload_core.trainer_settings import TrainerSettings
 
 __all__ = [
     "MqttSettings",

@@ -13,7 +13,16 @@ from topics.deadletter import DeadLetter, decode_dead_letter, encode_dead_letter
 from topics.kubeedge import device_data_topic, device_data_update, twin_update, twin_update_topic
 from topics.status import EdgeStatus, decode_status, encode_status
 from topics.vision import (
-    EMOTIONS, Face, Frame, ModelRef, Timing, VisionResult, decode_frame, decode_result, encode_frame, encode_result,
+    EMOTIONS,
+    Face,
+    Frame,
+    ModelRef,
+    Timing,
+    VisionResult,
+    decode_frame,
+    decode_result,
+    encode_frame,
+    encode_result,
 )
 
 

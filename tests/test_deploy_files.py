@@ -51,7 +51,7 @@ def _check_env_name(name: str) -> None:
 
 def _subcommands() -> set[str]:
     parser = build_parser()
-    action = next(a for a in parser._actions if a.dest == "command")  # noqa: SLF001
+    action = next(a for a in parser._actions if a.dest == "command")
     return set(action.choices)
 
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from edge_offload.pki import make_pki
 from offload_core.kafka_clients import (
     connection_kwargs,
     make_admin,
     make_consumer,
     make_producer,
 )
-from edge_offload.pki import make_pki
 from offload_core.settings import KafkaSettings, load_settings
 
 
@@ -46,12 +46,12 @@ async def test_sasl_ssl_reaches_producer_consumer_and_admin(pki: Path, monkeypat
     consumer = make_consumer(kafka, "t", client_id="c", group_id=None)
     admin = make_admin(kafka, client_id="a")
     try:
-        for client in (producer.client, consumer._client, admin._client):  # noqa: SLF001
-            assert client._security_protocol == "SASL_SSL"  # noqa: SLF001
-            assert client._sasl_mechanism == "SCRAM-SHA-512"  # noqa: SLF001
-            assert client._sasl_plain_username == "edge-1"  # noqa: SLF001
-            assert client._sasl_plain_password == "kafka-secret"  # noqa: SLF001
-            ctx = client._ssl_context  # noqa: SLF001
+        for client in (producer.client, consumer._client, admin._client):
+            assert client._security_protocol == "SASL_SSL"
+            assert client._sasl_mechanism == "SCRAM-SHA-512"
+            assert client._sasl_plain_username == "edge-1"
+            assert client._sasl_plain_password == "kafka-secret"
+            ctx = client._ssl_context
             assert isinstance(ctx, ssl.SSLContext) and ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
             assert any("edge-offload CA" in str(c["subject"]) for c in ctx.get_ca_certs())
     finally:

@@ -20,10 +20,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from devices.camera import photo_frames, run_camera
-from offload_core.mqtt_security import aiomqtt_connection, configure_paho
 from edge_offload.pki import make_pki
-from offload_core.settings import MqttSettings
 from edge_offload.tail import tail
+from offload_core.mqtt_security import aiomqtt_connection, configure_paho
+from offload_core.settings import MqttSettings
 from tests.edge_helpers import agent_settings, running_agent
 from tests.secure_broker import USERS, SecureMosquitto
 from topics import names

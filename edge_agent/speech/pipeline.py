@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_agent.speech.diarize import Diarizer, DiarizerConfig
-from topics.rtp import RtpError
 from edge_agent.speech.stream import LegDecoder, PcmChunk
 from models.edge_asr import EdgeAsr
-from models.whisper_asr import AsrResult, segment_confidence
 from models.speaker import SpeakerEncoder
 from models.vad import SAMPLE_RATE, WINDOW, SileroVad, VadConfig
+from models.whisper_asr import AsrResult, segment_confidence
+from topics.rtp import RtpError
 from topics.transcript import ModelRef, PartialTranscript, TranscriptSegment, TranscriptWord
 
 __all__ = [
@@ -76,7 +76,7 @@ class SpeechModels:
     encoder: SpeakerEncoder
 
     @classmethod
-    def load(cls, asr: EdgeAsr, device: str | None = "cpu") -> "SpeechModels":
+    def load(cls, asr: EdgeAsr, device: str | None = "cpu") -> SpeechModels:
         return cls(vad=SileroVad(), asr=asr, encoder=SpeakerEncoder(device))
 
 
@@ -411,7 +411,7 @@ class StepOutput:
     rejected: list[tuple[RtpError, bytes]] = field(default_factory=list)
     utterances: list[Utterance] = field(default_factory=list)
 
-    def extend(self, other: "StepOutput") -> None:
+    def extend(self, other: StepOutput) -> None:
         self.partials += other.partials
         self.partial_arrivals_s += other.partial_arrivals_s
         self.segments += other.segments

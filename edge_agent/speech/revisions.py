@@ -24,9 +24,8 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer
 
-from offload_core.kafka_clients import make_consumer
-
 from offload_core.kafka_admin import ensure_topics
+from offload_core.kafka_clients import make_consumer
 from offload_core.settings import KafkaSettings
 from topics.codec import ContractError
 from topics.names import KAFKA_SPEECH_REVISIONS
@@ -120,13 +119,13 @@ class RevisionFollower:
                 log.warning("revisions: %s: %s; restarting", type(exc).__name__, exc)
                 try:
                     await asyncio.wait_for(stop.wait(), 1.0)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             finally:
                 if consumer is not None:
                     try:
                         await asyncio.wait_for(consumer.stop(), 5.0)
-                    except Exception:  # noqa: BLE001
+                    except Exception:
                         pass
 
     async def _handle(self, value: bytes | None) -> None:

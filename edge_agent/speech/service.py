@@ -46,15 +46,15 @@ from edge_agent.mqtt import ArrivalQueue, publish_confirmed
 from edge_agent.speech.diarize import Diarizer
 from edge_agent.speech.pipeline import ConversationTracker, LegStream, PipelineConfig, StepOutput, Utterance
 from edge_agent.speech.revisions import SegmentIndex
-from topics.rtp import parse_rtp
-from offload_core.mqtt_security import aiomqtt_connection
-from offload_core.settings import Settings, SpeechServiceConfig
 from models.edge_asr import AsrVocabulary, EdgeAsr, load_edge_asr, prompt_from_sentences
 from models.speaker import SpeakerEncoder
 from models.vad import SileroVad
+from offload_core.mqtt_security import aiomqtt_connection
+from offload_core.settings import Settings, SpeechServiceConfig
 from topics import names
 from topics.codec import ContractError
 from topics.deadletter import DeadLetter, encode_dead_letter
+from topics.rtp import parse_rtp
 from topics.transcript import SpeechRevision, encode_partial, encode_segment
 
 __all__ = [
@@ -352,7 +352,7 @@ class SpeechEngine:
                     first = None
                 if first is None:
                     now = self.clock()
-                    if now - state.last_arrival_s >= cfg.idle_close_s or self._stopping and state.queue.empty():
+                    if now - state.last_arrival_s >= cfg.idle_close_s or (self._stopping and state.queue.empty()):
                         break
                     if state.stream is not None:
                         await self._step(loop, state, lambda s, now=now: s.flush(now))
@@ -387,14 +387,14 @@ class SpeechEngine:
                 for utterance in out.utterances:
                     try:
                         self.on_utterance(state.topic, utterance)
-                    except Exception:  # noqa: BLE001 - mining must not cost the transcript
+                    except Exception:
                         self.counters.worker_errors += 1
                         log.exception("utterance hook failed on %s", state.topic)
             return out
 
         try:
             out = await loop.run_in_executor(self._pool, run)
-        except Exception:  # noqa: BLE001 - one bad step must not kill the leg
+        except Exception:
             self.counters.worker_errors += 1
             log.exception("speech step failed on %s/%s", state.conversation, state.leg)
             return

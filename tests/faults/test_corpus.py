@@ -14,18 +14,18 @@ import msgpack
 import pytest
 
 from devices.camera import photo_frames
-from topics.rtp import NTP64_EXT_ID, ONE_BYTE_PROFILE, build_one_byte_extensions, build_rtp, parse_rtp
 from edge_agent.speech.service import SpeechService, parse_audio_topic
 from edge_offload.brokers import MosquittoBroker
-from offload_core.settings import Settings, SpeechServiceConfig
 from models.edge_asr import load_edge_asr
 from models.speaker import SpeakerEncoder
 from models.vad import SileroVad
+from offload_core.settings import Settings, SpeechServiceConfig
 from tests.edge_helpers import agent_settings, running_agent
 from tests.faults.helpers import frame_payload, rss_mib
 from topics import names
 from topics.codec import ContractError, unpack
 from topics.deadletter import decode_dead_letter
+from topics.rtp import NTP64_EXT_ID, ONE_BYTE_PROFILE, build_one_byte_extensions, build_rtp, parse_rtp
 
 RSS_GROWTH_BOUND_MIB = 50
 PCMU = bytes(160)
