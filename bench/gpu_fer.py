@@ -66,7 +66,7 @@ def run(folder: Path) -> dict[str, object]:
     data = np.load(folder / "crops.npz")
     crops = [c for c in data["crops"]]
     labels = [int(v) for v in data["labels"]]
-    samples = [LabelledCrop(c, l) for c, l in zip(crops, labels)]
+    samples = [LabelledCrop(c, lab) for c, lab in zip(crops, labels)]
     split = int(len(samples) * 0.7)
     train, holdout = samples[:split], samples[split:]
     base = load_keras_hdf5(folder / "emotion_model.hdf5")

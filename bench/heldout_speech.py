@@ -120,7 +120,7 @@ def _pink(n: int, rng: np.random.Generator) -> np.ndarray:
 def _babble(n: int, rng: np.random.Generator) -> np.ndarray:
     """Three espeak-ng talkers saying the field corpus at once, looped to ``n`` samples."""
     out = np.zeros(n, dtype=np.float32)
-    for k, voice in enumerate(_BABBLE_VOICES):
+    for voice in _BABBLE_VOICES:
         order = rng.permutation(len(SENTENCES))
         talk = np.concatenate([synthesize(SENTENCES[i], voice) for i in order[:12]])
         talk = np.resize(np.roll(talk, int(rng.integers(len(talk)))), n)

@@ -136,7 +136,8 @@ def _turn_wer(conv: Conversation, segments: list[TranscriptSegment]) -> float:
 
 
 def _der(conv: Conversation, segments: list[TranscriptSegment]) -> float:
-    return der([(t.speaker, t.start_s, t.end_s) for t in conv.turns], [(s.speaker, s.start_s, s.end_s) for s in segments])
+    return der([(t.speaker, t.start_s, t.end_s) for t in conv.turns],
+               [(s.speaker, s.start_s, s.end_s) for s in segments])
 
 
 def _dc_revised(segments: list[TranscriptSegment], utterances: list[Utterance], reviser: SpeechReviser,

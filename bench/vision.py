@@ -54,7 +54,8 @@ def offline_fps(settings: Settings, images: list[bytes], n: int) -> float:
     return n / elapsed
 
 
-def offline_fps_by_batch(settings: Settings, images: list[bytes], sizes: tuple[int, ...] = (1, 16, 64)) -> dict[str, float]:
+def offline_fps_by_batch(settings: Settings, images: list[bytes],
+                         sizes: tuple[int, ...] = (1, 16, 64)) -> dict[str, float]:
     """Frames/s of ``run_batch`` at each batch size (one warm-up batch, then >= 64 frames)."""
     pipeline = build_vision_pipeline(settings)
     out: dict[str, float] = {}

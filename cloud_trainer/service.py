@@ -3,7 +3,8 @@
 :class:`Trainer` runs the sample consumer as a task and a control loop that, whenever a
 batch was stored (or on a timer), labels what the teacher can label and starts a round
 for each model whose trigger fired: the model's ``retrain_min_samples`` new labelled
-training samples, or ``retrain_interval_s`` elapsed with its ``interval_min_samples`` new. A candidate is always registered (signed, with lineage); the gate's verdict promotes
+training samples, or ``retrain_interval_s`` elapsed with its ``interval_min_samples`` new.
+A candidate is always registered (signed, with lineage); the gate's verdict promotes
 it (announced on Kafka) or rejects it (recorded with its figures).
 """
 

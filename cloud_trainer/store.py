@@ -4,7 +4,8 @@ Idempotent on the hard-example key (model, device, stream, seq, item): storing t
 example twice keeps one row, so the consumer can be at-least-once. Each sample is put in
 the ``train`` or ``holdout`` split by a hash of its key, so a sample never moves. Labels
 that arrive before their sample wait in ``pending_labels``. An operator's label
-(source ``operator:...``) is never replaced by another source's (the DC's revisions, ``dc:...``). Two back ends with the same
+(source ``operator:...``) is never replaced by another source's (the DC's revisions, ``dc:...``).
+Two back ends with the same
 SQL: SQLite (default, a file) and PostgreSQL (``postgresql://`` URL, via asyncpg).
 """
 

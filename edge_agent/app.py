@@ -74,7 +74,8 @@ class EdgeNode:
     def live(self) -> bool:
         """Liveness: no enabled part is stuck with work pending (see ``delivery.liveness_stall_s``)."""
         vision_ok = self.vision is None or self.vision.live()
-        speech_ok = self.speech is None or self.speech.engine is None or self.speech.engine.live(self.settings.delivery.liveness_stall_s)
+        speech_ok = (self.speech is None or self.speech.engine is None
+                     or self.speech.engine.live(self.settings.delivery.liveness_stall_s))
         return vision_ok and speech_ok
 
     def _mine(self, outcome: FrameOutcome) -> None:

@@ -26,7 +26,8 @@ from paho.mqtt.properties import Properties
 from offload_core.mqtt_security import aiomqtt_connection
 from offload_core.settings import MqttSettings
 
-__all__ = ["connect_properties", "make_client", "InOrderAcker", "CountingQueue", "ArrivalQueue", "SessionLost", "publish_confirmed"]
+__all__ = ["connect_properties", "make_client", "InOrderAcker", "CountingQueue", "ArrivalQueue", "SessionLost",
+           "publish_confirmed"]
 
 
 class CountingQueue(asyncio.Queue):  # type: ignore[type-arg]

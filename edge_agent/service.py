@@ -324,7 +324,8 @@ class EdgeAgent:
             return
         result = outcome.result
         assert result is not None
-        await self._publish_result(sess, key, _Unsent(names.vision_results(frame.device), encode_result(result), outcome))
+        unsent = _Unsent(names.vision_results(frame.device), encode_result(result), outcome)
+        await self._publish_result(sess, key, unsent)
 
     async def _publish_result(self, sess: _Session, key: bytes, unsent: _Unsent) -> None:
         try:

@@ -145,7 +145,7 @@ class MosquittoBroker(_ChildBroker):
 def _persistence_lines(config: str, workdir: Path) -> str:
     lines = [line for line in config.splitlines()
              if line.strip() and not line.lstrip().startswith("#")
-             and not line.split()[0] == "persistence_location"]
+             and line.split()[0] != "persistence_location"]
     # Mosquitto started as root drops to the user "mosquitto", which could not write our store.
     return "\n".join(lines) + f"\npersistence_location {workdir}/\nuser {getpass.getuser()}\n"
 

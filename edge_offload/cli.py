@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_pki_init)
     p = sub.add_parser("fetch-models", help="download and sha256-check the pinned model artifacts")
     p.set_defaults(func=_fetch_models)
-    p = sub.add_parser("edge", help="run the edge agent: vision + speech (settings from EDGE_OFFLOAD_* / EDGE_OFFLOAD_CONFIG)")
+    p = sub.add_parser("edge", help="run the edge agent: vision + speech "
+                                    "(settings from EDGE_OFFLOAD_* / EDGE_OFFLOAD_CONFIG)")
     p.set_defaults(func=_edge)
     p = sub.add_parser("demo", help="run the whole pipeline locally and print a JSON summary")
     p.add_argument("--seconds", type=float, default=20.0)

@@ -120,8 +120,8 @@ class EdgeAsr:
     final: WhisperBatcher
     partial: WhisperBatcher | None
     vocabulary: AsrVocabulary = AsrVocabulary()
-    final_options: DecodeOptions = DecodeOptions(beam_size=1, words=True)
-    partial_options: DecodeOptions = DecodeOptions(beam_size=1, words=False, max_new_tokens=64)
+    final_options: DecodeOptions = DecodeOptions(beam_size=1, words=True)  # noqa: RUF009 (frozen, shared)
+    partial_options: DecodeOptions = DecodeOptions(beam_size=1, words=False, max_new_tokens=64)  # noqa: RUF009
 
     @property
     def name(self) -> str:

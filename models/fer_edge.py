@@ -222,16 +222,21 @@ def load_keras_hdf5(path: Path) -> MiniXception:
         # Keras names layers in creation order: conv2d_1..7 and separable_conv2d_1..8 map
         # onto the stem, the four residual shortcuts, the head, and two separables per block.
         convs, seps = by_class["Conv2D"], by_class["SeparableConv2D"]
-        inbound = {l["name"]: l["inbound_nodes"][0][0][0] for l in cfg["config"]["layers"][1:]}
+        inbound = {layer["name"]: layer["inbound_nodes"][0][0][0] for layer in cfg["config"]["layers"][1:]}
         for i in range(len(model.blocks)):  # a shortcut and its block read the same tensor
             if inbound[convs[2 + i]] != inbound[seps[2 * i]]:
                 raise ValueError(f"{convs[2 + i]} is not the shortcut of {seps[2 * i]}")
-        load_conv(model.conv1, convs[0]); load_bn(model.bn1, convs[0])
-        load_conv(model.conv2, convs[1]); load_bn(model.bn2, convs[1])
+        load_conv(model.conv1, convs[0])
+        load_bn(model.bn1, convs[0])
+        load_conv(model.conv2, convs[1])
+        load_bn(model.bn2, convs[1])
         for i, block in enumerate(model.blocks):
-            load_conv(block.residual, convs[2 + i]); load_bn(block.residual_bn, convs[2 + i])
-            load_sep(block.sep1, seps[2 * i]); load_bn(block.bn1, seps[2 * i])
-            load_sep(block.sep2, seps[2 * i + 1]); load_bn(block.bn2, seps[2 * i + 1])
+            load_conv(block.residual, convs[2 + i])
+            load_bn(block.residual_bn, convs[2 + i])
+            load_sep(block.sep1, seps[2 * i])
+            load_bn(block.bn1, seps[2 * i])
+            load_sep(block.sep2, seps[2 * i + 1])
+            load_bn(block.bn2, seps[2 * i + 1])
         load_conv(model.head, convs[6])
     return model.eval()
 

@@ -34,7 +34,8 @@ def _envelope(**fields: object) -> bytes:
 
 
 def _png_header(width: int, height: int) -> bytes:
-    return b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR" + width.to_bytes(4, "big") + height.to_bytes(4, "big") + b"\x08\x00\x00\x00\x00"
+    return (b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR" + width.to_bytes(4, "big") + height.to_bytes(4, "big")
+            + b"\x08\x00\x00\x00\x00")
 
 
 def _cases(good_jpeg: bytes) -> list[tuple[str, str, bytes]]:

@@ -64,7 +64,7 @@ def test_default_cascade_and_blank_image() -> None:
 
 def test_crop_faces_margin_and_clipping() -> None:
     gray = np.arange(100 * 200, dtype=np.uint32).reshape(100, 200).astype(np.uint8)
-    plain, grown, edge = crop_faces(gray, [(50, 20, 40, 40), (50, 20, 40, 40), (0, 0, 40, 40)],
+    _plain, grown, edge = crop_faces(gray, [(50, 20, 40, 40), (50, 20, 40, 40), (0, 0, 40, 40)],
                                     margin=0.25)
     assert grown.shape == (60, 60)  # 10 px each side
     assert np.array_equal(grown[10:50, 10:50], gray[20:60, 50:90])

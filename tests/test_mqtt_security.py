@@ -117,7 +117,7 @@ async def test_wrong_password_anonymous_and_untrusted_ca_are_refused(secure_brok
             pass
     other_ca = make_pki(tmp_path / "other", ["localhost"]).ca_cert
     untrusted = _creds(secure_broker, "operator", ca_file=other_ca)
-    with pytest.raises(aiomqtt.MqttError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+    with pytest.raises(aiomqtt.MqttError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
         async with aiomqtt.Client(**aiomqtt_connection(untrusted), protocol=aiomqtt.ProtocolVersion.V5):
             pass
     plain = MqttSettings(host="localhost", port=secure_broker.port, username="operator",

@@ -53,7 +53,8 @@ E2E_DER_BOUND = 0.15
 def asr(cache_dir: Path) -> Iterator[EdgeAsr]:
     """Whisper tiny.en for partials and finals, the radio net's sentences as its vocabulary prompt."""
     edge = load_edge_asr(cache_dir, "whisper_tiny_en", "whisper_tiny_en", device="cpu",
-                         vocabulary=AsrVocabulary(version="test-domain", prompt=prompt_from_sentences(SENTENCES, keep="first")))
+                         vocabulary=AsrVocabulary(version="test-domain",
+                                                  prompt=prompt_from_sentences(SENTENCES, keep="first")))
     yield edge
     edge.close()
 

@@ -433,7 +433,8 @@ def default_asr(config: SpeechServiceConfig, cache_dir: Path) -> EdgeAsr:
     vocab = AsrVocabulary()
     if config.corpus_path is not None:
         sentences = config.corpus_path.read_text(encoding="utf-8").splitlines()
-        vocab = AsrVocabulary(version=f"corpus-{config.corpus_path.stem}", prompt=prompt_from_sentences(sentences, keep="first"))
+        vocab = AsrVocabulary(version=f"corpus-{config.corpus_path.stem}",
+                              prompt=prompt_from_sentences(sentences, keep="first"))
     return load_edge_asr(cache_dir, config.asr_final_model, config.asr_partial_model, device=config.asr_device,
                          cpu_threads=config.asr_threads, max_batch=config.asr_max_batch, vocabulary=vocab)
 

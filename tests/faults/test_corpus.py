@@ -172,7 +172,8 @@ async def test_audio_corpus_on_new_legs_opens_no_leg_and_costs_no_memory(mosquit
     cfg = settings.model_copy(deep=True)
     cfg.mqtt.port = mosquitto.port
     cfg.mqtt.client_id = "speech-corpus"
-    service = SpeechService(cfg, config=SpeechServiceConfig(idle_close_s=2.0), asr=load_edge_asr(cache_dir, "whisper_tiny_en", "whisper_tiny_en", device="cpu"),
+    service = SpeechService(cfg, config=SpeechServiceConfig(idle_close_s=2.0),
+                            asr=load_edge_asr(cache_dir, "whisper_tiny_en", "whisper_tiny_en", device="cpu"),
                             vad=SileroVad(),
                             encoder=SpeakerEncoder("cpu"))
     await service.start()
