@@ -85,7 +85,8 @@ class ReplaySet:
         if not named:
             return cls.empty()
         labels = teacher.predict([c for _, c in named]).argmax(axis=1)
-        train, holdout = [], []
+        train: list[LabelledCrop] = []
+        holdout: list[LabelledCrop] = []
         for (name, crop), label in zip(named, labels):
             bucket = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big") % 100
             (holdout if bucket < holdout_percent else train).append(LabelledCrop(crop, int(label)))

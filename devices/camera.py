@@ -50,6 +50,13 @@ def _jpeg(image: np.ndarray, quality: int = 85) -> bytes:
     return buf.tobytes()
 
 
+def _read_photo(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{path}: not a readable image")
+    return image
+
+
 def load_folder(folder: Path, max_side: int = 640) -> list[bytes]:
     """Every image in ``folder`` re-encoded as JPEG no larger than ``max_side``."""
     frames = []
@@ -76,10 +83,10 @@ def _fit(image: np.ndarray, max_side: int) -> np.ndarray:
 def photo_frames(cache_dir: Path, max_side: int = 640) -> list[bytes]:
     """Variants of the real photos: full, mirrored, darker, brighter, cropped."""
     photos = [
-        cv2.imread(str(path_of("photos_astronaut", "astronaut.png", cache_dir)), cv2.IMREAD_COLOR),
-        cv2.imread(str(path_of("photos_group", "t1.jpg", cache_dir)), cv2.IMREAD_COLOR),
+        _read_photo(path_of("photos_astronaut", "astronaut.png", cache_dir)),
+        _read_photo(path_of("photos_group", "t1.jpg", cache_dir)),
     ]
-    frames = []
+    frames: list[bytes] = []
     for photo in photos:
         base = _fit(photo, max_side)
         h, w = base.shape[:2]
@@ -110,9 +117,9 @@ def face_test_photos(cache_dir: Path, close_up_side: int = 480) -> list[tuple[st
     """
     out: list[tuple[str, np.ndarray, int]] = []
     for name, basename, count in (("photos_group", "t1.jpg", 6), ("photos_astronaut", "astronaut.png", 1)):
-        out.append((basename, cv2.imread(str(path_of(name, basename, cache_dir)), cv2.IMREAD_COLOR), count))
+        out.append((basename, _read_photo(path_of(name, basename, cache_dir)), count))
     for i, (name, basename, (x, y, w, h)) in enumerate(_CLOSE_UP_FACES):
-        photo = cv2.imread(str(path_of(name, basename, cache_dir)), cv2.IMREAD_COLOR)
+        photo = _read_photo(path_of(name, basename, cache_dir))
         face = photo[y:y + h, x:x + w]
         size = (close_up_side, round(close_up_side * h / w))
         out.append((f"close-up-{i}-{basename}", cv2.resize(face, size, interpolation=cv2.INTER_LINEAR), 1))

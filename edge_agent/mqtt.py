@@ -30,7 +30,7 @@ __all__ = ["connect_properties", "make_client", "InOrderAcker", "CountingQueue",
            "publish_confirmed"]
 
 
-class CountingQueue(asyncio.Queue):  # type: ignore[type-arg]
+class CountingQueue(asyncio.Queue):
     """aiomqtt's incoming queue, bounded, calling ``on_drop`` for every message it refuses.
 
     QoS 0 messages are refused once ``maxsize`` messages wait; QoS 1 messages only once

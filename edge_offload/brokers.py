@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Self
 
 __all__ = ["BrokerError", "free_port", "wait_for_port", "MosquittoBroker", "TansuBroker"]
 
@@ -74,7 +75,7 @@ class _ChildBroker:
             self._proc.wait(timeout=30)
             self._proc = None
 
-    def start(self) -> _ChildBroker:
+    def start(self) -> Self:
         if self.running:
             return self
         log = self.log_path.open("ab")
@@ -104,7 +105,7 @@ class _ChildBroker:
         self.stop()
         shutil.rmtree(self._workdir, ignore_errors=True)
 
-    def __enter__(self) -> _ChildBroker:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -200,8 +200,8 @@ async def run_demo(settings: Settings, seconds: float, fps: float = 10.0, show: 
             current = node.vision.pipeline.slot.current()
             summary.serving_versions[current.name] = current.version
         if node.asr_slot is not None:
-            current = node.asr_slot.current()
-            summary.serving_versions[current.name] = current.version
+            asr = node.asr_slot.current()
+            summary.serving_versions[asr.name] = asr.version
         stop_node.set()
         await node_task
         await trainer_task

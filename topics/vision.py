@@ -153,7 +153,7 @@ def _face_from_wire(obj: Any) -> Face:
     label = field(obj, "label", str)
     if label not in EMOTIONS:
         raise ContractError("bad_field", f"label {label!r}")
-    return Face(box=tuple(box), label=label, probs=tuple(probs))  # type: ignore[arg-type]
+    return Face(box=tuple(box), label=label, probs=tuple(probs))
 
 
 def encode_result(result: VisionResult) -> bytes:

@@ -89,7 +89,7 @@ class RevisionFollower:
     """This node's revisions from Kafka -> ``on_revision`` (awaited in order)."""
 
     def __init__(self, kafka: KafkaSettings, node: str,
-                 on_revision: Callable[[SpeechRevision], Awaitable[None]]) -> None:
+                 on_revision: Callable[[SpeechRevision], Awaitable[object]]) -> None:
         self.kafka = kafka
         self.node = node
         self.on_revision = on_revision

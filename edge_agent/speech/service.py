@@ -201,7 +201,7 @@ class SpeechEngine:
         self.pipeline = pipeline or PipelineConfig()
         self.vad = vad
         self.encoder = encoder
-        self._asr: AsrSource = asr if callable(asr) else (lambda: asr)  # type: ignore[assignment,return-value]
+        self._asr: AsrSource = asr if callable(asr) else (lambda: asr)
         self.sink = sink
         self.counters = counters or SpeechCounters()
         self.clock = clock
@@ -355,12 +355,12 @@ class SpeechEngine:
                     if now - state.last_arrival_s >= cfg.idle_close_s or (self._stopping and state.queue.empty()):
                         break
                     if state.stream is not None:
-                        await self._step(loop, state, lambda s, now=now: s.flush(now))
+                        await self._step(loop, state, functools.partial(LegStream.flush, now_s=now))
                     continue
                 batch = [first]
                 while len(batch) < cfg.batch_max_packets and not state.queue.empty():
                     batch.append(state.queue.get_nowait())
-                await self._step(loop, state, lambda s, b=batch: s.push(b, self.clock()))
+                await self._step(loop, state, functools.partial(self._push, batch))
         finally:
             now = self.clock()
             if state.stream is not None:
@@ -376,6 +376,9 @@ class SpeechEngine:
                 self.counters.conversations_closed += 1
                 n = self.segments_by_conversation.pop(state.conversation, 0)
                 self._closed_conversations.put_nowait((state.conversation, n))
+
+    def _push(self, packets: list[tuple[bytes, float]], stream: LegStream) -> StepOutput:
+        return stream.push(packets, self.clock())  # the clock is read in the worker, as the packets are decoded
 
     async def _step(self, loop: asyncio.AbstractEventLoop, state: _Leg,
                     work: Callable[[LegStream], StepOutput]) -> None:
