@@ -28,9 +28,9 @@ from edge_agent.mining import MiningPolicy
 from edge_agent.model_handlers import asr_handler, fer_handler
 from edge_agent.model_slot import Loaded, ModelSlot
 from edge_agent.outbox import KafkaForwarder, Outbox
-from edge_agent.service import build_vision_pipeline
 from edge_agent.updates import ModelUpdater, Refusal
-from edge_agent.vision import FrameJob, VisionPipeline
+from edge_agent.vision.pipeline import FrameJob, VisionPipeline
+from edge_agent.vision.service import build_vision_pipeline
 from models.edge_asr import EdgeAsr, load_edge_asr, vocabulary_from_bytes
 from models.fer_teacher import TeacherFer, load_teacher
 from offload_core.dc_settings import (

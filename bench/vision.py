@@ -30,8 +30,8 @@ import cv2
 import numpy as np
 
 from devices.camera import face_test_photos, photo_frames, run_camera
-from edge_agent.service import build_vision_pipeline
-from edge_agent.vision import FrameJob
+from edge_agent.vision.pipeline import FrameJob
+from edge_agent.vision.service import build_vision_pipeline
 from edge_offload.brokers import MosquittoBroker
 from models.fer_edge import preprocess_faces
 from offload_core.settings import Settings, load_settings

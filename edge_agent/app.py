@@ -26,13 +26,13 @@ from edge_agent.mining import MiningPolicy
 from edge_agent.model_handlers import asr_handler, fer_handler
 from edge_agent.model_slot import Loaded, ModelSlot
 from edge_agent.outbox import KafkaForwarder, Outbox
-from edge_agent.service import EdgeAgent, build_vision_pipeline
 from edge_agent.speech.pipeline import Utterance
 from edge_agent.speech.revisions import RevisionFollower
 from edge_agent.speech.service import SpeechService, default_asr, register_metrics
 from edge_agent.speech.stream import SAMPLE_RATE
 from edge_agent.updates import ModelHandler, ModelUpdater, Refusal
-from edge_agent.vision import FrameOutcome
+from edge_agent.vision.pipeline import FrameOutcome
+from edge_agent.vision.service import EdgeAgent, build_vision_pipeline
 from models.edge_asr import ASR_MODEL, EdgeAsr
 from offload_core.settings import Settings
 from topics import names

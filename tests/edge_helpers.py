@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import aiomqtt
 
-from edge_agent.service import EdgeAgent, build_vision_pipeline
+from edge_agent.vision.service import EdgeAgent, build_vision_pipeline
 from offload_core.settings import EdgeSettings, MqttSettings, Settings, VisionSettings
 
 

@@ -9,8 +9,8 @@ import cv2
 import pytest
 
 from devices.camera import face_test_photos
-from edge_agent.service import build_vision_pipeline
-from edge_agent.vision import FrameJob, VisionPipeline
+from edge_agent.vision.pipeline import FrameJob, VisionPipeline
+from edge_agent.vision.service import build_vision_pipeline
 from models.blazeface import BlazeFaceDetector
 from models.face_detect import HaarBatchDetector
 from offload_core.settings import Settings

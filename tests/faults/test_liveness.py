@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from edge_agent.health import HealthServer
 from edge_agent.mqtt import InOrderAcker
-from edge_agent.service import EdgeAgent, _Session
+from edge_agent.vision.service import EdgeAgent, _Session
 from offload_core.settings import DeliverySettings, Settings
 
 

@@ -30,7 +30,7 @@ from edge_agent.batcher import DynamicBatcher, Overloaded
 from edge_agent.metrics import EdgeMetrics
 from edge_agent.model_slot import Loaded, ModelSlot
 from edge_agent.mqtt import InOrderAcker, SessionLost, make_client, publish_confirmed, session_gone
-from edge_agent.vision import FrameJob, FrameOutcome, VisionPipeline
+from edge_agent.vision.pipeline import FrameJob, FrameOutcome, VisionPipeline
 from models.artifacts import path_of
 from models.blazeface import load_blazeface
 from models.face_detect import BatchDetector, FaceDetector, HaarBatchDetector
