@@ -1,6 +1,6 @@
 """One edge node process: vision agent, speech service and the DC loop's edge side.
 
-- vision (:class:`EdgeAgent`) and speech (:class:`SpeechService`) serve MQTT;
+- vision (:class:`VisionService`) and speech (:class:`SpeechService`) serve MQTT;
 - hard-example mining judges every result (in a one-thread executor, off the event loop)
   and puts hard cases into the durable outbox, which :class:`KafkaForwarder` drains to
   the DC with acks=all;
@@ -32,7 +32,7 @@ from edge_agent.speech.service import SpeechService, default_asr, register_metri
 from edge_agent.speech.stream import SAMPLE_RATE
 from edge_agent.updates import ModelHandler, ModelUpdater, Refusal
 from edge_agent.vision.pipeline import FrameOutcome
-from edge_agent.vision.service import EdgeAgent, build_vision_pipeline
+from edge_agent.vision.service import VisionService, build_vision_pipeline
 from models.edge_asr import ASR_MODEL, EdgeAsr
 from offload_core.settings import Settings
 from topics import names
@@ -49,7 +49,7 @@ class EdgeNode:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = EdgeMetrics()
-        self.vision: EdgeAgent | None = None
+        self.vision: VisionService | None = None
         self.speech: SpeechService | None = None
         self.asr_slot: ModelSlot[EdgeAsr] | None = None
         self.outbox: Outbox | None = None
@@ -123,7 +123,7 @@ class EdgeNode:
                 tasks.append(asyncio.create_task(self.forwarder.run(stop), name="outbox"))
             if s.edge.vision:
                 pipeline = await asyncio.to_thread(build_vision_pipeline, s)
-                self.vision = EdgeAgent(s, pipeline, self.metrics, on_outcome=self._mine)
+                self.vision = VisionService(s, pipeline, self.metrics, on_outcome=self._mine)
                 handlers[pipeline.slot.current().name] = fer_handler(
                     pipeline.slot, s.edge.device, s.vision.max_batch_size)
                 tasks.append(asyncio.create_task(self.vision.run(stop), name="vision"))

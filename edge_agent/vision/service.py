@@ -43,7 +43,7 @@ from topics.deadletter import DeadLetter, encode_dead_letter
 from topics.status import EdgeStatus, encode_status
 from topics.vision import decode_frame, encode_result
 
-__all__ = ["EdgeAgent", "build_vision_pipeline"]
+__all__ = ["VisionService", "build_vision_pipeline"]
 
 log = logging.getLogger("edge_agent")
 STAGE = "vision"
@@ -105,7 +105,7 @@ class _Unsent:
     outcome: FrameOutcome
 
 
-class EdgeAgent:
+class VisionService:
     """Runs until ``stop`` is set; reconnects to the broker with backoff, session kept."""
 
     def __init__(

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from edge_agent.health import HealthServer
 from edge_agent.mqtt import InOrderAcker
-from edge_agent.vision.service import EdgeAgent, _Session
+from edge_agent.vision.service import VisionService, _Session
 from offload_core.settings import DeliverySettings, Settings
 
 
@@ -36,7 +36,7 @@ class _Client:
 
 async def test_agent_is_not_live_when_acks_stall_with_work_pending() -> None:
     settings = Settings(delivery=DeliverySettings(liveness_stall_s=30))
-    agent = EdgeAgent(settings, pipeline=None)  # type: ignore[arg-type]  # the model is not needed here
+    agent = VisionService(settings, pipeline=None)  # type: ignore[arg-type]  # the model is not needed here
     client = _Client()
     acker = InOrderAcker(client)  # type: ignore[arg-type]
     agent._session_now = _Session(client, acker)  # type: ignore[arg-type]
