@@ -75,13 +75,6 @@ class StreamCounters:
     def count_bad(self, reason: str) -> None:
         self.bad[reason] = self.bad.get(reason, 0) + 1
 
-    def as_dict(self) -> dict[str, int]:
-        """Flat view for metrics: ``bad_<reason>`` keys for the bad counts."""
-        out = {k: getattr(self, k) for k in ("packets", "played", "lost", "concealed", "silence",
-                                              "late", "duplicates", "reordered", "resets")}
-        out.update({f"bad_{k}": v for k, v in sorted(self.bad.items())})
-        return out
-
 
 @dataclass(frozen=True, slots=True)
 class PcmFrame:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,7 +36,6 @@ import numpy as np
 from edge_agent.speech.diarize import Diarizer, DiarizerConfig
 from edge_agent.speech.stream import LegDecoder, PcmChunk
 from models.edge_asr import EdgeAsr
-from models.speaker import SpeakerEncoder
 from models.vad import SAMPLE_RATE, WINDOW, SileroVad, VadConfig
 from models.whisper_asr import AsrResult, segment_confidence
 from topics.rtp import RtpError
@@ -44,7 +43,6 @@ from topics.transcript import ModelRef, PartialTranscript, TranscriptSegment, Tr
 
 __all__ = [
     "PipelineConfig",
-    "SpeechModels",
     "Partial",
     "Utterance",
     "LegRecognizer",
@@ -65,19 +63,6 @@ class PipelineConfig:
     keep_s: float = 1.0
     vad: VadConfig = field(default_factory=VadConfig)
     diarizer: DiarizerConfig = field(default_factory=DiarizerConfig)
-
-
-@dataclass
-class SpeechModels:
-    """Loaded once per process and shared: the VAD net, the ASR models, the speaker encoder."""
-
-    vad: SileroVad
-    asr: EdgeAsr
-    encoder: SpeakerEncoder
-
-    @classmethod
-    def load(cls, asr: EdgeAsr, device: str | None = "cpu") -> SpeechModels:
-        return cls(vad=SileroVad(), asr=asr, encoder=SpeakerEncoder(device))
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,12 +427,6 @@ class LegStream:
             out.rejected += [(err, data) for err in res.rejected]
             chunks += [(c, arrival) for c in res.chunks]
         self._recognize(chunks, now_s, out)
-        return out
-
-    def push_chunks(self, chunks: Sequence[PcmChunk], arrival_s: float, now_s: float) -> StepOutput:
-        """Feed decoded PCM directly (tests and benchmarks without RTP)."""
-        out = StepOutput()
-        self._recognize([(c, arrival_s) for c in chunks], now_s, out)
         return out
 
     def flush(self, now_s: float) -> StepOutput:

@@ -62,7 +62,6 @@ __all__ = [
     "SpeechCounters",
     "SpeechEngine",
     "SpeechService",
-    "run_speech_service",
     "parse_audio_topic",
     "register_metrics",
 ]
@@ -584,15 +583,4 @@ class SpeechService:
             return False
         self.counters.revisions_published += 1
         return True
-
-
-async def run_speech_service(settings: Settings, stop: asyncio.Event, **kwargs: object) -> SpeechCounters:
-    """Run :class:`SpeechService` until ``stop`` is set; return its counters."""
-    service = SpeechService(settings, **kwargs)  # type: ignore[arg-type]
-    await service.start()
-    try:
-        await stop.wait()
-    finally:
-        await service.stop()
-    return service.counters
 
