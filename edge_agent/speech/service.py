@@ -42,7 +42,7 @@ import aiomqtt
 import numpy as np
 
 from edge_agent.metrics import BucketCounts
-from edge_agent.mqtt import ArrivalQueue, publish_confirmed
+from edge_agent.mqtt import ArrivalQueue, MqttClient, publish_confirmed
 from edge_agent.speech.diarize import Diarizer
 from edge_agent.speech.pipeline import ConversationTracker, LegStream, PipelineConfig, StepOutput, Utterance
 from edge_agent.speech.revisions import SegmentIndex
@@ -460,7 +460,7 @@ class SpeechService:
         self._on_utterance = on_utterance
         self.engine: SpeechEngine | None = None
         self.ready = asyncio.Event()
-        self._client: aiomqtt.Client | None = None
+        self._client: MqttClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self.published = SegmentIndex()  # what DC revisions refer to
@@ -491,7 +491,7 @@ class SpeechService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def _make_client(self) -> aiomqtt.Client:
+    def _make_client(self) -> MqttClient:
         m = self.settings.mqtt
         engine = self.engine
         assert engine is not None
@@ -502,10 +502,10 @@ class SpeechService:
         def on_arrival(message: aiomqtt.Message, arrival_s: float) -> None:
             engine.note_arrival(message.topic.value, arrival_s)
 
-        return aiomqtt.Client(
+        return MqttClient(
             **aiomqtt_connection(m), identifier=f"{m.client_id}{self.config.client_suffix}",
             protocol=aiomqtt.ProtocolVersion.V5, clean_start=True, keepalive=m.keepalive_s,
-            queue_type=functools.partial(ArrivalQueue, on_drop=on_drop, on_arrival=on_arrival,  # type: ignore[arg-type]
+            queue_type=functools.partial(ArrivalQueue, on_drop=on_drop, on_arrival=on_arrival,
                                          clock=engine.clock),
             max_queued_incoming_messages=self.config.client_queue_packets,
         )

@@ -29,7 +29,7 @@ import torch
 from edge_agent.batcher import DynamicBatcher, Overloaded
 from edge_agent.metrics import EdgeMetrics
 from edge_agent.model_slot import Loaded, ModelSlot
-from edge_agent.mqtt import InOrderAcker, SessionLost, make_client, publish_confirmed, session_gone
+from edge_agent.mqtt import InOrderAcker, MqttClient, SessionLost, make_client, publish_confirmed, session_gone
 from edge_agent.vision.pipeline import FrameJob, FrameOutcome, VisionPipeline
 from models.artifacts import path_of
 from models.blazeface import load_blazeface
@@ -86,7 +86,7 @@ class _Session:
     """One MQTT connection: its client, its acker, and ``broken``, set by a handler that
     could not finish a message (its publish was not confirmed): the session then ends."""
 
-    client: aiomqtt.Client
+    client: MqttClient
     acker: InOrderAcker
     broken: asyncio.Event = field(default_factory=asyncio.Event)
     ended: bool = False
