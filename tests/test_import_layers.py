@@ -10,7 +10,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("offload_core", "topics", "models", "sim", "devices", "edge_agent", "cloud_trainer", "edge_offload",
+# Bottom first, as in the README's package table: a package imports only packages before it.
+PACKAGES = ("offload_core", "topics", "models", "devices", "edge_agent", "sim", "cloud_trainer", "edge_offload",
             "bench")
 
 
@@ -66,6 +67,13 @@ def test_no_import_cycle_between_packages() -> None:
     detail = "" if cycle is None else "; ".join(
         f"{a} -> {b} in {graph[a][b]}" for a, b in zip(cycle, cycle[1:], strict=False))
     assert cycle is None, f"import cycle {' -> '.join(cycle or [])}: {detail}"
+
+
+def test_each_package_imports_only_layers_below_it() -> None:
+    graph = package_graph()
+    for level, package in enumerate(PACKAGES):
+        upward = {other: files for other, files in graph[package].items() if PACKAGES.index(other) > level}
+        assert not upward, f"{package} imports a layer above it: {upward}"
 
 
 def test_the_cycle_finder_finds_a_cycle() -> None:
