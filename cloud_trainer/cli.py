@@ -10,7 +10,6 @@ import asyncio
 import json
 import signal
 import sys
-import time
 import wave
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from cloud_trainer.registry import Registry, RegistryError, Signer
 from cloud_trainer.store import open_store
 from offload_core.settings import Settings, load_settings
 from offload_core.trainer_settings import TrainerSettings
+from topics.codec import now_ms
 from topics.dc import Label
 
 __all__ = ["add_trainer_commands"]
@@ -99,7 +99,7 @@ def _cmd_label_export(args: argparse.Namespace) -> int:
 def _cmd_label_set(args: argparse.Namespace) -> int:
     settings, _ = _settings()
     label = Label(key=args.key, text=args.text, source=f"operator:{args.operator}",
-                  labelled_at_ms=int(time.time() * 1000))
+                  labelled_at_ms=now_ms())
     if args.key.count("|") != 4:
         print(f"error: {args.key!r} is not a sample key (see `edge-offload label list`)", file=sys.stderr)
         return 1

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 from cloud_trainer.fer_train import LabelledCrop, decode_crop, load_crop_dir
 from cloud_trainer.store import SampleStore
 from models.fer_teacher import TeacherFer
+from topics.codec import now_ms
 from topics.dc import Label
 from topics.vision import EMOTIONS
 
@@ -48,7 +48,7 @@ class FaceLabeler:
                        if s.kind == "face"]
             if not pending:
                 return done
-            now = int(time.time() * 1000)
+            now = now_ms()
             labels: list[Label] = []
             good, crops = [], []
             for s in pending:

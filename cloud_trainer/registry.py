@@ -13,7 +13,6 @@ import json
 import os
 import sqlite3
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from topics.codec import now_ms
 from topics.dc import ModelUpdate
 from topics.names import check_id
 from topics.signing import announcement_message, key_id, signed_message
@@ -119,10 +119,6 @@ class Decision:
     at_ms: int
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class Registry:
     """Versions of every model the DC trains; thread-safe, and safe across processes."""
 
@@ -164,7 +160,7 @@ class Registry:
                 self._db.execute(
                     "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (name, version, n, parent, status, fmt, sha, signature, self.signer.key_id,
-                     len(artifact), json.dumps(metrics), json.dumps(lineage), _now_ms()))
+                     len(artifact), json.dumps(metrics), json.dumps(lineage), now_ms()))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -195,7 +191,7 @@ class Registry:
                                      (status, name, version))
                 self._db.execute(
                     "INSERT INTO decisions (name, version, action, metrics, reason, at_ms) "
-                    "VALUES (?, ?, ?, ?, ?, ?)", (name, version, action, json.dumps(metrics), reason, _now_ms()))
+                    "VALUES (?, ?, ?, ?, ?, ?)", (name, version, action, json.dumps(metrics), reason, now_ms()))
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -209,7 +205,7 @@ class Registry:
     def _serve(self, name: str, version: str, action: str) -> None:
         with self._lock:
             self._db.execute("INSERT INTO serving (name, version, action, at_ms) VALUES (?, ?, ?, ?)",
-                             (name, version, action, _now_ms()))
+                             (name, version, action, now_ms()))
 
     def promote(self, name: str, version: str, metrics: dict[str, float] | None = None,
                 reason: str = "operator") -> VersionRecord:
@@ -322,7 +318,7 @@ class Registry:
             artifact = self.artifact(rec)
         else:
             url = f"{base_url.rstrip('/')}/artifacts/{rec.name}/{rec.version}"
-        now = _now_ms()
+        now = now_ms()
         with self._lock:
             cur = self._db.execute("INSERT INTO announcements (name, version, action, at_ms) VALUES (?, ?, ?, ?)",
                                    (rec.name, rec.version, action, now))

@@ -29,7 +29,7 @@ from models.whisper_asr import AsrResult
 from offload_core.kafka_admin import ensure_topics
 from offload_core.kafka_clients import make_consumer, make_producer
 from offload_core.settings import KafkaSettings
-from topics.codec import ContractError
+from topics.codec import ContractError, now_ms
 from topics.dc import MAX_HARD_EXAMPLE_BYTES, HardExample, Label, decode_hard_example, decode_label, encode_label
 from topics.names import KAFKA_HARD_EXAMPLES, KAFKA_LABELS, KAFKA_SPEECH_REVISIONS
 from topics.transcript import ModelRef, SpeechRevision, TranscriptWord, encode_revision
@@ -67,7 +67,7 @@ def revision_of(example: HardExample, reviser: SpeechReviser) -> SpeechRevision:
         revision=DC_REVISION, text=r.text,
         words=tuple(TranscriptWord(w.word, w.start_s, w.end_s, w.confidence) for w in r.words),
         confidence=r.confidence, model=ModelRef(rev.model, rev.version), source="dc",
-        created_at_ms=int(time.time() * 1000))
+        created_at_ms=now_ms())
 
 
 class RevisionService:

@@ -16,7 +16,6 @@ import hashlib
 import json
 import sqlite3
 import threading
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from offload_core.files import ensure_private
+from topics.codec import now_ms
 from topics.dc import HardExample, Label
 
 __all__ = ["StoredSample", "SampleStore", "SqliteStore", "PostgresStore", "open_store", "split_of"]
@@ -81,10 +81,6 @@ class StoredSample:
     split: str
     label: str | None
     label_source: str | None
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _row(ex: HardExample, received_at_ms: int, holdout_percent: int) -> tuple[Any, ...]:
@@ -192,7 +188,7 @@ class SqliteStore(SampleStore):
         return out
 
     async def add_many(self, examples: Sequence[HardExample]) -> int:
-        now = _now_ms()
+        now = now_ms()
         sql = (f"INSERT INTO samples ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
                "ON CONFLICT (key) DO NOTHING")
 
@@ -256,7 +252,7 @@ class SqliteStore(SampleStore):
     async def dead_letter(self, origin: str, reason: str, detail: str, payload: bytes) -> None:
         await self._run(lambda: self._db.execute(
             "INSERT INTO dead_letters (origin, reason, detail, payload, at_ms) VALUES (?, ?, ?, ?, ?)",
-            (origin, reason, detail[:1000], payload[:65536], _now_ms())))
+            (origin, reason, detail[:1000], payload[:65536], now_ms())))
 
     async def dead_letters(self) -> list[tuple[str, str]]:
         rows = await self._run(lambda: self._db.execute(
@@ -294,7 +290,7 @@ class PostgresStore(SampleStore):
         return cls(pool, holdout_percent)
 
     async def add_many(self, examples: Sequence[HardExample]) -> int:
-        now = _now_ms()
+        now = now_ms()
         sql = _pg(f"INSERT INTO samples ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
                   "ON CONFLICT (key) DO NOTHING RETURNING 1")
         added = 0
@@ -351,7 +347,7 @@ class PostgresStore(SampleStore):
     async def dead_letter(self, origin: str, reason: str, detail: str, payload: bytes) -> None:
         await self._pool.execute(
             "INSERT INTO dead_letters (origin, reason, detail, payload, at_ms) VALUES ($1, $2, $3, $4, $5)",
-            origin, reason, detail[:1000], payload[:65536], _now_ms())
+            origin, reason, detail[:1000], payload[:65536], now_ms())
 
     async def dead_letters(self) -> list[tuple[str, str]]:
         rows = await self._pool.fetch("SELECT origin, reason FROM dead_letters ORDER BY id")

@@ -24,6 +24,7 @@ from models.artifacts import path_of
 from offload_core.mqtt_security import configure_paho
 from offload_core.settings import MqttSettings
 from topics import names
+from topics.codec import now_ms
 from topics.kubeedge import twin_update, twin_update_topic
 from topics.vision import Frame, encode_frame
 
@@ -175,7 +176,7 @@ def run_camera(
             raise ConnectRefused(f"no CONNACK from {host}:{port} within {connect_timeout_s:.0f} s")
         if connack[0].is_failure:
             raise ConnectRefused(f"{host}:{port} refused the connection: {connack[0]}")
-        client.publish(twin_topic, twin_update({"status": "online", "fps": float(fps)}, _now_ms()), qos=1)
+        client.publish(twin_topic, twin_update({"status": "online", "fps": float(fps)}, now_ms()), qos=1)
         period = 1.0 / fps if fps > 0 else 0.0
         t0 = time.monotonic()
         deadline = t0 + seconds if seconds is not None else float("inf")
@@ -185,7 +186,7 @@ def run_camera(
             if stop is not None and stop.is_set():
                 break
             data = images[seq % len(images)]
-            captured = _now_ms()
+            captured = now_ms()
             payload = encode_frame(Frame(device=device, seq=seq, captured_at_ms=captured, encoding="jpeg", data=data))
             last = client.publish(names.frames(device), payload, qos=qos)
             stats.sent_at[seq] = captured
@@ -204,7 +205,7 @@ def run_camera(
             last.wait_for_publish(timeout=30)
         stats.seconds = time.monotonic() - t0
         status = {"status": "idle", "frames_sent": stats.frames_sent}
-        client.publish(twin_topic, twin_update(status, _now_ms()), qos=1).wait_for_publish(timeout=10)
+        client.publish(twin_topic, twin_update(status, now_ms()), qos=1).wait_for_publish(timeout=10)
     finally:
         client.loop_stop()
         client.disconnect()
@@ -213,10 +214,6 @@ def run_camera(
 
 class ConnectRefused(ConnectionError):
     """The broker refused the camera's connection (its CONNACK reason) or never answered."""
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -36,6 +35,7 @@ from edge_agent.vision.service import VisionService, build_vision_pipeline
 from models.edge_asr import ASR_MODEL, EdgeAsr
 from offload_core.settings import Settings
 from topics import names
+from topics.codec import now_ms
 from topics.dc import ModelUpdate
 
 __all__ = ["EdgeNode"]
@@ -95,7 +95,7 @@ class EdgeNode:
             seq=utterance.utterance, model=ASR_MODEL, model_version=utterance.model.version,
             pcm=pcm, sample_rate=SAMPLE_RATE, text=utterance.result.text,
             word_confidences=[utterance.result.confidence],
-            captured_at_ms=int(time.time() * 1000))
+            captured_at_ms=now_ms())
 
     def _refused(self, refusal: Refusal) -> None:
         log.debug("model update refused: %s", refusal)  # ModelUpdater logs and counts it

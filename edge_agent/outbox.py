@@ -14,7 +14,6 @@ import asyncio
 import logging
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from offload_core.files import ensure_private
 from offload_core.kafka_admin import ensure_topics
 from offload_core.kafka_clients import make_producer
 from offload_core.settings import KafkaSettings
+from topics.codec import now_ms
 
 __all__ = ["OutboxRow", "OutboxStats", "Outbox", "KafkaForwarder"]
 
@@ -119,7 +119,7 @@ class Outbox:
 
     def put_many(self, items: Iterable[tuple[str, str, bytes, bytes | None]]) -> int:
         """Store messages in one transaction; return how many were new (not duplicates)."""
-        now = int(time.time() * 1000)
+        now = now_ms()
         added = 0
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -193,7 +193,7 @@ class Outbox:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
                 "INSERT INTO dead (key, topic, payload, reason, dead_ms) VALUES (?, ?, ?, ?, ?)",
-                (row.key, row.topic, row.payload[:65536], reason[:500], int(time.time() * 1000)))
+                (row.key, row.topic, row.payload[:65536], reason[:500], now_ms()))
             self._db.execute(
                 "DELETE FROM dead WHERE id <= (SELECT MAX(id) FROM dead) - ?", (_MAX_DEAD,))
             cur = self._db.execute("DELETE FROM outbox WHERE id = ?", (row.id,))

@@ -39,7 +39,7 @@ from offload_core.kafka_admin import ensure_topics
 from offload_core.kafka_clients import make_consumer
 from offload_core.logs import RateLimitedLog
 from offload_core.settings import KafkaSettings
-from topics.codec import ContractError
+from topics.codec import ContractError, now_ms
 from topics.dc import ModelUpdate, decode_model_update
 from topics.names import KAFKA_MODEL_UPDATES
 from topics.signing import announcement_message, key_id, verify, verify_message
@@ -146,7 +146,7 @@ class ModelUpdater:
 
     def _refuse(self, name: str, version: str, reason: str, detail: str) -> None:
         self.stats.refused[reason] = self.stats.refused.get(reason, 0) + 1
-        refusal = Refusal(name, version, reason, detail[:500], int(time.time() * 1000))
+        refusal = Refusal(name, version, reason, detail[:500], now_ms())
         self.refusals.append(refusal)
         self._log.warning(reason, "model update %s %s refused: %s %s", name, version, reason, detail[:200])
         if self.on_refused is not None:

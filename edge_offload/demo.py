@@ -30,6 +30,7 @@ from edge_offload.brokers import MosquittoBroker, TansuBroker
 from edge_offload.tail import format_line
 from offload_core.settings import EdgeSettings, KafkaSettings, MqttSettings, Settings
 from topics import names
+from topics.codec import payload_bytes
 from topics.transcript import decode_segment
 from topics.vision import decode_result
 
@@ -143,7 +144,7 @@ async def run_demo(settings: Settings, seconds: float, fps: float = 10.0, show: 
             async def read() -> None:
                 async for message in operator.messages:
                     topic = str(message.topic)
-                    payload = bytes(message.payload) if isinstance(message.payload, (bytes, bytearray)) else b""
+                    payload = payload_bytes(message.payload)
                     if topic in (names.dead_letter("vision"), names.dead_letter("audio")):
                         summary.errors += 1
                     elif topic == names.transcript(CONVERSATION):

@@ -21,7 +21,7 @@ import msgpack
 from offload_core.mqtt_security import aiomqtt_connection
 from offload_core.settings import MqttSettings, load_settings, use_config_file
 from topics import names
-from topics.codec import ContractError
+from topics.codec import ContractError, payload_bytes
 from topics.deadletter import decode_dead_letter
 from topics.status import decode_status
 from topics.vision import VisionResult, decode_result
@@ -120,7 +120,7 @@ async def tail(mqtt: MqttSettings, topic_filters: Sequence[str] = DEFAULT_FILTER
         if subscribed is not None:
             subscribed.set()
         async for message in client.messages:
-            payload = message.payload if isinstance(message.payload, (bytes, bytearray)) else b""
+            payload = payload_bytes(message.payload)
             topic = str(message.topic)
             now = time.time()
             if as_json:

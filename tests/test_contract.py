@@ -105,3 +105,16 @@ def test_kubeedge_json_formats() -> None:
     assert data["data"]["battery"] == {"value": "81", "metadata": {"timestamp": 2000, "type": "int"}}
     assert twin_update_topic("ns", "cam-1") == "$hw/events/device/ns/cam-1/twin/update"
     assert device_data_topic("cam-1") == "$ke/events/device/cam-1/data/update"
+
+
+def test_payload_bytes_and_now_ms() -> None:
+    import time
+
+    from topics.codec import now_ms, payload_bytes
+
+    assert payload_bytes(b"\x00\xff") == b"\x00\xff"
+    assert payload_bytes(bytearray(b"ab")) == b"ab" and type(payload_bytes(bytearray(b"ab"))) is bytes
+    assert payload_bytes(None) == b""
+    assert payload_bytes("é") == "é".encode() and payload_bytes(7) == b"7"
+    before = int(time.time() * 1000)
+    assert before <= now_ms() <= int(time.time() * 1000)

@@ -52,7 +52,7 @@ from models.vad import SileroVad
 from offload_core.mqtt_security import aiomqtt_connection
 from offload_core.settings import Settings, SpeechServiceConfig
 from topics import names
-from topics.codec import ContractError
+from topics.codec import ContractError, now_ms, payload_bytes
 from topics.deadletter import DeadLetter, encode_dead_letter
 from topics.rtp import parse_rtp
 from topics.transcript import SpeechRevision, encode_partial, encode_segment
@@ -522,10 +522,7 @@ class SpeechService:
                     backoff = 0.2
                     async for item in client.messages:
                         arrival_s, message = cast(tuple[float, aiomqtt.Message], item)  # stamped by ArrivalQueue
-                        payload = message.payload
-                        if not isinstance(payload, (bytes, bytearray)):
-                            payload = b"" if payload is None else str(payload).encode()
-                        self.engine.submit(message.topic.value, bytes(payload), arrival_s)
+                        self.engine.submit(message.topic.value, payload_bytes(message.payload), arrival_s)
             except aiomqtt.MqttError as exc:
                 self._client = None
                 self.ready.clear()
@@ -559,7 +556,7 @@ class SpeechService:
             for err, payload in out.rejected:
                 dl = DeadLetter(stage="audio", reason=err.reason, detail=err.detail, topic=topic, payload=payload,
                                 payload_size=len(payload), node=self.settings.edge.node_name,
-                                received_at_ms=int(time.time() * 1000))
+                                received_at_ms=now_ms())
                 await publish_confirmed(client, names.dead_letter("audio"), encode_dead_letter(dl), deadline_s=deadline)
                 c.dead_letters_published += 1
                 done += 1

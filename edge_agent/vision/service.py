@@ -38,7 +38,7 @@ from models.fer_edge import FerClassifier, load_edge_fer, resolve_device
 from offload_core.logs import RateLimitedLog
 from offload_core.settings import Settings
 from topics import names
-from topics.codec import ContractError
+from topics.codec import ContractError, now_ms, payload_bytes
 from topics.deadletter import DeadLetter, encode_dead_letter
 from topics.status import EdgeStatus, encode_status
 from topics.vision import decode_frame, encode_result
@@ -72,10 +72,6 @@ def build_vision_pipeline(settings: Settings) -> VisionPipeline:
     fer = load_edge_fer(settings.cache_dir, device=settings.edge.device)
     slot: ModelSlot[FerClassifier] = ModelSlot(Loaded(fer, fer.name, fer.version))
     return VisionPipeline(detector, slot, v, settings.edge.node_name)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 _SESSION_LOST = ContractError("session_lost", "the session of this frame ended before its batch ran")
@@ -175,7 +171,7 @@ class VisionService:
 
     async def _session(self, stop: asyncio.Event) -> None:
         s = self.settings
-        offline = encode_status(EdgeStatus(s.edge.node_name, False, _now_ms(), self._models()))
+        offline = encode_status(EdgeStatus(s.edge.node_name, False, now_ms(), self._models()))
         will = aiomqtt.Will(names.edge_status(s.edge.node_name), offline, qos=1, retain=True)
         broken = asyncio.Event()  # a QoS 1 message the client queue refused is a hole in the window
         client = make_client(s.mqtt, will=will,
@@ -185,7 +181,7 @@ class VisionService:
         try:
             async with client:
                 await client.subscribe(names.shared(s.mqtt.share_group, names.FRAMES_FILTER), qos=1)
-                online = EdgeStatus(s.edge.node_name, True, _now_ms(), self._models())
+                online = EdgeStatus(s.edge.node_name, True, now_ms(), self._models())
                 await client.publish(names.edge_status(s.edge.node_name), encode_status(online), qos=1, retain=True)
                 self._session_now = sess
                 self.connected.set()
@@ -203,7 +199,7 @@ class VisionService:
                 if breaking in done and not stopping.done():
                     raise SessionLost("a publish was not confirmed or a QoS 1 message was refused; reconnecting")
                 await self._drain()
-                offline = encode_status(EdgeStatus(s.edge.node_name, False, _now_ms(), self._models()))
+                offline = encode_status(EdgeStatus(s.edge.node_name, False, now_ms(), self._models()))
                 await client.publish(names.edge_status(s.edge.node_name), offline, qos=1, retain=True)
         finally:
             self._end(sess)
@@ -269,7 +265,7 @@ class VisionService:
         except Exception as exc:
             log.exception("internal error on %s", message.topic)
             try:
-                await self._dead_letter(sess, str(message.topic), _payload(message),
+                await self._dead_letter(sess, str(message.topic), payload_bytes(message.payload),
                                         ContractError("internal_error", f"{type(exc).__name__}: {exc}"))
             except aiomqtt.MqttError as exc2:
                 self._abandon(sess, exc2)
@@ -287,7 +283,7 @@ class VisionService:
         if not sess.live:
             raise SessionLost("session ended before this message was handled")
         topic = str(message.topic)
-        payload = _payload(message)
+        payload = payload_bytes(message.payload)
         self.metrics.received.labels(STAGE).inc()
         key = hashlib.blake2b(topic.encode() + b"\0" + payload, digest_size=16).digest()
         unsent = self._unsent.pop(key, None)
@@ -356,13 +352,6 @@ class VisionService:
         log.info("dead-letter %s: %s", topic, error)
         record = DeadLetter(stage=STAGE, reason=error.reason, detail=error.detail, topic=topic,
                             payload=payload, payload_size=len(payload),
-                            node=self.settings.edge.node_name, received_at_ms=_now_ms())
+                            node=self.settings.edge.node_name, received_at_ms=now_ms())
         await publish_confirmed(sess.client, names.dead_letter(STAGE), encode_dead_letter(record),
                                 deadline_s=self.settings.delivery.publish_deadline_s)
-
-
-def _payload(message: aiomqtt.Message) -> bytes:
-    p = message.payload
-    if isinstance(p, (bytes, bytearray)):
-        return bytes(p)
-    return b"" if p is None else str(p).encode()
