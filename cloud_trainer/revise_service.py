@@ -1,7 +1,7 @@
 """DC advanced inference as a service: speech hard examples in, revised segments out.
 
 Its own consumer group on the hard-examples topic takes every audio hard example of the
-edge ASR (:data:`models.edge_asr.ASR_MODEL`), re-decodes it with
+edge ASR (:data:`topics.names.ASR_MODEL`), re-decodes it with
 :class:`~cloud_trainer.speech_revise.SpeechReviser` (in a worker thread) and sends a
 :class:`~topics.transcript.SpeechRevision` to :data:`topics.names.KAFKA_SPEECH_REVISIONS`
 (acks=all), keyed by the edge node, and the revised text as a ``dc:<model>`` label of the
@@ -24,14 +24,13 @@ from aiokafka import AIOKafkaProducer
 
 from cloud_trainer.asr_adapt import pcm_to_float
 from cloud_trainer.speech_revise import SpeechReviser
-from models.edge_asr import ASR_MODEL
 from models.whisper_asr import AsrResult
 from offload_core.kafka_admin import ensure_topics
 from offload_core.kafka_clients import make_consumer, make_producer
 from offload_core.settings import KafkaSettings
 from topics.codec import ContractError, now_ms
 from topics.dc import MAX_HARD_EXAMPLE_BYTES, HardExample, Label, decode_hard_example, decode_label, encode_label
-from topics.names import KAFKA_HARD_EXAMPLES, KAFKA_LABELS, KAFKA_SPEECH_REVISIONS
+from topics.names import ASR_MODEL, KAFKA_HARD_EXAMPLES, KAFKA_LABELS, KAFKA_SPEECH_REVISIONS
 from topics.transcript import ModelRef, SpeechRevision, TranscriptWord, encode_revision
 
 __all__ = ["RevisionStats", "RevisionService", "revision_of", "DC_REVISION", "OPERATOR_REVISION"]

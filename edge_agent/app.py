@@ -32,11 +32,12 @@ from edge_agent.speech.stream import SAMPLE_RATE
 from edge_agent.updates import ModelHandler, ModelUpdater, Refusal
 from edge_agent.vision.pipeline import FrameOutcome
 from edge_agent.vision.service import VisionService, build_vision_pipeline
-from models.edge_asr import ASR_MODEL, EdgeAsr
+from models.edge_asr import EdgeAsr
 from offload_core.settings import Settings
 from topics import names
 from topics.codec import now_ms
 from topics.dc import ModelUpdate
+from topics.names import ASR_MODEL
 
 __all__ = ["EdgeNode"]
 

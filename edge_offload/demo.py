@@ -195,7 +195,7 @@ async def run_demo(settings: Settings, seconds: float, fps: float = 10.0, show: 
                 log.warning("hard examples still on their way to the DC")
             summary.hard_examples_sent = outbox.stats.sent
         if trainer.store is not None:
-            models = ("fer-mini-xception", "whisper-vocab")
+            models = (names.FER_MODEL, names.ASR_MODEL)
             summary.dc_samples_stored = sum([await trainer.store.count(name) for name in models])
         if node.vision is not None:
             current = node.vision.pipeline.slot.current()

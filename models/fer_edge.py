@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from models.artifacts import path_of
+from topics.names import FER_MODEL
 from topics.vision import EMOTIONS
 
 __all__ = [
@@ -297,7 +298,7 @@ class FerClassifier:
     """
 
     def __init__(self, model: MiniXception, device: str = "auto",
-                 name: str = "fer-mini-xception", version: str = FER_VERSION) -> None:
+                 name: str = FER_MODEL, version: str = FER_VERSION) -> None:
         self.name, self.version = name, version
         self.device = torch.device(resolve_device(device))
         # Module.to(memory_format=) exists at run time but not in torch's type stubs.

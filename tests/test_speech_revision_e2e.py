@@ -16,7 +16,6 @@ from cloud_trainer.service import Trainer
 from devices.audio import LegSource, stream_audio
 from edge_agent.app import EdgeNode
 from edge_offload.brokers import MosquittoBroker, TansuBroker
-from models.edge_asr import ASR_MODEL
 from offload_core.dc_settings import FilterSpec, HardExampleSettings, ModelMiningSettings
 from offload_core.settings import EdgeSettings, MqttSettings, Settings
 from offload_core.trainer_settings import AsrAdaptSettings, FerTrainSettings, TrainerSettings
@@ -24,6 +23,7 @@ from sim.scoring import wer
 from sim.speech_corpus import to_8k_int16
 from topics import names
 from topics.dc import Label
+from topics.names import ASR_MODEL
 from topics.transcript import TranscriptSegment, decode_segment
 
 pytestmark = [pytest.mark.integration,

@@ -1,4 +1,4 @@
-"""Topic names: the only place in the project that spells an MQTT topic or Kafka topic.
+"""Topic names (the only place in the project that spells an MQTT topic or Kafka topic) and model names.
 
 Media lives under ``offload/v1/...``, which edgecore neither routes to the twin module nor
 uploads to the cloud (see :data:`EDGECORE_FILTERS`). Device status uses the KubeEdge
@@ -22,6 +22,8 @@ __all__ = [
     "KAFKA_MODEL_UPDATES",
     "KAFKA_LABELS",
     "KAFKA_SPEECH_REVISIONS",
+    "FER_MODEL",
+    "ASR_MODEL",
     "check_id",
     "frames",
     "audio",
@@ -47,6 +49,10 @@ KAFKA_HARD_EXAMPLES = "offload.hard-examples"
 KAFKA_MODEL_UPDATES = "offload.model-updates"
 KAFKA_LABELS = "offload.labels"
 KAFKA_SPEECH_REVISIONS = "offload.speech-revisions"  # DC -> edge: re-decoded utterances
+
+# Model names, as they appear in results, hard examples, model updates and settings keys.
+FER_MODEL = "fer-mini-xception"  # the edge facial-expression classifier
+ASR_MODEL = "whisper-vocab"  # the edge ASR's vocabulary prompt over pinned Whisper weights
 
 # What edgecore's EventBus subscribes to itself (kubeedge/kubeedge, edge/pkg/eventbus).
 EDGECORE_FILTERS: tuple[str, ...] = (
