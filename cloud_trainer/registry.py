@@ -15,7 +15,7 @@ import sqlite3
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -25,7 +25,7 @@ from topics.dc import ModelUpdate
 from topics.names import check_id
 from topics.signing import announcement_message, key_id, signed_message
 
-__all__ = ["Signer", "VersionRecord", "Decision", "RegistryError", "Registry"]
+__all__ = ["Signer", "Lineage", "VersionRecord", "Decision", "RegistryError", "Registry"]
 
 _PRIVATE = "signing.ed25519"
 _PUBLIC = "signing.pub"
@@ -89,6 +89,26 @@ class Signer:
         return signer
 
 
+class Lineage(TypedDict, total=False):
+    """How a version was made (stored as JSON beside it). Every key a round writes is listed here,
+    so the trainer's own reads (the retrain trigger's ``labelled_train_total``) are type-checked."""
+
+    origin: str  # "base": a pinned artifact registered at start-up
+    parent: str | None  # the version it was trained from
+    samples_new: int
+    samples_replay: int
+    labelled_train_total: int  # labelled samples it was trained on: the retrain trigger counts from it
+    max_sample_id: int
+    samples_sha256: str
+    labels: Any  # FER: the labeller; ASR: label counts per source
+    epochs: int
+    train_seconds: float
+    final_loss: float
+    vocabulary: int
+    new_words: list[str]
+    judged_with: str
+
+
 @dataclass(frozen=True, slots=True)
 class VersionRecord:
     """One registered version. ``lineage``: parent, samples used, how it was made."""
@@ -103,7 +123,7 @@ class VersionRecord:
     key_id: str
     size: int
     metrics: dict[str, float] = field(default_factory=dict)
-    lineage: dict[str, Any] = field(default_factory=dict)
+    lineage: Lineage = field(default_factory=lambda: Lineage())
     created_ms: int = 0
 
 
@@ -146,7 +166,7 @@ class Registry:
         tmp.replace(folder / version)
 
     def _insert(self, name: str, version: str | None, artifact: bytes, fmt: str, parent: str | None,
-                status: str, metrics: dict[str, float], lineage: dict[str, Any]) -> VersionRecord:
+                status: str, metrics: dict[str, float], lineage: Lineage) -> VersionRecord:
         check_id(name, "model")
         sha = hashlib.sha256(artifact).hexdigest()
         with self._lock:
@@ -177,7 +197,7 @@ class Registry:
         return rec
 
     def register(self, name: str, artifact: bytes, fmt: str, *, parent: str | None,
-                 metrics: dict[str, float], lineage: dict[str, Any]) -> VersionRecord:
+                 metrics: dict[str, float], lineage: Lineage) -> VersionRecord:
         """Add a signed candidate version (``v<n>``)."""
         return self._insert(name, None, artifact, fmt, parent, "candidate", metrics, lineage)
 

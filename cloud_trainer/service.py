@@ -146,7 +146,7 @@ class Trainer:
 
     def _trained_total(self, name: str) -> int:
         """Labelled training samples the latest round of ``name`` saw (0 before any round)."""
-        totals = [int(v.lineage.get("labelled_train_total", 0)) for v in self.registry.versions(name)]
+        totals = [v.lineage.get("labelled_train_total", 0) for v in self.registry.versions(name)]
         return max(totals, default=0)
 
     # --- observing ----------------------------------------------------------------------
@@ -182,7 +182,7 @@ class Trainer:
         rec = self.registry.register(name, cand.artifact, cand.format, parent=current.version,
                                      metrics=cand.gate.metrics, lineage=cand.lineage)
         trig = self._triggers.setdefault(name, _Trigger())
-        trig.last_total = int(cand.lineage.get("labelled_train_total", trig.last_total))
+        trig.last_total = cand.lineage.get("labelled_train_total", trig.last_total)
         trig.last_round_s = time.monotonic()
         if cand.gate.promote and self.settings.auto_promote:
             rec = self.registry.promote(name, rec.version, cand.gate.metrics, f"gate: {cand.gate.reason}")
