@@ -21,6 +21,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from cloud_trainer.store import SampleStore
 from offload_core.kafka_admin import ensure_topics
 from offload_core.kafka_clients import make_consumer
+from offload_core.retry import Backoff
 from offload_core.settings import KafkaSettings
 from topics.codec import ContractError
 from topics.dc import MAX_HARD_EXAMPLE_BYTES, HardExample, Label, decode_hard_example, decode_label
@@ -138,6 +139,7 @@ class SampleConsumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; reconnects and rebuilds itself on failures."""
+        retry = Backoff(1.0, 1.0)
         while not stop.is_set():
             consumer: AIOKafkaConsumer | None = None
             try:
@@ -150,10 +152,7 @@ class SampleConsumer:
                     break
                 self.stats.restarts += 1
                 log.warning("trainer consumer: %s: %s; restarting", type(exc).__name__, exc)
-                try:
-                    await asyncio.wait_for(stop.wait(), 1.0)
-                except TimeoutError:
-                    pass
+                await retry.wait(stop)  # fixed period
             finally:
                 if consumer is not None:
                     try:

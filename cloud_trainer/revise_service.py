@@ -27,6 +27,7 @@ from cloud_trainer.speech_revise import SpeechReviser
 from models.whisper_asr import AsrResult
 from offload_core.kafka_admin import ensure_topics
 from offload_core.kafka_clients import make_consumer, make_producer
+from offload_core.retry import Backoff
 from offload_core.settings import KafkaSettings
 from topics.codec import ContractError, now_ms
 from topics.dc import MAX_HARD_EXAMPLE_BYTES, HardExample, Label, decode_hard_example, decode_label, encode_label
@@ -144,6 +145,7 @@ class RevisionService:
                               created_at_ms=label.labelled_at_ms)
 
     async def run(self, stop: asyncio.Event) -> None:
+        retry = Backoff(1.0, 1.0)
         while not stop.is_set():
             consumer = producer = None
             try:
@@ -170,10 +172,7 @@ class RevisionService:
                     break
                 self.stats.restarts += 1
                 log.warning("reviser: %s: %s; restarting", type(exc).__name__, exc)
-                try:
-                    await asyncio.wait_for(stop.wait(), 1.0)
-                except TimeoutError:
-                    pass
+                await retry.wait(stop)  # fixed period
             finally:
                 for client in (consumer, producer):
                     if client is not None:

@@ -26,6 +26,7 @@ from cloud_trainer.rounds import AsrRound, FerRound, ModelRound
 from cloud_trainer.serve import ArtifactServer
 from cloud_trainer.speech_revise import SpeechReviser
 from cloud_trainer.store import SampleStore, open_store
+from offload_core.retry import Backoff
 from offload_core.settings import KafkaSettings, Settings
 from offload_core.trainer_settings import TrainerSettings
 
@@ -272,6 +273,7 @@ class Trainer:
             self.registry.close()
 
     async def _start_publisher(self, stop: asyncio.Event) -> None:
+        retry = Backoff(2.0, 2.0)
         while not stop.is_set():
             try:
                 await self.publisher.start()
@@ -279,10 +281,7 @@ class Trainer:
             except Exception as exc:
                 log.warning("trainer: Kafka unavailable for announcements (%s); retrying", exc)
                 await self.publisher.stop()
-                try:
-                    await asyncio.wait_for(stop.wait(), 2.0)
-                except TimeoutError:
-                    pass
+                await retry.wait(stop)  # fixed period
 
 
 async def run_trainer(settings: Settings, stop: asyncio.Event) -> None:

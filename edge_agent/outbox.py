@@ -31,6 +31,7 @@ from offload_core.dc_settings import OutboxSettings
 from offload_core.files import ensure_private
 from offload_core.kafka_admin import ensure_topics
 from offload_core.kafka_clients import make_producer
+from offload_core.retry import Backoff
 from offload_core.settings import KafkaSettings
 from topics.codec import now_ms
 
@@ -327,7 +328,8 @@ class KafkaForwarder:
     async def run(self, stop: asyncio.Event) -> None:
         """Forward until ``stop`` is set; never raises for broker trouble."""
         self._loop = asyncio.get_running_loop()
-        backoff = self.settings.backoff_initial_s
+        first_s = self.settings.backoff_initial_s
+        backoff = Backoff(first_s, max(self.settings.backoff_max_s, first_s))
         stopper = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
@@ -342,19 +344,15 @@ class KafkaForwarder:
                     ok = await self._send_round(rows)
                 except (TimeoutError, KafkaError, OSError) as exc:
                     log.warning("outbox: Kafka unavailable (%s: %s); retry in %.2fs",
-                                type(exc).__name__, exc, backoff)
+                                type(exc).__name__, exc, backoff.delay_s)
                     ok = False
                     await self._drop_producer()
                 await self._round_done()
                 if ok:
-                    backoff = self.settings.backoff_initial_s
+                    backoff.reset()
                     continue
                 self.outbox.stats.send_errors += 1
-                try:
-                    await asyncio.wait_for(asyncio.shield(stopper), backoff)
-                except TimeoutError:
-                    pass
-                backoff = min(backoff * 2, self.settings.backoff_max_s)
+                await backoff.wait(stop)
         finally:
             stopper.cancel()
             await self._drop_producer()

@@ -38,6 +38,7 @@ from offload_core.files import write_private
 from offload_core.kafka_admin import ensure_topics
 from offload_core.kafka_clients import make_consumer
 from offload_core.logs import RateLimitedLog
+from offload_core.retry import Backoff
 from offload_core.settings import KafkaSettings
 from topics.codec import ContractError, now_ms
 from topics.dc import ModelUpdate, decode_model_update
@@ -261,6 +262,7 @@ class ModelUpdater:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow the model-updates topic from its start until ``stop`` is set."""
+        retry = Backoff(2.0, 2.0)
         while not stop.is_set():
             try:
                 await ensure_topics(self.kafka, [KAFKA_MODEL_UPDATES])
@@ -275,10 +277,7 @@ class ModelUpdater:
                 await consumer.start()
             except (KafkaError, OSError) as exc:
                 log.warning("model updates: Kafka unavailable (%s); retrying", exc)
-                try:
-                    await asyncio.wait_for(stop.wait(), 2.0)
-                except TimeoutError:
-                    pass
+                await retry.wait(stop)  # fixed period
                 continue
             try:
                 await self._follow(consumer, stop)

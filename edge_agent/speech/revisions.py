@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer
 
 from offload_core.kafka_admin import ensure_topics
 from offload_core.kafka_clients import make_consumer
+from offload_core.retry import Backoff
 from offload_core.settings import KafkaSettings
 from topics.codec import ContractError
 from topics.names import KAFKA_SPEECH_REVISIONS
@@ -97,6 +98,7 @@ class RevisionFollower:
         self.ready = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
+        retry = Backoff(1.0, 1.0)
         while not stop.is_set():
             consumer: AIOKafkaConsumer | None = None
             try:
@@ -117,10 +119,7 @@ class RevisionFollower:
                     break
                 self.stats.restarts += 1
                 log.warning("revisions: %s: %s; restarting", type(exc).__name__, exc)
-                try:
-                    await asyncio.wait_for(stop.wait(), 1.0)
-                except TimeoutError:
-                    pass
+                await retry.wait(stop)  # fixed period
             finally:
                 if consumer is not None:
                     try:

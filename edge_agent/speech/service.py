@@ -50,6 +50,7 @@ from models.edge_asr import AsrVocabulary, EdgeAsr, load_edge_asr, prompt_from_s
 from models.speaker import SpeakerEncoder
 from models.vad import SileroVad
 from offload_core.mqtt_security import aiomqtt_connection
+from offload_core.retry import Backoff
 from offload_core.settings import Settings, SpeechServiceConfig
 from topics import names
 from topics.codec import ContractError, now_ms, payload_bytes
@@ -511,7 +512,7 @@ class SpeechService:
         )
 
     async def _run(self) -> None:
-        backoff = 0.2
+        backoff = Backoff(min(0.2, self.config.reconnect_max_s), self.config.reconnect_max_s)
         assert self.engine is not None
         while not self._stop.is_set():
             try:
@@ -519,7 +520,7 @@ class SpeechService:
                     self._client = client
                     await client.subscribe(names.AUDIO_FILTER, qos=self.config.subscribe_qos)
                     self.ready.set()
-                    backoff = 0.2
+                    backoff.reset()
                     async for item in client.messages:
                         arrival_s, message = cast(tuple[float, aiomqtt.Message], item)  # stamped by ArrivalQueue
                         self.engine.submit(message.topic.value, payload_bytes(message.payload), arrival_s)
@@ -529,10 +530,8 @@ class SpeechService:
                 if self._stop.is_set():
                     break
                 self.counters.reconnects += 1
-                log.warning("speech MQTT connection lost (%s); retrying in %.1fs", exc, backoff)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=backoff)  # backoff, cut short by stop
-                backoff = min(backoff * 2, self.config.reconnect_max_s)
+                log.warning("speech MQTT connection lost (%s); retrying in %.1fs", exc, backoff.delay_s)
+                await backoff.wait(self._stop)
 
     async def _publish(self, out: StepOutput, topic: str) -> None:
         client = self._client

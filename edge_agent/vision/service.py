@@ -36,6 +36,7 @@ from models.blazeface import load_blazeface
 from models.face_detect import BatchDetector, FaceDetector, HaarBatchDetector
 from models.fer_edge import FerClassifier, load_edge_fer, resolve_device
 from offload_core.logs import RateLimitedLog
+from offload_core.retry import Backoff
 from offload_core.settings import Settings
 from topics import names
 from topics.codec import ContractError, now_ms, payload_bytes
@@ -153,19 +154,15 @@ class VisionService:
         loaded = self.pipeline.slot.current()
         self.metrics.set_model(loaded.name, loaded.version)
         self.batcher.start()
-        backoff = 0.2
+        backoff = Backoff(0.2, 5.0)
         try:
             while not stop.is_set():
                 try:
                     await self._session(stop)
-                    backoff = 0.2
+                    backoff.reset()
                 except aiomqtt.MqttError as exc:
-                    log.warning("MQTT connection lost (%s); reconnecting in %.1fs", exc, backoff)
-                    try:  # reconnect backoff, cut short by stop
-                        await asyncio.wait_for(stop.wait(), backoff)
-                    except TimeoutError:
-                        pass
-                    backoff = min(backoff * 2, 5.0)
+                    log.warning("MQTT connection lost (%s); reconnecting in %.1fs", exc, backoff.delay_s)
+                    await backoff.wait(stop)
         finally:
             await self.batcher.stop()
 
