@@ -28,7 +28,7 @@ __all__ = ["add_trainer_commands"]
 
 def _settings() -> tuple[Settings, TrainerSettings]:
     settings = load_settings()
-    return settings, getattr(settings, "trainer", None) or TrainerSettings()
+    return settings, settings.trainer
 
 
 def _registry(trainer: TrainerSettings) -> Registry:

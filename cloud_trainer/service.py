@@ -288,6 +288,6 @@ async def run_trainer(settings: Settings, stop: asyncio.Event) -> None:
     """``edge-offload trainer``: the DC loop with ``settings.trainer`` until ``stop`` is set."""
     import torch
 
-    trainer_settings: TrainerSettings = getattr(settings, "trainer", None) or TrainerSettings()
+    trainer_settings = settings.trainer
     torch.set_num_threads(trainer_settings.torch_threads)
     await Trainer(trainer_settings, settings.kafka, settings.cache_dir).run(stop)
