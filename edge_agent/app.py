@@ -91,8 +91,9 @@ class EdgeNode:
         if self.reporter is None or not utterance.result.words:
             return
         pcm = (np.clip(utterance.samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+        device, conversation, _ = names.parse_audio(topic)
         self.reporter.offer_speech(
-            device=names.device_of(topic), stream=topic.rsplit("/", 2)[-2] + "." + utterance.leg,
+            device=device, stream=f"{conversation}.{utterance.leg}",
             seq=utterance.utterance, model=ASR_MODEL, model_version=utterance.model.version,
             pcm=pcm, sample_rate=SAMPLE_RATE, text=utterance.result.text,
             word_confidences=[utterance.result.confidence],

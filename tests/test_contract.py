@@ -118,3 +118,17 @@ def test_payload_bytes_and_now_ms() -> None:
     assert payload_bytes("é") == "é".encode() and payload_bytes(7) == b"7"
     before = int(time.time() * 1000)
     assert before <= now_ms() <= int(time.time() * 1000)
+
+
+def test_audio_topics_are_built_and_parsed_in_names() -> None:
+    import pytest
+
+    from topics import names
+    from topics.codec import ContractError
+
+    assert names.parse_audio(names.audio("dev-1", "conv-2", "leg-a")) == ("dev-1", "conv-2", "leg-a")
+    for bad, reason in ((f"{names.ROOT}/frames/dev", "bad_topic"), (f"{names.ROOT}/audio/dev/conv", "bad_topic"),
+                        (f"{names.ROOT}/audio/dev/conv/", "bad_leg_id")):
+        with pytest.raises(ContractError) as err:
+            names.parse_audio(bad)
+        assert err.value.reason == reason

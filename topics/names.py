@@ -34,6 +34,7 @@ __all__ = [
     "edge_status",
     "shared",
     "device_of",
+    "parse_audio",
     "matches",
     "routed_by_edgecore",
 ]
@@ -113,6 +114,21 @@ def edge_status(node: str) -> str:
 def shared(group: str, topic_filter: str) -> str:
     """An MQTT v5 shared subscription: agents in ``group`` split the messages."""
     return f"$share/{check_id(group, 'group')}/{topic_filter}"
+
+
+def parse_audio(topic: str) -> tuple[str, str, str]:
+    """``offload/v1/audio/{device}/{conversation}/{leg}`` -> (device, conversation, leg)."""
+    parts = topic.split("/")
+    prefix = ROOT.split("/")
+    if len(parts) != len(prefix) + 4 or parts[:len(prefix)] != prefix or parts[len(prefix)] != "audio":
+        raise ContractError("bad_topic", f"not an audio topic: {topic[:120]!r}")
+    device, conversation, leg = parts[-3:]
+    for value, what in ((device, "device"), (conversation, "conversation"), (leg, "leg")):
+        try:
+            check_id(value, what)
+        except ValueError:
+            raise ContractError(f"bad_{what}_id", f"{what} {value[:80]!r} is not a valid id") from None
+    return device, conversation, leg
 
 
 def device_of(topic: str) -> str:

@@ -63,7 +63,6 @@ __all__ = [
     "SpeechCounters",
     "SpeechEngine",
     "SpeechService",
-    "parse_audio_topic",
     "register_metrics",
 ]
 
@@ -153,21 +152,6 @@ def register_metrics(counters: SpeechCounters, registry: object) -> None:
     registry.register(_Collector())  # type: ignore[attr-defined]
 
 
-def parse_audio_topic(topic: str) -> tuple[str, str, str]:
-    """``offload/v1/audio/{device}/{conversation}/{leg}`` -> (device, conversation, leg)."""
-    parts = topic.split("/")
-    prefix = names.ROOT.split("/")
-    if len(parts) != len(prefix) + 4 or parts[:len(prefix)] != prefix or parts[len(prefix)] != "audio":
-        raise ContractError("bad_topic", f"not an audio topic: {topic[:120]!r}")
-    device, conversation, leg = parts[-3:]
-    for value, what in ((device, "device"), (conversation, "conversation"), (leg, "leg")):
-        try:
-            names.check_id(value, what)
-        except ValueError:
-            raise ContractError(f"bad_{what}_id", f"{what} {value[:80]!r} is not a valid id") from None
-    return device, conversation, leg
-
-
 # ------------------------------------------------------------------------------ engine
 
 Sink = Callable[[StepOutput, str], Awaitable[None]]  # (output, audio topic it came from)
@@ -249,7 +233,7 @@ class SpeechEngine:
         c = self.counters
         c.packets_received += 1
         try:
-            _, conversation, leg = parse_audio_topic(topic)
+            _, conversation, leg = names.parse_audio(topic)
         except ContractError as exc:
             c.bad_topics += 1
             self.reject(topic, payload, exc)

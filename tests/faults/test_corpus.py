@@ -14,7 +14,7 @@ import msgpack
 import pytest
 
 from devices.camera import photo_frames
-from edge_agent.speech.service import SpeechService, parse_audio_topic
+from edge_agent.speech.service import SpeechService
 from edge_offload.brokers import MosquittoBroker
 from models.edge_asr import load_edge_asr
 from models.speaker import SpeakerEncoder
@@ -64,7 +64,7 @@ def test_version_must_be_an_int(version: object) -> None:
 ])
 def test_bad_audio_topics_have_reason_codes(topic: str, reason: str) -> None:
     with pytest.raises(ContractError) as info:
-        parse_audio_topic(topic)
+        names.parse_audio(topic)
     assert info.value.reason == reason
 
 
