@@ -8,7 +8,7 @@ SYSDEPS := $(VENV)/.sysdeps
 SECONDS ?= 20
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test faults bench clean
+.PHONY: setup demo test lint faults bench clean
 
 setup: $(STAMP) $(MODELS)
 
@@ -40,8 +40,13 @@ $(MODELS): $(STAMP) models/artifacts.py
 demo: setup
 	$(BIN)/edge-offload demo --seconds $(SECONDS)
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# ruff and mypy, both configured in pyproject.toml; `make test` runs them first.
+lint: $(STAMP)
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m mypy
 
 # Every fault-injection test (tests/faults), the long ones too: broker stall, restarts,
 # agent kill -9, QoS 0 flood, 100 speech legs. `make test` runs only the fast ones.
@@ -52,4 +57,4 @@ bench: setup
 	$(BIN)/python -m bench.vision --json
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -21,27 +21,27 @@ import numpy as np
 from bench.domain_speech import BASE_SENTENCES, speak
 from bench.shifted_domain import FaceSources, write_replay_dir
 from cloud_trainer.asr_adapt import corpus_wer, transcribe
-from models.edge_asr import EdgeAsr, load_edge_asr, vocabulary_from_bytes
 from cloud_trainer.publish import publish_labels
 from cloud_trainer.service import Trainer
-from cloud_trainer.settings import AsrAdaptSettings, FerTrainSettings, TrainerSettings
-from edge_agent.dc_settings import (
+from edge_agent.hard_examples import HardExampleReporter
+from edge_agent.mining import MiningPolicy
+from edge_agent.model_handlers import asr_handler, fer_handler
+from edge_agent.model_slot import Loaded, ModelSlot
+from edge_agent.outbox import KafkaForwarder, Outbox
+from edge_agent.updates import ModelUpdater, Refusal
+from edge_agent.vision.pipeline import FrameJob, VisionPipeline
+from edge_agent.vision.service import build_vision_pipeline
+from models.edge_asr import EdgeAsr, load_edge_asr, vocabulary_from_bytes
+from models.fer_teacher import TeacherFer, load_teacher
+from offload_core.dc_settings import (
     FilterSpec,
     HardExampleSettings,
     ModelMiningSettings,
     OutboxSettings,
     UpdateSettings,
 )
-from edge_agent.hard_examples import HardExampleReporter
-from edge_agent.mining import MiningPolicy
-from edge_agent.model_handlers import asr_handler, fer_handler
-from edge_agent.model_slot import Loaded, ModelSlot
-from edge_agent.outbox import KafkaForwarder, Outbox
-from edge_agent.service import build_vision_pipeline
-from edge_agent.updates import ModelUpdater, Refusal
-from edge_agent.vision import FrameJob, VisionPipeline
-from edge_offload.settings import EdgeSettings, KafkaSettings, Settings
-from models.fer_teacher import TeacherFer, load_teacher
+from offload_core.settings import EdgeSettings, KafkaSettings, Settings
+from offload_core.trainer_settings import AsrAdaptSettings, FerTrainSettings, TrainerSettings
 from topics.dc import Label
 from topics.vision import Frame
 
@@ -140,7 +140,7 @@ class DcLoop:
     @classmethod
     @contextlib.asynccontextmanager
     async def running(cls, workdir: Path, bootstrap: str, cache_dir: Path,
-                      config: LoopConfig = LoopConfig()) -> AsyncIterator["DcLoop"]:
+                      config: LoopConfig = LoopConfig()) -> AsyncIterator[DcLoop]:
         loop = await asyncio.to_thread(cls, workdir, bootstrap, cache_dir, config)
         stop = asyncio.Event()
         tasks = await loop._start(stop)
@@ -198,7 +198,7 @@ class DcLoop:
         while not stop.is_set():
             try:  # pacing, so live traffic leaves the trainer some CPU
                 await asyncio.wait_for(stop.wait(), 4 / frames_per_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             chunk = [frames[(i + k) % len(frames)] for k in range(4)]
             i += 4

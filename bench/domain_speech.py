@@ -12,7 +12,7 @@ import random
 
 import numpy as np
 
-from bench.speech_corpus import VOICES, synthesize
+from sim.speech_corpus import VOICES, synthesize
 
 __all__ = ["BASE_SENTENCES", "domain_sentences", "speak"]
 

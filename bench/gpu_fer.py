@@ -23,16 +23,17 @@ import numpy as np
 import torch
 
 from cloud_trainer.fer_train import LabelledCrop, agreement, fine_tune
-from cloud_trainer.settings import FerTrainSettings
 from models.fer_edge import FerClassifier, load_keras_hdf5, preprocess_faces
+from offload_core.trainer_settings import FerTrainSettings
 
 
 def make_data(folder: Path, n_frames: int = 400) -> None:
+    import cv2
+
     from bench.shifted_domain import FaceSources, make_frames
-    from edge_offload.settings import load_settings
     from models.face_detect import FaceDetector
     from models.fer_teacher import load_teacher
-    import cv2
+    from offload_core.settings import load_settings
 
     cache = load_settings().cache_dir
     folder.mkdir(parents=True, exist_ok=True)
@@ -65,7 +66,7 @@ def run(folder: Path) -> dict[str, object]:
     data = np.load(folder / "crops.npz")
     crops = [c for c in data["crops"]]
     labels = [int(v) for v in data["labels"]]
-    samples = [LabelledCrop(c, l) for c, l in zip(crops, labels)]
+    samples = [LabelledCrop(c, lab) for c, lab in zip(crops, labels)]
     split = int(len(samples) * 0.7)
     train, holdout = samples[:split], samples[split:]
     base = load_keras_hdf5(folder / "emotion_model.hdf5")

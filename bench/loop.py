@@ -21,10 +21,10 @@ import torch
 from bench.dc_harness import DcLoop, Traffic
 from bench.domain_speech import domain_sentences
 from bench.shifted_domain import make_frames
-from edge_agent.dc_settings import OutboxSettings
 from edge_agent.outbox import KafkaForwarder, Outbox
 from edge_offload.brokers import TansuBroker
-from edge_offload.settings import KafkaSettings, load_settings
+from offload_core.dc_settings import OutboxSettings
+from offload_core.settings import KafkaSettings, load_settings
 from topics.names import KAFKA_HARD_EXAMPLES
 
 __all__ = ["run", "outbox_throughput", "main"]

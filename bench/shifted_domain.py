@@ -37,7 +37,7 @@ class FaceSources:
     faces: tuple[tuple[np.ndarray, tuple[int, int, int, int]], ...]
 
     @classmethod
-    def load(cls, cache_dir: Path) -> "FaceSources":
+    def load(cls, cache_dir: Path) -> FaceSources:
         detector = FaceDetector(max_side=800, min_face_px=20)
         faces = []
         for name, member in (("photos_astronaut", "astronaut.png"), ("photos_group", "t1.jpg")):

@@ -37,17 +37,17 @@ import time
 import numpy as np
 
 from bench.heldout_speech import ESPEAK_VOICES, HELDOUT, PIPER, build_heldout_call, check_heldout
-from bench.scoring import der, wer
-from bench.speech_corpus import SENTENCES, Conversation, build_conversation, to_8k_int16
 from cloud_trainer.speech_revise import SpeechReviser
 from devices.audio import packetize
 from edge_agent.speech.diarize import Diarizer
 from edge_agent.speech.pipeline import ConversationTracker, LegStream, PipelineConfig, StepOutput, Utterance
 from edge_agent.speech.service import SpeechEngine, SpeechServiceConfig
-from edge_offload.settings import load_settings
 from models.edge_asr import AsrVocabulary, EdgeAsr, load_edge_asr, load_whisper, prompt_from_sentences
 from models.speaker import SpeakerEncoder
 from models.vad import SileroVad
+from offload_core.settings import load_settings
+from sim.scoring import der, wer
+from sim.speech_corpus import SENTENCES, Conversation, build_conversation, to_8k_int16
 from topics import names
 from topics.transcript import TranscriptSegment
 
@@ -136,7 +136,8 @@ def _turn_wer(conv: Conversation, segments: list[TranscriptSegment]) -> float:
 
 
 def _der(conv: Conversation, segments: list[TranscriptSegment]) -> float:
-    return der([(t.speaker, t.start_s, t.end_s) for t in conv.turns], [(s.speaker, s.start_s, s.end_s) for s in segments])
+    return der([(t.speaker, t.start_s, t.end_s) for t in conv.turns],
+               [(s.speaker, s.start_s, s.end_s) for s in segments])
 
 
 def _dc_revised(segments: list[TranscriptSegment], utterances: list[Utterance], reviser: SpeechReviser,
@@ -170,8 +171,8 @@ def _confidence_check(segments: list[TranscriptSegment], conv: Conversation) -> 
 
 def batch_gain(edge: EdgeAsr, conv: Conversation, n: int = 8) -> dict[str, float]:
     """Final-pass utterances per second: one at a time vs all ``n`` in one batched call."""
-    from bench.speech_corpus import telephone
     from models.whisper_asr import DecodeOptions
+    from sim.speech_corpus import telephone
 
     asr = edge.final.asr
     clips = []

@@ -25,20 +25,19 @@ import sys
 import threading
 import time
 
+import aiomqtt
 import cv2
 import numpy as np
 
 from devices.camera import face_test_photos, photo_frames, run_camera
-from edge_agent.service import build_vision_pipeline
-from edge_agent.vision import FrameJob
+from edge_agent.vision.pipeline import FrameJob
+from edge_agent.vision.service import build_vision_pipeline
 from edge_offload.brokers import MosquittoBroker
-from edge_offload.settings import Settings, load_settings
 from models.fer_edge import preprocess_faces
+from offload_core.settings import Settings, load_settings
 from topics import names
 from topics.status import decode_status
 from topics.vision import Frame, decode_result
-
-import aiomqtt
 
 
 def offline_fps(settings: Settings, images: list[bytes], n: int) -> float:
@@ -55,7 +54,8 @@ def offline_fps(settings: Settings, images: list[bytes], n: int) -> float:
     return n / elapsed
 
 
-def offline_fps_by_batch(settings: Settings, images: list[bytes], sizes: tuple[int, ...] = (1, 16, 64)) -> dict[str, float]:
+def offline_fps_by_batch(settings: Settings, images: list[bytes],
+                         sizes: tuple[int, ...] = (1, 16, 64)) -> dict[str, float]:
     """Frames/s of ``run_batch`` at each batch size (one warm-up batch, then >= 64 frames)."""
     pipeline = build_vision_pipeline(settings)
     out: dict[str, float] = {}

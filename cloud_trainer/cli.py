@@ -10,7 +10,6 @@ import asyncio
 import json
 import signal
 import sys
-import time
 import wave
 from pathlib import Path
 
@@ -18,9 +17,10 @@ from aiokafka.errors import KafkaError
 
 from cloud_trainer.publish import announce_once, publish_labels
 from cloud_trainer.registry import Registry, RegistryError, Signer
-from cloud_trainer.settings import TrainerSettings
 from cloud_trainer.store import open_store
-from edge_offload.settings import Settings, load_settings
+from offload_core.settings import Settings, load_settings
+from offload_core.trainer_settings import TrainerSettings
+from topics.codec import now_ms
 from topics.dc import Label
 
 __all__ = ["add_trainer_commands"]
@@ -28,7 +28,7 @@ __all__ = ["add_trainer_commands"]
 
 def _settings() -> tuple[Settings, TrainerSettings]:
     settings = load_settings()
-    return settings, getattr(settings, "trainer", None) or TrainerSettings()
+    return settings, settings.trainer
 
 
 def _registry(trainer: TrainerSettings) -> Registry:
@@ -99,7 +99,7 @@ def _cmd_label_export(args: argparse.Namespace) -> int:
 def _cmd_label_set(args: argparse.Namespace) -> int:
     settings, _ = _settings()
     label = Label(key=args.key, text=args.text, source=f"operator:{args.operator}",
-                  labelled_at_ms=int(time.time() * 1000))
+                  labelled_at_ms=now_ms())
     if args.key.count("|") != 4:
         print(f"error: {args.key!r} is not a sample key (see `edge-offload label list`)", file=sys.stderr)
         return 1
@@ -180,7 +180,7 @@ def _cmd_models_rollback(args: argparse.Namespace) -> int:
         registry.close()
 
 
-def add_trainer_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_trainer_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``trainer``, ``label`` and ``models`` on the ``edge-offload`` parser."""
     p = subparsers.add_parser("trainer", help="run the DC loop: consume hard examples, retrain, push models")
     p.set_defaults(func=_cmd_trainer)

@@ -19,9 +19,10 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from cloud_trainer.store import SampleStore
-from edge_offload.kafka_admin import ensure_topics
-from edge_offload.kafka_clients import make_consumer
-from edge_offload.settings import KafkaSettings
+from offload_core.kafka_admin import ensure_topics
+from offload_core.kafka_clients import make_consumer
+from offload_core.retry import Backoff
+from offload_core.settings import KafkaSettings
 from topics.codec import ContractError
 from topics.dc import MAX_HARD_EXAMPLE_BYTES, HardExample, Label, decode_hard_example, decode_label
 from topics.names import KAFKA_HARD_EXAMPLES, KAFKA_LABELS
@@ -124,7 +125,7 @@ class SampleConsumer:
                     # itself. The batch is stored: if it is redelivered, the store deduplicates it.
                     self.stats.commit_failures += 1
                     log.warning("trainer: commit failed after a rebalance (%s); continuing", exc)
-                except (KafkaError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, KafkaError) as exc:
                     self.stats.commit_failures += 1
                     log.warning("trainer: commit failed (%s: %s); rebuilding the consumer",
                                 type(exc).__name__, exc)
@@ -138,6 +139,7 @@ class SampleConsumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; reconnects and rebuilds itself on failures."""
+        retry = Backoff(1.0, 1.0)
         while not stop.is_set():
             consumer: AIOKafkaConsumer | None = None
             try:
@@ -150,13 +152,10 @@ class SampleConsumer:
                     break
                 self.stats.restarts += 1
                 log.warning("trainer consumer: %s: %s; restarting", type(exc).__name__, exc)
-                try:
-                    await asyncio.wait_for(stop.wait(), 1.0)
-                except asyncio.TimeoutError:
-                    pass
+                await retry.wait(stop)  # fixed period
             finally:
                 if consumer is not None:
                     try:
                         await asyncio.wait_for(consumer.stop(), 5.0)
-                    except (asyncio.TimeoutError, KafkaError, OSError):
+                    except (TimeoutError, KafkaError, OSError):
                         log.debug("consumer did not stop cleanly", exc_info=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 from cloud_trainer.fer_train import LabelledCrop, decode_crop, load_crop_dir
 from cloud_trainer.store import SampleStore
 from models.fer_teacher import TeacherFer
+from topics.codec import now_ms
 from topics.dc import Label
 from topics.vision import EMOTIONS
 
@@ -48,7 +48,7 @@ class FaceLabeler:
                        if s.kind == "face"]
             if not pending:
                 return done
-            now = int(time.time() * 1000)
+            now = now_ms()
             labels: list[Label] = []
             good, crops = [], []
             for s in pending:
@@ -74,18 +74,19 @@ class ReplaySet:
     holdout: tuple[LabelledCrop, ...]
 
     @classmethod
-    def empty(cls) -> "ReplaySet":
+    def empty(cls) -> ReplaySet:
         return cls((), ())
 
     @classmethod
-    def from_dir(cls, folder: Path | None, teacher: TeacherFer, holdout_percent: int) -> "ReplaySet":
+    def from_dir(cls, folder: Path | None, teacher: TeacherFer, holdout_percent: int) -> ReplaySet:
         if folder is None or not Path(folder).is_dir():
             return cls.empty()
         named = load_crop_dir(Path(folder))
         if not named:
             return cls.empty()
         labels = teacher.predict([c for _, c in named]).argmax(axis=1)
-        train, holdout = [], []
+        train: list[LabelledCrop] = []
+        holdout: list[LabelledCrop] = []
         for (name, crop), label in zip(named, labels):
             bucket = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big") % 100
             (holdout if bucket < holdout_percent else train).append(LabelledCrop(crop, int(label)))

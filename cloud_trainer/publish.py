@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 
-from edge_offload.kafka_admin import ensure_topics
-from edge_offload.kafka_clients import make_producer
-from edge_offload.settings import KafkaSettings
+from offload_core.kafka_admin import ensure_topics
+from offload_core.kafka_clients import make_producer
+from offload_core.settings import KafkaSettings
 from topics.dc import MAX_MODEL_UPDATE_BYTES, Label, ModelUpdate, encode_label, encode_model_update
 from topics.names import KAFKA_LABELS, KAFKA_MODEL_UPDATES
 

@@ -13,19 +13,19 @@ import json
 import os
 import sqlite3
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from topics.codec import now_ms
 from topics.dc import ModelUpdate
 from topics.names import check_id
 from topics.signing import announcement_message, key_id, signed_message
 
-__all__ = ["Signer", "VersionRecord", "Decision", "RegistryError", "Registry"]
+__all__ = ["Signer", "Lineage", "VersionRecord", "Decision", "RegistryError", "Registry"]
 
 _PRIVATE = "signing.ed25519"
 _PUBLIC = "signing.pub"
@@ -70,7 +70,7 @@ class Signer:
         return self._key.sign(message)
 
     @classmethod
-    def load_or_create(cls, keys_dir: Path) -> "Signer":
+    def load_or_create(cls, keys_dir: Path) -> Signer:
         """Load ``keys_dir/signing.ed25519``; make it (mode 0600) and ``signing.pub`` if absent."""
         keys_dir.mkdir(parents=True, exist_ok=True)
         private_path = keys_dir / _PRIVATE
@@ -89,6 +89,26 @@ class Signer:
         return signer
 
 
+class Lineage(TypedDict, total=False):
+    """How a version was made (stored as JSON beside it). Every key a round writes is listed here,
+    so the trainer's own reads (the retrain trigger's ``labelled_train_total``) are type-checked."""
+
+    origin: str  # "base": a pinned artifact registered at start-up
+    parent: str | None  # the version it was trained from
+    samples_new: int
+    samples_replay: int
+    labelled_train_total: int  # labelled samples it was trained on: the retrain trigger counts from it
+    max_sample_id: int
+    samples_sha256: str
+    labels: Any  # FER: the labeller; ASR: label counts per source
+    epochs: int
+    train_seconds: float
+    final_loss: float
+    vocabulary: int
+    new_words: list[str]
+    judged_with: str
+
+
 @dataclass(frozen=True, slots=True)
 class VersionRecord:
     """One registered version. ``lineage``: parent, samples used, how it was made."""
@@ -103,7 +123,7 @@ class VersionRecord:
     key_id: str
     size: int
     metrics: dict[str, float] = field(default_factory=dict)
-    lineage: dict[str, Any] = field(default_factory=dict)
+    lineage: Lineage = field(default_factory=lambda: Lineage())
     created_ms: int = 0
 
 
@@ -117,10 +137,6 @@ class Decision:
     metrics: dict[str, float]
     reason: str
     at_ms: int
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Registry:
@@ -150,7 +166,7 @@ class Registry:
         tmp.replace(folder / version)
 
     def _insert(self, name: str, version: str | None, artifact: bytes, fmt: str, parent: str | None,
-                status: str, metrics: dict[str, float], lineage: dict[str, Any]) -> VersionRecord:
+                status: str, metrics: dict[str, float], lineage: Lineage) -> VersionRecord:
         check_id(name, "model")
         sha = hashlib.sha256(artifact).hexdigest()
         with self._lock:
@@ -164,7 +180,7 @@ class Registry:
                 self._db.execute(
                     "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (name, version, n, parent, status, fmt, sha, signature, self.signer.key_id,
-                     len(artifact), json.dumps(metrics), json.dumps(lineage), _now_ms()))
+                     len(artifact), json.dumps(metrics), json.dumps(lineage), now_ms()))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -181,7 +197,7 @@ class Registry:
         return rec
 
     def register(self, name: str, artifact: bytes, fmt: str, *, parent: str | None,
-                 metrics: dict[str, float], lineage: dict[str, Any]) -> VersionRecord:
+                 metrics: dict[str, float], lineage: Lineage) -> VersionRecord:
         """Add a signed candidate version (``v<n>``)."""
         return self._insert(name, None, artifact, fmt, parent, "candidate", metrics, lineage)
 
@@ -195,7 +211,7 @@ class Registry:
                                      (status, name, version))
                 self._db.execute(
                     "INSERT INTO decisions (name, version, action, metrics, reason, at_ms) "
-                    "VALUES (?, ?, ?, ?, ?, ?)", (name, version, action, json.dumps(metrics), reason, _now_ms()))
+                    "VALUES (?, ?, ?, ?, ?, ?)", (name, version, action, json.dumps(metrics), reason, now_ms()))
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -209,7 +225,7 @@ class Registry:
     def _serve(self, name: str, version: str, action: str) -> None:
         with self._lock:
             self._db.execute("INSERT INTO serving (name, version, action, at_ms) VALUES (?, ?, ?, ?)",
-                             (name, version, action, _now_ms()))
+                             (name, version, action, now_ms()))
 
     def promote(self, name: str, version: str, metrics: dict[str, float] | None = None,
                 reason: str = "operator") -> VersionRecord:
@@ -322,7 +338,7 @@ class Registry:
             artifact = self.artifact(rec)
         else:
             url = f"{base_url.rstrip('/')}/artifacts/{rec.name}/{rec.version}"
-        now = _now_ms()
+        now = now_ms()
         with self._lock:
             cur = self._db.execute("INSERT INTO announcements (name, version, action, at_ms) VALUES (?, ?, ?, ?)",
                                    (rec.name, rec.version, action, now))

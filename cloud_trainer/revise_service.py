@@ -1,7 +1,7 @@
 """DC advanced inference as a service: speech hard examples in, revised segments out.
 
 Its own consumer group on the hard-examples topic takes every audio hard example of the
-edge ASR (:data:`models.edge_asr.ASR_MODEL`), re-decodes it with
+edge ASR (:data:`topics.names.ASR_MODEL`), re-decodes it with
 :class:`~cloud_trainer.speech_revise.SpeechReviser` (in a worker thread) and sends a
 :class:`~topics.transcript.SpeechRevision` to :data:`topics.names.KAFKA_SPEECH_REVISIONS`
 (acks=all), keyed by the edge node, and the revised text as a ``dc:<model>`` label of the
@@ -23,15 +23,15 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaProducer
 
 from cloud_trainer.asr_adapt import pcm_to_float
-from edge_offload.kafka_clients import make_consumer, make_producer
 from cloud_trainer.speech_revise import SpeechReviser
-from edge_offload.kafka_admin import ensure_topics
-from edge_offload.settings import KafkaSettings
-from models.edge_asr import ASR_MODEL
 from models.whisper_asr import AsrResult
-from topics.codec import ContractError
+from offload_core.kafka_admin import ensure_topics
+from offload_core.kafka_clients import make_consumer, make_producer
+from offload_core.retry import Backoff
+from offload_core.settings import KafkaSettings
+from topics.codec import ContractError, now_ms
 from topics.dc import MAX_HARD_EXAMPLE_BYTES, HardExample, Label, decode_hard_example, decode_label, encode_label
-from topics.names import KAFKA_HARD_EXAMPLES, KAFKA_LABELS, KAFKA_SPEECH_REVISIONS
+from topics.names import ASR_MODEL, KAFKA_HARD_EXAMPLES, KAFKA_LABELS, KAFKA_SPEECH_REVISIONS
 from topics.transcript import ModelRef, SpeechRevision, TranscriptWord, encode_revision
 
 __all__ = ["RevisionStats", "RevisionService", "revision_of", "DC_REVISION", "OPERATOR_REVISION"]
@@ -67,7 +67,7 @@ def revision_of(example: HardExample, reviser: SpeechReviser) -> SpeechRevision:
         revision=DC_REVISION, text=r.text,
         words=tuple(TranscriptWord(w.word, w.start_s, w.end_s, w.confidence) for w in r.words),
         confidence=r.confidence, model=ModelRef(rev.model, rev.version), source="dc",
-        created_at_ms=int(time.time() * 1000))
+        created_at_ms=now_ms())
 
 
 class RevisionService:
@@ -112,7 +112,7 @@ class RevisionService:
             except ContractError:
                 self.stats.bad += 1
                 continue
-            except Exception:  # noqa: BLE001 - one bad clip must not stop the service
+            except Exception:
                 self.stats.errors += 1
                 log.exception("reviser: decoding %s failed", ex.key)
                 continue
@@ -145,6 +145,7 @@ class RevisionService:
                               created_at_ms=label.labelled_at_ms)
 
     async def run(self, stop: asyncio.Event) -> None:
+        retry = Backoff(1.0, 1.0)
         while not stop.is_set():
             consumer = producer = None
             try:
@@ -171,14 +172,11 @@ class RevisionService:
                     break
                 self.stats.restarts += 1
                 log.warning("reviser: %s: %s; restarting", type(exc).__name__, exc)
-                try:
-                    await asyncio.wait_for(stop.wait(), 1.0)
-                except asyncio.TimeoutError:
-                    pass
+                await retry.wait(stop)  # fixed period
             finally:
                 for client in (consumer, producer):
                     if client is not None:
                         try:
                             await asyncio.wait_for(client.stop(), 5.0)
-                        except Exception:  # noqa: BLE001
+                        except Exception:
                             pass

@@ -10,17 +10,18 @@ import asyncio
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from cloud_trainer.asr_adapt import build_candidate_vocabulary, corpus_wer, pcm_to_float, transcribe
 from cloud_trainer.fer_train import LabelledCrop, agreement, decode_crop, fine_tune, label_index
 from cloud_trainer.gate import GateResult, judge
 from cloud_trainer.labeler import FaceLabeler, ReplaySet
-from cloud_trainer.settings import AsrAdaptSettings, FerTrainSettings
+from cloud_trainer.registry import Lineage
 from cloud_trainer.store import SampleStore, StoredSample
 from models.edge_asr import VOCAB_FORMAT, vocabulary_from_bytes, vocabulary_manifest, vocabulary_to_bytes
 from models.fer_artifact import FER_FORMAT, fer_from_bytes, fer_to_bytes
 from models.whisper_asr import WhisperAsr
+from offload_core.trainer_settings import AsrAdaptSettings, FerTrainSettings
 
 __all__ = ["Candidate", "ModelRound", "FerRound", "AsrRound", "keys_digest"]
 
@@ -30,7 +31,7 @@ class Candidate:
     artifact: bytes
     format: str
     gate: GateResult
-    lineage: dict[str, Any]
+    lineage: Lineage
 
 
 class ModelRound(Protocol):
@@ -107,7 +108,7 @@ class FerRound:
             gate = judge("agreement", current=agreement(parent, holdout), candidate=agreement(model, holdout),
                          higher_is_better=True, margin=self.settings.min_gain, n_holdout=len(holdout),
                          min_holdout=self.settings.min_holdout, guard=replay_guard)
-            lineage = {
+            lineage: Lineage = {
                 "parent": parent_version,
                 "samples_new": report.n_new,
                 "samples_replay": report.n_replay,
@@ -163,7 +164,7 @@ class AsrRound:
                          candidate=corpus_wer(refs, transcribe(self.asr, clips, vocab.prompt or None)),
                          higher_is_better=False, margin=self.settings.min_gain,
                          n_holdout=len(holdout_rows), min_holdout=self.settings.min_holdout)
-            lineage = {
+            lineage: Lineage = {
                 "parent": parent_version,
                 "samples_new": len(train_rows),
                 "labelled_train_total": len(train_rows),

@@ -54,7 +54,7 @@ class ArtifactServer:
                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
             writer.write(head.encode() + body)
             await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError) as exc:
+        except (TimeoutError, ConnectionError) as exc:
             log.debug("artifact request failed: %s", exc)
         finally:
             writer.close()

@@ -3,7 +3,8 @@
 :class:`Trainer` runs the sample consumer as a task and a control loop that, whenever a
 batch was stored (or on a timer), labels what the teacher can label and starts a round
 for each model whose trigger fired: the model's ``retrain_min_samples`` new labelled
-training samples, or ``retrain_interval_s`` elapsed with its ``interval_min_samples`` new. A candidate is always registered (signed, with lineage); the gate's verdict promotes
+training samples, or ``retrain_interval_s`` elapsed with its ``interval_min_samples`` new.
+A candidate is always registered (signed, with lineage); the gate's verdict promotes
 it (announced on Kafka) or rejects it (recorded with its figures).
 """
 
@@ -23,10 +24,11 @@ from cloud_trainer.registry import Registry, Signer, VersionRecord
 from cloud_trainer.revise_service import RevisionService
 from cloud_trainer.rounds import AsrRound, FerRound, ModelRound
 from cloud_trainer.serve import ArtifactServer
-from cloud_trainer.settings import TrainerSettings
 from cloud_trainer.speech_revise import SpeechReviser
 from cloud_trainer.store import SampleStore, open_store
-from edge_offload.settings import KafkaSettings, Settings
+from offload_core.retry import Backoff
+from offload_core.settings import KafkaSettings, Settings
+from offload_core.trainer_settings import TrainerSettings
 
 __all__ = ["RoundRecord", "Trainer", "run_trainer"]
 
@@ -96,8 +98,13 @@ class Trainer:
 
     async def _setup_asr(self, store: SampleStore) -> None:
         from cloud_trainer.asr_adapt import vocabulary_words
-        from models.edge_asr import VOCAB_FORMAT, AsrVocabulary, load_whisper, prompt_from_sentences, \
-            vocabulary_to_bytes
+        from models.edge_asr import (
+            VOCAB_FORMAT,
+            AsrVocabulary,
+            load_whisper,
+            prompt_from_sentences,
+            vocabulary_to_bytes,
+        )
 
         asr = self.settings.asr
         if self.registry.current(asr.model) is None:
@@ -140,7 +147,7 @@ class Trainer:
 
     def _trained_total(self, name: str) -> int:
         """Labelled training samples the latest round of ``name`` saw (0 before any round)."""
-        totals = [int(v.lineage.get("labelled_train_total", 0)) for v in self.registry.versions(name)]
+        totals = [v.lineage.get("labelled_train_total", 0) for v in self.registry.versions(name)]
         return max(totals, default=0)
 
     # --- observing ----------------------------------------------------------------------
@@ -176,7 +183,7 @@ class Trainer:
         rec = self.registry.register(name, cand.artifact, cand.format, parent=current.version,
                                      metrics=cand.gate.metrics, lineage=cand.lineage)
         trig = self._triggers.setdefault(name, _Trigger())
-        trig.last_total = int(cand.lineage.get("labelled_train_total", trig.last_total))
+        trig.last_total = cand.lineage.get("labelled_train_total", trig.last_total)
         trig.last_round_s = time.monotonic()
         if cand.gate.promote and self.settings.auto_promote:
             rec = self.registry.promote(name, rec.version, cand.gate.metrics, f"gate: {cand.gate.reason}")
@@ -266,6 +273,7 @@ class Trainer:
             self.registry.close()
 
     async def _start_publisher(self, stop: asyncio.Event) -> None:
+        retry = Backoff(2.0, 2.0)
         while not stop.is_set():
             try:
                 await self.publisher.start()
@@ -273,16 +281,13 @@ class Trainer:
             except Exception as exc:
                 log.warning("trainer: Kafka unavailable for announcements (%s); retrying", exc)
                 await self.publisher.stop()
-                try:
-                    await asyncio.wait_for(stop.wait(), 2.0)
-                except asyncio.TimeoutError:
-                    pass
+                await retry.wait(stop)  # fixed period
 
 
 async def run_trainer(settings: Settings, stop: asyncio.Event) -> None:
     """``edge-offload trainer``: the DC loop with ``settings.trainer`` until ``stop`` is set."""
     import torch
 
-    trainer_settings: TrainerSettings = getattr(settings, "trainer", None) or TrainerSettings()
+    trainer_settings = settings.trainer
     torch.set_num_threads(trainer_settings.torch_threads)
     await Trainer(trainer_settings, settings.kafka, settings.cache_dir).run(stop)

@@ -4,7 +4,8 @@ Idempotent on the hard-example key (model, device, stream, seq, item): storing t
 example twice keeps one row, so the consumer can be at-least-once. Each sample is put in
 the ``train`` or ``holdout`` split by a hash of its key, so a sample never moves. Labels
 that arrive before their sample wait in ``pending_labels``. An operator's label
-(source ``operator:...``) is never replaced by another source's (the DC's revisions, ``dc:...``). Two back ends with the same
+(source ``operator:...``) is never replaced by another source's (the DC's revisions, ``dc:...``).
+Two back ends with the same
 SQL: SQLite (default, a file) and PostgreSQL (``postgresql://`` URL, via asyncpg).
 """
 
@@ -15,14 +16,14 @@ import hashlib
 import json
 import sqlite3
 import threading
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_offload.files import ensure_private
+from offload_core.files import ensure_private
+from topics.codec import now_ms
 from topics.dc import HardExample, Label
 
 __all__ = ["StoredSample", "SampleStore", "SqliteStore", "PostgresStore", "open_store", "split_of"]
@@ -80,10 +81,6 @@ class StoredSample:
     split: str
     label: str | None
     label_source: str | None
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _row(ex: HardExample, received_at_ms: int, holdout_percent: int) -> tuple[Any, ...]:
@@ -191,7 +188,7 @@ class SqliteStore(SampleStore):
         return out
 
     async def add_many(self, examples: Sequence[HardExample]) -> int:
-        now = _now_ms()
+        now = now_ms()
         sql = (f"INSERT INTO samples ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
                "ON CONFLICT (key) DO NOTHING")
 
@@ -255,7 +252,7 @@ class SqliteStore(SampleStore):
     async def dead_letter(self, origin: str, reason: str, detail: str, payload: bytes) -> None:
         await self._run(lambda: self._db.execute(
             "INSERT INTO dead_letters (origin, reason, detail, payload, at_ms) VALUES (?, ?, ?, ?, ?)",
-            (origin, reason, detail[:1000], payload[:65536], _now_ms())))
+            (origin, reason, detail[:1000], payload[:65536], now_ms())))
 
     async def dead_letters(self) -> list[tuple[str, str]]:
         rows = await self._run(lambda: self._db.execute(
@@ -280,7 +277,7 @@ class PostgresStore(SampleStore):
         self._pool = pool
 
     @classmethod
-    async def connect(cls, url: str, holdout_percent: int) -> "PostgresStore":
+    async def connect(cls, url: str, holdout_percent: int) -> PostgresStore:
         import asyncpg
 
         pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
@@ -293,7 +290,7 @@ class PostgresStore(SampleStore):
         return cls(pool, holdout_percent)
 
     async def add_many(self, examples: Sequence[HardExample]) -> int:
-        now = _now_ms()
+        now = now_ms()
         sql = _pg(f"INSERT INTO samples ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
                   "ON CONFLICT (key) DO NOTHING RETURNING 1")
         added = 0
@@ -350,7 +347,7 @@ class PostgresStore(SampleStore):
     async def dead_letter(self, origin: str, reason: str, detail: str, payload: bytes) -> None:
         await self._pool.execute(
             "INSERT INTO dead_letters (origin, reason, detail, payload, at_ms) VALUES ($1, $2, $3, $4, $5)",
-            origin, reason, detail[:1000], payload[:65536], _now_ms())
+            origin, reason, detail[:1000], payload[:65536], now_ms())
 
     async def dead_letters(self) -> list[tuple[str, str]]:
         rows = await self._pool.fetch("SELECT origin, reason FROM dead_letters ORDER BY id")

@@ -29,8 +29,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from scipy.io import wavfile
 
 from devices.pcap import PcapRecord, read_pcap, write_pcap
-from edge_agent.speech import g711
-from edge_agent.speech.rtp import (
+from offload_core.mqtt_security import configure_paho
+from offload_core.settings import MqttSettings
+from topics import g711, names
+from topics.rtp import (
     CLOCK_RATE,
     NTP64_EXT_ID,
     ONE_BYTE_PROFILE,
@@ -41,9 +43,6 @@ from edge_agent.speech.rtp import (
     parse_rtp,
     unix_to_ntp64,
 )
-from edge_offload.mqtt_security import configure_paho
-from edge_offload.settings import MqttSettings
-from topics import names
 
 __all__ = [
     "CODECS",
@@ -352,7 +351,7 @@ def _leg_arg(value: str) -> tuple[str, Path, float]:
 
 def main(argv: list[str] | None = None) -> int:
     """``edge-offload device audio``: send one conversation, print a JSON report."""
-    from edge_offload.settings import load_settings
+    from offload_core.settings import load_settings
 
     settings = load_settings()
     p = argparse.ArgumentParser(prog="edge-offload device audio", description=__doc__,

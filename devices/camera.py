@@ -20,10 +20,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_offload.mqtt_security import configure_paho
-from edge_offload.settings import MqttSettings
 from models.artifacts import path_of
+from offload_core.mqtt_security import configure_paho
+from offload_core.settings import MqttSettings
 from topics import names
+from topics.codec import now_ms
 from topics.kubeedge import twin_update, twin_update_topic
 from topics.vision import Frame, encode_frame
 
@@ -48,6 +49,13 @@ def _jpeg(image: np.ndarray, quality: int = 85) -> bytes:
     if not ok:
         raise ValueError("JPEG encoding failed")
     return buf.tobytes()
+
+
+def _read_photo(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{path}: not a readable image")
+    return image
 
 
 def load_folder(folder: Path, max_side: int = 640) -> list[bytes]:
@@ -76,10 +84,10 @@ def _fit(image: np.ndarray, max_side: int) -> np.ndarray:
 def photo_frames(cache_dir: Path, max_side: int = 640) -> list[bytes]:
     """Variants of the real photos: full, mirrored, darker, brighter, cropped."""
     photos = [
-        cv2.imread(str(path_of("photos_astronaut", "astronaut.png", cache_dir)), cv2.IMREAD_COLOR),
-        cv2.imread(str(path_of("photos_group", "t1.jpg", cache_dir)), cv2.IMREAD_COLOR),
+        _read_photo(path_of("photos_astronaut", "astronaut.png", cache_dir)),
+        _read_photo(path_of("photos_group", "t1.jpg", cache_dir)),
     ]
-    frames = []
+    frames: list[bytes] = []
     for photo in photos:
         base = _fit(photo, max_side)
         h, w = base.shape[:2]
@@ -110,9 +118,9 @@ def face_test_photos(cache_dir: Path, close_up_side: int = 480) -> list[tuple[st
     """
     out: list[tuple[str, np.ndarray, int]] = []
     for name, basename, count in (("photos_group", "t1.jpg", 6), ("photos_astronaut", "astronaut.png", 1)):
-        out.append((basename, cv2.imread(str(path_of(name, basename, cache_dir)), cv2.IMREAD_COLOR), count))
+        out.append((basename, _read_photo(path_of(name, basename, cache_dir)), count))
     for i, (name, basename, (x, y, w, h)) in enumerate(_CLOSE_UP_FACES):
-        photo = cv2.imread(str(path_of(name, basename, cache_dir)), cv2.IMREAD_COLOR)
+        photo = _read_photo(path_of(name, basename, cache_dir))
         face = photo[y:y + h, x:x + w]
         size = (close_up_side, round(close_up_side * h / w))
         out.append((f"close-up-{i}-{basename}", cv2.resize(face, size, interpolation=cv2.INTER_LINEAR), 1))
@@ -168,7 +176,7 @@ def run_camera(
             raise ConnectRefused(f"no CONNACK from {host}:{port} within {connect_timeout_s:.0f} s")
         if connack[0].is_failure:
             raise ConnectRefused(f"{host}:{port} refused the connection: {connack[0]}")
-        client.publish(twin_topic, twin_update({"status": "online", "fps": float(fps)}, _now_ms()), qos=1)
+        client.publish(twin_topic, twin_update({"status": "online", "fps": float(fps)}, now_ms()), qos=1)
         period = 1.0 / fps if fps > 0 else 0.0
         t0 = time.monotonic()
         deadline = t0 + seconds if seconds is not None else float("inf")
@@ -178,7 +186,7 @@ def run_camera(
             if stop is not None and stop.is_set():
                 break
             data = images[seq % len(images)]
-            captured = _now_ms()
+            captured = now_ms()
             payload = encode_frame(Frame(device=device, seq=seq, captured_at_ms=captured, encoding="jpeg", data=data))
             last = client.publish(names.frames(device), payload, qos=qos)
             stats.sent_at[seq] = captured
@@ -197,7 +205,7 @@ def run_camera(
             last.wait_for_publish(timeout=30)
         stats.seconds = time.monotonic() - t0
         status = {"status": "idle", "frames_sent": stats.frames_sent}
-        client.publish(twin_topic, twin_update(status, _now_ms()), qos=1).wait_for_publish(timeout=10)
+        client.publish(twin_topic, twin_update(status, now_ms()), qos=1).wait_for_publish(timeout=10)
     finally:
         client.loop_stop()
         client.disconnect()
@@ -208,12 +216,8 @@ class ConnectRefused(ConnectionError):
     """The broker refused the camera's connection (its CONNACK reason) or never answered."""
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 def main(argv: list[str] | None = None) -> int:
-    from edge_offload.settings import load_settings
+    from offload_core.settings import load_settings
 
     settings = load_settings()
     p = argparse.ArgumentParser(prog="edge-offload device camera", description=__doc__)

@@ -1,6 +1,6 @@
 """One edge node process: vision agent, speech service and the DC loop's edge side.
 
-- vision (:class:`EdgeAgent`) and speech (:class:`SpeechService`) serve MQTT;
+- vision (:class:`VisionService`) and speech (:class:`SpeechService`) serve MQTT;
 - hard-example mining judges every result (in a one-thread executor, off the event loop)
   and puts hard cases into the durable outbox, which :class:`KafkaForwarder` drains to
   the DC with acks=all;
@@ -13,30 +13,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from edge_agent.health import HealthServer
 from edge_agent.hard_examples import HardExampleReporter
+from edge_agent.health import HealthServer
 from edge_agent.metrics import EdgeMetrics, NodeCollector
 from edge_agent.mining import MiningPolicy
 from edge_agent.model_handlers import asr_handler, fer_handler
 from edge_agent.model_slot import Loaded, ModelSlot
 from edge_agent.outbox import KafkaForwarder, Outbox
-from edge_agent.service import EdgeAgent, build_vision_pipeline
 from edge_agent.speech.pipeline import Utterance
 from edge_agent.speech.revisions import RevisionFollower
 from edge_agent.speech.service import SpeechService, default_asr, register_metrics
 from edge_agent.speech.stream import SAMPLE_RATE
 from edge_agent.updates import ModelHandler, ModelUpdater, Refusal
-from edge_agent.vision import FrameOutcome
-from edge_offload.settings import Settings
-from topics.dc import ModelUpdate
-from models.edge_asr import ASR_MODEL, EdgeAsr
+from edge_agent.vision.pipeline import FrameOutcome
+from edge_agent.vision.service import VisionService, build_vision_pipeline
+from models.edge_asr import EdgeAsr
+from offload_core.settings import Settings
 from topics import names
+from topics.codec import now_ms
+from topics.dc import ModelUpdate
+from topics.names import ASR_MODEL
 
 __all__ = ["EdgeNode"]
 
@@ -49,7 +50,7 @@ class EdgeNode:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = EdgeMetrics()
-        self.vision: EdgeAgent | None = None
+        self.vision: VisionService | None = None
         self.speech: SpeechService | None = None
         self.asr_slot: ModelSlot[EdgeAsr] | None = None
         self.outbox: Outbox | None = None
@@ -74,7 +75,8 @@ class EdgeNode:
     def live(self) -> bool:
         """Liveness: no enabled part is stuck with work pending (see ``delivery.liveness_stall_s``)."""
         vision_ok = self.vision is None or self.vision.live()
-        speech_ok = self.speech is None or self.speech.engine is None or self.speech.engine.live(self.settings.delivery.liveness_stall_s)
+        speech_ok = (self.speech is None or self.speech.engine is None
+                     or self.speech.engine.live(self.settings.delivery.liveness_stall_s))
         return vision_ok and speech_ok
 
     def _mine(self, outcome: FrameOutcome) -> None:
@@ -89,12 +91,13 @@ class EdgeNode:
         if self.reporter is None or not utterance.result.words:
             return
         pcm = (np.clip(utterance.samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+        device, conversation, _ = names.parse_audio(topic)
         self.reporter.offer_speech(
-            device=names.device_of(topic), stream=topic.rsplit("/", 2)[-2] + "." + utterance.leg,
+            device=device, stream=f"{conversation}.{utterance.leg}",
             seq=utterance.utterance, model=ASR_MODEL, model_version=utterance.model.version,
             pcm=pcm, sample_rate=SAMPLE_RATE, text=utterance.result.text,
             word_confidences=[utterance.result.confidence],
-            captured_at_ms=int(time.time() * 1000))
+            captured_at_ms=now_ms())
 
     def _refused(self, refusal: Refusal) -> None:
         log.debug("model update refused: %s", refusal)  # ModelUpdater logs and counts it
@@ -122,7 +125,7 @@ class EdgeNode:
                 tasks.append(asyncio.create_task(self.forwarder.run(stop), name="outbox"))
             if s.edge.vision:
                 pipeline = await asyncio.to_thread(build_vision_pipeline, s)
-                self.vision = EdgeAgent(s, pipeline, self.metrics, on_outcome=self._mine)
+                self.vision = VisionService(s, pipeline, self.metrics, on_outcome=self._mine)
                 handlers[pipeline.slot.current().name] = fer_handler(
                     pipeline.slot, s.edge.device, s.vision.max_batch_size)
                 tasks.append(asyncio.create_task(self.vision.run(stop), name="vision"))

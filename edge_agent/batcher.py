@@ -166,7 +166,7 @@ class DynamicBatcher(Generic[T, R]):
                 results = await loop.run_in_executor(self._executor, self._run_batch, items)
                 if len(results) != len(batch):
                     raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} items")
-            except Exception as exc:  # noqa: BLE001 - handed to every waiter of this batch
+            except Exception as exc:
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(exc)

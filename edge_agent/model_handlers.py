@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from edge_agent.model_slot import ModelSlot
@@ -14,7 +13,8 @@ from models.fer_edge import INPUT_SIZE, FerClassifier
 __all__ = ["fer_handler", "asr_handler"]
 
 
-def fer_handler(slot: ModelSlot[FerClassifier], device: str = "auto", max_batch_size: int = 16) -> ModelHandler[FerClassifier]:
+def fer_handler(slot: ModelSlot[FerClassifier], device: str = "auto",
+                max_batch_size: int = 16) -> ModelHandler[FerClassifier]:
     """Artifacts of the edge FER network -> :class:`FerClassifier` in ``slot``.
 
     Warm-up runs a full-size batch so the first real batch on the new version pays no

@@ -18,18 +18,20 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_offload.mqtt_security import aiomqtt_connection
-from edge_offload.settings import MqttSettings
+from offload_core.mqtt_security import aiomqtt_connection
+from offload_core.settings import MqttSettings
 
-__all__ = ["connect_properties", "make_client", "InOrderAcker", "CountingQueue", "ArrivalQueue", "SessionLost", "publish_confirmed"]
+__all__ = ["MqttClient", "connect_properties", "make_client", "InOrderAcker", "CountingQueue", "ArrivalQueue",
+           "SessionLost", "publish_confirmed"]
 
 
-class CountingQueue(asyncio.Queue):  # type: ignore[type-arg]
+class CountingQueue(asyncio.Queue):
     """aiomqtt's incoming queue, bounded, calling ``on_drop`` for every message it refuses.
 
     QoS 0 messages are refused once ``maxsize`` messages wait; QoS 1 messages only once
@@ -89,6 +91,32 @@ def connect_properties(settings: MqttSettings) -> Properties:
     return props
 
 
+class MqttClient(aiomqtt.Client):
+    """aiomqtt's client plus the two things aiomqtt 2.x keeps private: manual QoS 1 acks
+    (paho's documented ``Client.manual_ack_set`` / ``Client.ack``) and the future that completes
+    when the connection drops. This class is the only code that reaches aiomqtt's wrapped paho
+    client (``_client``) and that future (``_disconnected``); tests/test_mqtt_acks.py pins both
+    that and the behaviour (an unacknowledged message is redelivered, an acknowledged one is not).
+    """
+
+    def __init__(self, *args: Any, manual_ack: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.manual_ack = manual_ack
+        if manual_ack:
+            self._client.manual_ack_set(True)
+
+    def ack(self, mid: int, qos: int) -> None:
+        """Acknowledge message ``mid`` (manual acks only; a no-op for QoS 0)."""
+        if not self.manual_ack:
+            raise RuntimeError("ack() needs a client made with manual_ack=True")
+        self._client.ack(mid, qos)
+
+    @property
+    def disconnected(self) -> asyncio.Future[None]:
+        """Completes (with the error) when the current connection drops."""
+        return self._disconnected
+
+
 def make_client(
     settings: MqttSettings,
     *,
@@ -99,12 +127,13 @@ def make_client(
     queue_size: int | None = None,
     on_drop: Callable[[], None] | None = None,
     on_unacked_drop: Callable[[], None] | None = None,
-) -> aiomqtt.Client:
+) -> MqttClient:
     """An MQTT v5 client; ``persistent`` keeps the session across reconnects and restarts.
 
-    TLS and credentials come from ``settings`` (:mod:`edge_offload.mqtt_security`)."""
-    client = aiomqtt.Client(
+    TLS and credentials come from ``settings`` (:mod:`offload_core.mqtt_security`)."""
+    client = MqttClient(
         **aiomqtt_connection(settings),
+        manual_ack=manual_ack,
         identifier=client_id or settings.client_id,
         protocol=aiomqtt.ProtocolVersion.V5,
         clean_start=not persistent,
@@ -112,13 +141,10 @@ def make_client(
         keepalive=settings.keepalive_s,
         will=will,
         queue_type=functools.partial(CountingQueue, on_drop=on_drop, qos1_headroom=settings.receive_maximum * 16,
-                                     on_unacked_drop=on_unacked_drop),  # type: ignore[arg-type]
+                                     on_unacked_drop=on_unacked_drop),
         max_queued_incoming_messages=queue_size or settings.receive_maximum * 16,
     )
     client.pending_calls_threshold = settings.receive_maximum * 4  # publishes in flight are expected
-    if manual_ack:
-        # aiomqtt has no manual-ack API yet; paho (which it wraps) does.
-        client._client.manual_ack_set(True)  # noqa: SLF001
     return client
 
 
@@ -126,12 +152,12 @@ class SessionLost(aiomqtt.MqttError):
     """The session ended (or was declared stuck) before a publish was confirmed."""
 
 
-def session_gone(client: aiomqtt.Client) -> bool:
+def session_gone(client: MqttClient) -> bool:
     """True once ``client``'s connection has dropped (its local queue may still hold messages)."""
-    return client._disconnected.done()  # noqa: SLF001
+    return client.disconnected.done()
 
 
-async def publish_confirmed(client: aiomqtt.Client, topic: str, payload: bytes, *, qos: int = 1,
+async def publish_confirmed(client: MqttClient, topic: str, payload: bytes, *, qos: int = 1,
                             deadline_s: float = 60.0) -> None:
     """Publish once and wait for the broker's PUBACK for as long as the session lives.
 
@@ -144,7 +170,7 @@ async def publish_confirmed(client: aiomqtt.Client, topic: str, payload: bytes, 
     if session_gone(client):
         raise SessionLost("session gone before publish")
     publish = asyncio.ensure_future(client.publish(topic, payload, qos=qos, timeout=math.inf))
-    gone = client._disconnected  # noqa: SLF001
+    gone = client.disconnected
     try:
         done, _ = await asyncio.wait({publish, gone}, timeout=deadline_s, return_when=asyncio.FIRST_COMPLETED)
     except BaseException:
@@ -169,8 +195,8 @@ class InOrderAcker:
     ``last_progress_s`` tells liveness when the head of the line last moved.
     """
 
-    def __init__(self, client: aiomqtt.Client) -> None:
-        self._client = client
+    def __init__(self, client: MqttClient) -> None:
+        self._mqtt = client
         self._pending: OrderedDict[int, tuple[int, int, bool]] = OrderedDict()
         self._next = 0
         self._closed = False
@@ -200,7 +226,7 @@ class InOrderAcker:
             del self._pending[first]
             self.last_progress_s = time.monotonic()
             if qos > 0:
-                self._client._client.ack(mid, qos)  # noqa: SLF001
+                self._mqtt.ack(mid, qos)
                 self.acked += 1
 
     @property

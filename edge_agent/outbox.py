@@ -14,7 +14,6 @@ import asyncio
 import logging
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +27,13 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from edge_agent.dc_settings import OutboxSettings
-from edge_offload.files import ensure_private
-from edge_offload.kafka_admin import ensure_topics
-from edge_offload.kafka_clients import make_producer
-from edge_offload.settings import KafkaSettings
+from offload_core.dc_settings import OutboxSettings
+from offload_core.files import ensure_private
+from offload_core.kafka_admin import ensure_topics
+from offload_core.kafka_clients import make_producer
+from offload_core.retry import Backoff
+from offload_core.settings import KafkaSettings
+from topics.codec import now_ms
 
 __all__ = ["OutboxRow", "OutboxStats", "Outbox", "KafkaForwarder"]
 
@@ -119,7 +120,7 @@ class Outbox:
 
     def put_many(self, items: Iterable[tuple[str, str, bytes, bytes | None]]) -> int:
         """Store messages in one transaction; return how many were new (not duplicates)."""
-        now = int(time.time() * 1000)
+        now = now_ms()
         added = 0
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -193,7 +194,7 @@ class Outbox:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
                 "INSERT INTO dead (key, topic, payload, reason, dead_ms) VALUES (?, ?, ?, ?, ?)",
-                (row.key, row.topic, row.payload[:65536], reason[:500], int(time.time() * 1000)))
+                (row.key, row.topic, row.payload[:65536], reason[:500], now_ms()))
             self._db.execute(
                 "DELETE FROM dead WHERE id <= (SELECT MAX(id) FROM dead) - ?", (_MAX_DEAD,))
             cur = self._db.execute("DELETE FROM outbox WHERE id = ?", (row.id,))
@@ -274,7 +275,7 @@ class KafkaForwarder:
         # stop() flushes; against a dead broker that would wait for the request timeout.
         try:
             await asyncio.wait_for(producer.stop(), timeout=1.0)
-        except (asyncio.TimeoutError, KafkaError, OSError):
+        except (TimeoutError, KafkaError, OSError):
             log.debug("producer did not stop cleanly", exc_info=True)
 
     async def _ensure_topics(self, topics: set[str]) -> None:
@@ -327,7 +328,8 @@ class KafkaForwarder:
     async def run(self, stop: asyncio.Event) -> None:
         """Forward until ``stop`` is set; never raises for broker trouble."""
         self._loop = asyncio.get_running_loop()
-        backoff = self.settings.backoff_initial_s
+        first_s = self.settings.backoff_initial_s
+        backoff = Backoff(first_s, max(self.settings.backoff_max_s, first_s))
         stopper = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
@@ -340,21 +342,17 @@ class KafkaForwarder:
                     continue
                 try:
                     ok = await self._send_round(rows)
-                except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, KafkaError, OSError) as exc:
                     log.warning("outbox: Kafka unavailable (%s: %s); retry in %.2fs",
-                                type(exc).__name__, exc, backoff)
+                                type(exc).__name__, exc, backoff.delay_s)
                     ok = False
                     await self._drop_producer()
                 await self._round_done()
                 if ok:
-                    backoff = self.settings.backoff_initial_s
+                    backoff.reset()
                     continue
                 self.outbox.stats.send_errors += 1
-                try:
-                    await asyncio.wait_for(asyncio.shield(stopper), backoff)
-                except asyncio.TimeoutError:
-                    pass
-                backoff = min(backoff * 2, self.settings.backoff_max_s)
+                await backoff.wait(stop)
         finally:
             stopper.cancel()
             await self._drop_producer()

@@ -32,14 +32,15 @@ from typing import Any, Generic, TypeVar
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
-from edge_agent.dc_settings import UpdateSettings
 from edge_agent.model_slot import Loaded, ModelSlot
-from edge_offload.files import write_private
-from edge_offload.kafka_admin import ensure_topics
-from edge_offload.kafka_clients import make_consumer
-from edge_offload.logs import RateLimitedLog
-from edge_offload.settings import KafkaSettings
-from topics.codec import ContractError
+from offload_core.dc_settings import UpdateSettings
+from offload_core.files import write_private
+from offload_core.kafka_admin import ensure_topics
+from offload_core.kafka_clients import make_consumer
+from offload_core.logs import RateLimitedLog
+from offload_core.retry import Backoff
+from offload_core.settings import KafkaSettings
+from topics.codec import ContractError, now_ms
 from topics.dc import ModelUpdate, decode_model_update
 from topics.names import KAFKA_MODEL_UPDATES
 from topics.signing import announcement_message, key_id, verify, verify_message
@@ -146,7 +147,7 @@ class ModelUpdater:
 
     def _refuse(self, name: str, version: str, reason: str, detail: str) -> None:
         self.stats.refused[reason] = self.stats.refused.get(reason, 0) + 1
-        refusal = Refusal(name, version, reason, detail[:500], int(time.time() * 1000))
+        refusal = Refusal(name, version, reason, detail[:500], now_ms())
         self.refusals.append(refusal)
         self._log.warning(reason, "model update %s %s refused: %s %s", name, version, reason, detail[:200])
         if self.on_refused is not None:
@@ -154,7 +155,7 @@ class ModelUpdater:
 
     def _fetch(self, url: str) -> bytes:
         limit = self.settings.max_artifact_bytes
-        with urllib.request.urlopen(url, timeout=self.settings.fetch_timeout_s) as resp:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=self.settings.fetch_timeout_s) as resp:
             data = resp.read(limit + 1)
         if len(data) > limit:
             raise _Refused("too_large", f"over {limit} bytes")
@@ -261,6 +262,7 @@ class ModelUpdater:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow the model-updates topic from its start until ``stop`` is set."""
+        retry = Backoff(2.0, 2.0)
         while not stop.is_set():
             try:
                 await ensure_topics(self.kafka, [KAFKA_MODEL_UPDATES])
@@ -275,10 +277,7 @@ class ModelUpdater:
                 await consumer.start()
             except (KafkaError, OSError) as exc:
                 log.warning("model updates: Kafka unavailable (%s); retrying", exc)
-                try:
-                    await asyncio.wait_for(stop.wait(), 2.0)
-                except asyncio.TimeoutError:
-                    pass
+                await retry.wait(stop)  # fixed period
                 continue
             try:
                 await self._follow(consumer, stop)

@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Self
 
 __all__ = ["BrokerError", "free_port", "wait_for_port", "MosquittoBroker", "TansuBroker"]
 
@@ -74,7 +75,7 @@ class _ChildBroker:
             self._proc.wait(timeout=30)
             self._proc = None
 
-    def start(self) -> "_ChildBroker":
+    def start(self) -> Self:
         if self.running:
             return self
         log = self.log_path.open("ab")
@@ -104,7 +105,7 @@ class _ChildBroker:
         self.stop()
         shutil.rmtree(self._workdir, ignore_errors=True)
 
-    def __enter__(self) -> "_ChildBroker":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -145,7 +146,7 @@ class MosquittoBroker(_ChildBroker):
 def _persistence_lines(config: str, workdir: Path) -> str:
     lines = [line for line in config.splitlines()
              if line.strip() and not line.lstrip().startswith("#")
-             and not line.split()[0] == "persistence_location"]
+             and line.split()[0] != "persistence_location"]
     # Mosquitto started as root drops to the user "mosquitto", which could not write our store.
     return "\n".join(lines) + f"\npersistence_location {workdir}/\nuser {getpass.getuser()}\n"
 

@@ -14,8 +14,8 @@ import signal
 import sys
 from pathlib import Path
 
-from edge_offload.logs import setup_logging
-from edge_offload.settings import ConfigError, load_settings, use_config_file
+from offload_core.logs import setup_logging
+from offload_core.settings import ConfigError, load_settings, use_config_file
 
 __all__ = ["main"]
 
@@ -71,7 +71,7 @@ def _tail(args: argparse.Namespace) -> int:
 
 def _config_reference(args: argparse.Namespace) -> int:
     """Every setting as a Markdown table (the README's settings reference)."""
-    from edge_offload.settings import reference
+    from offload_core.settings import reference
 
     print("| variable | type | default | meaning |\n| --- | --- | --- | --- |")
     for env, type_name, default, doc in reference():
@@ -84,7 +84,7 @@ def _health(args: argparse.Namespace) -> int:
     import urllib.request
 
     port = load_settings().edge.http_port
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{args.path}", timeout=args.timeout) as resp:  # noqa: S310
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{args.path}", timeout=args.timeout) as resp:
         return 0 if resp.status == 200 else 1
 
 
@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_pki_init)
     p = sub.add_parser("fetch-models", help="download and sha256-check the pinned model artifacts")
     p.set_defaults(func=_fetch_models)
-    p = sub.add_parser("edge", help="run the edge agent: vision + speech (settings from EDGE_OFFLOAD_* / EDGE_OFFLOAD_CONFIG)")
+    p = sub.add_parser("edge", help="run the edge agent: vision + speech "
+                                    "(settings from EDGE_OFFLOAD_* / EDGE_OFFLOAD_CONFIG)")
     p.set_defaults(func=_edge)
     p = sub.add_parser("demo", help="run the whole pipeline locally and print a JSON summary")
     p.add_argument("--seconds", type=float, default=20.0)

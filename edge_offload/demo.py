@@ -21,15 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
+from cloud_trainer.service import Trainer
 from devices.audio import Impairments, LegSource, stream_audio
 from devices.camera import photo_frames, run_camera
 from edge_agent.app import EdgeNode
 from edge_agent.mqtt import make_client
-from cloud_trainer.service import Trainer
 from edge_offload.brokers import MosquittoBroker, TansuBroker
-from edge_offload.settings import EdgeSettings, KafkaSettings, MqttSettings, Settings
 from edge_offload.tail import format_line
+from offload_core.settings import EdgeSettings, KafkaSettings, MqttSettings, Settings
 from topics import names
+from topics.codec import payload_bytes
 from topics.transcript import decode_segment
 from topics.vision import decode_result
 
@@ -66,7 +67,7 @@ class DemoSummary:
 
 def _conversation(seconds: float) -> tuple[list[str], dict[str, np.ndarray]]:
     """As many radio turns (alternating voices) as fit in about ``seconds`` of audio."""
-    from bench.speech_corpus import SENTENCES, build_conversation, to_8k_int16
+    from sim.speech_corpus import SENTENCES, build_conversation, to_8k_int16
 
     n = max(2, min(len(SENTENCES), int(seconds / 3.2)))
     conv = build_conversation(SENTENCES[:n])
@@ -75,8 +76,8 @@ def _conversation(seconds: float) -> tuple[list[str], dict[str, np.ndarray]]:
 
 async def run_demo(settings: Settings, seconds: float, fps: float = 10.0, show: int = 4) -> DemoSummary:
     """Run vision and speech end to end for about ``seconds`` and summarise what came out."""
-    from bench.scoring import wer
-    from bench.speech_corpus import SENTENCES, espeak_available
+    from sim.scoring import wer
+    from sim.speech_corpus import SENTENCES, espeak_available
 
     summary = DemoSummary()
     latencies: list[float] = []
@@ -143,7 +144,7 @@ async def run_demo(settings: Settings, seconds: float, fps: float = 10.0, show: 
             async def read() -> None:
                 async for message in operator.messages:
                     topic = str(message.topic)
-                    payload = bytes(message.payload) if isinstance(message.payload, (bytes, bytearray)) else b""
+                    payload = payload_bytes(message.payload)
                     if topic in (names.dead_letter("vision"), names.dead_letter("audio")):
                         summary.errors += 1
                     elif topic == names.transcript(CONVERSATION):
@@ -194,14 +195,14 @@ async def run_demo(settings: Settings, seconds: float, fps: float = 10.0, show: 
                 log.warning("hard examples still on their way to the DC")
             summary.hard_examples_sent = outbox.stats.sent
         if trainer.store is not None:
-            models = ("fer-mini-xception", "whisper-vocab")
+            models = (names.FER_MODEL, names.ASR_MODEL)
             summary.dc_samples_stored = sum([await trainer.store.count(name) for name in models])
         if node.vision is not None:
             current = node.vision.pipeline.slot.current()
             summary.serving_versions[current.name] = current.version
         if node.asr_slot is not None:
-            current = node.asr_slot.current()
-            summary.serving_versions[current.name] = current.version
+            asr = node.asr_slot.current()
+            summary.serving_versions[asr.name] = asr.version
         stop_node.set()
         await node_task
         await trainer_task

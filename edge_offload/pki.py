@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from edge_offload.files import write_private
+from offload_core.files import write_private
 
 __all__ = ["Pki", "make_pki"]
 
@@ -60,7 +60,7 @@ def _sans(hosts: list[str]) -> list[x509.GeneralName]:
 def _issue(ca_key: ec.EllipticCurvePrivateKey, ca_name: x509.Name, common_name: str, days: int,
            *, server_hosts: list[str] | None = None) -> tuple[bytes, bytes]:
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server_hosts is not None else ExtendedKeyUsageOID.CLIENT_AUTH
     builder = (x509.CertificateBuilder().subject_name(_name(common_name)).issuer_name(ca_name)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -78,7 +78,7 @@ def make_pki(out_dir: Path, hosts: list[str], clients: list[str] | None = None, 
     out_dir.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("edge-offload CA")
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
                .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
                .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))

@@ -11,17 +11,17 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 import aiomqtt
 import msgpack
 
-from edge_offload.mqtt_security import aiomqtt_connection
-from edge_offload.settings import MqttSettings, load_settings, use_config_file
+from offload_core.mqtt_security import aiomqtt_connection
+from offload_core.settings import MqttSettings, load_settings, use_config_file
 from topics import names
-from topics.codec import ContractError
+from topics.codec import ContractError, payload_bytes
 from topics.deadletter import decode_dead_letter
 from topics.status import decode_status
 from topics.vision import VisionResult, decode_result
@@ -40,7 +40,7 @@ def describe(payload: bytes) -> tuple[str, Any]:
     try:
         head = msgpack.unpackb(payload, raw=False)
         kind = head.get("type") if isinstance(head, dict) else None
-    except Exception:  # noqa: BLE001 - anything undecodable is reported as such
+    except Exception:
         return "undecodable", {"size": len(payload)}
     decoders: dict[str, Callable[[bytes], Any]] = {
         "vision_result": decode_result,
@@ -100,7 +100,7 @@ DEFAULT_FILTERS: tuple[str, ...] = (names.RESULTS_FILTER, names.DEAD_LETTER_FILT
 
 
 def _stamp(at_s: float) -> str:
-    return datetime.fromtimestamp(at_s, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(at_s, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 async def tail(mqtt: MqttSettings, topic_filters: Sequence[str] = DEFAULT_FILTERS, *, as_json: bool = False,
@@ -120,7 +120,7 @@ async def tail(mqtt: MqttSettings, topic_filters: Sequence[str] = DEFAULT_FILTER
         if subscribed is not None:
             subscribed.set()
         async for message in client.messages:
-            payload = message.payload if isinstance(message.payload, (bytes, bytearray)) else b""
+            payload = payload_bytes(message.payload)
             topic = str(message.topic)
             now = time.time()
             if as_json:

@@ -268,7 +268,8 @@ def join(joined: Joined, cache_dir: Path) -> Path:
         got = _sha256(tmp)
         if got != joined.sha256:
             tmp.unlink()
-            raise ArtifactError(f"{joined.folder}/{joined.name}: joined sha256 {got} does not match the pin {joined.sha256}")
+            raise ArtifactError(f"{joined.folder}/{joined.name}: joined sha256 {got} "
+                                f"does not match the pin {joined.sha256}")
         tmp.replace(target)
         stamp.write_text(joined.sha256 + "\n")
     for name, member in joined.copies:

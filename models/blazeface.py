@@ -409,8 +409,8 @@ class BlazeFaceDetector:
             raise ValueError("need min_face_px >= 1, max_faces >= 1 and workers >= 1")
         self.device = torch.device(device)
         self.specs = [s for s, _ in nets]
-        self.nets = [trace_net(n.to(self.device).eval(), s.input_size, self.device) if trace else n.to(self.device).eval()
-                     for s, n in nets]
+        self.nets = [trace_net(n.to(self.device).eval(), s.input_size, self.device) if trace
+                     else n.to(self.device).eval() for s, n in nets]
         self.anchors = [ssd_anchors(s) for s in self.specs]
         self.min_scores = list(min_scores) if min_scores is not None else [s.min_score for s in self.specs]
         self.min_face_px, self.max_faces = min_face_px, max_faces
@@ -433,7 +433,8 @@ class BlazeFaceDetector:
             reg, logit = self.nets[k](x)
             return reg, torch.sigmoid(logit[..., 0].clamp(-SCORE_CLIP, SCORE_CLIP))
 
-    def raw_batch(self, images: Sequence[np.ndarray]) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[tuple[float, int, int]]]:
+    def raw_batch(self, images: Sequence[np.ndarray]
+                  ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[tuple[float, int, int]]]:
         """Per network: regressors (N, A, 16) and scores (N, A); per image: letterbox (scale, px, py)."""
         squares, geo = [], []
         for img in images:

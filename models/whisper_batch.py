@@ -111,7 +111,7 @@ class WhisperBatcher:
             try:
                 results = self.asr.transcribe([r.clip for r in batch], batch[0].options,
                                               prompts=[r.prompt for r in batch])
-            except Exception as exc:  # noqa: BLE001 - handed to every caller of the batch
+            except Exception as exc:
                 self.stats.errors += 1
                 for r in batch:
                     r.future.set_exception(exc)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from edge_offload.brokers import MosquittoBroker, TansuBroker
-from edge_offload.settings import Settings, load_settings
+from offload_core.settings import Settings, load_settings
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import aiomqtt
 
-from edge_agent.service import EdgeAgent, build_vision_pipeline
-from edge_offload.settings import EdgeSettings, MqttSettings, Settings, VisionSettings
+from edge_agent.vision.service import VisionService, build_vision_pipeline
+from offload_core.settings import EdgeSettings, MqttSettings, Settings, VisionSettings
 
 
 def agent_settings(port: int, client_id: str, *, group: str = "edge-agents", node: str | None = None,
@@ -23,9 +23,9 @@ def agent_settings(port: int, client_id: str, *, group: str = "edge-agents", nod
 
 
 @contextlib.asynccontextmanager
-async def running_agent(settings: Settings) -> AsyncIterator[EdgeAgent]:
+async def running_agent(settings: Settings) -> AsyncIterator[VisionService]:
     """Start an agent, wait until it is connected and subscribed, stop it on exit."""
-    agent = EdgeAgent(settings, build_vision_pipeline(settings))
+    agent = VisionService(settings, build_vision_pipeline(settings))
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
     try:

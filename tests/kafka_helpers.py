@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiokafka import AIOKafkaConsumer
 
-from edge_offload.kafka_admin import ensure_topics
+from offload_core.kafka_admin import ensure_topics
 
 
 async def read_topic(bootstrap: str, topic: str, want: int) -> list[bytes]:

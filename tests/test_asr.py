@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from bench.domain_speech import domain_sentences, speak
-from bench.speech_corpus import SENTENCES, VOICES, build_conversation, espeak_available, synthesize, telephone
 from cloud_trainer.asr_adapt import build_candidate_vocabulary, transcribe
 from models.artifacts import ARTIFACTS, JOINED, _sha256
 from models.edge_asr import load_whisper
 from models.text import normalize, wer
 from models.vad import SAMPLE_RATE, SileroVad, VadConfig
 from models.whisper_asr import DecodeOptions, WhisperAsr, segment_confidence
+from sim.speech_corpus import SENTENCES, VOICES, build_conversation, espeak_available, synthesize, telephone
 
 needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng not installed")
 
@@ -121,8 +121,8 @@ def test_vad_finds_each_turn_of_a_leg() -> None:
 def test_legs_share_one_vad_network() -> None:
     vad = SileroVad()
     a, b = vad.new_stream(), vad.new_stream()
-    assert a._vad is b._vad  # noqa: SLF001 - one set of weights; per-leg state only
-    assert a._state is not b._state  # noqa: SLF001
+    assert a._vad is b._vad
+    assert a._state is not b._state
 
 
 @needs_espeak
@@ -135,7 +135,7 @@ def test_the_batcher_decodes_waiting_legs_in_one_call_and_keeps_prompts_apart(ti
     batcher = WhisperBatcher(tiny, max_batch=8)
     opts = DecodeOptions()
     try:
-        with batcher._cv:  # noqa: SLF001 - hold the inference thread while four legs ask at once
+        with batcher._cv:
             futures = [batcher.submit(clips[i % 2], opts) for i in range(4)]
             other = batcher.submit(clips[0], opts, prompt="Courier, border, dawn.")  # another prompt
         results = [f.result(timeout=60) for f in futures]

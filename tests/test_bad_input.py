@@ -11,7 +11,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from devices.camera import photo_frames
 from edge_offload.brokers import MosquittoBroker
-from edge_offload.settings import VisionSettings
+from offload_core.settings import VisionSettings
 from tests.edge_helpers import agent_settings, collect, running_agent, subscriber
 from topics import names
 from topics.deadletter import decode_dead_letter
@@ -34,7 +34,8 @@ def _envelope(**fields: object) -> bytes:
 
 
 def _png_header(width: int, height: int) -> bytes:
-    return b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR" + width.to_bytes(4, "big") + height.to_bytes(4, "big") + b"\x08\x00\x00\x00\x00"
+    return (b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR" + width.to_bytes(4, "big") + height.to_bytes(4, "big")
+            + b"\x08\x00\x00\x00\x00")
 
 
 def _cases(good_jpeg: bytes) -> list[tuple[str, str, bytes]]:

@@ -116,7 +116,7 @@ def test_faces_found_in_every_size(cache_dir: Path, photos: list) -> None:
     for (name, bgr, _), boxes in zip(photos, found):
         h, w = bgr.shape[:2]
         for x, y, bw, bh in boxes:
-            assert 0 <= x and 0 <= y and x + bw <= w and y + bh <= h, name
+            assert x >= 0 and y >= 0 and x + bw <= w and y + bh <= h, name
     # Why both models: full range misses a frame-filling face, short range misses the far ones.
     full = load_blazeface(cache_dir, ranges=("full",))
     short = load_blazeface(cache_dir, ranges=("short",))

@@ -12,7 +12,7 @@ import yaml
 
 from edge_offload import tail
 from edge_offload.cli import parse_args
-from edge_offload.settings import ConfigError, MqttSettings, load_settings
+from offload_core.settings import ConfigError, MqttSettings, load_settings
 from topics import names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,8 +141,8 @@ def test_pki_init_writes_private_keys_0600(tmp_path: Path) -> None:
 
 async def test_outbox_and_sample_store_files_are_owner_only(tmp_path: Path) -> None:
     from cloud_trainer.store import open_store
-    from edge_agent.dc_settings import OutboxSettings
     from edge_agent.outbox import Outbox
+    from offload_core.dc_settings import OutboxSettings
 
     outbox = Outbox(OutboxSettings(path=tmp_path / "outbox.sqlite3"))
     store = await open_store(f"sqlite:///{tmp_path / 'samples.sqlite3'}")

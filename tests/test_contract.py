@@ -13,7 +13,16 @@ from topics.deadletter import DeadLetter, decode_dead_letter, encode_dead_letter
 from topics.kubeedge import device_data_topic, device_data_update, twin_update, twin_update_topic
 from topics.status import EdgeStatus, decode_status, encode_status
 from topics.vision import (
-    EMOTIONS, Face, Frame, ModelRef, Timing, VisionResult, decode_frame, decode_result, encode_frame, encode_result,
+    EMOTIONS,
+    Face,
+    Frame,
+    ModelRef,
+    Timing,
+    VisionResult,
+    decode_frame,
+    decode_result,
+    encode_frame,
+    encode_result,
 )
 
 
@@ -96,3 +105,30 @@ def test_kubeedge_json_formats() -> None:
     assert data["data"]["battery"] == {"value": "81", "metadata": {"timestamp": 2000, "type": "int"}}
     assert twin_update_topic("ns", "cam-1") == "$hw/events/device/ns/cam-1/twin/update"
     assert device_data_topic("cam-1") == "$ke/events/device/cam-1/data/update"
+
+
+def test_payload_bytes_and_now_ms() -> None:
+    import time
+
+    from topics.codec import now_ms, payload_bytes
+
+    assert payload_bytes(b"\x00\xff") == b"\x00\xff"
+    assert payload_bytes(bytearray(b"ab")) == b"ab" and type(payload_bytes(bytearray(b"ab"))) is bytes
+    assert payload_bytes(None) == b""
+    assert payload_bytes("é") == "é".encode() and payload_bytes(7) == b"7"
+    before = int(time.time() * 1000)
+    assert before <= now_ms() <= int(time.time() * 1000)
+
+
+def test_audio_topics_are_built_and_parsed_in_names() -> None:
+    import pytest
+
+    from topics import names
+    from topics.codec import ContractError
+
+    assert names.parse_audio(names.audio("dev-1", "conv-2", "leg-a")) == ("dev-1", "conv-2", "leg-a")
+    for bad, reason in ((f"{names.ROOT}/frames/dev", "bad_topic"), (f"{names.ROOT}/audio/dev/conv", "bad_topic"),
+                        (f"{names.ROOT}/audio/dev/conv/", "bad_leg_id")):
+        with pytest.raises(ContractError) as err:
+            names.parse_audio(bad)
+        assert err.value.reason == reason

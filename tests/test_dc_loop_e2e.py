@@ -56,7 +56,7 @@ async def test_hard_examples_retrain_and_hot_swap_both_models(
         await asyncio.wait_for(consumer.wait_until(lambda: consumer.stats.stored >= sent_faces + len(truth)), 60)
         await loop.label_speech(truth)  # the operator's corrected transcripts
 
-        applied = lambda: loop.updater is not None and loop.updater.stats.applied >= 2  # noqa: E731
+        applied = lambda: loop.updater is not None and loop.updater.stats.applied >= 2
         await asyncio.wait_for(loop.updater.wait_until(applied), 120)  # type: ignore[union-attr]
         traffic_stop.set()
         await traffic_task

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from edge_offload.demo import run_demo
-from edge_offload.settings import Settings
+from offload_core.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from edge_offload.cli import build_parser
-from edge_offload.settings import Settings, _unknown_keys
+from offload_core.settings import Settings, _unknown_keys
 from tests.kubeedge_schemas import SCHEMAS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +51,7 @@ def _check_env_name(name: str) -> None:
 
 def _subcommands() -> set[str]:
     parser = build_parser()
-    action = next(a for a in parser._actions if a.dest == "command")  # noqa: SLF001
+    action = next(a for a in parser._actions if a.dest == "command")
     return set(action.choices)
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.scoring import der
-from bench.speech_corpus import SENTENCES, VOICES, build_conversation, espeak_available, synthesize, telephone
 from edge_agent.speech.diarize import Diarizer, DiarizerConfig, _runs
 from models.speaker import SAMPLE_RATE, SpeakerEncoder, cosine
+from sim.scoring import der
+from sim.speech_corpus import SENTENCES, VOICES, build_conversation, espeak_available, synthesize, telephone
 
 pytestmark = pytest.mark.skipif(not espeak_available(), reason="espeak-ng not installed")
 

@@ -13,7 +13,7 @@ import pytest
 from devices.camera import photo_frames, run_camera
 from edge_agent.app import EdgeNode
 from edge_offload.brokers import MosquittoBroker, TansuBroker
-from edge_offload.settings import VisionSettings
+from offload_core.settings import VisionSettings
 from tests.edge_helpers import agent_settings, collect, running_agent, subscriber
 from topics import names
 from topics.kubeedge import twin_update_topic

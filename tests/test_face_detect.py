@@ -42,7 +42,7 @@ def test_group_photo_several_faces(cache_dir: Path, cascade: Path) -> None:
     many = FaceDetector(cascade, max_side=640).detect(gray)
     assert len(many) >= 4, many
     for bx, by, bw, bh in many:
-        assert 0 <= bx and 0 <= by and bx + bw <= w and by + bh <= h
+        assert bx >= 0 and by >= 0 and bx + bw <= w and by + bh <= h
         assert 90 <= bw <= 200, (bx, by, bw, bh)  # full-res sizes, not the 640 px copy's
     # The 320 px default finds fewer (faces shrink to ~30 px, near the 24 px cascade window),
     # but what it finds is where the 640 px pass found faces.
@@ -64,7 +64,7 @@ def test_default_cascade_and_blank_image() -> None:
 
 def test_crop_faces_margin_and_clipping() -> None:
     gray = np.arange(100 * 200, dtype=np.uint32).reshape(100, 200).astype(np.uint8)
-    plain, grown, edge = crop_faces(gray, [(50, 20, 40, 40), (50, 20, 40, 40), (0, 0, 40, 40)],
+    _plain, grown, edge = crop_faces(gray, [(50, 20, 40, 40), (50, 20, 40, 40), (0, 0, 40, 40)],
                                     margin=0.25)
     assert grown.shape == (60, 60)  # 10 px each side
     assert np.array_equal(grown[10:50, 10:50], gray[20:60, 50:90])

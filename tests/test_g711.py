@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from edge_agent.speech import g711
+from topics import g711
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

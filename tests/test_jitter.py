@@ -7,10 +7,11 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from edge_agent.speech import g711
 from edge_agent.speech.jitter import JitterBuffer, JitterConfig, PcmFrame
 from edge_agent.speech.resample import resample_8k_to_16k
-from edge_agent.speech.rtp import (
+from edge_agent.speech.stream import SAMPLE_RATE, LegDecoder
+from topics import g711
+from topics.rtp import (
     NTP64_EXT_ID,
     ONE_BYTE_PROFILE,
     RtpPacket,
@@ -19,7 +20,6 @@ from edge_agent.speech.rtp import (
     parse_rtp,
     unix_to_ntp64,
 )
-from edge_agent.speech.stream import SAMPLE_RATE, LegDecoder
 
 FRAME = 160
 DT = 0.02

@@ -1,4 +1,4 @@
-"""Every aiokafka client is built by edge_offload.kafka_clients from the settings' SSL/SASL fields.
+"""Every aiokafka client is built by offload_core.kafka_clients from the settings' SSL/SASL fields.
 
 No TLS/SASL Kafka broker is available offline (Tansu in the tests speaks PLAINTEXT only), so
 these tests check the clients the factory builds, and one real round trip in PLAINTEXT.
@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from edge_offload.kafka_clients import (
+from edge_offload.pki import make_pki
+from offload_core.kafka_clients import (
     connection_kwargs,
     make_admin,
     make_consumer,
     make_producer,
 )
-from edge_offload.pki import make_pki
-from edge_offload.settings import KafkaSettings, load_settings
+from offload_core.settings import KafkaSettings, load_settings
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +46,12 @@ async def test_sasl_ssl_reaches_producer_consumer_and_admin(pki: Path, monkeypat
     consumer = make_consumer(kafka, "t", client_id="c", group_id=None)
     admin = make_admin(kafka, client_id="a")
     try:
-        for client in (producer.client, consumer._client, admin._client):  # noqa: SLF001
-            assert client._security_protocol == "SASL_SSL"  # noqa: SLF001
-            assert client._sasl_mechanism == "SCRAM-SHA-512"  # noqa: SLF001
-            assert client._sasl_plain_username == "edge-1"  # noqa: SLF001
-            assert client._sasl_plain_password == "kafka-secret"  # noqa: SLF001
-            ctx = client._ssl_context  # noqa: SLF001
+        for client in (producer.client, consumer._client, admin._client):
+            assert client._security_protocol == "SASL_SSL"
+            assert client._sasl_mechanism == "SCRAM-SHA-512"
+            assert client._sasl_plain_username == "edge-1"
+            assert client._sasl_plain_password == "kafka-secret"
+            ctx = client._ssl_context
             assert isinstance(ctx, ssl.SSLContext) and ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
             assert any("edge-offload CA" in str(c["subject"]) for c in ctx.get_ca_certs())
     finally:
@@ -67,19 +67,19 @@ def test_sasl_without_credentials_is_a_clear_error() -> None:
 
 def test_no_client_is_built_outside_the_factory() -> None:
     root = Path(__file__).resolve().parents[1]
-    for folder in ("edge_agent", "cloud_trainer", "edge_offload", "devices"):
+    for folder in ("offload_core", "edge_agent", "cloud_trainer", "edge_offload", "devices"):
         for path in (root / folder).rglob("*.py"):
             if path.name == "kafka_clients.py":
                 continue
             text = path.read_text()
             for ctor in ("AIOKafkaProducer(", "AIOKafkaConsumer(", "AIOKafkaAdminClient("):
-                assert ctor not in text, f"{path}: builds {ctor[:-1]} itself; use edge_offload.kafka_clients"
+                assert ctor not in text, f"{path}: builds {ctor[:-1]} itself; use offload_core.kafka_clients"
 
 
 @pytest.mark.integration
 async def test_factory_clients_round_trip_plaintext(kafka: object) -> None:
     settings = KafkaSettings(bootstrap_servers=kafka.bootstrap_servers)  # type: ignore[attr-defined]
-    from edge_offload.kafka_admin import ensure_topics
+    from offload_core.kafka_admin import ensure_topics
 
     await ensure_topics(settings, ["t-factory"])
     producer: AIOKafkaProducer = make_producer(settings, acks="all")

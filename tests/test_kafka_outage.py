@@ -17,10 +17,10 @@ from pathlib import Path
 
 from cloud_trainer.consumer import SampleConsumer
 from cloud_trainer.store import open_store
-from edge_agent.dc_settings import OutboxSettings
 from edge_agent.outbox import KafkaForwarder, Outbox
 from edge_offload.brokers import TansuBroker
-from edge_offload.settings import KafkaSettings
+from offload_core.dc_settings import OutboxSettings
+from offload_core.settings import KafkaSettings
 from topics.dc import HardExample, encode_hard_example
 from topics.names import KAFKA_HARD_EXAMPLES
 

@@ -10,16 +10,16 @@ from pathlib import Path
 import torch
 from prometheus_client import CollectorRegistry, generate_latest
 
-from edge_agent.dc_settings import HardExampleSettings, OutboxSettings, UpdateSettings
 from edge_agent.metrics import BucketCounts, EdgeMetrics, NodeCollector
 from edge_agent.mining import MiningPolicy
 from edge_agent.model_handlers import fer_handler
 from edge_agent.model_slot import Loaded, ModelSlot
 from edge_agent.outbox import KafkaForwarder, Outbox
 from edge_agent.updates import ModelHandler, ModelUpdater
-from edge_offload.logs import JsonFormatter, RateLimitedLog, setup_logging
-from edge_offload.settings import KafkaSettings
 from models.fer_edge import FerClassifier, MiniXception
+from offload_core.dc_settings import HardExampleSettings, OutboxSettings, UpdateSettings
+from offload_core.logs import JsonFormatter, RateLimitedLog, setup_logging
+from offload_core.settings import KafkaSettings
 
 NAME = "fer-mini-xception"
 
@@ -44,7 +44,7 @@ def test_bucket_counts_export_a_histogram_that_aggregates() -> None:
 
 def test_model_info_follows_every_slot_through_a_swap() -> None:
     from edge_agent.app import EdgeNode
-    from edge_offload.settings import EdgeSettings, Settings
+    from offload_core.settings import EdgeSettings, Settings
 
     node = EdgeNode(Settings(edge=EdgeSettings(http_port=0)))
     slot: ModelSlot[FerClassifier] = ModelSlot(Loaded(FerClassifier(MiniXception().eval(), "cpu", NAME, "base"),
@@ -53,13 +53,13 @@ def test_model_info_follows_every_slot_through_a_swap() -> None:
     node.handlers[NAME] = fer_handler(slot, "cpu")
     node.handlers["pocketsphinx-en-us"] = ModelHandler(asr_slot, "lm", lambda data, version: object(),
                                                        lambda model: None)
-    node._export_models()  # noqa: SLF001
+    node._export_models()
     m = node.metrics
     assert m.value("edge_model_info", model=NAME, version="base") == 1
     assert m.value("edge_model_info", model="pocketsphinx-en-us", version="generic") == 1
     torch.manual_seed(1)
     slot.swap(Loaded(FerClassifier(MiniXception().eval(), "cpu", NAME, "v2"), NAME, "v2"))
-    node._applied(None)  # type: ignore[arg-type]  # noqa: SLF001
+    node._applied(None)  # type: ignore[arg-type]
     text = generate_latest(m.registry).decode()
     assert f'edge_model_info{{model="{NAME}",version="v2"}} 1.0' in text
     assert 'version="base"' not in text  # the old series is gone, not left at 1

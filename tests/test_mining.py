@@ -6,7 +6,6 @@ import math
 
 import pytest
 
-from edge_agent.dc_settings import FilterSpec, HardExampleSettings, ModelMiningSettings
 from edge_agent.mining import (
     MiningPolicy,
     TokenBucket,
@@ -14,6 +13,7 @@ from edge_agent.mining import (
     margin_score,
     threshold_score,
 )
+from offload_core.dc_settings import FilterSpec, HardExampleSettings, ModelMiningSettings
 
 
 class FakeClock:

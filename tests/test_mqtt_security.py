@@ -20,10 +20,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from devices.camera import photo_frames, run_camera
-from edge_offload.mqtt_security import aiomqtt_connection, configure_paho
 from edge_offload.pki import make_pki
-from edge_offload.settings import MqttSettings
 from edge_offload.tail import tail
+from offload_core.mqtt_security import aiomqtt_connection, configure_paho
+from offload_core.settings import MqttSettings
 from tests.edge_helpers import agent_settings, running_agent
 from tests.secure_broker import USERS, SecureMosquitto
 from topics import names
@@ -117,7 +117,7 @@ async def test_wrong_password_anonymous_and_untrusted_ca_are_refused(secure_brok
             pass
     other_ca = make_pki(tmp_path / "other", ["localhost"]).ca_cert
     untrusted = _creds(secure_broker, "operator", ca_file=other_ca)
-    with pytest.raises(aiomqtt.MqttError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+    with pytest.raises(aiomqtt.MqttError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
         async with aiomqtt.Client(**aiomqtt_connection(untrusted), protocol=aiomqtt.ProtocolVersion.V5):
             pass
     plain = MqttSettings(host="localhost", port=secure_broker.port, username="operator",

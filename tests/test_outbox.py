@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.dc_settings import OutboxSettings
 from edge_agent.outbox import KafkaForwarder, Outbox
 from edge_offload.brokers import TansuBroker
-from edge_offload.settings import KafkaSettings
+from offload_core.dc_settings import OutboxSettings
+from offload_core.settings import KafkaSettings
 from tests.kafka_helpers import read_topic
 
 

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from edge_agent.speech.rtp import (
+from topics.rtp import (
     NTP64_EXT_ID,
     ONE_BYTE_PROFILE,
     RtpError,

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import asyncio
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -14,8 +13,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_offload.brokers import MosquittoBroker
-from edge_offload.settings import MqttSettings, load_settings
 from edge_offload.tail import format_line, tail
+from offload_core.settings import MqttSettings, load_settings
 from topics import names
 from topics.vision import Face, ModelRef, Timing, VisionResult, encode_result
 

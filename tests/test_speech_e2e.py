@@ -14,21 +14,26 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from bench.heldout_speech import HELDOUT, build_heldout_call, piper_available
-from bench.scoring import der, wer
-from bench.speech_corpus import SENTENCES, VOICES, espeak_available, synthesize, telephone, \
-    to_8k_int16
 from devices.audio import Impairments, LegSource, packetize, stream_audio
 from edge_agent.speech.diarize import Diarizer
-from edge_agent.speech.pipeline import ConversationTracker, LegRecognizer, Partial, PipelineConfig, StepOutput, \
-    Utterance
+from edge_agent.speech.pipeline import (
+    ConversationTracker,
+    LegRecognizer,
+    Partial,
+    PipelineConfig,
+    StepOutput,
+    Utterance,
+)
 from edge_agent.speech.service import SpeechEngine, SpeechService, SpeechServiceConfig, register_metrics
 from edge_agent.speech.stream import PcmChunk
 from edge_offload.brokers import MosquittoBroker
-from edge_offload.settings import Settings
 from models.edge_asr import AsrVocabulary, EdgeAsr, load_edge_asr, prompt_from_sentences
-from models.whisper_asr import AsrResult, Word
 from models.speaker import SpeakerEncoder
 from models.vad import SAMPLE_RATE, SileroVad
+from models.whisper_asr import AsrResult, Word
+from offload_core.settings import Settings
+from sim.scoring import der, wer
+from sim.speech_corpus import SENTENCES, VOICES, espeak_available, synthesize, telephone, to_8k_int16
 from topics import names
 from topics.deadletter import decode_dead_letter
 from topics.transcript import ModelRef, PartialTranscript, TranscriptSegment, decode_partial, decode_segment
@@ -48,7 +53,8 @@ E2E_DER_BOUND = 0.15
 def asr(cache_dir: Path) -> Iterator[EdgeAsr]:
     """Whisper tiny.en for partials and finals, the radio net's sentences as its vocabulary prompt."""
     edge = load_edge_asr(cache_dir, "whisper_tiny_en", "whisper_tiny_en", device="cpu",
-                         vocabulary=AsrVocabulary(version="test-domain", prompt=prompt_from_sentences(SENTENCES, keep="first")))
+                         vocabulary=AsrVocabulary(version="test-domain",
+                                                  prompt=prompt_from_sentences(SENTENCES, keep="first")))
     yield edge
     edge.close()
 

@@ -11,19 +11,19 @@ import aiomqtt
 import pytest
 
 from bench.heldout_speech import HELDOUT, build_heldout_call, piper_available
-from bench.scoring import wer
-from bench.speech_corpus import to_8k_int16
 from cloud_trainer.publish import publish_labels
 from cloud_trainer.service import Trainer
-from cloud_trainer.settings import AsrAdaptSettings, FerTrainSettings, TrainerSettings
 from devices.audio import LegSource, stream_audio
 from edge_agent.app import EdgeNode
-from edge_agent.dc_settings import FilterSpec, HardExampleSettings, ModelMiningSettings
 from edge_offload.brokers import MosquittoBroker, TansuBroker
-from edge_offload.settings import EdgeSettings, MqttSettings, Settings
-from models.edge_asr import ASR_MODEL
+from offload_core.dc_settings import FilterSpec, HardExampleSettings, ModelMiningSettings
+from offload_core.settings import EdgeSettings, MqttSettings, Settings
+from offload_core.trainer_settings import AsrAdaptSettings, FerTrainSettings, TrainerSettings
+from sim.scoring import wer
+from sim.speech_corpus import to_8k_int16
 from topics import names
 from topics.dc import Label
+from topics.names import ASR_MODEL
 from topics.transcript import TranscriptSegment, decode_segment
 
 pytestmark = [pytest.mark.integration,
@@ -118,7 +118,7 @@ async def test_low_confidence_speech_comes_back_revised_by_the_dc(
     assert node.speech is not None and node.speech.counters.revisions_published == len(dc) + len(op)
 
 
-def _kafka(broker: TansuBroker):  # noqa: ANN202 - KafkaSettings for a test broker
-    from edge_offload.settings import KafkaSettings
+def _kafka(broker: TansuBroker):
+    from offload_core.settings import KafkaSettings
 
     return KafkaSettings(bootstrap_servers=broker.bootstrap_servers)

@@ -9,14 +9,14 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_offload.mqtt_security import (
+from edge_offload.pki import make_pki
+from offload_core.mqtt_security import (
     aiomqtt_connection,
     configure_paho,
     credentials,
     tls_context,
 )
-from edge_offload.pki import make_pki
-from edge_offload.settings import MqttSettings, reference
+from offload_core.settings import MqttSettings, reference
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +52,8 @@ def test_password_is_secret_until_the_connect_packet(pki_dir: Path) -> None:
     assert credentials(s) == ("cam-1", "pw-123")
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     configure_paho(client, s)
-    assert client._username == b"cam-1" and client._password == b"pw-123"  # noqa: SLF001
-    assert client._ssl_context is not None  # noqa: SLF001
+    assert client._username == b"cam-1" and client._password == b"pw-123"
+    assert client._ssl_context is not None
 
 
 def test_reference_lists_every_security_setting() -> None:

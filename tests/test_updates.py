@@ -14,14 +14,14 @@ import torch
 from cloud_trainer.publish import UpdatePublisher
 from cloud_trainer.registry import Registry, Signer
 from cloud_trainer.serve import ArtifactServer
-from edge_agent.dc_settings import UpdateSettings
 from edge_agent.model_handlers import fer_handler
 from edge_agent.model_slot import Loaded, ModelSlot
 from edge_agent.updates import ModelUpdater, Refusal
 from edge_offload.brokers import TansuBroker
-from edge_offload.settings import KafkaSettings
 from models.fer_artifact import FER_FORMAT, fer_to_bytes
 from models.fer_edge import FerClassifier, MiniXception
+from offload_core.dc_settings import UpdateSettings
+from offload_core.settings import KafkaSettings
 
 NAME = "fer-mini-xception"
 
@@ -112,7 +112,7 @@ async def test_large_artifact_is_served_over_http_and_checked(tmp_path: Path, re
         first = registry.register(NAME, fer_to_bytes(_model(4)), FER_FORMAT, parent="base", metrics={}, lineage={})
         second = registry.register(NAME, fer_to_bytes(_model(5)), FER_FORMAT, parent=first.version,
                                    metrics={}, lineage={})
-        announce = lambda rec: registry.announcement(  # noqa: E731
+        announce = lambda rec: registry.announcement(
             rec, "promote", inline_max_bytes=0, base_url=f"http://127.0.0.1:{port}")
         assert announce(first).url == f"http://127.0.0.1:{port}/artifacts/{NAME}/{first.version}"
         assert await updater.apply(announce(first))
@@ -151,7 +151,7 @@ async def test_replayed_old_announcement_is_refused_and_a_signed_rollback_accept
     updater, slot, refusals = _updater(tmp_path, registry, state_file=state)
     v1 = registry.register(NAME, fer_to_bytes(_model(1)), FER_FORMAT, parent="base", metrics={}, lineage={})
     v2 = registry.register(NAME, fer_to_bytes(_model(2)), FER_FORMAT, parent=v1.version, metrics={}, lineage={})
-    announce = lambda rec, action="promote": registry.announcement(  # noqa: E731
+    announce = lambda rec, action="promote": registry.announcement(
         rec, action, inline_max_bytes=1 << 30, base_url=None)
     old = announce(v1)
     assert await updater.apply(old)
@@ -190,7 +190,7 @@ async def test_replay_after_a_newer_announcement_in_one_batch_is_skipped(tmp_pat
     v2 = registry.register(NAME, fer_to_bytes(_model(2)), FER_FORMAT, parent=v1.version, metrics={}, lineage={})
     first = registry.announcement(v1, "promote", inline_max_bytes=1 << 30, base_url=None)
     second = registry.announcement(v2, "promote", inline_max_bytes=1 << 30, base_url=None)
-    await updater._handle([encode_model_update(u) for u in (first, second, first)])  # noqa: SLF001
+    await updater._handle([encode_model_update(u) for u in (first, second, first)])
     assert slot.current().version == v2.version and slot.swaps == 1
     assert [r.reason for r in refusals] == ["stale"]
 
@@ -225,6 +225,6 @@ async def test_artifact_server_serves_only_signed_registered_artifacts_within_li
     finally:
         await server.stop()
         await small.stop()
-    from cloud_trainer.settings import TrainerSettings
+    from offload_core.trainer_settings import TrainerSettings
 
     assert TrainerSettings().serve_host == "127.0.0.1"  # not every interface unless configured

@@ -9,11 +9,11 @@ import cv2
 import pytest
 
 from devices.camera import face_test_photos
-from edge_agent.service import build_vision_pipeline
-from edge_agent.vision import FrameJob, VisionPipeline
-from edge_offload.settings import Settings
+from edge_agent.vision.pipeline import FrameJob, VisionPipeline
+from edge_agent.vision.service import build_vision_pipeline
 from models.blazeface import BlazeFaceDetector
 from models.face_detect import HaarBatchDetector
+from offload_core.settings import Settings
 from topics.vision import EMOTIONS, Frame
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

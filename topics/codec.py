@@ -6,11 +6,12 @@ Every decode error is a :class:`ContractError` carrying a short machine-readable
 
 from __future__ import annotations
 
+import time
 from typing import Any, TypeVar
 
 import msgpack
 
-__all__ = ["ContractError", "pack", "unpack", "field", "opt_field"]
+__all__ = ["ContractError", "pack", "unpack", "field", "opt_field", "now_ms", "payload_bytes"]
 
 T = TypeVar("T")
 
@@ -75,3 +76,15 @@ def opt_field(obj: dict[str, Any], key: str, kind: type[T] | tuple[type, ...], d
     if obj.get(key) is None:
         return default
     return field(obj, key, kind)
+
+
+def now_ms() -> int:
+    """Wall-clock time in milliseconds: the unit of every ``*_ms`` timestamp of the contract."""
+    return int(time.time() * 1000)
+
+
+def payload_bytes(payload: object) -> bytes:
+    """An MQTT message payload as bytes (aiomqtt hands over bytes, or str/int/float/None)."""
+    if isinstance(payload, (bytes, bytearray)):
+        return bytes(payload)
+    return b"" if payload is None else str(payload).encode()

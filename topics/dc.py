@@ -7,7 +7,8 @@ the outbox deduplicates on it and the trainer's sample store is idempotent on it
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from typing import Any
 
 from topics.codec import ContractError, field, opt_field, pack, unpack

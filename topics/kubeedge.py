@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Mapping
+from collections.abc import Mapping
 
 from topics.names import check_id
 

@@ -1,4 +1,4 @@
-"""Topic names: the only place in the project that spells an MQTT topic or Kafka topic.
+"""Topic names (the only place in the project that spells an MQTT topic or Kafka topic) and model names.
 
 Media lives under ``offload/v1/...``, which edgecore neither routes to the twin module nor
 uploads to the cloud (see :data:`EDGECORE_FILTERS`). Device status uses the KubeEdge
@@ -22,6 +22,8 @@ __all__ = [
     "KAFKA_MODEL_UPDATES",
     "KAFKA_LABELS",
     "KAFKA_SPEECH_REVISIONS",
+    "FER_MODEL",
+    "ASR_MODEL",
     "check_id",
     "frames",
     "audio",
@@ -32,6 +34,7 @@ __all__ = [
     "edge_status",
     "shared",
     "device_of",
+    "parse_audio",
     "matches",
     "routed_by_edgecore",
 ]
@@ -47,6 +50,10 @@ KAFKA_HARD_EXAMPLES = "offload.hard-examples"
 KAFKA_MODEL_UPDATES = "offload.model-updates"
 KAFKA_LABELS = "offload.labels"
 KAFKA_SPEECH_REVISIONS = "offload.speech-revisions"  # DC -> edge: re-decoded utterances
+
+# Model names, as they appear in results, hard examples, model updates and settings keys.
+FER_MODEL = "fer-mini-xception"  # the edge facial-expression classifier
+ASR_MODEL = "whisper-vocab"  # the edge ASR's vocabulary prompt over pinned Whisper weights
 
 # What edgecore's EventBus subscribes to itself (kubeedge/kubeedge, edge/pkg/eventbus).
 EDGECORE_FILTERS: tuple[str, ...] = (
@@ -107,6 +114,21 @@ def edge_status(node: str) -> str:
 def shared(group: str, topic_filter: str) -> str:
     """An MQTT v5 shared subscription: agents in ``group`` split the messages."""
     return f"$share/{check_id(group, 'group')}/{topic_filter}"
+
+
+def parse_audio(topic: str) -> tuple[str, str, str]:
+    """``offload/v1/audio/{device}/{conversation}/{leg}`` -> (device, conversation, leg)."""
+    parts = topic.split("/")
+    prefix = ROOT.split("/")
+    if len(parts) != len(prefix) + 4 or parts[:len(prefix)] != prefix or parts[len(prefix)] != "audio":
+        raise ContractError("bad_topic", f"not an audio topic: {topic[:120]!r}")
+    device, conversation, leg = parts[-3:]
+    for value, what in ((device, "device"), (conversation, "conversation"), (leg, "leg")):
+        try:
+            check_id(value, what)
+        except ValueError:
+            raise ContractError(f"bad_{what}_id", f"{what} {value[:80]!r} is not a valid id") from None
+    return device, conversation, leg
 
 
 def device_of(topic: str) -> str:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from typing import Any
 
 from topics.codec import ContractError, field, opt_field, pack, unpack
@@ -152,7 +153,7 @@ def _face_from_wire(obj: Any) -> Face:
     label = field(obj, "label", str)
     if label not in EMOTIONS:
         raise ContractError("bad_field", f"label {label!r}")
-    return Face(box=tuple(box), label=label, probs=tuple(probs))  # type: ignore[arg-type]
+    return Face(box=tuple(box), label=label, probs=tuple(probs))
 
 
 def encode_result(result: VisionResult) -> bytes:

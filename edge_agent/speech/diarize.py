@@ -242,7 +242,9 @@ def _runs(labels: list[int], min_len: int) -> list[tuple[int, int, int]]:
                 # Merge into the longer neighbour.
                 left = runs[k - 1] if k > 0 else None
                 right = runs[k + 1] if k + 1 < len(runs) else None
-                target = left if right is None or (left is not None and left[1] - left[0] >= right[1] - right[0]) else right
+                target = (left if right is None or (left is not None and left[1] - left[0] >= right[1] - right[0])
+                          else right)
+                assert target is not None  # a run has at least one neighbour here
                 target[0] = min(target[0], lo)
                 target[1] = max(target[1], hi)
                 del runs[k]

@@ -10,7 +10,7 @@ Sequence numbers (16 bit) and timestamps (32 bit) are unwrapped against the high
 sequence number seen. A packet that does not fit the stream (another SSRC, a timestamp
 more than ``max_ts_jump_s`` away, a sequence jump) is held as a candidate: if the next
 packet follows it, the stream is reset to it (``resets`` and ``bad[reason]`` counted);
-otherwise it is rejected as an :class:`~edge_agent.speech.rtp.RtpError`.
+otherwise it is rejected as an :class:`~topics.rtp.RtpError`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_agent.speech import g711
-from edge_agent.speech.rtp import CLOCK_RATE, PAYLOAD_TYPES, RtpError, RtpPacket
+from topics import g711
+from topics.rtp import CLOCK_RATE, PAYLOAD_TYPES, RtpError, RtpPacket
 
 __all__ = ["JitterConfig", "StreamCounters", "PcmFrame", "JitterBuffer"]
 
@@ -74,13 +74,6 @@ class StreamCounters:
 
     def count_bad(self, reason: str) -> None:
         self.bad[reason] = self.bad.get(reason, 0) + 1
-
-    def as_dict(self) -> dict[str, int]:
-        """Flat view for metrics: ``bad_<reason>`` keys for the bad counts."""
-        out = {k: getattr(self, k) for k in ("packets", "played", "lost", "concealed", "silence",
-                                              "late", "duplicates", "reordered", "resets")}
-        out.update({f"bad_{k}": v for k, v in sorted(self.bad.items())})
-        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,23 +28,21 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from edge_agent.speech.diarize import Diarizer, DiarizerConfig
-from edge_agent.speech.rtp import RtpError
 from edge_agent.speech.stream import LegDecoder, PcmChunk
 from models.edge_asr import EdgeAsr
-from models.whisper_asr import AsrResult, segment_confidence
-from models.speaker import SpeakerEncoder
 from models.vad import SAMPLE_RATE, WINDOW, SileroVad, VadConfig
+from models.whisper_asr import AsrResult, segment_confidence
+from topics.rtp import RtpError
 from topics.transcript import ModelRef, PartialTranscript, TranscriptSegment, TranscriptWord
 
 __all__ = [
     "PipelineConfig",
-    "SpeechModels",
     "Partial",
     "Utterance",
     "LegRecognizer",
@@ -65,19 +63,6 @@ class PipelineConfig:
     keep_s: float = 1.0
     vad: VadConfig = field(default_factory=VadConfig)
     diarizer: DiarizerConfig = field(default_factory=DiarizerConfig)
-
-
-@dataclass
-class SpeechModels:
-    """Loaded once per process and shared: the VAD net, the ASR models, the speaker encoder."""
-
-    vad: SileroVad
-    asr: EdgeAsr
-    encoder: SpeakerEncoder
-
-    @classmethod
-    def load(cls, asr: EdgeAsr, device: str | None = "cpu") -> "SpeechModels":
-        return cls(vad=SileroVad(), asr=asr, encoder=SpeakerEncoder(device))
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,7 +396,7 @@ class StepOutput:
     rejected: list[tuple[RtpError, bytes]] = field(default_factory=list)
     utterances: list[Utterance] = field(default_factory=list)
 
-    def extend(self, other: "StepOutput") -> None:
+    def extend(self, other: StepOutput) -> None:
         self.partials += other.partials
         self.partial_arrivals_s += other.partial_arrivals_s
         self.segments += other.segments
@@ -442,12 +427,6 @@ class LegStream:
             out.rejected += [(err, data) for err in res.rejected]
             chunks += [(c, arrival) for c in res.chunks]
         self._recognize(chunks, now_s, out)
-        return out
-
-    def push_chunks(self, chunks: Sequence[PcmChunk], arrival_s: float, now_s: float) -> StepOutput:
-        """Feed decoded PCM directly (tests and benchmarks without RTP)."""
-        out = StepOutput()
-        self._recognize([(c, arrival_s) for c in chunks], now_s, out)
         return out
 
     def flush(self, now_s: float) -> StepOutput:

@@ -12,9 +12,8 @@ import numpy as np
 from scipy.signal import upfirdn
 from scipy.signal.windows import kaiser
 
-__all__ = ["IN_RATE", "OUT_RATE", "HALF_TAPS", "HALFBAND", "StreamResampler", "resample_8k_to_16k"]
+__all__ = ["OUT_RATE", "HALF_TAPS", "HALFBAND", "StreamResampler", "resample_8k_to_16k"]
 
-IN_RATE = 8000
 OUT_RATE = 16000
 HALF_TAPS = 24  # input samples either side of an interpolated output
 _BETA = 7.0

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer
 
-from edge_offload.kafka_clients import make_consumer
-
-from edge_offload.kafka_admin import ensure_topics
-from edge_offload.settings import KafkaSettings
+from offload_core.kafka_admin import ensure_topics
+from offload_core.kafka_clients import make_consumer
+from offload_core.retry import Backoff
+from offload_core.settings import KafkaSettings
 from topics.codec import ContractError
 from topics.names import KAFKA_SPEECH_REVISIONS
 from topics.transcript import SpeechRevision, TranscriptSegment, TranscriptWord, decode_revision
@@ -90,7 +90,7 @@ class RevisionFollower:
     """This node's revisions from Kafka -> ``on_revision`` (awaited in order)."""
 
     def __init__(self, kafka: KafkaSettings, node: str,
-                 on_revision: Callable[[SpeechRevision], Awaitable[None]]) -> None:
+                 on_revision: Callable[[SpeechRevision], Awaitable[object]]) -> None:
         self.kafka = kafka
         self.node = node
         self.on_revision = on_revision
@@ -98,6 +98,7 @@ class RevisionFollower:
         self.ready = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
+        retry = Backoff(1.0, 1.0)
         while not stop.is_set():
             consumer: AIOKafkaConsumer | None = None
             try:
@@ -118,15 +119,12 @@ class RevisionFollower:
                     break
                 self.stats.restarts += 1
                 log.warning("revisions: %s: %s; restarting", type(exc).__name__, exc)
-                try:
-                    await asyncio.wait_for(stop.wait(), 1.0)
-                except asyncio.TimeoutError:
-                    pass
+                await retry.wait(stop)  # fixed period
             finally:
                 if consumer is not None:
                     try:
                         await asyncio.wait_for(consumer.stop(), 5.0)
-                    except Exception:  # noqa: BLE001
+                    except Exception:
                         pass
 
     async def _handle(self, value: bytes | None) -> None:

@@ -42,19 +42,20 @@ import aiomqtt
 import numpy as np
 
 from edge_agent.metrics import BucketCounts
-from edge_agent.mqtt import ArrivalQueue, publish_confirmed
+from edge_agent.mqtt import ArrivalQueue, MqttClient, publish_confirmed
 from edge_agent.speech.diarize import Diarizer
 from edge_agent.speech.pipeline import ConversationTracker, LegStream, PipelineConfig, StepOutput, Utterance
 from edge_agent.speech.revisions import SegmentIndex
-from edge_agent.speech.rtp import parse_rtp
-from edge_offload.mqtt_security import aiomqtt_connection
-from edge_offload.settings import Settings, SpeechServiceConfig
 from models.edge_asr import AsrVocabulary, EdgeAsr, load_edge_asr, prompt_from_sentences
 from models.speaker import SpeakerEncoder
 from models.vad import SileroVad
+from offload_core.mqtt_security import aiomqtt_connection
+from offload_core.retry import Backoff
+from offload_core.settings import Settings, SpeechServiceConfig
 from topics import names
-from topics.codec import ContractError
+from topics.codec import ContractError, now_ms, payload_bytes
 from topics.deadletter import DeadLetter, encode_dead_letter
+from topics.rtp import parse_rtp
 from topics.transcript import SpeechRevision, encode_partial, encode_segment
 
 __all__ = [
@@ -62,8 +63,6 @@ __all__ = [
     "SpeechCounters",
     "SpeechEngine",
     "SpeechService",
-    "run_speech_service",
-    "parse_audio_topic",
     "register_metrics",
 ]
 
@@ -153,21 +152,6 @@ def register_metrics(counters: SpeechCounters, registry: object) -> None:
     registry.register(_Collector())  # type: ignore[attr-defined]
 
 
-def parse_audio_topic(topic: str) -> tuple[str, str, str]:
-    """``offload/v1/audio/{device}/{conversation}/{leg}`` -> (device, conversation, leg)."""
-    parts = topic.split("/")
-    prefix = names.ROOT.split("/")
-    if len(parts) != len(prefix) + 4 or parts[:len(prefix)] != prefix or parts[len(prefix)] != "audio":
-        raise ContractError("bad_topic", f"not an audio topic: {topic[:120]!r}")
-    device, conversation, leg = parts[-3:]
-    for value, what in ((device, "device"), (conversation, "conversation"), (leg, "leg")):
-        try:
-            names.check_id(value, what)
-        except ValueError:
-            raise ContractError(f"bad_{what}_id", f"{what} {value[:80]!r} is not a valid id") from None
-    return device, conversation, leg
-
-
 # ------------------------------------------------------------------------------ engine
 
 Sink = Callable[[StepOutput, str], Awaitable[None]]  # (output, audio topic it came from)
@@ -201,7 +185,7 @@ class SpeechEngine:
         self.pipeline = pipeline or PipelineConfig()
         self.vad = vad
         self.encoder = encoder
-        self._asr: AsrSource = asr if callable(asr) else (lambda: asr)  # type: ignore[assignment,return-value]
+        self._asr: AsrSource = asr if callable(asr) else (lambda: asr)
         self.sink = sink
         self.counters = counters or SpeechCounters()
         self.clock = clock
@@ -249,7 +233,7 @@ class SpeechEngine:
         c = self.counters
         c.packets_received += 1
         try:
-            _, conversation, leg = parse_audio_topic(topic)
+            _, conversation, leg = names.parse_audio(topic)
         except ContractError as exc:
             c.bad_topics += 1
             self.reject(topic, payload, exc)
@@ -352,15 +336,15 @@ class SpeechEngine:
                     first = None
                 if first is None:
                     now = self.clock()
-                    if now - state.last_arrival_s >= cfg.idle_close_s or self._stopping and state.queue.empty():
+                    if now - state.last_arrival_s >= cfg.idle_close_s or (self._stopping and state.queue.empty()):
                         break
                     if state.stream is not None:
-                        await self._step(loop, state, lambda s, now=now: s.flush(now))
+                        await self._step(loop, state, functools.partial(LegStream.flush, now_s=now))
                     continue
                 batch = [first]
                 while len(batch) < cfg.batch_max_packets and not state.queue.empty():
                     batch.append(state.queue.get_nowait())
-                await self._step(loop, state, lambda s, b=batch: s.push(b, self.clock()))
+                await self._step(loop, state, functools.partial(self._push, batch))
         finally:
             now = self.clock()
             if state.stream is not None:
@@ -377,6 +361,9 @@ class SpeechEngine:
                 n = self.segments_by_conversation.pop(state.conversation, 0)
                 self._closed_conversations.put_nowait((state.conversation, n))
 
+    def _push(self, packets: list[tuple[bytes, float]], stream: LegStream) -> StepOutput:
+        return stream.push(packets, self.clock())  # the clock is read in the worker, as the packets are decoded
+
     async def _step(self, loop: asyncio.AbstractEventLoop, state: _Leg,
                     work: Callable[[LegStream], StepOutput]) -> None:
         def run() -> StepOutput:
@@ -387,14 +374,14 @@ class SpeechEngine:
                 for utterance in out.utterances:
                     try:
                         self.on_utterance(state.topic, utterance)
-                    except Exception:  # noqa: BLE001 - mining must not cost the transcript
+                    except Exception:
                         self.counters.worker_errors += 1
                         log.exception("utterance hook failed on %s", state.topic)
             return out
 
         try:
             out = await loop.run_in_executor(self._pool, run)
-        except Exception:  # noqa: BLE001 - one bad step must not kill the leg
+        except Exception:
             self.counters.worker_errors += 1
             log.exception("speech step failed on %s/%s", state.conversation, state.leg)
             return
@@ -433,7 +420,8 @@ def default_asr(config: SpeechServiceConfig, cache_dir: Path) -> EdgeAsr:
     vocab = AsrVocabulary()
     if config.corpus_path is not None:
         sentences = config.corpus_path.read_text(encoding="utf-8").splitlines()
-        vocab = AsrVocabulary(version=f"corpus-{config.corpus_path.stem}", prompt=prompt_from_sentences(sentences, keep="first"))
+        vocab = AsrVocabulary(version=f"corpus-{config.corpus_path.stem}",
+                              prompt=prompt_from_sentences(sentences, keep="first"))
     return load_edge_asr(cache_dir, config.asr_final_model, config.asr_partial_model, device=config.asr_device,
                          cpu_threads=config.asr_threads, max_batch=config.asr_max_batch, vocabulary=vocab)
 
@@ -457,7 +445,7 @@ class SpeechService:
         self._on_utterance = on_utterance
         self.engine: SpeechEngine | None = None
         self.ready = asyncio.Event()
-        self._client: aiomqtt.Client | None = None
+        self._client: MqttClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self.published = SegmentIndex()  # what DC revisions refer to
@@ -488,7 +476,7 @@ class SpeechService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def _make_client(self) -> aiomqtt.Client:
+    def _make_client(self) -> MqttClient:
         m = self.settings.mqtt
         engine = self.engine
         assert engine is not None
@@ -499,16 +487,16 @@ class SpeechService:
         def on_arrival(message: aiomqtt.Message, arrival_s: float) -> None:
             engine.note_arrival(message.topic.value, arrival_s)
 
-        return aiomqtt.Client(
+        return MqttClient(
             **aiomqtt_connection(m), identifier=f"{m.client_id}{self.config.client_suffix}",
             protocol=aiomqtt.ProtocolVersion.V5, clean_start=True, keepalive=m.keepalive_s,
-            queue_type=functools.partial(ArrivalQueue, on_drop=on_drop, on_arrival=on_arrival,  # type: ignore[arg-type]
+            queue_type=functools.partial(ArrivalQueue, on_drop=on_drop, on_arrival=on_arrival,
                                          clock=engine.clock),
             max_queued_incoming_messages=self.config.client_queue_packets,
         )
 
     async def _run(self) -> None:
-        backoff = 0.2
+        backoff = Backoff(min(0.2, self.config.reconnect_max_s), self.config.reconnect_max_s)
         assert self.engine is not None
         while not self._stop.is_set():
             try:
@@ -516,23 +504,18 @@ class SpeechService:
                     self._client = client
                     await client.subscribe(names.AUDIO_FILTER, qos=self.config.subscribe_qos)
                     self.ready.set()
-                    backoff = 0.2
+                    backoff.reset()
                     async for item in client.messages:
                         arrival_s, message = cast(tuple[float, aiomqtt.Message], item)  # stamped by ArrivalQueue
-                        payload = message.payload
-                        if not isinstance(payload, (bytes, bytearray)):
-                            payload = b"" if payload is None else str(payload).encode()
-                        self.engine.submit(message.topic.value, bytes(payload), arrival_s)
+                        self.engine.submit(message.topic.value, payload_bytes(message.payload), arrival_s)
             except aiomqtt.MqttError as exc:
                 self._client = None
                 self.ready.clear()
                 if self._stop.is_set():
                     break
                 self.counters.reconnects += 1
-                log.warning("speech MQTT connection lost (%s); retrying in %.1fs", exc, backoff)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=backoff)  # backoff, cut short by stop
-                backoff = min(backoff * 2, self.config.reconnect_max_s)
+                log.warning("speech MQTT connection lost (%s); retrying in %.1fs", exc, backoff.delay_s)
+                await backoff.wait(self._stop)
 
     async def _publish(self, out: StepOutput, topic: str) -> None:
         client = self._client
@@ -556,7 +539,7 @@ class SpeechService:
             for err, payload in out.rejected:
                 dl = DeadLetter(stage="audio", reason=err.reason, detail=err.detail, topic=topic, payload=payload,
                                 payload_size=len(payload), node=self.settings.edge.node_name,
-                                received_at_ms=int(time.time() * 1000))
+                                received_at_ms=now_ms())
                 await publish_confirmed(client, names.dead_letter("audio"), encode_dead_letter(dl), deadline_s=deadline)
                 c.dead_letters_published += 1
                 done += 1
@@ -580,15 +563,4 @@ class SpeechService:
             return False
         self.counters.revisions_published += 1
         return True
-
-
-async def run_speech_service(settings: Settings, stop: asyncio.Event, **kwargs: object) -> SpeechCounters:
-    """Run :class:`SpeechService` until ``stop`` is set; return its counters."""
-    service = SpeechService(settings, **kwargs)  # type: ignore[arg-type]
-    await service.start()
-    try:
-        await stop.wait()
-    finally:
-        await service.stop()
-    return service.counters
 

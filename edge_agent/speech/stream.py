@@ -1,7 +1,7 @@
 """One call leg: raw RTP packets in, speaker-ready 16 kHz float32 PCM chunks out.
 
 ``LegDecoder.push(packet_bytes, arrival_s)`` parses, jitter-buffers, decodes and resamples;
-bad packets are counted and handed back as :class:`~edge_agent.speech.rtp.RtpError` for the
+bad packets are counted and handed back as :class:`~topics.rtp.RtpError` for the
 caller to dead-letter, never raised.
 
 Time: ``PcmChunk.start_s`` is the position of the chunk's first sample on the leg's RTP clock,
@@ -20,8 +20,7 @@ import numpy as np
 
 from edge_agent.speech.jitter import JitterBuffer, JitterConfig, PcmFrame, StreamCounters
 from edge_agent.speech.resample import OUT_RATE, StreamResampler
-from edge_agent.speech.rtp import CLOCK_RATE, NTP64_EXT_ID, RtpError, RtpPacket, ntp64_to_unix, \
-    one_byte_extensions, parse_rtp
+from topics.rtp import CLOCK_RATE, NTP64_EXT_ID, RtpError, RtpPacket, ntp64_to_unix, one_byte_extensions, parse_rtp
 
 __all__ = ["SAMPLE_RATE", "PcmChunk", "PushResult", "LegDecoder"]
 

@@ -9,10 +9,10 @@ import pytest
 
 from edge_agent.mqtt import ArrivalQueue, CountingQueue
 from edge_agent.speech.pipeline import StepOutput
-from edge_agent.speech.rtp import build_rtp
 from edge_agent.speech.service import SpeechEngine
-from edge_offload.settings import SpeechServiceConfig
+from offload_core.settings import SpeechServiceConfig
 from topics import names
+from topics.rtp import build_rtp
 
 
 @dataclass

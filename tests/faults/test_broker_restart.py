@@ -16,8 +16,15 @@ import pytest
 from devices.camera import photo_frames
 from edge_offload.brokers import MosquittoBroker
 from tests.edge_helpers import agent_settings, running_agent
-from tests.faults.helpers import autosave_interval_s, persistent_tally, publish_frames, rss_mib, \
-    shipped_persistence, wait_answered, wait_results
+from tests.faults.helpers import (
+    autosave_interval_s,
+    persistent_tally,
+    publish_frames,
+    rss_mib,
+    shipped_persistence,
+    wait_answered,
+    wait_results,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

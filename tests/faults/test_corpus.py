@@ -14,18 +14,18 @@ import msgpack
 import pytest
 
 from devices.camera import photo_frames
-from edge_agent.speech.rtp import NTP64_EXT_ID, ONE_BYTE_PROFILE, build_one_byte_extensions, build_rtp, parse_rtp
-from edge_agent.speech.service import SpeechService, parse_audio_topic
+from edge_agent.speech.service import SpeechService
 from edge_offload.brokers import MosquittoBroker
-from edge_offload.settings import Settings, SpeechServiceConfig
 from models.edge_asr import load_edge_asr
 from models.speaker import SpeakerEncoder
 from models.vad import SileroVad
+from offload_core.settings import Settings, SpeechServiceConfig
 from tests.edge_helpers import agent_settings, running_agent
 from tests.faults.helpers import frame_payload, rss_mib
 from topics import names
 from topics.codec import ContractError, unpack
 from topics.deadletter import decode_dead_letter
+from topics.rtp import NTP64_EXT_ID, ONE_BYTE_PROFILE, build_one_byte_extensions, build_rtp, parse_rtp
 
 RSS_GROWTH_BOUND_MIB = 50
 PCMU = bytes(160)
@@ -64,7 +64,7 @@ def test_version_must_be_an_int(version: object) -> None:
 ])
 def test_bad_audio_topics_have_reason_codes(topic: str, reason: str) -> None:
     with pytest.raises(ContractError) as info:
-        parse_audio_topic(topic)
+        names.parse_audio(topic)
     assert info.value.reason == reason
 
 
@@ -172,7 +172,8 @@ async def test_audio_corpus_on_new_legs_opens_no_leg_and_costs_no_memory(mosquit
     cfg = settings.model_copy(deep=True)
     cfg.mqtt.port = mosquitto.port
     cfg.mqtt.client_id = "speech-corpus"
-    service = SpeechService(cfg, config=SpeechServiceConfig(idle_close_s=2.0), asr=load_edge_asr(cache_dir, "whisper_tiny_en", "whisper_tiny_en", device="cpu"),
+    service = SpeechService(cfg, config=SpeechServiceConfig(idle_close_s=2.0),
+                            asr=load_edge_asr(cache_dir, "whisper_tiny_en", "whisper_tiny_en", device="cpu"),
                             vad=SileroVad(),
                             encoder=SpeakerEncoder("cpu"))
     await service.start()

@@ -10,8 +10,8 @@ from prometheus_client import CollectorRegistry
 
 from edge_agent.health import HealthServer
 from edge_agent.mqtt import InOrderAcker
-from edge_agent.service import EdgeAgent, _Session
-from edge_offload.settings import DeliverySettings, Settings
+from edge_agent.vision.service import VisionService, _Session
+from offload_core.settings import DeliverySettings, Settings
 
 
 @dataclass
@@ -20,23 +20,20 @@ class _Msg:
     qos: int = 1
 
 
-class _Paho:
+class _Client:
+    """The part of :class:`edge_agent.mqtt.MqttClient` the acker and the session use."""
+
     def __init__(self) -> None:
         self.acked: list[int] = []
+        self.disconnected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def ack(self, mid: int, qos: int) -> None:
         self.acked.append(mid)
 
 
-class _Client:
-    def __init__(self) -> None:
-        self._client = _Paho()
-        self._disconnected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-
 async def test_agent_is_not_live_when_acks_stall_with_work_pending() -> None:
     settings = Settings(delivery=DeliverySettings(liveness_stall_s=30))
-    agent = EdgeAgent(settings, pipeline=None)  # type: ignore[arg-type]  # the model is not needed here
+    agent = VisionService(settings, pipeline=None)  # type: ignore[arg-type]  # the model is not needed here
     client = _Client()
     acker = InOrderAcker(client)  # type: ignore[arg-type]
     agent._session_now = _Session(client, acker)  # type: ignore[arg-type]
@@ -46,9 +43,9 @@ async def test_agent_is_not_live_when_acks_stall_with_work_pending() -> None:
     acker.last_progress_s = time.monotonic() - 31  # the head of the line has not moved for 31 s
     assert not agent.live()
     acker.done(second)  # finishing a later message does not move the head
-    assert not agent.live() and client._client.acked == []
+    assert not agent.live() and client.acked == []
     acker.done(first)  # the head moves: both acked in order, live again
-    assert client._client.acked == [1, 2] and agent.live()
+    assert client.acked == [1, 2] and agent.live()
     acker.last_progress_s = time.monotonic() - 300  # a quiet spell with nothing pending ...
     acker.received(_Msg(3))  # type: ignore[arg-type]
     assert agent.live()  # ... is not a stall: the new head waits from now

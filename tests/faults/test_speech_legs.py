@@ -16,11 +16,11 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from bench.speech_corpus import SENTENCES, espeak_available, synthesize, telephone, to_8k_int16
 from devices.audio import packetize
 from devices.camera import photo_frames
 from edge_offload.brokers import MosquittoBroker, free_port
-from edge_offload.settings import SpeechServiceConfig
+from offload_core.settings import SpeechServiceConfig
+from sim.speech_corpus import SENTENCES, espeak_available, synthesize, telephone, to_8k_int16
 from tests.faults.helpers import AgentProcess, publish_frames, results_tally, rss_mib, wait_answered
 from topics import names
 
@@ -103,7 +103,8 @@ async def test_hundred_legs_at_once_are_bounded_counted_and_frames_still_answere
     print(f"\n{LEGS} legs x {len(legs[0])} packets ({sent}) in {burst_s:.1f}s: leg limit {limit}, "
           f"opened {m['legs_opened']:.0f} (at once {peak_legs:.0f}), refused {m['legs_refused']:.0f} legs "
           f"({m['packets_of_refused_legs']:.0f} packets), client queue full {m['packets_client_queue_full']:.0f}, "
-          f"leg queue full {m['packets_overload']:.0f}, dropped by the broker {broker_dropped[0]:.0f}, rejected {rejected:.0f}, segments {m['segments_published']:.0f}; "
+          f"leg queue full {m['packets_overload']:.0f}, dropped by the broker {broker_dropped[0]:.0f}, "
+          f"rejected {rejected:.0f}, segments {m['segments_published']:.0f}; "
           f"frames answered {tally.answered(frames)}/{len(frames)} missing {len(tally.missing(frames))} "
           f"duplicates {tally.duplicates}; agent RSS {base_rss:.0f} MiB idle, peak {peak:.0f} MiB")
     assert m["packets_received"] + m["packets_client_queue_full"] + broker_dropped[0] == sent, "every packet counted"

@@ -20,9 +20,9 @@ import numpy as np
 
 from edge_agent.images import decode_bgr, decode_gray
 from edge_agent.model_slot import ModelSlot
-from edge_offload.settings import VisionSettings
 from models.face_detect import BatchDetector, Box, crop_faces
 from models.fer_edge import FerClassifier, preprocess_faces
+from offload_core.settings import VisionSettings
 from topics.codec import ContractError
 from topics.vision import EMOTIONS, Face, Frame, ModelRef, Timing, VisionResult
 
@@ -122,8 +122,8 @@ class VisionPipeline:
             frame_probs = probs[offset:offset + len(frame_crops)]
             offset += len(frame_crops)
             faces = tuple(
-                Face(box=tuple(int(v) for v in box), label=EMOTIONS[int(np.argmax(p))],
-                     probs=tuple(float(x) for x in p))  # type: ignore[arg-type]
+                Face(box=(int(box[0]), int(box[1]), int(box[2]), int(box[3])), label=EMOTIONS[int(np.argmax(p))],
+                     probs=tuple(float(x) for x in p))
                 for box, p in zip(frame_boxes, frame_probs)
             )
             done = time.monotonic()

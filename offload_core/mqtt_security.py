@@ -1,4 +1,4 @@
-"""TLS and credentials of every MQTT client, from :class:`~edge_offload.settings.MqttSettings`.
+"""TLS and credentials of every MQTT client, from :class:`~offload_core.settings.MqttSettings`.
 
 One place turns the settings into an :class:`ssl.SSLContext` and a username/password, for the
 asyncio clients (aiomqtt: the agent, speech, ``tail``, the demo) and for the paho clients of
@@ -12,7 +12,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
-from edge_offload.settings import MqttSettings
+from offload_core.settings import MqttSettings
 
 __all__ = ["tls_context", "credentials", "aiomqtt_connection", "configure_paho"]
 

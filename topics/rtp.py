@@ -52,7 +52,7 @@ class RtpError(ContractError):
     stream-level codes (``foreign_ssrc``, ``ssrc_change``, ``ts_jump``, ``seq_jump``) come
     from the jitter buffer, which sets ``packet`` to the rejected packet."""
 
-    packet: "RtpPacket | None" = None
+    packet: RtpPacket | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,15 +15,15 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, Field, SecretStr
-
-from cloud_trainer.settings import TrainerSettings
-from edge_agent.dc_settings import HardExampleSettings, OutboxSettings, UpdateSettings
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from offload_core.dc_settings import HardExampleSettings, OutboxSettings, UpdateSettings
+from offload_core.trainer_settings import TrainerSettings
 
 __all__ = [
     "MqttSettings",
@@ -143,7 +143,8 @@ class SpeechServiceConfig(BaseModel):
         "accurate that keeps 4 legs real time on 2 cores (README, bench.speech)")
     asr_partial_model: Literal["whisper_tiny_en", "whisper_base"] | None = Field(
         "whisper_tiny_en", description="Whisper weights of partials; None: the final model")
-    asr_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA float16 when present, else CPU int8")
+    asr_device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA float16 when present, else CPU int8")
     asr_threads: int = Field(2, ge=1, description="CPU threads of each Whisper model")
     asr_max_batch: int = Field(8, ge=1, description="utterances of many legs decoded in one model call")
     corpus_path: Path | None = Field(None, description="domain sentences, one a line: the starting Whisper prompt")

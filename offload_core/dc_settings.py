@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from topics.names import ASR_MODEL, FER_MODEL
+
 __all__ = [
     "FilterSpec",
     "ModelMiningSettings",
@@ -35,12 +37,12 @@ class ModelMiningSettings(BaseModel):
 
 def _default_models() -> dict[str, ModelMiningSettings]:
     return {
-        "fer-mini-xception": ModelMiningSettings(filters=[
+        FER_MODEL: ModelMiningSettings(filters=[
             FilterSpec(kind="threshold", threshold=0.5),
             FilterSpec(kind="margin", threshold=0.15),
             FilterSpec(kind="random", threshold=0.01),
         ]),
-        "whisper-vocab": ModelMiningSettings(filters=[  # the segment's calibrated confidence
+        ASR_MODEL: ModelMiningSettings(filters=[  # the segment's calibrated confidence
             FilterSpec(kind="threshold", threshold=0.75),
             FilterSpec(kind="random", threshold=0.02),
         ]),

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 from aiokafka.admin import NewTopic
 
-from edge_offload.kafka_clients import make_admin
-from edge_offload.settings import KafkaSettings
+from offload_core.kafka_clients import make_admin
+from offload_core.settings import KafkaSettings
 
 __all__ = ["ensure_topics"]
 

@@ -6,13 +6,15 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from topics.names import ASR_MODEL, FER_MODEL
+
 __all__ = ["FerTrainSettings", "AsrAdaptSettings", "TrainerSettings"]
 
 
 class FerTrainSettings(BaseModel):
     """Fine-tuning the edge FER network on teacher labels, and its evaluation gate."""
 
-    model: str = "fer-mini-xception"
+    model: str = FER_MODEL
     enabled: bool = True
     retrain_min_samples: int = Field(200, ge=1, description="new labelled training samples that start a round")
     interval_min_samples: int = Field(20, ge=1, description="new samples a timed round needs")
@@ -32,7 +34,7 @@ class FerTrainSettings(BaseModel):
 class AsrAdaptSettings(BaseModel):
     """Vocabulary / language-model adaptation of the edge ASR, and its evaluation gate."""
 
-    model: str = "whisper-vocab"
+    model: str = ASR_MODEL
     enabled: bool = True
     whisper_model: str = Field("whisper_base", description="the edge's final Whisper model: the gate decodes with it")
     device: str = Field("auto", description="Whisper device of the DC: auto (CUDA when present), cpu, cuda")

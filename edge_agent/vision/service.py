@@ -29,21 +29,22 @@ import torch
 from edge_agent.batcher import DynamicBatcher, Overloaded
 from edge_agent.metrics import EdgeMetrics
 from edge_agent.model_slot import Loaded, ModelSlot
-from edge_agent.mqtt import InOrderAcker, SessionLost, make_client, publish_confirmed, session_gone
-from edge_agent.vision import FrameJob, FrameOutcome, VisionPipeline
-from edge_offload.logs import RateLimitedLog
-from edge_offload.settings import Settings
+from edge_agent.mqtt import InOrderAcker, MqttClient, SessionLost, make_client, publish_confirmed, session_gone
+from edge_agent.vision.pipeline import FrameJob, FrameOutcome, VisionPipeline
 from models.artifacts import path_of
 from models.blazeface import load_blazeface
 from models.face_detect import BatchDetector, FaceDetector, HaarBatchDetector
 from models.fer_edge import FerClassifier, load_edge_fer, resolve_device
+from offload_core.logs import RateLimitedLog
+from offload_core.retry import Backoff
+from offload_core.settings import Settings
 from topics import names
-from topics.codec import ContractError
+from topics.codec import ContractError, now_ms, payload_bytes
 from topics.deadletter import DeadLetter, encode_dead_letter
 from topics.status import EdgeStatus, encode_status
 from topics.vision import decode_frame, encode_result
 
-__all__ = ["EdgeAgent", "build_vision_pipeline"]
+__all__ = ["VisionService", "build_vision_pipeline"]
 
 log = logging.getLogger("edge_agent")
 STAGE = "vision"
@@ -74,10 +75,6 @@ def build_vision_pipeline(settings: Settings) -> VisionPipeline:
     return VisionPipeline(detector, slot, v, settings.edge.node_name)
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 _SESSION_LOST = ContractError("session_lost", "the session of this frame ended before its batch ran")
 
 
@@ -86,7 +83,7 @@ class _Session:
     """One MQTT connection: its client, its acker, and ``broken``, set by a handler that
     could not finish a message (its publish was not confirmed): the session then ends."""
 
-    client: aiomqtt.Client
+    client: MqttClient
     acker: InOrderAcker
     broken: asyncio.Event = field(default_factory=asyncio.Event)
     ended: bool = False
@@ -105,7 +102,7 @@ class _Unsent:
     outcome: FrameOutcome
 
 
-class EdgeAgent:
+class VisionService:
     """Runs until ``stop`` is set; reconnects to the broker with backoff, session kept."""
 
     def __init__(
@@ -157,25 +154,21 @@ class EdgeAgent:
         loaded = self.pipeline.slot.current()
         self.metrics.set_model(loaded.name, loaded.version)
         self.batcher.start()
-        backoff = 0.2
+        backoff = Backoff(0.2, 5.0)
         try:
             while not stop.is_set():
                 try:
                     await self._session(stop)
-                    backoff = 0.2
+                    backoff.reset()
                 except aiomqtt.MqttError as exc:
-                    log.warning("MQTT connection lost (%s); reconnecting in %.1fs", exc, backoff)
-                    try:  # reconnect backoff, cut short by stop
-                        await asyncio.wait_for(stop.wait(), backoff)
-                    except TimeoutError:
-                        pass
-                    backoff = min(backoff * 2, 5.0)
+                    log.warning("MQTT connection lost (%s); reconnecting in %.1fs", exc, backoff.delay_s)
+                    await backoff.wait(stop)
         finally:
             await self.batcher.stop()
 
     async def _session(self, stop: asyncio.Event) -> None:
         s = self.settings
-        offline = encode_status(EdgeStatus(s.edge.node_name, False, _now_ms(), self._models()))
+        offline = encode_status(EdgeStatus(s.edge.node_name, False, now_ms(), self._models()))
         will = aiomqtt.Will(names.edge_status(s.edge.node_name), offline, qos=1, retain=True)
         broken = asyncio.Event()  # a QoS 1 message the client queue refused is a hole in the window
         client = make_client(s.mqtt, will=will,
@@ -185,7 +178,7 @@ class EdgeAgent:
         try:
             async with client:
                 await client.subscribe(names.shared(s.mqtt.share_group, names.FRAMES_FILTER), qos=1)
-                online = EdgeStatus(s.edge.node_name, True, _now_ms(), self._models())
+                online = EdgeStatus(s.edge.node_name, True, now_ms(), self._models())
                 await client.publish(names.edge_status(s.edge.node_name), encode_status(online), qos=1, retain=True)
                 self._session_now = sess
                 self.connected.set()
@@ -203,7 +196,7 @@ class EdgeAgent:
                 if breaking in done and not stopping.done():
                     raise SessionLost("a publish was not confirmed or a QoS 1 message was refused; reconnecting")
                 await self._drain()
-                offline = encode_status(EdgeStatus(s.edge.node_name, False, _now_ms(), self._models()))
+                offline = encode_status(EdgeStatus(s.edge.node_name, False, now_ms(), self._models()))
                 await client.publish(names.edge_status(s.edge.node_name), offline, qos=1, retain=True)
         finally:
             self._end(sess)
@@ -266,10 +259,10 @@ class EdgeAgent:
         except aiomqtt.MqttError as exc:
             self._abandon(sess, exc)
             return
-        except Exception as exc:  # noqa: BLE001 - a bug must not poison the stream: dead-letter it
+        except Exception as exc:
             log.exception("internal error on %s", message.topic)
             try:
-                await self._dead_letter(sess, str(message.topic), _payload(message),
+                await self._dead_letter(sess, str(message.topic), payload_bytes(message.payload),
                                         ContractError("internal_error", f"{type(exc).__name__}: {exc}"))
             except aiomqtt.MqttError as exc2:
                 self._abandon(sess, exc2)
@@ -287,7 +280,7 @@ class EdgeAgent:
         if not sess.live:
             raise SessionLost("session ended before this message was handled")
         topic = str(message.topic)
-        payload = _payload(message)
+        payload = payload_bytes(message.payload)
         self.metrics.received.labels(STAGE).inc()
         key = hashlib.blake2b(topic.encode() + b"\0" + payload, digest_size=16).digest()
         unsent = self._unsent.pop(key, None)
@@ -324,7 +317,8 @@ class EdgeAgent:
             return
         result = outcome.result
         assert result is not None
-        await self._publish_result(sess, key, _Unsent(names.vision_results(frame.device), encode_result(result), outcome))
+        unsent = _Unsent(names.vision_results(frame.device), encode_result(result), outcome)
+        await self._publish_result(sess, key, unsent)
 
     async def _publish_result(self, sess: _Session, key: bytes, unsent: _Unsent) -> None:
         try:
@@ -355,13 +349,6 @@ class EdgeAgent:
         log.info("dead-letter %s: %s", topic, error)
         record = DeadLetter(stage=STAGE, reason=error.reason, detail=error.detail, topic=topic,
                             payload=payload, payload_size=len(payload),
-                            node=self.settings.edge.node_name, received_at_ms=_now_ms())
+                            node=self.settings.edge.node_name, received_at_ms=now_ms())
         await publish_confirmed(sess.client, names.dead_letter(STAGE), encode_dead_letter(record),
                                 deadline_s=self.settings.delivery.publish_deadline_s)
-
-
-def _payload(message: aiomqtt.Message) -> bytes:
-    p = message.payload
-    if isinstance(p, (bytes, bytearray)):
-        return bytes(p)
-    return b"" if p is None else str(p).encode()
