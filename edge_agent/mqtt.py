@@ -127,21 +127,27 @@ def make_client(
     queue_size: int | None = None,
     on_drop: Callable[[], None] | None = None,
     on_unacked_drop: Callable[[], None] | None = None,
+    queue_type: Callable[[int], asyncio.Queue[Any]] | None = None,
 ) -> MqttClient:
     """An MQTT v5 client; ``persistent`` keeps the session across reconnects and restarts.
 
-    TLS and credentials come from ``settings`` (:mod:`offload_core.mqtt_security`)."""
+    TLS and credentials come from ``settings`` (:mod:`offload_core.mqtt_security`). The
+    incoming queue is a bounded :class:`CountingQueue` unless ``queue_type`` builds another
+    (called with the bound, ``queue_size``). A non-persistent client starts clean and
+    announces no session expiry or Receive Maximum (the broker's defaults apply)."""
+    if queue_type is None:
+        queue_type = functools.partial(CountingQueue, on_drop=on_drop, qos1_headroom=settings.receive_maximum * 16,
+                                       on_unacked_drop=on_unacked_drop)
     client = MqttClient(
         **aiomqtt_connection(settings),
         manual_ack=manual_ack,
         identifier=client_id or settings.client_id,
         protocol=aiomqtt.ProtocolVersion.V5,
         clean_start=not persistent,
-        properties=connect_properties(settings),
+        properties=connect_properties(settings) if persistent else None,
         keepalive=settings.keepalive_s,
         will=will,
-        queue_type=functools.partial(CountingQueue, on_drop=on_drop, qos1_headroom=settings.receive_maximum * 16,
-                                     on_unacked_drop=on_unacked_drop),
+        queue_type=queue_type,
         max_queued_incoming_messages=queue_size or settings.receive_maximum * 16,
     )
     client.pending_calls_threshold = settings.receive_maximum * 4  # publishes in flight are expected

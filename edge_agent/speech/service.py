@@ -42,14 +42,13 @@ import aiomqtt
 import numpy as np
 
 from edge_agent.metrics import BucketCounts
-from edge_agent.mqtt import ArrivalQueue, MqttClient, publish_confirmed
+from edge_agent.mqtt import ArrivalQueue, MqttClient, make_client, publish_confirmed
 from edge_agent.speech.diarize import Diarizer
 from edge_agent.speech.pipeline import ConversationTracker, LegStream, PipelineConfig, StepOutput, Utterance
 from edge_agent.speech.revisions import SegmentIndex
 from models.edge_asr import AsrVocabulary, EdgeAsr, load_edge_asr, prompt_from_sentences
 from models.speaker import SpeakerEncoder
 from models.vad import SileroVad
-from offload_core.mqtt_security import aiomqtt_connection
 from offload_core.retry import Backoff
 from offload_core.settings import Settings, SpeechServiceConfig
 from topics import names
@@ -487,13 +486,10 @@ class SpeechService:
         def on_arrival(message: aiomqtt.Message, arrival_s: float) -> None:
             engine.note_arrival(message.topic.value, arrival_s)
 
-        return MqttClient(
-            **aiomqtt_connection(m), identifier=f"{m.client_id}{self.config.client_suffix}",
-            protocol=aiomqtt.ProtocolVersion.V5, clean_start=True, keepalive=m.keepalive_s,
-            queue_type=functools.partial(ArrivalQueue, on_drop=on_drop, on_arrival=on_arrival,
-                                         clock=engine.clock),
-            max_queued_incoming_messages=self.config.client_queue_packets,
-        )
+        return make_client(m, client_id=f"{m.client_id}{self.config.client_suffix}", persistent=False,
+                           manual_ack=False, queue_size=self.config.client_queue_packets,
+                           queue_type=functools.partial(ArrivalQueue, on_drop=on_drop, on_arrival=on_arrival,
+                                                        clock=engine.clock))
 
     async def _run(self) -> None:
         backoff = Backoff(min(0.2, self.config.reconnect_max_s), self.config.reconnect_max_s)
