@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, SecretStr
 
 from cloud_trainer.settings import TrainerSettings
 from edge_agent.dc_settings import HardExampleSettings, OutboxSettings, UpdateSettings
+from edge_offload.offload_settings import OffloadSettings
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -200,6 +201,7 @@ class Settings(BaseSettings):
     outbox: OutboxSettings = OutboxSettings()
     updates: UpdateSettings = UpdateSettings()
     trainer: TrainerSettings = TrainerSettings()
+    offload: OffloadSettings = OffloadSettings()
 
     @classmethod
     def settings_customise_sources(
