@@ -11,11 +11,23 @@ deadline, or before the first service time is measured, is always served at the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
-__all__ = ["Decision", "deadline_of", "decide"]
+from topics.vision import Frame, VisionResult
+
+__all__ = ["DcPath", "Decision", "deadline_of", "decide"]
 
 Placement = Literal["edge", "dc", "shed"]
+
+
+class DcPath(Protocol):
+    """The edge's way to the DC inference workers (see :mod:`edge_agent.dc_spill`)."""
+
+    def latency_ms(self) -> float | None:
+        """Measured end-to-end latency of a spilled frame (None: unknown, do not spill)."""
+
+    async def submit(self, frame: Frame) -> VisionResult | None:
+        """Serve ``frame`` in the DC; its result (``served_by="dc"``) or None if it did not come back in time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,11 +52,13 @@ def deadline_of(frame_deadline_ms: int | None, captured_at_ms: int, default_dead
 def decide(now_ms: float, deadline_ms: int | None, edge_predicted_ms: float | None,
            dc_latency_ms: float | None = None, margin_ms: float = 0.0) -> Decision:
     """Place one request (see the module docstring for the rule)."""
-    if deadline_ms is None or edge_predicted_ms is None:
+    if deadline_ms is None:
         return Decision("edge", predicted_ms=edge_predicted_ms)
     budget = deadline_ms - now_ms
     if budget <= 0:
         return Decision("shed", "deadline_passed", edge_predicted_ms, budget)
+    if edge_predicted_ms is None:
+        return Decision("edge", None, None, budget)
     if edge_predicted_ms + margin_ms <= budget:
         return Decision("edge", None, edge_predicted_ms, budget)
     if dc_latency_ms is not None and dc_latency_ms + margin_ms <= budget:

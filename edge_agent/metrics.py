@@ -41,6 +41,8 @@ class EdgeMetrics:
         self.redelivered = Counter("edge_messages_redelivered", "redelivered inputs answered without "
                                    "recomputation", ["stage", "outcome"], registry=r)
         self.published = Counter("edge_results_published", "results published", ["stage"], registry=r)
+        self.outcomes = Counter("edge_request_outcomes", "published outcome of each request: served (by edge, "
+                                "dc) or shed", ["stage", "outcome", "served_by"], registry=r)
         self.faces = Counter("edge_faces", "faces classified", ["label"], registry=r)
         self.batch_size = Histogram("edge_batch_size", "frames per batch", ["stage"],
                                     buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)

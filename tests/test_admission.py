@@ -61,7 +61,7 @@ def test_deadline_of_prefers_the_frame_then_the_default() -> None:
 
 @pytest.mark.parametrize(("now", "deadline", "edge", "dc", "want"), [
     (0, None, 9e9, None, Decision("edge", predicted_ms=9e9)),
-    (0, 100, None, None, Decision("edge")),
+    (0, 100, None, None, Decision("edge", None, None, 100)),
     (0, 100, 50.0, None, Decision("edge", None, 50.0, 100)),
     (0, 100, 150.0, 80.0, Decision("dc", None, 150.0, 100)),
     (0, 100, 150.0, 120.0, Decision("shed", "deadline", 150.0, 100)),
