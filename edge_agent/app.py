@@ -25,6 +25,7 @@ from edge_agent.metrics import EdgeMetrics, NodeCollector
 from edge_agent.mining import MiningPolicy
 from edge_agent.model_handlers import asr_handler, fer_handler
 from edge_agent.model_slot import Loaded, ModelSlot
+from edge_agent.dc_spill import DcSpill
 from edge_agent.outbox import KafkaForwarder, Outbox
 from edge_agent.service import EdgeAgent, build_vision_pipeline
 from edge_agent.speech.pipeline import Utterance
@@ -50,6 +51,7 @@ class EdgeNode:
         self.settings = settings
         self.metrics = EdgeMetrics()
         self.vision: EdgeAgent | None = None
+        self.dc_spill: DcSpill | None = None
         self.speech: SpeechService | None = None
         self.asr_slot: ModelSlot[EdgeAsr] | None = None
         self.outbox: Outbox | None = None
@@ -123,6 +125,10 @@ class EdgeNode:
             if s.edge.vision:
                 pipeline = await asyncio.to_thread(build_vision_pipeline, s)
                 self.vision = EdgeAgent(s, pipeline, self.metrics, on_outcome=self._mine)
+                if s.offload.dc_spill:  # frames that would miss their deadline go to the DC workers
+                    self.dc_spill = DcSpill(s.kafka, s.offload, node)
+                    await self.dc_spill.start()
+                    self.vision.dc = self.dc_spill
                 handlers[pipeline.slot.current().name] = fer_handler(
                     pipeline.slot, s.edge.device, s.vision.max_batch_size)
                 tasks.append(asyncio.create_task(self.vision.run(stop), name="vision"))
@@ -154,6 +160,8 @@ class EdgeNode:
                 await self.speech.stop()
             if self.asr_slot is not None:  # every vocabulary version shares these Whisper threads
                 self.asr_slot.current().model.close()
+            if self.dc_spill is not None:
+                await self.dc_spill.stop()
             if self.vision is not None:
                 self.vision.pipeline.close()
             self._mining_pool.shutdown(wait=True)

@@ -23,3 +23,16 @@ class OffloadSettings(BaseModel):
     load_alpha: float = Field(0.2, gt=0, le=1, description="EWMA weight of the newest batch in the "
                               "service-time estimate")
     load_window_s: float = Field(5.0, gt=0, description="window of the utilisation estimate")
+
+    dc_spill: bool = Field(False, description="spill frames that would miss their deadline at the edge to "
+                           "the DC inference workers over Kafka (offload.dc-frames / offload.dc-results)")
+    dc_wan_delay_ms: float = Field(0.0, ge=0, description="SIMULATED one-way WAN delay edge <-> DC, added by "
+                                   "the edge to each spilled frame and to its reply (tests and bench)")
+    dc_initial_latency_ms: float = Field(200.0, gt=0, description="assumed DC round trip until one is "
+                                         "measured (EWMA of replies, timeouts count as their timeout)")
+    dc_timeout_ms: float = Field(2000.0, gt=0, description="longest wait for a DC reply; then the frame is "
+                                 "shed with reason dc_timeout")
+    dc_group: str = Field("dc-inference", description="Kafka consumer group of the DC inference workers")
+    dc_partitions: int = Field(4, ge=1, description="partitions of offload.dc-frames: the most DC "
+                               "workers that share the load")
+    dc_max_batch: int = Field(16, ge=1, description="frames one DC worker serves in one batch")

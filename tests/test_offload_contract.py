@@ -87,3 +87,29 @@ def test_status_bad_load_is_a_contract_error() -> None:
     obj["load"]["service_ms"] = {"fer": "fast"}
     with pytest.raises(ContractError):
         decode_status(msgpack.packb(obj))
+
+
+def test_dc_request_and_reply_round_trip() -> None:
+    from topics.offload import (
+        DcReply,
+        DcRequest,
+        decode_dc_reply,
+        decode_dc_request,
+        encode_dc_reply,
+        encode_dc_request,
+    )
+
+    req = DcRequest("r1", "edge-1", 7, FRAME, 1500)
+    assert decode_dc_request(encode_dc_request(req)) == req
+    ok = DcReply("r1", "edge-1", result=VisionResult("cam-1", 3, 1000, "dc-1", MODEL, TIMING, served_by="dc"))
+    assert decode_dc_reply(encode_dc_reply(ok)) == ok
+    err = DcReply("r1", "edge-1", error="bad_image")
+    assert decode_dc_reply(encode_dc_reply(err)) == err
+    obj = msgpack.unpackb(encode_dc_reply(err))
+    obj["error"] = None
+    with pytest.raises(ContractError):
+        decode_dc_reply(msgpack.packb(obj))
+    obj = msgpack.unpackb(encode_dc_request(req))
+    obj["reply_to"] = "a/b"
+    with pytest.raises(ContractError):
+        decode_dc_request(msgpack.packb(obj))
