@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, SecretStr
 
 from cloud_trainer.settings import TrainerSettings
 from edge_agent.dc_settings import HardExampleSettings, OutboxSettings, UpdateSettings
+from edge_offload.device_settings import DeviceProfileSettings
 from edge_offload.offload_settings import OffloadSettings
 from pydantic_settings import (
     BaseSettings,
@@ -202,6 +203,7 @@ class Settings(BaseSettings):
     updates: UpdateSettings = UpdateSettings()
     trainer: TrainerSettings = TrainerSettings()
     offload: OffloadSettings = OffloadSettings()
+    device_profile: DeviceProfileSettings = DeviceProfileSettings()
 
     @classmethod
     def settings_customise_sources(
