@@ -28,6 +28,7 @@ import torch
 
 from edge_agent.admission import DcPath, Decision, deadline_of, decide
 from edge_agent.batcher import DynamicBatcher, Overloaded
+from edge_agent.cost import request_cost
 from edge_agent.load import LoadEstimator
 from edge_agent.metrics import EdgeMetrics
 from edge_agent.model_slot import Loaded, ModelSlot
@@ -343,6 +344,10 @@ class EdgeAgent:
                 served = await self.dc.submit(frame)
                 if served is not None:
                     outcome = FrameOutcome(FrameJob(frame, received_s), served)
+                    wan = len(payload) + len(encode_result(served))
+                    self.metrics.wan_bytes.inc(wan)
+                    self.metrics.offload_cost.labels("dc").inc(request_cost(
+                        o, dc_s=served.timing.inference_ms / 1000.0, wan_bytes=wan).total)
                     await self._publish_result(sess, key, _Unsent(names.vision_results(frame.device),
                                                                   encode_result(served), outcome))
                     return
@@ -396,6 +401,9 @@ class EdgeAgent:
         if result.served_by != "edge":  # shed, or served in the DC: not an edge inference
             return
         m.latency.labels(STAGE).observe(time.monotonic() - unsent.outcome.job.received_s)
+        m.offload_cost.labels("edge").inc(request_cost(
+            self.settings.offload, edge_s=(result.timing.preprocess_ms + result.timing.inference_ms) / 1000.0
+            / max(result.timing.batch_size, 1)).total)
         m.batch_size.labels(STAGE).observe(result.timing.batch_size)
         m.inference.labels(STAGE).observe(result.timing.inference_ms / 1000.0)
         for face in result.faces:

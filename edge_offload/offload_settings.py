@@ -36,3 +36,12 @@ class OffloadSettings(BaseModel):
     dc_partitions: int = Field(4, ge=1, description="partitions of offload.dc-frames: the most DC "
                                "workers that share the load")
     dc_max_batch: int = Field(16, ge=1, description="frames one DC worker serves in one batch")
+
+    # cost model (edge_agent/cost.py): prices are knobs, not measurements
+    edge_cost_per_s: float = Field(0.0000139, ge=0, description="cost of one second of the edge's worker "
+                                   "(a 2-vCPU node at ~0.05/h)")
+    dc_gpu_cost_per_s: float = Field(0.00083, ge=0, description="cost of one DC GPU second (~3/h for a "
+                                     "data-centre GPU on demand)")
+    wan_cost_per_gb: float = Field(0.09, ge=0, description="cost of one GB over the WAN edge <-> DC")
+    device_cost_per_j: float = Field(0.0, ge=0, description="cost of one joule of device energy (0: "
+                                     "energy is reported, not priced)")
