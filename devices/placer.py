@@ -7,6 +7,7 @@ is reported on the normal result topic with ``served_by="device"``.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import Counter
@@ -48,7 +49,11 @@ class PlacerStats:
 class DevicePlacer:
     """Thread-safe: ``on_status`` runs on the MQTT thread, ``prepare`` on the camera's."""
 
-    def __init__(self, policy: str, profile: DeviceProfileSettings, cache_dir: Path, node: str = "device") -> None:
+    def __init__(self, policy: str, profile: DeviceProfileSettings, cache_dir: Path, node: str = "device",
+                 simulate_compute: bool = False) -> None:
+        """``simulate_compute`` (bench: many devices on one machine): the device's compute takes the
+        profile's time (a sleep, not this machine's CPU); its output is a real inference of the same
+        image, done once and remembered."""
         if policy not in POLICIES:
             raise ValueError(f"policy {policy!r} not in {POLICIES}")
         self.policy = policy
@@ -61,6 +66,8 @@ class DevicePlacer:
         self._load_at = 0.0
         self._detector: BlazeFaceDetector | None = None
         self._fer: FerClassifier | None = None
+        self.simulate_compute = simulate_compute
+        self._memo: dict[tuple[bytes, str], Prepared] = {}
 
     def on_status(self, payload: bytes) -> None:
         """A retained edge status arrived: remember its load (an offline edge: unknown)."""
@@ -87,6 +94,46 @@ class DevicePlacer:
             energy = p.radio_j_per_byte * len(frame.data)
             self.stats.device_energy_j += energy
             return Prepared("edge", frame=frame, device_energy_j=energy)
+        prep = self._simulated(frame, placement) if self.simulate_compute else self._compute(frame, placement)
+        self.stats.device_energy_j += prep.device_energy_j
+        return prep
+
+    def warm(self, images: list[bytes], device: str = "warm-up") -> None:
+        """Compute (and, with ``simulate_compute``, remember) the device's outputs of ``images``."""
+        for data in images:
+            for placement in ("crops", "local"):
+                frame = Frame(device, 0, 0, "jpeg", data)
+                done = self._compute(frame, placement)  # type: ignore[arg-type]
+                if self.simulate_compute:
+                    with self._lock:
+                        self._memo[(data, placement)] = done
+
+    def _simulated(self, frame: Frame, placement: Placement) -> Prepared:
+        key = (frame.data, placement)
+        with self._lock:
+            done = self._memo.get(key)
+        if done is None:
+            done = self._compute(frame, placement)
+            with self._lock:
+                self._memo[key] = done
+        p = self.profile
+        faces = len(done.result.faces) if done.result is not None else 1
+        ms = p.detect_ms + (faces * p.fer_ms if done.placement == "local" else 0.0)
+        time.sleep(ms / 1000.0)  # the device's own compute time, from its profile
+        sent = len(done.frame.data) if done.frame is not None else 0
+        energy = p.active_power_w * ms / 1000.0 + p.radio_j_per_byte * sent
+        if done.frame is not None:
+            return Prepared(done.placement, frame=dataclasses.replace(
+                done.frame, device=frame.device, seq=frame.seq, captured_at_ms=frame.captured_at_ms,
+                deadline_ms=frame.deadline_ms, latest_wins=frame.latest_wins), device_energy_j=energy)
+        assert done.result is not None
+        result = dataclasses.replace(done.result, device=frame.device, node=self.node, seq=frame.seq,
+                                     captured_at_ms=frame.captured_at_ms,
+                                     timing=Timing(0.0, 1, 0.0, ms, ms))
+        return Prepared(done.placement, result=result, device_energy_j=energy)
+
+    def _compute(self, frame: Frame, placement: Placement) -> Prepared:
+        p = self.profile
         t0 = time.perf_counter()
         image = cv2.imdecode(np.frombuffer(frame.data, np.uint8), cv2.IMREAD_COLOR)
         if image is None:  # the edge dead-letters what the device cannot read
@@ -102,7 +149,6 @@ class DevicePlacer:
             ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 85])
             if ok:
                 energy = self._compute_j(t0) + p.radio_j_per_byte * len(jpeg)
-                self.stats.device_energy_j += energy
                 sent = Frame(frame.device, frame.seq, frame.captured_at_ms, "jpeg", jpeg.tobytes(),
                              crop.shape[1], crop.shape[0], frame.deadline_ms, frame.latest_wins)
                 return Prepared("crops", frame=sent, device_energy_j=energy)
@@ -114,7 +160,6 @@ class DevicePlacer:
                                tuple(float(x) for x in pr)) for b, pr in zip(boxes, probs, strict=True))
         ms = (time.perf_counter() - t0) * 1000.0
         energy = self._compute_j(t0)
-        self.stats.device_energy_j += energy
         fer = self._models()[1]
         result = VisionResult(frame.device, frame.seq, frame.captured_at_ms, self.node,
                               ModelRef(fer.name, fer.version), Timing(0.0, 1, 0.0, ms, ms), faces,
@@ -127,6 +172,14 @@ class DevicePlacer:
 
     def _models(self) -> tuple[BlazeFaceDetector, FerClassifier]:
         if self._detector is None or self._fer is None:
-            self._detector = load_blazeface(self.cache_dir, ranges=("full", "short"), min_face_px=24)
-            self._fer = load_edge_fer(self.cache_dir, device="cpu")
+            with _MODELS_LOCK:  # one copy per process (a bench runs many devices in one)
+                if self.cache_dir not in _MODELS:
+                    _MODELS[self.cache_dir] = (
+                        load_blazeface(self.cache_dir, ranges=("full", "short"), min_face_px=24),
+                        load_edge_fer(self.cache_dir, device="cpu"))
+                self._detector, self._fer = _MODELS[self.cache_dir]
         return self._detector, self._fer
+
+
+_MODELS: dict[Path, tuple[BlazeFaceDetector, FerClassifier]] = {}
+_MODELS_LOCK = threading.Lock()
