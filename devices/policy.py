@@ -11,7 +11,9 @@ frame from the device profile, the link and the edge's published load (``topics.
 
 Keep the placements within the energy budget that meet the deadline and take the one with the
 least device energy; if none meets the deadline, the fastest within the budget; if none is
-within the budget, ``edge``. An unknown or stale edge status counts as an idle edge.
+within the budget, ``edge``. An unknown or stale edge status counts as an idle edge; an edge
+whose ``overflow`` (requests it recently shed or spilled) exceeds ``max_edge_overflow`` counts as
+one that will not answer in time.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ def estimates(frame_bytes: int, load: EdgeLoad | None, profile: DeviceProfileSet
         return p.active_power_w * ms / 1000.0
 
     crop_bytes = faces * p.crop_bytes
+    if load is not None and load.overflow > p.max_edge_overflow:  # the edge is turning requests away
+        queue_ms = float("inf")
     return [
         Estimate("edge", upload_ms(frame_bytes) + p.rtt_ms + queue_ms + service_ms,
                  p.radio_j_per_byte * frame_bytes, frame_bytes),

@@ -30,6 +30,7 @@ class LoadEstimator:
         self._service_s: dict[str, float] = {}
         self._wait_s: float = 0.0
         self._busy: deque[tuple[float, float]] = deque()  # (start, end) of recent batches
+        self._admitted: deque[tuple[float, bool]] = deque()  # (when, turned away) of recent requests
 
     def record_batch(self, model: str, items: int, started_s: float, ended_s: float,
                      waited_s: float | None = None) -> None:
@@ -47,6 +48,21 @@ class LoadEstimator:
                 self._wait_s += self.alpha * (max(waited_s, 0.0) - self._wait_s)
             self._busy.append((started_s, ended_s))
             self._prune(ended_s)
+
+    def record_admission(self, turned_away: bool) -> None:
+        """One admission decision: ``turned_away`` if the edge shed or spilled the request."""
+        now = self._clock()
+        with self._lock:
+            self._admitted.append((now, turned_away))
+            self._prune(now)
+
+    def overflow(self) -> float:
+        """Fraction of the requests of the last ``window_s`` that were turned away (0 with none)."""
+        now = self._clock()
+        with self._lock:
+            self._prune(now)
+            n = len(self._admitted)
+            return sum(1 for _, away in self._admitted if away) / n if n else 0.0
 
     def service_s(self, model: str) -> float | None:
         """Estimated service seconds per item of ``model``; None before its first batch."""
@@ -74,15 +90,18 @@ class LoadEstimator:
             service = dict(self._service_s)
             waited = self._wait_s
         per_item = service.get(model)
-        queued = queue_depth * per_item if per_item is not None else waited
+        queued = max(queue_depth * per_item if per_item is not None else 0.0, waited)
         return EdgeLoad(
             queue_delay_ms=1000.0 * max(queued, 0.0),
             service_ms={k: 1000.0 * v for k, v in service.items()},
             utilisation=self.utilisation(),
             capacity_per_s=0.0 if not per_item else 1.0 / per_item,
             queue_depth=queue_depth,
+            overflow=self.overflow(),
         )
 
     def _prune(self, now: float) -> None:
         while self._busy and self._busy[0][1] < now - self.window_s:
             self._busy.popleft()
+        while self._admitted and self._admitted[0][0] < now - self.window_s:
+            self._admitted.popleft()

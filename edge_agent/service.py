@@ -340,6 +340,7 @@ class EdgeAgent:
             predicted_s = self.load.predict_s(self.pipeline.slot.current().name, self.batcher.depth)
             decision = decide(time.time() * 1000.0, deadline, None if predicted_s is None else 1000.0 * predicted_s,
                               None if self.dc is None else self.dc.latency_ms(), o.margin_ms)
+            self.load.record_admission(decision.placement != "edge")
             if decision.placement == "dc" and self.dc is not None:
                 served = await self.dc.submit(frame)
                 if served is not None:

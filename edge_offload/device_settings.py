@@ -29,4 +29,6 @@ class DeviceProfileSettings(BaseModel):
     energy_budget_j: float = Field(1.0, gt=0, description="most energy the device may spend on one frame, J")
     deadline_ms: int = Field(500, ge=1, description="the device's deadline per frame (stamped on each frame)")
     crop_bytes: int = Field(6000, ge=1, description="typical JPEG bytes of the face crops of one frame")
+    max_edge_overflow: float = Field(0.05, ge=0, le=1, description="auto: an edge that turned away more "
+                                     "than this fraction of recent requests is not sent frames")
     status_max_age_s: float = Field(5.0, gt=0, description="an edge status older than this counts as unknown")

@@ -75,3 +75,21 @@ def test_decide(now: float, deadline: int | None, edge: float | None, dc: float 
 def test_margin_pushes_a_tight_request_off_the_edge() -> None:
     assert decide(0, 100, 96.0, None, margin_ms=5.0).placement == "shed"
     assert decide(0, 100, 94.0, None, margin_ms=5.0).placement == "edge"
+
+
+def test_overflow_is_the_turned_away_fraction_of_the_window() -> None:
+    clock = FakeClock()
+    est = LoadEstimator(window_s=2.0, clock=clock)
+    assert est.overflow() == 0.0
+    for away in (True, False, False, True):
+        est.record_admission(away)
+    assert est.overflow() == pytest.approx(0.5)
+    assert est.snapshot("fer", 0).overflow == pytest.approx(0.5)
+    clock.now += 3.0
+    assert est.overflow() == 0.0
+
+
+def test_measured_wait_raises_the_published_queue_delay() -> None:
+    est = LoadEstimator(alpha=1.0, clock=FakeClock())
+    est.record_batch("fer", 1, 99.9, 100.0, waited_s=0.8)
+    assert est.snapshot("fer", 0).queue_delay_ms == pytest.approx(800.0)

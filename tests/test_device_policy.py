@@ -46,3 +46,9 @@ def test_estimates_count_bytes_and_energy() -> None:
     assert est["crops"].bytes_sent == 2 * PROFILE.crop_bytes
     assert est["edge"].energy_j == pytest.approx(40_000 * PROFILE.radio_j_per_byte)
     assert est["local"].energy_j > est["edge"].energy_j
+
+
+def test_an_edge_turning_requests_away_is_avoided() -> None:
+    turned = EdgeLoad(queue_delay_ms=10.0, service_ms={"fer": 20.0}, utilisation=1.0, capacity_per_s=50.0,
+                      overflow=0.5)
+    assert choose("auto", 50_000, turned, PROFILE) == "local"

@@ -23,7 +23,8 @@ class EdgeLoad:
     ``queue_delay_ms``: how long a request arriving now would wait before its batch starts.
     ``service_ms``: service time per item, per model name. ``utilisation``: busy fraction of
     the worker (0..1). ``capacity_per_s``: items per second the edge can serve at that
-    service time. ``queue_depth``: requests waiting now.
+    service time. ``queue_depth``: requests waiting now. ``overflow``: fraction of the requests of the
+    last seconds that the edge shed or spilled to the DC (a device should look elsewhere).
     """
 
     queue_delay_ms: float
@@ -31,6 +32,7 @@ class EdgeLoad:
     utilisation: float
     capacity_per_s: float
     queue_depth: int = 0
+    overflow: float = 0.0  # fraction of recent requests the edge did not serve itself (shed or spilled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +54,7 @@ def encode_status(status: EdgeStatus) -> bytes:
             "utilisation": round(load.utilisation, 4),
             "capacity_per_s": round(load.capacity_per_s, 3),
             "queue_depth": load.queue_depth,
+            "overflow": round(load.overflow, 4),
         },
     })
 
@@ -65,7 +68,8 @@ def _load_from_wire(obj: dict[str, object]) -> EdgeLoad:
                     service_ms={k: float(v) for k, v in service.items()},
                     utilisation=float(field(obj, "utilisation", num)),
                     capacity_per_s=float(field(obj, "capacity_per_s", num)),
-                    queue_depth=field(obj, "queue_depth", int))
+                    queue_depth=field(obj, "queue_depth", int),
+                    overflow=float(opt_field(obj, "overflow", num, 0.0)))
 
 
 def decode_status(payload: bytes) -> EdgeStatus:
