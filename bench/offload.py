@@ -107,7 +107,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                      "receive_maximum": 2000},
             "kafka": {"bootstrap_servers": kafka_broker.bootstrap_servers},
             "edge": {"node_name": NODE, "http_port": 0},
-            "offload": {"status_interval_s": 0.25, "dc_wan_delay_ms": args.wan_ms,
+            "offload": {"status_interval_s": 0.25, "load_window_s": 1.0, "dc_wan_delay_ms": args.wan_ms,
                         "dc_initial_latency_ms": 4 * args.wan_ms + 100, "dc_timeout_ms": 5000,
                         "dc_group": "bench-dc", "dc_partitions": 2},
             "vision": {**base.vision.model_dump(), "max_pending_frames": 2000},

@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from devices.policy import POLICIES, Placement, choose
+from devices.policy import POLICIES, EdgeShare, Placement, choose
 from edge_offload.device_settings import DeviceProfileSettings
 from models.blazeface import BlazeFaceDetector, load_blazeface
 from models.face_detect import crop_faces
@@ -64,6 +64,8 @@ class DevicePlacer:
         self._lock = threading.Lock()
         self._load: EdgeLoad | None = None
         self._load_at = 0.0
+        self._status_ms = 0
+        self.share = EdgeShare()  # auto: the share of edge-bound frames the edge gets
         self._detector: BlazeFaceDetector | None = None
         self._fer: FerClassifier | None = None
         self.simulate_compute = simulate_compute
@@ -79,6 +81,7 @@ class DevicePlacer:
         with self._lock:
             self._load = status.load if status.online else None
             self._load_at = time.monotonic()
+            self._status_ms = status.at_ms
 
     def edge_load(self) -> EdgeLoad | None:
         with self._lock:
@@ -87,7 +90,16 @@ class DevicePlacer:
 
     def prepare(self, frame: Frame) -> Prepared:
         """Place ``frame`` and do the device's part of the work."""
-        placement = choose(self.policy, len(frame.data), self.edge_load(), self.profile)
+        load = self.edge_load()
+        if self.policy == "auto":
+            with self._lock:
+                at_ms = self._status_ms
+            self.share.update(load, at_ms, self.profile.max_edge_overflow)
+            placement = choose("auto", len(frame.data), load, self.profile, respect_overflow=False)
+            if placement != "local" and not self.share.admit():
+                placement = "local"
+        else:
+            placement = choose(self.policy, len(frame.data), load, self.profile)
         self.stats.placements[placement] += 1
         p = self.profile
         if placement == "edge":

@@ -24,7 +24,7 @@ from typing import Literal
 from edge_offload.device_settings import DeviceProfileSettings
 from topics.status import EdgeLoad
 
-__all__ = ["PLACEMENTS", "POLICIES", "Estimate", "Placement", "choose", "estimates"]
+__all__ = ["PLACEMENTS", "POLICIES", "EdgeShare", "Estimate", "Placement", "choose", "estimates"]
 
 Placement = Literal["edge", "crops", "local"]
 PLACEMENTS: tuple[Placement, ...] = ("edge", "crops", "local")
@@ -47,7 +47,7 @@ def _edge_figures(load: EdgeLoad | None, profile: DeviceProfileSettings) -> tupl
 
 
 def estimates(frame_bytes: int, load: EdgeLoad | None, profile: DeviceProfileSettings,
-              faces: int = 1) -> list[Estimate]:
+              faces: int = 1, respect_overflow: bool = True) -> list[Estimate]:
     """Latency and device energy of each placement for one frame of ``frame_bytes``."""
     p = profile
     queue_ms, service_ms = _edge_figures(load, p)
@@ -61,7 +61,7 @@ def estimates(frame_bytes: int, load: EdgeLoad | None, profile: DeviceProfileSet
         return p.active_power_w * ms / 1000.0
 
     crop_bytes = faces * p.crop_bytes
-    if load is not None and load.overflow > p.max_edge_overflow:  # the edge is turning requests away
+    if respect_overflow and load is not None and load.overflow > p.max_edge_overflow:  # the edge is turning requests away
         queue_ms = float("inf")
     return [
         Estimate("edge", upload_ms(frame_bytes) + p.rtt_ms + queue_ms + service_ms,
@@ -73,17 +73,53 @@ def estimates(frame_bytes: int, load: EdgeLoad | None, profile: DeviceProfileSet
 
 
 def choose(policy: str, frame_bytes: int, load: EdgeLoad | None, profile: DeviceProfileSettings,
-           deadline_ms: float | None = None, faces: int = 1) -> Placement:
+           deadline_ms: float | None = None, faces: int = 1, respect_overflow: bool = True) -> Placement:
     """The placement of one frame under ``policy`` (a fixed placement, or ``auto``: the rule above)."""
     if policy != "auto":
         if policy not in PLACEMENTS:
             raise ValueError(f"policy {policy!r} not in {POLICIES}")
         return policy  # type: ignore[return-value]
     deadline = profile.deadline_ms if deadline_ms is None else deadline_ms
-    options = [e for e in estimates(frame_bytes, load, profile, faces) if e.energy_j <= profile.energy_budget_j]
+    options = [e for e in estimates(frame_bytes, load, profile, faces, respect_overflow)
+               if e.energy_j <= profile.energy_budget_j]
     if not options:
         return "edge"
     in_time = [e for e in options if e.latency_ms <= deadline]
     if in_time:
         return min(in_time, key=lambda e: (e.energy_j, e.latency_ms)).placement
     return min(options, key=lambda e: e.latency_ms).placement
+
+
+class EdgeShare:
+    """The share of its edge-bound frames an ``auto`` device still sends to the edge (AIMD).
+
+    On each fresh edge status: an edge turning requests away (``overflow`` above the profile's
+    ``max_edge_overflow``) halves the share; otherwise it grows by ``increase``. Frames are let
+    through by a deterministic credit (share 0.25: every fourth frame), the rest run on the device.
+    Many devices thus split the load with the edge instead of all leaving and all coming back.
+    """
+
+    def __init__(self, decrease: float = 0.5, increase: float = 0.1) -> None:
+        self.share = 1.0
+        self.decrease = decrease
+        self.increase = increase
+        self._credit = 0.0
+        self._seen: int | None = None
+
+    def update(self, load: EdgeLoad | None, at_ms: int, max_overflow: float) -> None:
+        """Fold in the status published at ``at_ms`` (each status once)."""
+        if at_ms == self._seen:
+            return
+        self._seen = at_ms
+        if load is not None and load.overflow > max_overflow:
+            self.share = max(self.share * self.decrease, 0.02)
+        else:
+            self.share = min(self.share + self.increase, 1.0)
+
+    def admit(self) -> bool:
+        """Whether this edge-bound frame goes to the edge."""
+        self._credit += self.share
+        if self._credit >= 1.0:
+            self._credit -= 1.0
+            return True
+        return False

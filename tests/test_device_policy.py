@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from devices.policy import choose, estimates
+from devices.policy import EdgeShare, choose, estimates
 from edge_offload.device_settings import DeviceProfileSettings
 from topics.status import EdgeLoad
 
@@ -52,3 +52,17 @@ def test_an_edge_turning_requests_away_is_avoided() -> None:
     turned = EdgeLoad(queue_delay_ms=10.0, service_ms={"fer": 20.0}, utilisation=1.0, capacity_per_s=50.0,
                       overflow=0.5)
     assert choose("auto", 50_000, turned, PROFILE) == "local"
+
+
+def test_edge_share_halves_on_overflow_and_grows_back() -> None:
+    share = EdgeShare(decrease=0.5, increase=0.25)
+    busy = EdgeLoad(10.0, {"fer": 20.0}, 1.0, 50.0, overflow=0.5)
+    share.update(busy, 1, 0.05)
+    share.update(busy, 1, 0.05)  # the same status counts once
+    assert share.share == 0.5
+    sent = [share.admit() for _ in range(8)]
+    assert sent.count(True) == 4
+    share.update(busy, 2, 0.05)
+    assert share.share == 0.25
+    share.update(load(5.0), 3, 0.05)
+    assert share.share == 0.5
