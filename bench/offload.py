@@ -98,7 +98,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "wan_one_way_ms": args.wan_ms,
         "device_compute": "profile times (sleep), outputs from a real inference of the same image",
         "dc_compute": "real, on the same machine as the edge (no GPU)",
-    }, "deadline_ms": args.deadline_ms, "cameras": args.cameras, "step_s": args.seconds, "runs": []}
+    }, "deadline_ms": args.deadline_ms, "margin_ms": args.margin_ms, "cameras": args.cameras, "step_s": args.seconds, "runs": []}
     with MosquittoBroker(max_queued_messages=100_000) as mqtt_broker, TansuBroker() as kafka_broker:
         s = Settings.model_validate({
             # admission happens when a frame is received: let frames in at once (a large window), so
@@ -107,7 +107,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                      "receive_maximum": 2000},
             "kafka": {"bootstrap_servers": kafka_broker.bootstrap_servers},
             "edge": {"node_name": NODE, "http_port": 0},
-            "offload": {"status_interval_s": 0.25, "load_window_s": 1.0, "dc_wan_delay_ms": args.wan_ms,
+            "offload": {"status_interval_s": 0.25, "load_window_s": 1.0, "margin_ms": args.margin_ms, "dc_wan_delay_ms": args.wan_ms,
                         "dc_initial_latency_ms": 4 * args.wan_ms + 100, "dc_timeout_ms": 5000,
                         "dc_group": "bench-dc", "dc_partitions": 2},
             "vision": {**base.vision.model_dump(), "max_pending_frames": 2000},
@@ -216,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--deadline-ms", type=int, default=500)
     p.add_argument("--wan-ms", type=float, default=20.0, help="simulated one-way WAN delay edge <-> DC")
     p.add_argument("--capacity-frames", type=int, default=80)
+    p.add_argument("--margin-ms", type=float, default=100.0,
+                   help="offload.margin_ms: slack for what the edge's prediction leaves out (MQTT transit)")
     args = p.parse_args(argv)
     result = asyncio.run(bench(args))
     print(json.dumps(result, indent=2))
