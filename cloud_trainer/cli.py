@@ -53,6 +53,22 @@ def _cmd_trainer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dc_worker(args: argparse.Namespace) -> int:
+    from cloud_trainer.dc_inference import run_dc_worker
+
+    settings, _ = _settings()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_dc_worker(settings, args.worker_id, stop)
+
+    asyncio.run(main())
+    return 0
+
+
 # --- label -----------------------------------------------------------------------------------
 
 def _cmd_label_list(args: argparse.Namespace) -> int:
@@ -184,6 +200,10 @@ def add_trainer_commands(subparsers: argparse._SubParsersAction[argparse.Argumen
     """Register ``trainer``, ``label`` and ``models`` on the ``edge-offload`` parser."""
     p = subparsers.add_parser("trainer", help="run the DC loop: consume hard examples, retrain, push models")
     p.set_defaults(func=_cmd_trainer)
+    p = subparsers.add_parser("dc-worker", help="DC inference worker: serve frames spilled by overloaded edges "
+                              "(a Kafka consumer group member; run more to scale)")
+    p.add_argument("--worker-id", default="dc-worker-1", help="name in results' node field and Kafka client id")
+    p.set_defaults(func=_cmd_dc_worker)
 
     label = subparsers.add_parser("label", help="operator labels for audio hard examples")
     lsub = label.add_subparsers(dest="label_command", required=True)

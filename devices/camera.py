@@ -7,6 +7,7 @@ cache (astronaut, group photo) in several sizes, crops, mirror images and exposu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import threading
 import time
@@ -20,13 +21,14 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from devices.placer import DevicePlacer
 from models.artifacts import path_of
 from offload_core.mqtt_security import configure_paho
 from offload_core.settings import MqttSettings
 from topics import names
 from topics.codec import now_ms
 from topics.kubeedge import twin_update, twin_update_topic
-from topics.vision import Frame, encode_frame
+from topics.vision import Frame, encode_frame, encode_result
 
 __all__ = ["CameraStats", "face_test_photos", "load_folder", "photo_frames", "run_camera", "main"]
 
@@ -142,12 +144,16 @@ def run_camera(
     start_seq: int = 0,
     security: MqttSettings | None = None,
     connect_timeout_s: float = 10.0,
+    placer: DevicePlacer | None = None,
+    edge_node: str = "edge-node-1",
 ) -> CameraStats:
     """Publish frames until ``count`` frames or ``seconds`` pass (or ``stop``); fps <= 0: no pacing.
 
     ``security``: TLS and credentials (its host and port are not used). Raises
     :class:`ConnectRefused` when the broker refuses the connection (e.g. not authorised)
-    or sends no CONNACK within ``connect_timeout_s``."""
+    or sends no CONNACK within ``connect_timeout_s``. ``placer``: offloading policy (``devices.placer``):
+    frames carry its deadline, each is sent whole, as crops, or served on the device and reported;
+    it reads the load of ``edge_node`` from that edge's retained status."""
     if not images:
         raise ValueError("no images to send")
     if count is None and seconds is None:
@@ -176,6 +182,9 @@ def run_camera(
             raise ConnectRefused(f"no CONNACK from {host}:{port} within {connect_timeout_s:.0f} s")
         if connack[0].is_failure:
             raise ConnectRefused(f"{host}:{port} refused the connection: {connack[0]}")
+        if placer is not None:
+            client.on_message = lambda _c, _u, m: placer.on_status(bytes(m.payload))
+            client.subscribe(names.edge_status(edge_node), qos=1)
         client.publish(twin_topic, twin_update({"status": "online", "fps": float(fps)}, now_ms()), qos=1)
         period = 1.0 / fps if fps > 0 else 0.0
         t0 = time.monotonic()
@@ -187,8 +196,20 @@ def run_camera(
                 break
             data = images[seq % len(images)]
             captured = now_ms()
-            payload = encode_frame(Frame(device=device, seq=seq, captured_at_ms=captured, encoding="jpeg", data=data))
-            last = client.publish(names.frames(device), payload, qos=qos)
+            frame = Frame(device=device, seq=seq, captured_at_ms=captured, encoding="jpeg", data=data)
+            if placer is None:
+                payload = encode_frame(frame)
+                last = client.publish(names.frames(device), payload, qos=qos)
+            else:
+                frame = dataclasses.replace(frame, deadline_ms=captured + placer.profile.deadline_ms)
+                prep = placer.prepare(frame)
+                if prep.frame is not None:
+                    payload = encode_frame(prep.frame)
+                    last = client.publish(names.frames(device), payload, qos=qos)
+                else:
+                    assert prep.result is not None
+                    payload = b""  # served on the device: only the report goes out
+                    last = client.publish(names.vision_results(device), encode_result(prep.result), qos=qos)
             stats.sent_at[seq] = captured
             stats.frames_sent += 1
             stats.bytes_sent += len(payload)
@@ -229,12 +250,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=None)
     p.add_argument("--count", type=int, default=None)
     p.add_argument("--qos", type=int, choices=(0, 1), default=1)
+    p.add_argument("--policy", choices=("edge", "crops", "local", "auto"), default=None,
+                   help="offloading: send the full frame, only face crops, run FER on the device, or choose "
+                        "per frame from the edge's load, the link and the energy budget (default: plain frames)")
+    p.add_argument("--edge-node", default=settings.edge.node_name, help="the edge whose status --policy reads")
     args = p.parse_args(argv)
     images = load_folder(args.images) if args.images else photo_frames(settings.cache_dir)
     seconds = args.seconds if args.seconds is not None or args.count is not None else 10.0
     try:
         stats = run_camera(args.host, args.port, args.device, images, fps=args.fps,
-                           count=args.count, seconds=seconds, qos=args.qos, security=settings.mqtt)
+                           count=args.count, seconds=seconds, qos=args.qos, security=settings.mqtt,
+                           placer=None if args.policy is None else
+                           DevicePlacer(args.policy, settings.device_profile, settings.cache_dir, args.device),
+                           edge_node=args.edge_node)
     except (ConnectRefused, OSError) as exc:
         print(f"edge-offload device camera: error: {exc}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.dc_spill import DcSpill
 from edge_agent.hard_examples import HardExampleReporter
 from edge_agent.health import HealthServer
 from edge_agent.metrics import EdgeMetrics, NodeCollector
@@ -51,6 +52,7 @@ class EdgeNode:
         self.settings = settings
         self.metrics = EdgeMetrics()
         self.vision: VisionService | None = None
+        self.dc_spill: DcSpill | None = None
         self.speech: SpeechService | None = None
         self.asr_slot: ModelSlot[EdgeAsr] | None = None
         self.outbox: Outbox | None = None
@@ -126,6 +128,10 @@ class EdgeNode:
             if s.edge.vision:
                 pipeline = await asyncio.to_thread(build_vision_pipeline, s)
                 self.vision = VisionService(s, pipeline, self.metrics, on_outcome=self._mine)
+                if s.offload.dc_spill:  # frames that would miss their deadline go to the DC workers
+                    self.dc_spill = DcSpill(s.kafka, s.offload, node)
+                    await self.dc_spill.start()
+                    self.vision.dc = self.dc_spill
                 handlers[pipeline.slot.current().name] = fer_handler(
                     pipeline.slot, s.edge.device, s.vision.max_batch_size)
                 tasks.append(asyncio.create_task(self.vision.run(stop), name="vision"))
@@ -157,6 +163,8 @@ class EdgeNode:
                 await self.speech.stop()
             if self.asr_slot is not None:  # every vocabulary version shares these Whisper threads
                 self.asr_slot.current().model.close()
+            if self.dc_spill is not None:
+                await self.dc_spill.stop()
             if self.vision is not None:
                 self.vision.pipeline.close()
             self._mining_pool.shutdown(wait=True)

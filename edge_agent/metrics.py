@@ -41,6 +41,12 @@ class EdgeMetrics:
         self.redelivered = Counter("edge_messages_redelivered", "redelivered inputs answered without "
                                    "recomputation", ["stage", "outcome"], registry=r)
         self.published = Counter("edge_results_published", "results published", ["stage"], registry=r)
+        self.wan_bytes = Counter("edge_offload_wan_bytes", "bytes of spilled frames and their results over "
+                                 "the WAN to the DC", registry=r)
+        self.offload_cost = Counter("edge_offload_cost", "cost of requests by where they were served (cost "
+                                    "model, offload.* prices)", ["served_by"], registry=r)
+        self.outcomes = Counter("edge_request_outcomes", "published outcome of each request: served (by edge, "
+                                "dc) or shed", ["stage", "outcome", "served_by"], registry=r)
         self.faces = Counter("edge_faces", "faces classified", ["label"], registry=r)
         self.batch_size = Histogram("edge_batch_size", "frames per batch", ["stage"],
                                     buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)

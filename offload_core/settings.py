@@ -23,6 +23,8 @@ from pydantic_settings import (
 )
 
 from offload_core.dc_settings import HardExampleSettings, OutboxSettings, UpdateSettings
+from offload_core.device_settings import DeviceProfileSettings
+from offload_core.offload_settings import OffloadSettings
 from offload_core.trainer_settings import TrainerSettings
 
 __all__ = [
@@ -201,6 +203,8 @@ class Settings(BaseSettings):
     outbox: OutboxSettings = OutboxSettings()
     updates: UpdateSettings = UpdateSettings()
     trainer: TrainerSettings = TrainerSettings()
+    offload: OffloadSettings = OffloadSettings()
+    device_profile: DeviceProfileSettings = DeviceProfileSettings()
 
     @classmethod
     def settings_customise_sources(

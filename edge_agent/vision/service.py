@@ -26,7 +26,10 @@ from dataclasses import dataclass, field
 import aiomqtt
 import torch
 
+from edge_agent.admission import DcPath, Decision, deadline_of, decide
 from edge_agent.batcher import DynamicBatcher, Overloaded
+from edge_agent.cost import request_cost
+from edge_agent.load import LoadEstimator
 from edge_agent.metrics import EdgeMetrics
 from edge_agent.model_slot import Loaded, ModelSlot
 from edge_agent.mqtt import InOrderAcker, MqttClient, SessionLost, make_client, publish_confirmed, session_gone
@@ -41,8 +44,8 @@ from offload_core.settings import Settings
 from topics import names
 from topics.codec import ContractError, now_ms, payload_bytes
 from topics.deadletter import DeadLetter, encode_dead_letter
-from topics.status import EdgeStatus, encode_status
-from topics.vision import decode_frame, encode_result
+from topics.status import EdgeLoad, EdgeStatus, encode_status
+from topics.vision import Frame, ModelRef, decode_frame, encode_result, shed_result
 
 __all__ = ["VisionService", "build_vision_pipeline"]
 
@@ -76,6 +79,7 @@ def build_vision_pipeline(settings: Settings) -> VisionPipeline:
 
 
 _SESSION_LOST = ContractError("session_lost", "the session of this frame ended before its batch ran")
+_SUPERSEDED = ContractError("superseded", "a newer latest-wins frame of this device arrived")
 
 
 @dataclass(eq=False)
@@ -132,6 +136,10 @@ class VisionService:
         self._job_session: dict[int, _Session] = {}  # id(FrameJob) -> its session, while queued
         self._unsent: OrderedDict[bytes, _Unsent] = OrderedDict()
         self._batch_started_s: float | None = None  # set while a batch runs in the worker
+        o = settings.offload
+        self.load = LoadEstimator(o.load_alpha, o.load_window_s)  # measured load: admission + status
+        self.dc: DcPath | None = None  # set to spill frames that would miss their deadline to the DC
+        self._latest_seq: dict[str, int] = {}  # device -> newest latest-wins seq received
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -184,11 +192,13 @@ class VisionService:
                 self.connected.set()
                 self.metrics.connected.set(1)
                 consume = asyncio.create_task(self._consume(sess))
+                reporting = asyncio.create_task(self._report_load(client))
                 stopping = asyncio.create_task(stop.wait())
                 breaking = asyncio.create_task(sess.broken.wait())
                 done, _ = await asyncio.wait({consume, stopping, breaking}, return_when=asyncio.FIRST_COMPLETED)
                 stopping.cancel()
                 breaking.cancel()
+                reporting.cancel()
                 if consume in done:
                     consume.result()  # raises the MqttError that ended the session
                     return
@@ -215,23 +225,42 @@ class VisionService:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout_s)
 
+    async def _report_load(self, client: aiomqtt.Client) -> None:
+        """Refresh the retained status with the measured load every ``offload.status_interval_s``."""
+        s = self.settings
+        while True:
+            await asyncio.sleep(s.offload.status_interval_s)
+            status = EdgeStatus(s.edge.node_name, True, now_ms(), self._models(), self._load_now())
+            await client.publish(names.edge_status(s.edge.node_name), encode_status(status), qos=1, retain=True)
+
+    def _load_now(self) -> EdgeLoad:
+        return self.load.snapshot(self.pipeline.slot.current().name, self.batcher.depth)
+
     def _models(self) -> dict[str, str]:
         loaded = self.pipeline.slot.current()
         return {loaded.name: loaded.version}
 
     def _run_batch(self, jobs: Sequence[FrameJob]) -> list[FrameOutcome]:
         """The batcher's work (worker thread): frames of a session that has ended are skipped."""
-        self._batch_started_s = time.monotonic()
+        started = self._batch_started_s = time.monotonic()
         try:
             out = [FrameOutcome(job, error=_SESSION_LOST) for job in jobs]
             live = [i for i, job in enumerate(jobs)
                     if (sess := self._job_session.get(id(job))) is not None and sess.live]
+            for i in [i for i in live if self._superseded(jobs[i].frame)]:
+                out[i] = FrameOutcome(jobs[i], error=_SUPERSEDED)
+                live.remove(i)
             if live:
                 for i, outcome in zip(live, self.pipeline.run_batch([jobs[i] for i in live]), strict=True):
                     out[i] = outcome
+                waited = sum(started - jobs[i].received_s for i in live) / len(live)
+                self.load.record_batch(self.pipeline.slot.current().name, len(live), started, time.monotonic(), waited)
             return out
         finally:
             self._batch_started_s = None
+
+    def _superseded(self, frame: Frame) -> bool:
+        return frame.latest_wins and self._latest_seq.get(frame.device, frame.seq) > frame.seq
 
     # -- per message -------------------------------------------------------------------
 
@@ -296,13 +325,37 @@ class VisionService:
         except ContractError as exc:
             await self._dead_letter(sess, topic, payload, exc)
             return
+        if frame.latest_wins and frame.seq > self._latest_seq.get(frame.device, -1):
+            self._latest_seq[frame.device] = frame.seq
+        o = self.settings.offload
+        deadline = deadline_of(frame.deadline_ms, frame.captured_at_ms, o.default_deadline_ms)
+        if o.admission and deadline is not None:
+            predicted_s = self.load.predict_s(self.pipeline.slot.current().name, self.batcher.depth)
+            decision = decide(time.time() * 1000.0, deadline, None if predicted_s is None else 1000.0 * predicted_s,
+                              None if self.dc is None else self.dc.latency_ms(), o.margin_ms)
+            self.load.record_admission(decision.placement != "edge")
+            if decision.placement == "dc" and self.dc is not None:
+                served = await self.dc.submit(frame)
+                if served is not None:
+                    outcome = FrameOutcome(FrameJob(frame, received_s), served)
+                    wan = len(payload) + len(encode_result(served))
+                    self.metrics.wan_bytes.inc(wan)
+                    self.metrics.offload_cost.labels("dc").inc(request_cost(
+                        o, dc_s=served.timing.inference_ms / 1000.0, wan_bytes=wan).total)
+                    await self._publish_result(sess, key, _Unsent(names.vision_results(frame.device),
+                                                                  encode_result(served), outcome))
+                    return
+                decision = Decision("shed", "dc_failed", decision.predicted_ms, decision.budget_ms)
+            if decision.placement == "shed":
+                await self._shed(sess, key, FrameJob(frame, received_s), decision.reason or "deadline")
+                return
         job = FrameJob(frame, received_s)
         try:
             future = self.batcher.submit_nowait(job)
         except Overloaded:
-            self.metrics.shed.labels(STAGE, "overload").inc()
             self._flood_log.warning("shed", "overload: shed frame %s/%d (counted in edge_messages_shed)",
                                     frame.device, frame.seq)
+            await self._shed(sess, key, job, "overload")
             return
         self._job_session[id(job)] = sess
         try:
@@ -312,6 +365,9 @@ class VisionService:
             self._job_session.pop(id(job), None)
         if outcome.error is _SESSION_LOST:
             raise SessionLost("session ended while the frame waited for its batch")
+        if outcome.error is _SUPERSEDED:
+            await self._shed(sess, key, job, "superseded")
+            return
         if outcome.error is not None:
             await self._dead_letter(sess, topic, payload, outcome.error)
             return
@@ -336,13 +392,29 @@ class VisionService:
         assert result is not None
         m = self.metrics
         m.published.labels(STAGE).inc()
+        m.outcomes.labels(STAGE, result.outcome, result.served_by).inc()
+        if result.served_by != "edge":  # shed, or served in the DC: not an edge inference
+            return
         m.latency.labels(STAGE).observe(time.monotonic() - unsent.outcome.job.received_s)
+        m.offload_cost.labels("edge").inc(request_cost(
+            self.settings.offload, edge_s=(result.timing.preprocess_ms + result.timing.inference_ms) / 1000.0
+            / max(result.timing.batch_size, 1)).total)
         m.batch_size.labels(STAGE).observe(result.timing.batch_size)
         m.inference.labels(STAGE).observe(result.timing.inference_ms / 1000.0)
         for face in result.faces:
             m.faces.labels(face.label).inc()
         if self.on_outcome is not None:
             self.on_outcome(unsent.outcome)
+
+    async def _shed(self, sess: _Session, key: bytes, job: FrameJob, reason: str) -> None:
+        """Not served: the request's outcome (shed, with its reason) is published on its result topic."""
+        self.metrics.shed.labels(STAGE, reason).inc()
+        loaded = self.pipeline.slot.current()
+        waited_ms = 1000.0 * (time.monotonic() - job.received_s)
+        result = shed_result(job.frame, self.settings.edge.node_name, ModelRef(loaded.name, loaded.version),
+                             reason, waited_ms)
+        await self._publish_result(sess, key, _Unsent(names.vision_results(job.frame.device),
+                                                      encode_result(result), FrameOutcome(job, result)))
 
     async def _dead_letter(self, sess: _Session, topic: str, payload: bytes, error: ContractError) -> None:
         self.metrics.rejected.labels(STAGE, error.reason).inc()

@@ -1,0 +1,295 @@
+"""Offloading benchmark: ``python -m bench.offload --json`` prints one JSON object.
+
+One process runs Mosquitto and Tansu (child processes), an edge agent, a DC inference worker
+and a fleet of simulated cameras. The edge's capacity is MEASURED first (frames/s of a saturating
+burst); then for each policy the fleet offers 0.5x .. 3x that rate for a short step each:
+
+- ``edge_only``: frames to the edge, no admission control (every frame served, however late);
+- ``edge_dc``: frames to the edge, admission control, spill to the DC worker, else shed;
+- ``device_crops``: the device detects faces and sends only crops (edge serves all);
+- ``adaptive``: the device picks edge / crops / local from the edge's published load, and the
+  edge runs admission control with DC spill.
+
+SIMULATED (stated in the JSON's ``simulated``): the WAN between edge and DC (``--wan-ms`` one way);
+the device's compute time (its profile's times, a sleep: each camera would have its own CPU; the
+output is a real inference of the same image, done once); the DC's compute runs for real on the
+same machine as the edge. MEASURED: everything else (edge service, queues, broker, Kafka).
+
+Per policy and load: p50/p99 latency (capture -> outcome received), deadline-miss rate (late,
+shed, or never answered), goodput (answered in time per s), device energy per frame (J, from the
+profile), bytes sent by the devices, DC cost (worker busy seconds x GPU price + WAN bytes),
+``unaccounted`` (frames without an outcome; must be 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from typing import Any
+
+import aiomqtt
+import numpy as np
+
+from cloud_trainer.dc_inference import DcInferenceWorker
+from devices.camera import CameraStats, photo_frames, run_camera
+from devices.placer import DevicePlacer
+from edge_agent.cost import request_cost
+from edge_agent.dc_spill import DcSpill
+from edge_agent.vision.service import VisionService, build_vision_pipeline
+from edge_offload.brokers import MosquittoBroker, TansuBroker
+from offload_core.device_settings import DeviceProfileSettings
+from offload_core.settings import Settings, load_settings
+from topics import names
+from topics.vision import VisionResult, decode_result
+
+POLICIES = {  # name -> (device policy, edge admission, DC spill)
+    "edge_only": ("edge", False, False),
+    "edge_dc": ("edge", True, True),
+    "device_crops": ("crops", False, False),
+    "adaptive": ("auto", True, True),
+}
+NODE = "bench-edge"
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 1) if values else None
+
+
+async def _collect(
+    port: int, devices: list[str], into: dict[tuple[str, int], tuple[VisionResult, int]], ready: asyncio.Event
+) -> None:
+    async with aiomqtt.Client("127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V5) as client:
+        for dev in devices:
+            await client.subscribe(names.vision_results(dev), qos=1)
+        ready.set()
+        async for m in client.messages:
+            r = decode_result(bytes(m.payload))  # type: ignore[arg-type]
+            into.setdefault((r.device, r.seq), (r, int(time.time() * 1000)))
+
+
+async def _step(
+    port: int,
+    images: list[bytes],
+    profile: DeviceProfileSettings,
+    cache_dir: Any,
+    policy: str,
+    rate: float,
+    cameras: int,
+    seconds: float,
+    seq0: int,
+    drain_s: float,
+    results: dict[tuple[str, int], tuple[VisionResult, int]],
+) -> tuple[list[CameraStats], list[DevicePlacer]]:
+    placers = [DevicePlacer(policy, profile, cache_dir, f"cam-{i}", simulate_compute=True) for i in range(cameras)]
+    for placer in placers if policy != "edge" else []:  # device outputs, computed before the clock runs
+        await asyncio.to_thread(placer.warm, images)
+    loop = asyncio.get_running_loop()
+
+    def camera(i: int) -> CameraStats:
+        return run_camera(
+            "127.0.0.1",
+            port,
+            f"cam-{i}",
+            images,
+            fps=rate / cameras,
+            seconds=seconds,
+            start_seq=seq0,
+            placer=placers[i],
+            edge_node=NODE,
+        )
+
+    runs = [loop.run_in_executor(None, camera, i) for i in range(cameras)]
+    stats = list(await asyncio.gather(*runs))
+    want = {(s.device, q) for s in stats for q in s.sent_at}
+    end = time.monotonic() + drain_s
+    while time.monotonic() < end and not want <= results.keys():
+        await asyncio.sleep(0.05)  # polling the collector's map (bench only)
+    return stats, placers
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    base = load_settings()
+    images = photo_frames(base.cache_dir)
+    profile = base.device_profile.model_copy(update={"deadline_ms": args.deadline_ms})
+    out: dict[str, Any] = {
+        "simulated": {
+            "wan_one_way_ms": args.wan_ms,
+            "device_compute": "profile times (sleep), outputs from a real inference of the same image",
+            "dc_compute": "real, on the same machine as the edge (no GPU)",
+        },
+        "deadline_ms": args.deadline_ms,
+        "margin_ms": args.margin_ms,
+        "cameras": args.cameras,
+        "step_s": args.seconds,
+        "runs": [],
+    }
+    with MosquittoBroker(max_queued_messages=100_000) as mqtt_broker, TansuBroker() as kafka_broker:
+        s = Settings.model_validate(
+            {
+                # admission happens when a frame is received: let frames in at once (a large window), so
+                # they wait in the edge's own queue, where the prediction sees them, not in the broker's
+                "mqtt": {
+                    "port": mqtt_broker.port,
+                    "client_id": "bench-edge",
+                    "share_group": "bench",
+                    "receive_maximum": 2000,
+                },
+                "kafka": {"bootstrap_servers": kafka_broker.bootstrap_servers},
+                "edge": {"node_name": NODE, "http_port": 0},
+                "offload": {
+                    "status_interval_s": 0.25,
+                    "load_window_s": 1.0,
+                    "margin_ms": args.margin_ms,
+                    "dc_wan_delay_ms": args.wan_ms,
+                    "dc_initial_latency_ms": 4 * args.wan_ms + 100,
+                    "dc_timeout_ms": 5000,
+                    "dc_group": "bench-dc",
+                    "dc_partitions": 2,
+                },
+                "vision": {**base.vision.model_dump(), "max_pending_frames": 2000},
+            }
+        )
+        agent = VisionService(s, build_vision_pipeline(s))
+        worker = DcInferenceWorker(
+            s.kafka, build_vision_pipeline(s), "dc-worker-1", group_id="bench-dc", partitions=2, max_batch=16
+        )
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(agent.run(stop)), asyncio.create_task(worker.run(stop))]
+        spill = DcSpill(s.kafka, s.offload, NODE)
+        results: dict[tuple[str, int], tuple[VisionResult, int]] = {}
+        ready = asyncio.Event()
+        devices = [f"cam-{i}" for i in range(args.cameras)]
+        collector = asyncio.create_task(_collect(mqtt_broker.port, devices + ["cam-cap"], results, ready))
+        try:
+            await asyncio.wait_for(agent.connected.wait(), 30)
+            await asyncio.wait_for(worker.ready.wait(), 60)
+            await spill.start()
+            await ready.wait()
+            # capacity: a saturating burst, frames/s between the first and the last result
+            s.offload.admission = False
+            n = args.capacity_frames
+            loop = asyncio.get_running_loop()
+            cap_stats = await loop.run_in_executor(
+                None, lambda: run_camera("127.0.0.1", mqtt_broker.port, "cam-cap", images, fps=0, count=n)
+            )
+            while len([k for k in results if k[0] == "cam-cap"]) < n:
+                await asyncio.sleep(0.05)
+            t_first = min(cap_stats.sent_at.values())
+            t_last = max(at for (dev, _), (_, at) in results.items() if dev == "cam-cap")
+            capacity = n / ((t_last - t_first) / 1000.0)
+            out["edge_capacity_fps"] = round(capacity, 2)
+            seq0 = 0
+            dc_busy = worker.stats.busy_s
+            for name, (device_policy, admission, dc) in POLICIES.items():
+                s.offload.admission = admission
+                agent.dc = spill if dc else None
+                for factor in args.loads:
+                    wan0 = agent.metrics.value("edge_offload_wan_bytes_total")
+                    stats, placers = await _step(
+                        mqtt_broker.port,
+                        images,
+                        profile,
+                        base.cache_dir,
+                        device_policy,
+                        factor * capacity,
+                        args.cameras,
+                        args.seconds,
+                        seq0,
+                        args.drain_s,
+                        results,
+                    )
+                    frames = [(st.device, q, at) for st in stats for q, at in st.sent_at.items()]
+                    lat: list[float] = []
+                    missed = unaccounted = served_in_time = 0
+                    where: dict[str, int] = {}
+                    for dev, q, _at in frames:
+                        got = results.get((dev, q))
+                        if got is None:
+                            unaccounted += 1
+                            missed += 1
+                            continue
+                        r, at = got
+                        key = r.served_by if r.outcome == "served" else f"shed:{r.shed_reason}"
+                        where[key] = where.get(key, 0) + 1
+                        ms = at - r.captured_at_ms
+                        if r.outcome == "served":
+                            lat.append(ms)
+                        if r.outcome == "served" and ms <= args.deadline_ms:
+                            served_in_time += 1
+                        else:
+                            missed += 1
+                    busy = worker.stats.busy_s - dc_busy
+                    dc_busy = worker.stats.busy_s
+                    wan = int(agent.metrics.value("edge_offload_wan_bytes_total") - wan0)
+                    total = max(len(frames), 1)
+                    out["runs"].append(
+                        {
+                            "policy": name,
+                            "load": factor,
+                            "offered_fps": round(factor * capacity, 2),
+                            "frames": len(frames),
+                            "p50_ms": _pct(lat, 50),
+                            "p99_ms": _pct(lat, 99),
+                            "miss_rate": round(missed / total, 4),
+                            "goodput_fps": round(served_in_time / args.seconds, 2),
+                            "device_energy_j_per_frame": round(
+                                sum(p.stats.device_energy_j for p in placers) / total, 4
+                            ),
+                            "bytes_sent": sum(st.bytes_sent for st in stats),
+                            "dc_busy_s": round(busy, 3),
+                            "wan_bytes": wan,
+                            "dc_cost": round(request_cost(s.offload, dc_s=busy, wan_bytes=wan).total, 6),
+                            "outcomes": where,
+                            "unaccounted": unaccounted,
+                        }
+                    )
+                    print(json.dumps(out["runs"][-1]), file=sys.stderr)
+                    seq0 += 100_000
+        finally:
+            stop.set()
+            collector.cancel()
+            await spill.stop()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            agent.pipeline.close()
+            worker.pipeline.close()
+    runs = out["runs"]
+
+    def miss_at(policy: str, load: float) -> float | None:
+        return next((r["miss_rate"] for r in runs if r["policy"] == policy and r["load"] == load), None)
+
+    top = max(args.loads)
+    out["adaptive_miss_rate_3x"] = miss_at("adaptive", top)
+    out["edge_only_miss_rate_3x"] = miss_at("edge_only", top)
+    out["unaccounted"] = sum(r["unaccounted"] for r in runs)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.offload", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--json", action="store_true", help="print the JSON object (the only output format)")
+    p.add_argument("--loads", type=float, nargs="+", default=[0.5, 1.0, 2.0, 3.0])
+    p.add_argument("--seconds", type=float, default=4.0, help="length of one load step")
+    p.add_argument("--drain-s", type=float, default=20.0, help="longest wait for the outcomes of a step")
+    p.add_argument("--cameras", type=int, default=4)
+    p.add_argument("--deadline-ms", type=int, default=500)
+    p.add_argument("--wan-ms", type=float, default=20.0, help="simulated one-way WAN delay edge <-> DC")
+    p.add_argument("--capacity-frames", type=int, default=80)
+    p.add_argument(
+        "--margin-ms",
+        type=float,
+        default=100.0,
+        help="offload.margin_ms: slack for what the edge's prediction leaves out (MQTT transit)",
+    )
+    args = p.parse_args(argv)
+    result = asyncio.run(bench(args))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

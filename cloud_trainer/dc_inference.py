@@ -1,0 +1,152 @@
+"""The DC inference worker: frames spilled by edges in, results back to the edge that asked.
+
+A Kafka consumer group member (``offload.dc_group``): run more workers to scale (up to the
+partitions of ``offload.dc-frames``). Each poll's records are one batch for the same vision
+pipeline the edge runs (same model version), served in a worker thread; the replies are
+produced (acks=all) before the offsets are committed, so a crash replays, never loses, a frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+
+from edge_agent.vision.pipeline import FrameJob, VisionPipeline
+from offload_core.kafka_admin import ensure_topics
+from offload_core.kafka_clients import make_consumer, make_producer
+from offload_core.settings import KafkaSettings, Settings
+from topics.codec import ContractError
+from topics.offload import (
+    KAFKA_DC_FRAMES,
+    KAFKA_DC_RESULTS,
+    MAX_DC_BYTES,
+    DcReply,
+    DcRequest,
+    decode_dc_request,
+    encode_dc_reply,
+)
+
+__all__ = ["DcInferenceWorker", "DcWorkerStats", "run_dc_worker"]
+
+log = logging.getLogger("cloud_trainer.dc_inference")
+
+
+@dataclass
+class DcWorkerStats:
+    served: int = 0
+    errors: int = 0  # frames answered with an error (bad image ...)
+    bad: int = 0  # records that are no request (counted, logged, skipped)
+    batches: int = 0
+    busy_s: float = 0.0  # seconds of model work: the DC GPU/CPU seconds the cost model charges
+    restarts: int = 0
+
+
+class DcInferenceWorker:
+    """Serves spilled frames until ``stop`` is set; Kafka trouble rebuilds the clients."""
+
+    def __init__(self, kafka: KafkaSettings, pipeline: VisionPipeline, worker_id: str, *,
+                 group_id: str = "dc-inference", partitions: int = 4, max_batch: int = 16) -> None:
+        self.kafka = kafka
+        self.pipeline = pipeline
+        self.worker_id = worker_id
+        self.group_id = group_id
+        self.partitions = partitions
+        self.max_batch = max_batch
+        self.stats = DcWorkerStats()
+        self.ready = asyncio.Event()  # set once the worker has joined its group
+
+    def serve(self, requests: list[DcRequest]) -> list[DcReply]:
+        """One batch through the model (blocking: call it in a worker thread)."""
+        started = time.monotonic()
+        jobs = [FrameJob(r.frame, started) for r in requests]
+        outcomes = self.pipeline.run_batch(jobs)
+        self.stats.busy_s += time.monotonic() - started
+        self.stats.batches += 1
+        replies = []
+        for req, outcome in zip(requests, outcomes, strict=True):
+            if outcome.result is not None:
+                result = dataclasses.replace(outcome.result, node=self.worker_id, served_by="dc")
+                replies.append(DcReply(req.request_id, req.reply_to, result=result))
+                self.stats.served += 1
+            else:
+                reason = outcome.error.reason if outcome.error is not None else "internal_error"
+                replies.append(DcReply(req.request_id, req.reply_to, error=reason))
+                self.stats.errors += 1
+        return replies
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            consumer = producer = None
+            try:
+                await ensure_topics(self.kafka, [KAFKA_DC_FRAMES], partitions=self.partitions)
+                await ensure_topics(self.kafka, [KAFKA_DC_RESULTS])
+                producer = make_producer(self.kafka, client_id=f"{self.kafka.client_id}-{self.worker_id}",
+                                         acks="all", enable_idempotence=self.kafka.enable_idempotence,
+                                         max_request_size=MAX_DC_BYTES)
+                await producer.start()
+                consumer = make_consumer(
+                    self.kafka, KAFKA_DC_FRAMES, client_id=f"{self.kafka.client_id}-{self.worker_id}",
+                    group_id=self.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
+                    max_poll_records=self.max_batch, max_partition_fetch_bytes=MAX_DC_BYTES,
+                    fetch_max_wait_ms=20, metadata_max_age_ms=5000)
+                await consumer.start()
+                while not stop.is_set():
+                    batch = await consumer.getmany(timeout_ms=200, max_records=self.max_batch)
+                    self.ready.set()
+                    records = [r for rs in batch.values() for r in rs]
+                    if not records:
+                        continue
+                    requests = [req for r in records if (req := self._decode(r.value)) is not None]
+                    if requests:
+                        replies = await asyncio.to_thread(self.serve, requests)
+                        sends = [await producer.send(KAFKA_DC_RESULTS, encode_dc_reply(rep), key=rep.reply_to.encode())
+                                 for rep in replies]
+                        for fut in sends:
+                            await fut  # acks=all before the offsets move
+                    await asyncio.wait_for(consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items() if rs}),
+                                           30.0)
+            except Exception as exc:
+                if stop.is_set():
+                    break
+                self.stats.restarts += 1
+                log.warning("dc worker %s: %s: %s; restarting", self.worker_id, type(exc).__name__, exc)
+                try:
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                except TimeoutError:
+                    pass
+            finally:
+                for client in (consumer, producer):
+                    if client is not None:
+                        try:
+                            await asyncio.wait_for(client.stop(), 5.0)
+                        except Exception as exc:
+                            log.debug("dc worker %s: closing a Kafka client: %s", self.worker_id, exc)
+
+    def _decode(self, value: bytes | None) -> DcRequest | None:
+        try:
+            if value is None:
+                raise ContractError("empty", "record without a value")
+            return decode_dc_request(value)
+        except ContractError as exc:
+            self.stats.bad += 1
+            log.warning("dc worker %s: skipped a record that is no request: %s", self.worker_id, exc)
+            return None
+
+
+async def run_dc_worker(settings: Settings, worker_id: str, stop: asyncio.Event) -> DcWorkerStats:
+    """Load the edge's vision pipeline (same model version) and serve until ``stop``."""
+    # the edge's own pipeline builder
+    from edge_agent.vision.service import build_vision_pipeline
+
+    pipeline = await asyncio.to_thread(build_vision_pipeline, settings)
+    o = settings.offload
+    worker = DcInferenceWorker(settings.kafka, pipeline, worker_id, group_id=o.dc_group,
+                               partitions=o.dc_partitions, max_batch=o.dc_max_batch)
+    try:
+        await worker.run(stop)
+    finally:
+        pipeline.close()
+    return worker.stats

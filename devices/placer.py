@@ -1,0 +1,197 @@
+"""A camera device's offloading: picks a placement per frame (``devices.policy``) and does the
+device's share of the work - face detection for ``crops``, detection + FER for ``local``.
+
+Reads the edge's retained status (``topics.status``) for its load. A frame served on the device
+is reported on the normal result topic with ``served_by="device"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from devices.policy import POLICIES, EdgeShare, Placement, choose
+from models.blazeface import BlazeFaceDetector, load_blazeface
+from models.face_detect import crop_faces
+from models.fer_edge import FerClassifier, load_edge_fer, preprocess_faces
+from offload_core.device_settings import DeviceProfileSettings
+from topics.codec import ContractError
+from topics.status import EdgeLoad, decode_status
+from topics.vision import EMOTIONS, Face, Frame, ModelRef, Timing, VisionResult
+
+__all__ = ["DevicePlacer", "Prepared"]
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """What the device does with one frame: send ``frame`` (full or crops) or report ``result``."""
+
+    placement: Placement
+    frame: Frame | None = None
+    result: VisionResult | None = None
+    device_energy_j: float = 0.0
+
+
+@dataclass
+class PlacerStats:
+    placements: Counter[str] = field(default_factory=Counter)
+    device_energy_j: float = 0.0
+    bad_status: int = 0
+
+
+class DevicePlacer:
+    """Thread-safe: ``on_status`` runs on the MQTT thread, ``prepare`` on the camera's."""
+
+    def __init__(self, policy: str, profile: DeviceProfileSettings, cache_dir: Path, node: str = "device",
+                 simulate_compute: bool = False) -> None:
+        """``simulate_compute`` (bench: many devices on one machine): the device's compute takes the
+        profile's time (a sleep, not this machine's CPU); its output is a real inference of the same
+        image, done once and remembered."""
+        if policy not in POLICIES:
+            raise ValueError(f"policy {policy!r} not in {POLICIES}")
+        self.policy = policy
+        self.profile = profile
+        self.cache_dir = cache_dir
+        self.node = node
+        self.stats = PlacerStats()
+        self._lock = threading.Lock()
+        self._load: EdgeLoad | None = None
+        self._load_at = 0.0
+        self._status_ms = 0
+        self.share = EdgeShare()  # auto: the share of edge-bound frames the edge gets
+        self._detector: BlazeFaceDetector | None = None
+        self._fer: FerClassifier | None = None
+        self.simulate_compute = simulate_compute
+        self._memo: dict[tuple[bytes, str], Prepared] = {}
+
+    def on_status(self, payload: bytes) -> None:
+        """A retained edge status arrived: remember its load (an offline edge: unknown)."""
+        try:
+            status = decode_status(payload)
+        except ContractError:
+            self.stats.bad_status += 1
+            return
+        with self._lock:
+            self._load = status.load if status.online else None
+            self._load_at = time.monotonic()
+            self._status_ms = status.at_ms
+
+    def edge_load(self) -> EdgeLoad | None:
+        with self._lock:
+            fresh = time.monotonic() - self._load_at <= self.profile.status_max_age_s
+            return self._load if fresh else None
+
+    def prepare(self, frame: Frame) -> Prepared:
+        """Place ``frame`` and do the device's part of the work."""
+        load = self.edge_load()
+        if self.policy == "auto":
+            with self._lock:
+                at_ms = self._status_ms
+            self.share.update(load, at_ms, self.profile.max_edge_overflow)
+            placement = choose("auto", len(frame.data), load, self.profile, respect_overflow=False)
+            if placement != "local" and not self.share.admit():
+                placement = "local"
+        else:
+            placement = choose(self.policy, len(frame.data), load, self.profile)
+        self.stats.placements[placement] += 1
+        p = self.profile
+        if placement == "edge":
+            energy = p.radio_j_per_byte * len(frame.data)
+            self.stats.device_energy_j += energy
+            return Prepared("edge", frame=frame, device_energy_j=energy)
+        prep = self._simulated(frame, placement) if self.simulate_compute else self._compute(frame, placement)
+        self.stats.device_energy_j += prep.device_energy_j
+        return prep
+
+    def warm(self, images: list[bytes], device: str = "warm-up") -> None:
+        """Compute (and, with ``simulate_compute``, remember) the device's outputs of ``images``."""
+        for data in images:
+            for placement in ("crops", "local"):
+                frame = Frame(device, 0, 0, "jpeg", data)
+                done = self._compute(frame, placement)
+                if self.simulate_compute:
+                    with self._lock:
+                        self._memo[(data, placement)] = done
+
+    def _simulated(self, frame: Frame, placement: Placement) -> Prepared:
+        key = (frame.data, placement)
+        with self._lock:
+            done = self._memo.get(key)
+        if done is None:
+            done = self._compute(frame, placement)
+            with self._lock:
+                self._memo[key] = done
+        p = self.profile
+        faces = len(done.result.faces) if done.result is not None else 1
+        ms = p.detect_ms + (faces * p.fer_ms if done.placement == "local" else 0.0)
+        time.sleep(ms / 1000.0)  # the device's own compute time, from its profile
+        sent = len(done.frame.data) if done.frame is not None else 0
+        energy = p.active_power_w * ms / 1000.0 + p.radio_j_per_byte * sent
+        if done.frame is not None:
+            return Prepared(done.placement, frame=dataclasses.replace(
+                done.frame, device=frame.device, seq=frame.seq, captured_at_ms=frame.captured_at_ms,
+                deadline_ms=frame.deadline_ms, latest_wins=frame.latest_wins), device_energy_j=energy)
+        assert done.result is not None
+        result = dataclasses.replace(done.result, device=frame.device, node=self.node, seq=frame.seq,
+                                     captured_at_ms=frame.captured_at_ms,
+                                     timing=Timing(0.0, 1, 0.0, ms, ms))
+        return Prepared(done.placement, result=result, device_energy_j=energy)
+
+    def _compute(self, frame: Frame, placement: Placement) -> Prepared:
+        p = self.profile
+        t0 = time.perf_counter()
+        image = cv2.imdecode(np.frombuffer(frame.data, np.uint8), cv2.IMREAD_COLOR)
+        if image is None:  # the edge dead-letters what the device cannot read
+            return Prepared("edge", frame=frame, device_energy_j=p.radio_j_per_byte * len(frame.data))
+        boxes = self._models()[0].detect(image)
+        if placement == "crops" and boxes:
+            x0 = min(b[0] for b in boxes)
+            y0 = min(b[1] for b in boxes)
+            x1 = max(b[0] + b[2] for b in boxes)
+            y1 = max(b[1] + b[3] for b in boxes)
+            mx, my = (x1 - x0) // 4, (y1 - y0) // 4  # context for the edge's detector
+            crop = image[max(0, y0 - my):y1 + my, max(0, x0 - mx):x1 + mx]
+            ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 85])
+            if ok:
+                energy = self._compute_j(t0) + p.radio_j_per_byte * len(jpeg)
+                sent = Frame(frame.device, frame.seq, frame.captured_at_ms, "jpeg", jpeg.tobytes(),
+                             crop.shape[1], crop.shape[0], frame.deadline_ms, frame.latest_wins)
+                return Prepared("crops", frame=sent, device_energy_j=energy)
+        faces: tuple[Face, ...] = ()
+        if boxes:  # local, or crops with... any faces to classify on the device
+            gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+            probs = self._models()[1].predict(preprocess_faces(crop_faces(gray, boxes)))
+            faces = tuple(Face(tuple(int(v) for v in b), EMOTIONS[int(np.argmax(pr))],  # type: ignore[arg-type]
+                               tuple(float(x) for x in pr)) for b, pr in zip(boxes, probs, strict=True))
+        ms = (time.perf_counter() - t0) * 1000.0
+        energy = self._compute_j(t0)
+        fer = self._models()[1]
+        result = VisionResult(frame.device, frame.seq, frame.captured_at_ms, self.node,
+                              ModelRef(fer.name, fer.version), Timing(0.0, 1, 0.0, ms, ms), faces,
+                              served_by="device")
+        return Prepared(placement, result=result, device_energy_j=energy)
+
+    def _compute_j(self, t0: float) -> float:
+        """Device energy of the compute since ``t0``: measured time here x the profile's slowdown x power."""
+        return self.profile.active_power_w * (time.perf_counter() - t0) * self.profile.compute_slowdown
+
+    def _models(self) -> tuple[BlazeFaceDetector, FerClassifier]:
+        if self._detector is None or self._fer is None:
+            with _MODELS_LOCK:  # one copy per process (a bench runs many devices in one)
+                if self.cache_dir not in _MODELS:
+                    _MODELS[self.cache_dir] = (
+                        load_blazeface(self.cache_dir, ranges=("full", "short"), min_face_px=24),
+                        load_edge_fer(self.cache_dir, device="cpu"))
+                self._detector, self._fer = _MODELS[self.cache_dir]
+        return self._detector, self._fer
+
+
+_MODELS: dict[Path, tuple[BlazeFaceDetector, FerClassifier]] = {}
+_MODELS_LOCK = threading.Lock()

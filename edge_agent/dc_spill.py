@@ -1,0 +1,139 @@
+"""The edge's path to the DC inference workers (implements :class:`edge_agent.admission.DcPath`).
+
+A spilled frame goes to ``offload.dc-frames``; this edge reads ``offload.dc-results`` (no
+group: every edge sees every reply and keeps those addressed to it) and hands each reply to the
+request waiting for it. The WAN between edge and DC is SIMULATED here by
+``offload.dc_wan_delay_ms`` one way, added before the send and before the reply is handed over.
+The latency that admission control compares with a deadline is measured: an EWMA of round
+trips (a timeout counts as its timeout), starting from ``offload.dc_initial_latency_ms``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+from aiokafka import TopicPartition
+
+from offload_core.kafka_admin import ensure_topics
+from offload_core.kafka_clients import make_consumer, make_producer
+from offload_core.offload_settings import OffloadSettings
+from offload_core.settings import KafkaSettings
+from topics.codec import ContractError
+from topics.offload import (
+    KAFKA_DC_FRAMES,
+    KAFKA_DC_RESULTS,
+    MAX_DC_BYTES,
+    DcReply,
+    DcRequest,
+    decode_dc_reply,
+    encode_dc_request,
+)
+from topics.vision import Frame, VisionResult
+
+__all__ = ["DcSpill"]
+
+log = logging.getLogger("edge_agent.dc_spill")
+
+
+class DcSpill:
+    """Kafka request/reply to the DC workers, with measured latency. ``start`` before use."""
+
+    def __init__(self, kafka: KafkaSettings, offload: OffloadSettings, node: str, alpha: float = 0.2) -> None:
+        self.kafka = kafka
+        self.settings = offload
+        self.node = node
+        self.alpha = alpha
+        self._latency_ms = offload.dc_initial_latency_ms
+        self._pending: dict[str, asyncio.Future[DcReply]] = {}
+        self._producer = make_producer(kafka, client_id=f"{kafka.client_id}-{node}-spill", acks="all",
+                                       enable_idempotence=kafka.enable_idempotence, max_request_size=MAX_DC_BYTES)
+        self._consumer = make_consumer(kafka, client_id=f"{kafka.client_id}-{node}-spill-replies", group_id=None,
+                                       auto_offset_reset="latest", fetch_max_wait_ms=20)
+        self._reader: asyncio.Task[None] | None = None
+        self.sent = 0
+        self.replied = 0
+        self.timeouts = 0
+        self.late = 0  # replies that came after their request gave up (counted, dropped)
+        self.bad = 0
+
+    def latency_ms(self) -> float | None:
+        return self._latency_ms
+
+    async def start(self) -> None:
+        await ensure_topics(self.kafka, [KAFKA_DC_FRAMES], partitions=self.settings.dc_partitions)
+        await ensure_topics(self.kafka, [KAFKA_DC_RESULTS])
+        await self._producer.start()
+        await self._consumer.start()
+        tp = TopicPartition(KAFKA_DC_RESULTS, 0)
+        self._consumer.assign([tp])
+        await self._consumer.seek_to_end(tp)
+        await self._consumer.position(tp)  # positioned before the first request goes out
+        self._reader = asyncio.create_task(self._read(), name="dc-spill-replies")
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        for client in (self._consumer, self._producer):
+            try:
+                await asyncio.wait_for(client.stop(), 5.0)
+            except Exception as exc:
+                log.debug("closing a Kafka client: %s", exc)
+
+    async def submit(self, frame: Frame) -> VisionResult | None:
+        """Serve ``frame`` in the DC: its result, or None (timeout, DC error) - counted here."""
+        s = self.settings
+        request_id = uuid.uuid4().hex
+        future: asyncio.Future[DcReply] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        started = time.monotonic()
+        try:
+            await asyncio.sleep(s.dc_wan_delay_ms / 1000.0)  # simulated WAN, edge -> DC
+            req = DcRequest(request_id, self.node, int(time.time() * 1000), frame, frame.deadline_ms)
+            await asyncio.wait_for(self._producer.send_and_wait(KAFKA_DC_FRAMES, encode_dc_request(req),
+                                                                key=frame.device.encode()), s.dc_timeout_ms / 1000.0)
+            self.sent += 1
+            remaining = s.dc_timeout_ms / 1000.0 - (time.monotonic() - started)
+            reply = await asyncio.wait_for(future, max(remaining, 0.001))
+        except TimeoutError:
+            self.timeouts += 1
+            self._observe(s.dc_timeout_ms)
+            return None
+        finally:
+            self._pending.pop(request_id, None)
+        self.replied += 1
+        self._observe(1000.0 * (time.monotonic() - started))
+        return reply.result
+
+    def _observe(self, ms: float) -> None:
+        self._latency_ms += self.alpha * (ms - self._latency_ms)
+
+    async def _read(self) -> None:
+        delay_s = self.settings.dc_wan_delay_ms / 1000.0
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                for record in records:
+                    try:
+                        if record.value is None:
+                            raise ContractError("empty", "record without a value")
+                        reply = decode_dc_reply(record.value)
+                    except ContractError as exc:
+                        self.bad += 1
+                        log.warning("skipped a DC reply that breaks the contract: %s", exc)
+                        continue
+                    if reply.reply_to != self.node:
+                        continue
+                    future = self._pending.get(reply.request_id)
+                    if future is None:
+                        self.late += 1
+                        continue
+                    loop.call_later(delay_s, _resolve, future, reply)  # simulated WAN, DC -> edge
+
+
+def _resolve(future: asyncio.Future[DcReply], reply: DcReply) -> None:
+    if not future.done():
+        future.set_result(reply)

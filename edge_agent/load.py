@@ -1,0 +1,107 @@
+"""The edge's measured load: service time per item per model, queue delay, utilisation, capacity.
+
+Fed by the batch worker (one call per batch) and read by admission control and the status
+publisher. Thread-safe: batches are recorded from the worker thread, snapshots taken on the loop.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from topics.status import EdgeLoad
+
+__all__ = ["LoadEstimator"]
+
+
+class LoadEstimator:
+    """EWMA of service time per item (per model) and of queue wait; busy fraction over a window."""
+
+    def __init__(self, alpha: float = 0.2, window_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not 0 < alpha <= 1 or window_s <= 0:
+            raise ValueError("alpha must be in (0, 1] and window_s > 0")
+        self.alpha = alpha
+        self.window_s = window_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._service_s: dict[str, float] = {}
+        self._wait_s: float = 0.0
+        self._busy: deque[tuple[float, float]] = deque()  # (start, end) of recent batches
+        self._admitted: deque[tuple[float, bool]] = deque()  # (when, turned away) of recent requests
+
+    def record_batch(self, model: str, items: int, started_s: float, ended_s: float,
+                     waited_s: float | None = None) -> None:
+        """One batch of ``items`` ran on ``model`` from ``started_s`` to ``ended_s`` (monotonic s).
+
+        ``waited_s``: mean time its items waited in the queue before the batch started.
+        """
+        if items <= 0 or ended_s < started_s:
+            return
+        per_item = (ended_s - started_s) / items
+        with self._lock:
+            old = self._service_s.get(model)
+            self._service_s[model] = per_item if old is None else old + self.alpha * (per_item - old)
+            if waited_s is not None:
+                self._wait_s += self.alpha * (max(waited_s, 0.0) - self._wait_s)
+            self._busy.append((started_s, ended_s))
+            self._prune(ended_s)
+
+    def record_admission(self, turned_away: bool) -> None:
+        """One admission decision: ``turned_away`` if the edge shed or spilled the request."""
+        now = self._clock()
+        with self._lock:
+            self._admitted.append((now, turned_away))
+            self._prune(now)
+
+    def overflow(self) -> float:
+        """Fraction of the requests of the last ``window_s`` that were turned away (0 with none)."""
+        now = self._clock()
+        with self._lock:
+            self._prune(now)
+            n = len(self._admitted)
+            return sum(1 for _, away in self._admitted if away) / n if n else 0.0
+
+    def service_s(self, model: str) -> float | None:
+        """Estimated service seconds per item of ``model``; None before its first batch."""
+        with self._lock:
+            return self._service_s.get(model)
+
+    def predict_s(self, model: str, queue_depth: int) -> float | None:
+        """Predicted seconds from now until a request arriving now is served: the ``queue_depth``
+        items ahead of it plus itself, at the measured service time. None before any measurement."""
+        per_item = self.service_s(model)
+        return None if per_item is None else (queue_depth + 1) * per_item
+
+    def utilisation(self) -> float:
+        """Busy fraction of the batch worker over the last ``window_s``."""
+        now = self._clock()
+        with self._lock:
+            self._prune(now)
+            start = now - self.window_s
+            busy = sum(min(e, now) - max(s, start) for s, e in self._busy if e > start)
+        return min(max(busy / self.window_s, 0.0), 1.0)
+
+    def snapshot(self, model: str, queue_depth: int) -> EdgeLoad:
+        """The load figures published in the edge status."""
+        with self._lock:
+            service = dict(self._service_s)
+            waited = self._wait_s
+        per_item = service.get(model)
+        queued = max(queue_depth * per_item if per_item is not None else 0.0, waited)
+        return EdgeLoad(
+            queue_delay_ms=1000.0 * max(queued, 0.0),
+            service_ms={k: 1000.0 * v for k, v in service.items()},
+            utilisation=self.utilisation(),
+            capacity_per_s=0.0 if not per_item else 1.0 / per_item,
+            queue_depth=queue_depth,
+            overflow=self.overflow(),
+        )
+
+    def _prune(self, now: float) -> None:
+        while self._busy and self._busy[0][1] < now - self.window_s:
+            self._busy.popleft()
+        while self._admitted and self._admitted[0][0] < now - self.window_s:
+            self._admitted.popleft()

@@ -1,0 +1,95 @@
+"""Unit tests of the load estimator and the admission decision (no timing assertions: fake clock)."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge_agent.admission import Decision, deadline_of, decide
+from edge_agent.load import LoadEstimator
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_service_time_is_an_ewma_per_item_per_model() -> None:
+    est = LoadEstimator(alpha=0.5, window_s=10.0, clock=FakeClock())
+    assert est.service_s("fer") is None and est.predict_s("fer", 3) is None
+    est.record_batch("fer", 4, 100.0, 100.4)  # 0.1 s per item
+    assert est.service_s("fer") == pytest.approx(0.1)
+    est.record_batch("fer", 2, 101.0, 101.6)  # 0.3 s per item -> 0.1 + 0.5 * 0.2
+    assert est.service_s("fer") == pytest.approx(0.2)
+    assert est.service_s("other") is None
+    assert est.predict_s("fer", 4) == pytest.approx(1.0)  # 4 ahead + itself
+
+
+def test_utilisation_counts_busy_time_in_the_window_only() -> None:
+    clock = FakeClock()
+    est = LoadEstimator(window_s=10.0, clock=clock)
+    est.record_batch("fer", 1, 92.0, 97.0)
+    est.record_batch("fer", 1, 98.0, 100.0)
+    clock.now = 100.0
+    assert est.utilisation() == pytest.approx(0.7)
+    clock.now = 105.0  # window 95..105: 2 s of the first batch + 2 s of the second
+    assert est.utilisation() == pytest.approx(0.4)
+    clock.now = 200.0
+    assert est.utilisation() == 0.0
+
+
+def test_snapshot_reports_queue_delay_capacity_and_models() -> None:
+    clock = FakeClock()
+    est = LoadEstimator(alpha=1.0, window_s=10.0, clock=clock)
+    est.record_batch("fer", 10, 99.0, 100.0, waited_s=0.5)
+    snap = est.snapshot("fer", queue_depth=20)
+    assert snap.service_ms == {"fer": pytest.approx(100.0)}
+    assert snap.queue_delay_ms == pytest.approx(2000.0)
+    assert snap.capacity_per_s == pytest.approx(10.0)
+    assert snap.queue_depth == 20 and snap.utilisation == pytest.approx(0.1)
+    empty = LoadEstimator().snapshot("fer", 0)
+    assert empty.capacity_per_s == 0.0 and empty.service_ms == {}
+
+
+def test_deadline_of_prefers_the_frame_then_the_default() -> None:
+    assert deadline_of(500, 100, 300) == 500
+    assert deadline_of(None, 100, 300) == 400
+    assert deadline_of(None, 100, 0) is None
+
+
+@pytest.mark.parametrize(("now", "deadline", "edge", "dc", "want"), [
+    (0, None, 9e9, None, Decision("edge", predicted_ms=9e9)),
+    (0, 100, None, None, Decision("edge", None, None, 100)),
+    (0, 100, 50.0, None, Decision("edge", None, 50.0, 100)),
+    (0, 100, 150.0, 80.0, Decision("dc", None, 150.0, 100)),
+    (0, 100, 150.0, 120.0, Decision("shed", "deadline", 150.0, 100)),
+    (0, 100, 150.0, None, Decision("shed", "deadline", 150.0, 100)),
+    (200, 100, 1.0, 1.0, Decision("shed", "deadline_passed", 1.0, -100)),
+])
+def test_decide(now: float, deadline: int | None, edge: float | None, dc: float | None, want: Decision) -> None:
+    assert decide(now, deadline, edge, dc) == want
+
+
+def test_margin_pushes_a_tight_request_off_the_edge() -> None:
+    assert decide(0, 100, 96.0, None, margin_ms=5.0).placement == "shed"
+    assert decide(0, 100, 94.0, None, margin_ms=5.0).placement == "edge"
+
+
+def test_overflow_is_the_turned_away_fraction_of_the_window() -> None:
+    clock = FakeClock()
+    est = LoadEstimator(window_s=2.0, clock=clock)
+    assert est.overflow() == 0.0
+    for away in (True, False, False, True):
+        est.record_admission(away)
+    assert est.overflow() == pytest.approx(0.5)
+    assert est.snapshot("fer", 0).overflow == pytest.approx(0.5)
+    clock.now += 3.0
+    assert est.overflow() == 0.0
+
+
+def test_measured_wait_raises_the_published_queue_delay() -> None:
+    est = LoadEstimator(alpha=1.0, clock=FakeClock())
+    est.record_batch("fer", 1, 99.9, 100.0, waited_s=0.8)
+    assert est.snapshot("fer", 0).queue_delay_ms == pytest.approx(800.0)
