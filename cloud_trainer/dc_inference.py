@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from edge_agent.vision.pipeline import FrameJob, VisionPipeline
 from offload_core.kafka_admin import ensure_topics
 from offload_core.kafka_clients import make_consumer, make_producer
+from offload_core.retry import Backoff
 from offload_core.settings import KafkaSettings, Settings
 from topics.codec import ContractError
 from topics.offload import (
@@ -78,6 +79,7 @@ class DcInferenceWorker:
         return replies
 
     async def run(self, stop: asyncio.Event) -> None:
+        retry = Backoff(1.0, 1.0)
         while not stop.is_set():
             consumer = producer = None
             try:
@@ -113,10 +115,7 @@ class DcInferenceWorker:
                     break
                 self.stats.restarts += 1
                 log.warning("dc worker %s: %s: %s; restarting", self.worker_id, type(exc).__name__, exc)
-                try:
-                    await asyncio.wait_for(stop.wait(), 1.0)
-                except TimeoutError:
-                    pass
+                await retry.wait(stop)
             finally:
                 for client in (consumer, producer):
                     if client is not None:
