@@ -71,11 +71,9 @@ def _tail(args: argparse.Namespace) -> int:
 
 def _config_reference(args: argparse.Namespace) -> int:
     """Every setting as a Markdown table (the README's settings reference)."""
-    from offload_core.settings import reference
+    from offload_core.settings import reference_table
 
-    print("| variable | type | default | meaning |\n| --- | --- | --- | --- |")
-    for env, type_name, default, doc in reference():
-        print(f"| `{env}` | {type_name} | `{default}` | {doc} |".replace("`unset`", "unset"))
+    print(reference_table())
     return 0
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "load_settings",
     "use_config_file",
     "reference",
+    "reference_table",
 ]
 
 CONFIG_ENV = "EDGE_OFFLOAD_CONFIG"
@@ -290,6 +291,14 @@ def reference(model: type[BaseModel] | None = None, prefix: str = "") -> list[tu
             default = repr(field.default) if field.default is not None else "unset"
         rows.append((f"{ENV_PREFIX}{prefix}{name}".upper(), _type_name(ann), default, field.description or ""))
     return rows
+
+
+def reference_table() -> str:
+    """:func:`reference` as the Markdown table the README carries (a test keeps them equal)."""
+    lines = ["| variable | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for env, type_name, default, doc in reference():
+        lines.append(f"| `{env}` | {type_name} | `{default}` | {doc} |".replace("`unset`", "unset"))
+    return "\n".join(lines)
 
 
 def _type_name(ann: Any) -> str:
