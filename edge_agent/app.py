@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -46,10 +47,18 @@ log = logging.getLogger("edge_agent")
 
 
 class EdgeNode:
-    """Runs what ``settings.edge`` enables; ``/readyz`` is ready when every part is."""
+    """Runs what ``settings.edge`` enables; ``/readyz`` is ready when every part is.
 
-    def __init__(self, settings: Settings) -> None:
+    ``asr``: the starting speech model (default: the one ``settings.speech`` names, see
+    :func:`default_asr`); ``on_applied`` / ``on_refused`` observe model updates."""
+
+    def __init__(self, settings: Settings, *, asr: EdgeAsr | None = None,
+                 on_applied: Callable[[ModelUpdate], None] | None = None,
+                 on_refused: Callable[[Refusal], None] | None = None) -> None:
         self.settings = settings
+        self._starting_asr = asr
+        self._on_applied = on_applied
+        self._on_refused = on_refused
         self.metrics = EdgeMetrics()
         self.vision: VisionService | None = None
         self.dc_spill: DcSpill | None = None
@@ -103,10 +112,14 @@ class EdgeNode:
 
     def _refused(self, refusal: Refusal) -> None:
         log.debug("model update refused: %s", refusal)  # ModelUpdater logs and counts it
+        if self._on_refused is not None:
+            self._on_refused(refusal)
 
     def _applied(self, update: ModelUpdate) -> None:
         """A hot swap: ``edge_model_info`` follows every slot."""
         self._export_models()
+        if self._on_applied is not None:
+            self._on_applied(update)
 
     def _export_models(self) -> None:
         for handler in self.handlers.values():
@@ -136,7 +149,8 @@ class EdgeNode:
                     pipeline.slot, s.edge.device, s.vision.max_batch_size)
                 tasks.append(asyncio.create_task(self.vision.run(stop), name="vision"))
             if s.edge.speech:
-                asr = await asyncio.to_thread(default_asr, s.speech, s.cache_dir)
+                asr = (self._starting_asr if self._starting_asr is not None
+                       else await asyncio.to_thread(default_asr, s.speech, s.cache_dir))
                 vocab = asr.vocabulary
                 self.asr_slot = ModelSlot(Loaded(asr, vocab.name, vocab.version))
                 slot = self.asr_slot
