@@ -95,7 +95,7 @@ class EdgeNode:
         if self.reporter is not None and outcome.result is not None and outcome.probs is not None:
             self._mining_pool.submit(self.reporter.offer_faces, outcome.result, outcome.crops, outcome.probs)
 
-    def _mine_speech(self, topic: str, utterance: Utterance) -> None:
+    def mine_speech(self, topic: str, utterance: Utterance) -> None:
         """Judge one finished utterance by its calibrated confidence (called in a speech worker
         thread). A hard example carries the audio, the edge hypothesis, the stream
         ``conversation.leg``, the utterance number and the serving model's name/version."""
@@ -117,11 +117,12 @@ class EdgeNode:
 
     def _applied(self, update: ModelUpdate) -> None:
         """A hot swap: ``edge_model_info`` follows every slot."""
-        self._export_models()
+        self.export_models()
         if self._on_applied is not None:
             self._on_applied(update)
 
-    def _export_models(self) -> None:
+    def export_models(self) -> None:
+        """``edge_model_info`` names the version every model slot serves now (old series removed)."""
         for handler in self.handlers.values():
             current = handler.slot.current()
             self.metrics.set_model(current.name, current.version)
@@ -155,10 +156,10 @@ class EdgeNode:
                 self.asr_slot = ModelSlot(Loaded(asr, vocab.name, vocab.version))
                 slot = self.asr_slot
                 handlers[vocab.name] = asr_handler(slot)
-                self.speech = SpeechService(s, asr=lambda: slot.current().model, on_utterance=self._mine_speech)
+                self.speech = SpeechService(s, asr=lambda: slot.current().model, on_utterance=self.mine_speech)
                 register_metrics(self.speech.counters, self.metrics.registry)
                 await self.speech.start()
-            self._export_models()
+            self.export_models()
             if self.speech is not None and s.mining.enabled and s.speech.follow_revisions:
                 self.revisions = RevisionFollower(s.kafka, node, self.speech.publish_revision)
                 tasks.append(asyncio.create_task(self.revisions.run(stop), name="revisions"))

@@ -217,6 +217,11 @@ class SpeechEngine:
         """Packets waiting in leg queues."""
         return sum(s.queue.qsize() for s in self._legs.values())
 
+    def last_arrival_s(self, conversation: str, leg: str) -> float | None:
+        """Arrival of the newest packet of an open leg (what idling is measured from); None if not open."""
+        state = self._legs.get((conversation, leg))
+        return None if state is None else state.last_arrival_s
+
     def note_arrival(self, topic: str, arrival_s: float) -> None:
         """A packet for ``topic`` reached the MQTT client (it may wait there): the leg is not idle."""
         state = self._by_topic.get(topic)
