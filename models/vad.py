@@ -78,6 +78,11 @@ class VadStream:
         self.last_prob = 0.0
 
     @property
+    def network(self) -> SileroVad:
+        """The network this stream runs (shared by every stream of one :class:`SileroVad`)."""
+        return self._vad
+
+    @property
     def received(self) -> int:
         """Samples received so far (including those waiting for a full window)."""
         return self.position + len(self._pending)
