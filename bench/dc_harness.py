@@ -1,9 +1,10 @@
 """The whole DC loop in one process, for the end-to-end test and ``bench.loop``.
 
-Edge side: the real vision pipeline (face detection + FER in a :class:`ModelSlot`), an
-ASR slot, hard-example mining, the SQLite outbox and its Kafka forwarder, and the model
-updater. DC side: the real :class:`cloud_trainer.service.Trainer`. Everything talks over
-a real Kafka-protocol broker. The test and the benchmark drive it with the shifted
+Edge side: an :class:`~edge_agent.app.EdgeNode` built from settings (the vision pipeline with
+FER in a model slot, the ASR slot, hard-example mining, the SQLite outbox and its Kafka
+forwarder, the model updater), on its own Mosquitto; the harness drives its vision pipeline
+and its miner directly. DC side: the real :class:`cloud_trainer.service.Trainer`. Everything
+talks over a real Kafka-protocol broker. The test and the benchmark drive it with the shifted
 camera domain and domain-vocabulary speech and measure quality before and after.
 """
 
@@ -23,14 +24,13 @@ from bench.shifted_domain import FaceSources, write_replay_dir
 from cloud_trainer.asr_adapt import corpus_wer, transcribe
 from cloud_trainer.publish import publish_labels
 from cloud_trainer.service import Trainer
+from edge_agent.app import EdgeNode
 from edge_agent.hard_examples import HardExampleReporter
-from edge_agent.mining import MiningPolicy
-from edge_agent.model_handlers import asr_handler, fer_handler
-from edge_agent.model_slot import Loaded, ModelSlot
-from edge_agent.outbox import KafkaForwarder, Outbox
+from edge_agent.model_slot import ModelSlot
+from edge_agent.outbox import Outbox
 from edge_agent.updates import ModelUpdater, Refusal
 from edge_agent.vision.pipeline import FrameJob, VisionPipeline
-from edge_agent.vision.service import build_vision_pipeline
+from edge_offload.brokers import MosquittoBroker
 from models.edge_asr import EdgeAsr, load_edge_asr, vocabulary_from_bytes
 from models.fer_teacher import TeacherFer, load_teacher
 from offload_core.dc_settings import (
@@ -40,7 +40,7 @@ from offload_core.dc_settings import (
     OutboxSettings,
     UpdateSettings,
 )
-from offload_core.settings import EdgeSettings, KafkaSettings, Settings
+from offload_core.settings import EdgeSettings, KafkaSettings, MqttSettings, Settings, SpeechServiceConfig
 from offload_core.trainer_settings import AsrAdaptSettings, FerTrainSettings, TrainerSettings
 from topics.dc import Label
 from topics.vision import Frame
@@ -78,7 +78,7 @@ class Traffic:
 class DcLoop:
     """See the module docstring. Build with :meth:`running`."""
 
-    def __init__(self, workdir: Path, bootstrap: str, cache_dir: Path, config: LoopConfig) -> None:
+    def __init__(self, workdir: Path, bootstrap: str, mqtt_port: int, cache_dir: Path, config: LoopConfig) -> None:
         self.config = config
         self.cache_dir = cache_dir
         self.kafka = KafkaSettings(bootstrap_servers=bootstrap)
@@ -96,63 +96,105 @@ class DcLoop:
         )
         self.trainer = Trainer(self.trainer_settings, self.kafka, cache_dir)
         self.teacher: TeacherFer = load_teacher(cache_dir, "cpu")
-        # Edge
-        edge_settings = Settings(cache_dir=cache_dir, kafka=self.kafka,
-                                 edge=EdgeSettings(node_name=NODE, device="cpu"))
-        self.pipeline: VisionPipeline = build_vision_pipeline(edge_settings)
-        self.asr_slot: ModelSlot[EdgeAsr] | None = None
-        self.edge_asr: EdgeAsr | None = None
-        mining = HardExampleSettings(models={
+        self.mqtt_port = mqtt_port
+        self.mining = HardExampleSettings(models={
             "fer-mini-xception": ModelMiningSettings(
                 filters=[FilterSpec(kind="threshold", threshold=0.7), FilterSpec(kind="margin", threshold=0.3)],
                 rate_per_device_s=500, burst_per_device=1000),
             "whisper-vocab": ModelMiningSettings(
                 filters=[FilterSpec(kind="threshold", threshold=0.8)], rate_per_device_s=50, burst_per_device=100),
         }, rate_total_s=1000, burst_total=2000, seed=1)
-        self.policy = MiningPolicy(mining)
-        self.outbox = Outbox(OutboxSettings(path=workdir / "outbox.sqlite3", backoff_max_s=0.5))
-        self.forwarder = KafkaForwarder(self.outbox, self.kafka, self.outbox.settings)
-        self.reporter = HardExampleReporter(self.policy, self.outbox, NODE)
         self.workdir = workdir
-        self.updater: ModelUpdater | None = None
+        self.node: EdgeNode | None = None
         self.refusals: list[Refusal] = []
         self.applied_at: dict[str, float] = {}
         self.first_hard_at: float | None = None
+
+    def edge_settings(self) -> Settings:
+        """The edge node's settings: vision and speech on CPU, mining into the outbox, updates
+        verified with the trainer's key, Whisper tiny as the ASR (its vocabulary comes from the
+        trainer's registry)."""
+        return Settings(
+            cache_dir=self.cache_dir, kafka=self.kafka, mqtt=MqttSettings(port=self.mqtt_port),
+            edge=EdgeSettings(node_name=NODE, device="cpu", http_host="127.0.0.1", http_port=0),
+            speech=SpeechServiceConfig(asr_final_model="whisper_tiny_en", asr_partial_model=None, asr_device="cpu",
+                                       asr_threads=1, follow_revisions=False),
+            mining=self.mining,
+            outbox=OutboxSettings(path=self.workdir / "outbox.sqlite3", backoff_max_s=0.5),
+            updates=UpdateSettings(trusted_key_files=[self.trainer_settings.keys_dir / "signing.pub"],
+                                   warmup_batches=1))
 
     async def _start(self, stop: asyncio.Event) -> list[asyncio.Task[None]]:
         await self.trainer.setup()  # registers the base versions and makes the signing key
         base = self.trainer.registry.current(self.trainer_settings.asr.model)
         assert base is not None
         vocab = vocabulary_from_bytes(self.trainer.registry.artifact(base), base.name, base.version)
-        self.edge_asr = load_edge_asr(self.cache_dir, "whisper_tiny_en", None, device="cpu", cpu_threads=1,
-                                      vocabulary=vocab)
-        self.asr_slot = ModelSlot(Loaded(self.edge_asr, base.name, base.version))
-        self.updater = ModelUpdater(
-            UpdateSettings(trusted_key_files=[self.trainer_settings.keys_dir / "signing.pub"], warmup_batches=1),
-            self.kafka, NODE,
-            {"fer-mini-xception": fer_handler(self.pipeline.slot, "cpu", max_batch_size=8),
-             base.name: asr_handler(self.asr_slot)},
-            on_refused=self.refusals.append,
-            on_applied=lambda u: self.applied_at.setdefault(u.name, time.monotonic()))
-        return [asyncio.create_task(self.forwarder.run(stop)), asyncio.create_task(self.updater.run(stop)),
-                asyncio.create_task(self.trainer.run(stop))]
+        settings = self.edge_settings()
+        speech = settings.speech
+        asr = await asyncio.to_thread(load_edge_asr, self.cache_dir, speech.asr_final_model, speech.asr_partial_model,
+                                      device=speech.asr_device, cpu_threads=speech.asr_threads, vocabulary=vocab)
+        self.node = EdgeNode(settings, asr=asr, on_refused=self.refusals.append,
+                             on_applied=lambda u: self.applied_at.setdefault(u.name, time.monotonic()))
+        tasks = [asyncio.create_task(self.node.run(stop), name="edge-node"),
+                 asyncio.create_task(self.trainer.run(stop), name="trainer")]
+        started = asyncio.create_task(self.node.started.wait())
+        await asyncio.wait([started, tasks[0]], timeout=300, return_when=asyncio.FIRST_COMPLETED)
+        if not self.node.started.is_set():
+            started.cancel()
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            tasks[0].result()  # the node's failure, if it failed
+            raise TimeoutError("edge node did not start within 300 s")
+        return tasks
 
     @classmethod
     @contextlib.asynccontextmanager
     async def running(cls, workdir: Path, bootstrap: str, cache_dir: Path,
                       config: LoopConfig = LoopConfig()) -> AsyncIterator[DcLoop]:
-        loop = await asyncio.to_thread(cls, workdir, bootstrap, cache_dir, config)
-        stop = asyncio.Event()
-        tasks = await loop._start(stop)
+        mqtt = await asyncio.to_thread(MosquittoBroker().start)
         try:
-            yield loop
+            loop = await asyncio.to_thread(cls, workdir, bootstrap, mqtt.port, cache_dir, config)
+            stop = asyncio.Event()
+            tasks = await loop._start(stop)
+            try:
+                yield loop
+            finally:
+                stop.set()
+                await asyncio.wait_for(asyncio.gather(*tasks), 60)
         finally:
-            stop.set()
-            await asyncio.wait_for(asyncio.gather(*tasks), 60)
-            loop.pipeline.close()
-            loop.outbox.close()
-            if loop.edge_asr is not None:
-                loop.edge_asr.close()
+            mqtt.close()
+
+    # --- the edge node's parts ----------------------------------------------------------------
+
+    def _node(self) -> EdgeNode:
+        assert self.node is not None, "the loop is not running"
+        return self.node
+
+    @property
+    def pipeline(self) -> VisionPipeline:
+        vision = self._node().vision
+        assert vision is not None
+        return vision.pipeline
+
+    @property
+    def reporter(self) -> HardExampleReporter:
+        reporter = self._node().reporter
+        assert reporter is not None
+        return reporter
+
+    @property
+    def outbox(self) -> Outbox:
+        outbox = self._node().outbox
+        assert outbox is not None
+        return outbox
+
+    @property
+    def updater(self) -> ModelUpdater | None:
+        return self._node().updater
+
+    @property
+    def asr_slot(self) -> ModelSlot[EdgeAsr] | None:
+        return self._node().asr_slot
 
     # --- edge traffic -------------------------------------------------------------------------
 

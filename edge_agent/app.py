@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -46,10 +47,18 @@ log = logging.getLogger("edge_agent")
 
 
 class EdgeNode:
-    """Runs what ``settings.edge`` enables; ``/readyz`` is ready when every part is."""
+    """Runs what ``settings.edge`` enables; ``/readyz`` is ready when every part is.
 
-    def __init__(self, settings: Settings) -> None:
+    ``asr``: the starting speech model (default: the one ``settings.speech`` names, see
+    :func:`default_asr`); ``on_applied`` / ``on_refused`` observe model updates."""
+
+    def __init__(self, settings: Settings, *, asr: EdgeAsr | None = None,
+                 on_applied: Callable[[ModelUpdate], None] | None = None,
+                 on_refused: Callable[[Refusal], None] | None = None) -> None:
         self.settings = settings
+        self._starting_asr = asr
+        self._on_applied = on_applied
+        self._on_refused = on_refused
         self.metrics = EdgeMetrics()
         self.vision: VisionService | None = None
         self.dc_spill: DcSpill | None = None
@@ -86,7 +95,7 @@ class EdgeNode:
         if self.reporter is not None and outcome.result is not None and outcome.probs is not None:
             self._mining_pool.submit(self.reporter.offer_faces, outcome.result, outcome.crops, outcome.probs)
 
-    def _mine_speech(self, topic: str, utterance: Utterance) -> None:
+    def mine_speech(self, topic: str, utterance: Utterance) -> None:
         """Judge one finished utterance by its calibrated confidence (called in a speech worker
         thread). A hard example carries the audio, the edge hypothesis, the stream
         ``conversation.leg``, the utterance number and the serving model's name/version."""
@@ -103,12 +112,17 @@ class EdgeNode:
 
     def _refused(self, refusal: Refusal) -> None:
         log.debug("model update refused: %s", refusal)  # ModelUpdater logs and counts it
+        if self._on_refused is not None:
+            self._on_refused(refusal)
 
     def _applied(self, update: ModelUpdate) -> None:
         """A hot swap: ``edge_model_info`` follows every slot."""
-        self._export_models()
+        self.export_models()
+        if self._on_applied is not None:
+            self._on_applied(update)
 
-    def _export_models(self) -> None:
+    def export_models(self) -> None:
+        """``edge_model_info`` names the version every model slot serves now (old series removed)."""
         for handler in self.handlers.values():
             current = handler.slot.current()
             self.metrics.set_model(current.name, current.version)
@@ -136,15 +150,16 @@ class EdgeNode:
                     pipeline.slot, s.edge.device, s.vision.max_batch_size)
                 tasks.append(asyncio.create_task(self.vision.run(stop), name="vision"))
             if s.edge.speech:
-                asr = await asyncio.to_thread(default_asr, s.speech, s.cache_dir)
+                asr = (self._starting_asr if self._starting_asr is not None
+                       else await asyncio.to_thread(default_asr, s.speech, s.cache_dir))
                 vocab = asr.vocabulary
                 self.asr_slot = ModelSlot(Loaded(asr, vocab.name, vocab.version))
                 slot = self.asr_slot
                 handlers[vocab.name] = asr_handler(slot)
-                self.speech = SpeechService(s, asr=lambda: slot.current().model, on_utterance=self._mine_speech)
+                self.speech = SpeechService(s, asr=lambda: slot.current().model, on_utterance=self.mine_speech)
                 register_metrics(self.speech.counters, self.metrics.registry)
                 await self.speech.start()
-            self._export_models()
+            self.export_models()
             if self.speech is not None and s.mining.enabled and s.speech.follow_revisions:
                 self.revisions = RevisionFollower(s.kafka, node, self.speech.publish_revision)
                 tasks.append(asyncio.create_task(self.revisions.run(stop), name="revisions"))

@@ -242,7 +242,9 @@ class ModelUpdater:
             self.on_applied(update)
         return True
 
-    async def _handle(self, payloads: list[bytes]) -> None:
+    async def apply_batch(self, payloads: list[bytes]) -> None:
+        """Apply one consumed batch of announcements: undecodable ones and ones replayed after a
+        newer announcement of the same model are refused; the newest per model is applied."""
         latest: dict[str, ModelUpdate] = {}
         for payload in payloads:
             try:
@@ -296,6 +298,6 @@ class ModelUpdater:
                     fetch.cancel()
                     break
                 batch = fetch.result()
-                await self._handle([r.value for rs in batch.values() for r in rs if r.value is not None])
+                await self.apply_batch([r.value for rs in batch.values() for r in rs if r.value is not None])
         finally:
             stopper.cancel()

@@ -15,26 +15,13 @@ from typing import Literal
 import numpy as np
 import torch
 
+from offload_core.speech_settings import VadConfig
+
 __all__ = ["SAMPLE_RATE", "WINDOW", "VadConfig", "VadEvent", "SileroVad", "VadStream"]
 
 SAMPLE_RATE = 16000
 WINDOW = 512
 _CONTEXT = 64
-
-
-@dataclass(frozen=True, slots=True)
-class VadConfig:
-    """Hysteresis of the speech/silence decision. Times in seconds."""
-
-    threshold: float = 0.5
-    neg_threshold: float | None = None  # default: threshold - 0.15
-    min_silence_s: float = 0.4
-    speech_pad_s: float = 0.15
-    max_speech_s: float = 20.0
-
-    @property
-    def off_threshold(self) -> float:
-        return self.neg_threshold if self.neg_threshold is not None else max(self.threshold - 0.15, 0.01)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +76,11 @@ class VadStream:
         self.speech_start: int | None = None
         self._temp_end: int | None = None
         self.last_prob = 0.0
+
+    @property
+    def network(self) -> SileroVad:
+        """The network this stream runs (shared by every stream of one :class:`SileroVad`)."""
+        return self._vad
 
     @property
     def received(self) -> int:

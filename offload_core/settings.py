@@ -25,6 +25,7 @@ from pydantic_settings import (
 from offload_core.dc_settings import HardExampleSettings, OutboxSettings, UpdateSettings
 from offload_core.device_settings import DeviceProfileSettings
 from offload_core.offload_settings import OffloadSettings
+from offload_core.speech_settings import JitterConfig, PipelineConfig
 from offload_core.trainer_settings import TrainerSettings
 
 __all__ = [
@@ -155,6 +156,8 @@ class SpeechServiceConfig(BaseModel):
     device: str = Field("cpu", description="speaker-embedding device: cpu, cuda")
     client_suffix: str = "-speech"
     reconnect_max_s: float = Field(10.0, gt=0)
+    pipeline: PipelineConfig = PipelineConfig()
+    jitter: JitterConfig = JitterConfig()
 
     @property
     def leg_limit(self) -> int:

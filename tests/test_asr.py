@@ -118,11 +118,21 @@ def test_vad_finds_each_turn_of_a_leg() -> None:
             assert abs(a - ra) < 0.3 and abs(b - rb) < 0.5, ((a, b), (ra, rb))
 
 
-def test_legs_share_one_vad_network() -> None:
+@needs_espeak
+def test_legs_share_one_vad_network_and_keep_their_own_state() -> None:
     vad = SileroVad()
+    x = np.concatenate([np.zeros(8000, np.float32), telephone(synthesize(SENTENCES[0], VOICES[0])),
+                        np.zeros(16000, np.float32)])
+    y = telephone(synthesize(SENTENCES[1], VOICES[1]))[::-1].copy()  # other audio, fed in between
+    alone = vad.new_stream()
+    expected = [e for i in range(0, len(x), 320) for e in alone.push(x[i:i + 320])]
     a, b = vad.new_stream(), vad.new_stream()
-    assert a._vad is b._vad
-    assert a._state is not b._state
+    assert a.network is b.network is vad
+    events = []
+    for i in range(0, len(x), 320):  # interleaved: b's audio must not leak into a's state
+        b.push(y[i % len(y):i % len(y) + 320])
+        events += a.push(x[i:i + 320])
+    assert events == expected and expected
 
 
 @needs_espeak

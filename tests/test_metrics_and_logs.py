@@ -53,13 +53,13 @@ def test_model_info_follows_every_slot_through_a_swap() -> None:
     node.handlers[NAME] = fer_handler(slot, "cpu")
     node.handlers["pocketsphinx-en-us"] = ModelHandler(asr_slot, "lm", lambda data, version: object(),
                                                        lambda model: None)
-    node._export_models()
+    node.export_models()
     m = node.metrics
     assert m.value("edge_model_info", model=NAME, version="base") == 1
     assert m.value("edge_model_info", model="pocketsphinx-en-us", version="generic") == 1
     torch.manual_seed(1)
     slot.swap(Loaded(FerClassifier(MiniXception().eval(), "cpu", NAME, "v2"), NAME, "v2"))
-    node._applied(None)  # type: ignore[arg-type]
+    node.export_models()  # what the node does when the updater applied a version
     text = generate_latest(m.registry).decode()
     assert f'edge_model_info{{model="{NAME}",version="v2"}} 1.0' in text
     assert 'version="base"' not in text  # the old series is gone, not left at 1

@@ -37,8 +37,8 @@ def test_uncertain_utterances_go_to_the_outbox(tmp_path: Path) -> None:
     node.reporter = HardExampleReporter(MiningPolicy(mining), outbox, "node-1")
     topic = names.audio("tap-3", "call-9", "leg1")
     try:
-        node._mine_speech(topic, _utterance(0, 0.95))  # confident: stays on the edge
-        node._mine_speech(topic, _utterance(1, 0.40))  # uncertain: goes to the DC
+        node.mine_speech(topic, _utterance(0, 0.95))  # confident: stays on the edge
+        node.mine_speech(topic, _utterance(1, 0.40))  # uncertain: goes to the DC
         rows = outbox.peek(10)
     finally:
         outbox.close()

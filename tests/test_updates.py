@@ -190,7 +190,7 @@ async def test_replay_after_a_newer_announcement_in_one_batch_is_skipped(tmp_pat
     v2 = registry.register(NAME, fer_to_bytes(_model(2)), FER_FORMAT, parent=v1.version, metrics={}, lineage={})
     first = registry.announcement(v1, "promote", inline_max_bytes=1 << 30, base_url=None)
     second = registry.announcement(v2, "promote", inline_max_bytes=1 << 30, base_url=None)
-    await updater._handle([encode_model_update(u) for u in (first, second, first)])
+    await updater.apply_batch([encode_model_update(u) for u in (first, second, first)])
     assert slot.current().version == v2.version and slot.swaps == 1
     assert [r.reason for r in refusals] == ["stale"]
 

@@ -33,19 +33,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.speaker import SAMPLE_RATE, WINDOW_S, SpeakerEncoder
+from offload_core.speech_settings import DiarizerConfig
 
 __all__ = ["DiarizerConfig", "SpeakerTurn", "SpeakerClusters", "Diarizer"]
-
-
-@dataclass(frozen=True, slots=True)
-class DiarizerConfig:
-    threshold: float = 0.82
-    short_threshold: float = 0.70
-    min_embed_s: float = 1.0
-    split_above_s: float = 5.0
-    min_run_windows: int = 3
-    leg_bonus: float = 0.04
-    max_speakers: int = 32
 
 
 @dataclass(frozen=True, slots=True)

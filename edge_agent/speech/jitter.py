@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from offload_core.speech_settings import JitterConfig
 from topics import g711
 from topics.rtp import CLOCK_RATE, PAYLOAD_TYPES, RtpError, RtpPacket
 
@@ -33,23 +34,6 @@ def _s16(v: int) -> int:
 
 def _s32(v: int) -> int:
     return ((v + 0x8000_0000) & 0xFFFF_FFFF) - 0x8000_0000
-
-
-@dataclass(frozen=True, slots=True)
-class JitterConfig:
-    """How long to wait for missing packets and what counts as a broken stream."""
-
-    latency_s: float = 0.06
-    max_packets: int = 64
-    max_ts_jump_s: float = 10.0
-    max_seq_jump: int = 1000
-    max_misorder: int = 100
-    fade_s: float = 0.02
-    follow_window: int = 16
-
-    def __post_init__(self) -> None:
-        if self.latency_s < 0 or self.max_packets < 1 or self.max_ts_jump_s <= 0 or self.fade_s < 0:
-            raise ValueError(f"invalid jitter config {self}")
 
 
 @dataclass(slots=True)

@@ -33,11 +33,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_agent.speech.diarize import Diarizer, DiarizerConfig
+from edge_agent.speech.diarize import Diarizer
 from edge_agent.speech.stream import LegDecoder, PcmChunk
 from models.edge_asr import EdgeAsr
-from models.vad import SAMPLE_RATE, WINDOW, SileroVad, VadConfig
+from models.vad import SAMPLE_RATE, WINDOW, SileroVad
 from models.whisper_asr import AsrResult, segment_confidence
+from offload_core.speech_settings import JitterConfig, PipelineConfig
 from topics.rtp import RtpError
 from topics.transcript import ModelRef, PartialTranscript, TranscriptSegment, TranscriptWord
 
@@ -50,19 +51,6 @@ __all__ = [
     "StepOutput",
     "LegStream",
 ]
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    """Knobs of the speech pipeline (seconds unless named otherwise)."""
-
-    partial_every_s: float = 0.5
-    min_utterance_s: float = 0.25
-    max_gap_s: float = 1.0
-    hold_max_s: float = 2.0
-    keep_s: float = 1.0
-    vad: VadConfig = field(default_factory=VadConfig)
-    diarizer: DiarizerConfig = field(default_factory=DiarizerConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,11 +396,11 @@ class LegStream:
     """One leg end to end: RTP bytes -> PCM -> VAD/ASR -> tracker. One thread at a time."""
 
     def __init__(self, conversation: str, leg: str, vad: SileroVad, asr: EdgeAsr, tracker: ConversationTracker,
-                 config: PipelineConfig | None = None) -> None:
+                 config: PipelineConfig | None = None, *, jitter: JitterConfig | None = None) -> None:
         self.conversation = conversation
         self.leg = leg
         self.tracker = tracker
-        self.decoder = LegDecoder(conversation, leg)
+        self.decoder = LegDecoder(conversation, leg, config=jitter)
         self.recognizer = LegRecognizer(leg, vad, asr, config or tracker.config)
         self._opened = False
         self._partial_seq = 0

@@ -44,7 +44,7 @@ import numpy as np
 from edge_agent.metrics import BucketCounts
 from edge_agent.mqtt import ArrivalQueue, MqttClient, make_client, publish_confirmed
 from edge_agent.speech.diarize import Diarizer
-from edge_agent.speech.pipeline import ConversationTracker, LegStream, PipelineConfig, StepOutput, Utterance
+from edge_agent.speech.pipeline import ConversationTracker, LegStream, StepOutput, Utterance
 from edge_agent.speech.revisions import SegmentIndex
 from models.edge_asr import AsrVocabulary, EdgeAsr, load_edge_asr, prompt_from_sentences
 from models.speaker import SpeakerEncoder
@@ -177,11 +177,11 @@ class SpeechEngine:
     """Per-leg serial workers over a shared thread pool; results go to ``sink``."""
 
     def __init__(self, *, vad: SileroVad, encoder: SpeakerEncoder, asr: EdgeAsr | AsrSource, sink: Sink,
-                 config: SpeechServiceConfig | None = None, pipeline: PipelineConfig | None = None,
+                 config: SpeechServiceConfig | None = None,
                  counters: SpeechCounters | None = None, clock: Callable[[], float] = time.time,
                  on_utterance: UtteranceHook | None = None) -> None:
         self.config = config or SpeechServiceConfig()
-        self.pipeline = pipeline or PipelineConfig()
+        self.pipeline = self.config.pipeline
         self.vad = vad
         self.encoder = encoder
         self._asr: AsrSource = asr if callable(asr) else (lambda: asr)
@@ -216,6 +216,11 @@ class SpeechEngine:
     def backlog(self) -> int:
         """Packets waiting in leg queues."""
         return sum(s.queue.qsize() for s in self._legs.values())
+
+    def last_arrival_s(self, conversation: str, leg: str) -> float | None:
+        """Arrival of the newest packet of an open leg (what idling is measured from); None if not open."""
+        state = self._legs.get((conversation, leg))
+        return None if state is None else state.last_arrival_s
 
     def note_arrival(self, topic: str, arrival_s: float) -> None:
         """A packet for ``topic`` reached the MQTT client (it may wait there): the leg is not idle."""
@@ -391,7 +396,8 @@ class SpeechEngine:
     def _build_stream(self, state: _Leg) -> LegStream:
         """The one place a leg's pipeline is built (in a worker thread, after its first packet validated)."""
         tracker = self._conversations[state.conversation].tracker
-        return LegStream(state.conversation, state.leg, self.vad, self._asr(), tracker, self.pipeline)
+        return LegStream(state.conversation, state.leg, self.vad, self._asr(), tracker, self.pipeline,
+                         jitter=self.config.jitter)
 
     async def _emit(self, out: StepOutput, state: _Leg) -> None:
         c = self.counters
@@ -430,7 +436,7 @@ class SpeechService:
 
     def __init__(self, settings: Settings, *, config: SpeechServiceConfig | None = None,
                  asr: EdgeAsr | AsrSource | None = None, vad: SileroVad | None = None,
-                 encoder: SpeakerEncoder | None = None, pipeline: PipelineConfig | None = None,
+                 encoder: SpeakerEncoder | None = None,
                  registry: object | None = None, on_utterance: UtteranceHook | None = None) -> None:
         self.settings = settings
         self.config = config or settings.speech
@@ -440,7 +446,6 @@ class SpeechService:
         self._asr = asr
         self._vad = vad
         self._encoder = encoder
-        self._pipeline = pipeline
         self._on_utterance = on_utterance
         self.engine: SpeechEngine | None = None
         self.ready = asyncio.Event()
@@ -459,7 +464,7 @@ class SpeechService:
         vad, encoder, asr = await asyncio.to_thread(load)
         self._owned_asr = asr if self._asr is None and isinstance(asr, EdgeAsr) else None
         self.engine = SpeechEngine(vad=vad, encoder=encoder, asr=asr, sink=self._publish, config=self.config,
-                                   pipeline=self._pipeline, counters=self.counters,
+                                   counters=self.counters,
                                    on_utterance=self._on_utterance)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="speech-mqtt")
 

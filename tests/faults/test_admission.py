@@ -98,12 +98,11 @@ async def test_idle_is_measured_on_network_arrival_not_on_dequeue() -> None:
     topic = names.audio("d", "c1", "leg1")
     try:
         assert engine.submit(topic, _packet(1), arrival_s=1000.0)
-        state = engine._legs[("c1", "leg1")]
         engine.note_arrival(topic, 1004.0)  # the next packet reached the MQTT client, waits in its queue
-        assert state.last_arrival_s == 1004.0
+        assert engine.last_arrival_s("c1", "leg1") == 1004.0
         assert engine.submit(topic, _packet(2), arrival_s=1004.0)  # dequeued later, stamped with arrival
         assert engine.submit(topic, _packet(3), arrival_s=1003.0)  # an older stamp never moves it back
-        assert state.last_arrival_s == 1004.0
+        assert engine.last_arrival_s("c1", "leg1") == 1004.0
     finally:
         now[0] += 100.0
         await engine.close()

@@ -1,0 +1,71 @@
+"""Tuning of the speech pipeline: VAD, jitter buffer, diarizer and the pipeline's own knobs.
+
+Sections of the speech settings (``EDGE_OFFLOAD_SPEECH__JITTER__LATENCY_S``,
+``EDGE_OFFLOAD_SPEECH__PIPELINE__VAD__THRESHOLD``, ...); the components take these models as
+their configuration. All are frozen: a configuration is a value.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["VadConfig", "JitterConfig", "DiarizerConfig", "PipelineConfig"]
+
+
+class VadConfig(BaseModel):
+    """Hysteresis of the speech/silence decision. Times in seconds."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    threshold: float = Field(0.5, description="speech probability of a 32 ms window that starts speech")
+    neg_threshold: float | None = Field(None, description="probability below which speech ends; "
+                                        "None: threshold - 0.15")
+    min_silence_s: float = Field(0.4, description="silence that ends speech")
+    speech_pad_s: float = Field(0.15, description="audio added before and after speech")
+    max_speech_s: float = Field(20.0, description="speech longer than this is cut")
+
+    @property
+    def off_threshold(self) -> float:
+        return self.neg_threshold if self.neg_threshold is not None else max(self.threshold - 0.15, 0.01)
+
+
+class JitterConfig(BaseModel):
+    """How long to wait for missing packets and what counts as a broken stream."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    latency_s: float = Field(0.06, ge=0, description="how long a missing RTP packet is waited for")
+    max_packets: int = Field(64, ge=1, description="packets buffered at most; then the missing one is declared lost")
+    max_ts_jump_s: float = Field(10.0, gt=0, description="a packet whose timestamp jumps further does not fit")
+    max_seq_jump: int = Field(1000, description="a packet this far ahead in sequence does not fit the stream")
+    max_misorder: int = Field(100, description="a packet this far behind in sequence does not fit the stream")
+    fade_s: float = Field(0.02, ge=0, description="fade of concealment audio for lost packets")
+    follow_window: int = Field(16, description="sequence window in which packets confirm a misfit as a new stream")
+
+
+class DiarizerConfig(BaseModel):
+    """Online speaker clustering of finished segments."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    threshold: float = Field(0.82, description="cosine similarity that joins an existing speaker")
+    short_threshold: float = Field(0.70, description="similarity for short segments on a leg without a speaker")
+    min_embed_s: float = Field(1.0, description="shorter segments take their leg's speaker, never move a centroid")
+    split_above_s: float = Field(5.0, description="longer segments are split into turns window by window")
+    min_run_windows: int = Field(3, description="windows of another speaker in a row that split a segment")
+    leg_bonus: float = Field(0.04, description="similarity added for the leg's current speaker")
+    max_speakers: int = Field(32, description="speakers per conversation at most")
+
+
+class PipelineConfig(BaseModel):
+    """Knobs of the speech pipeline (seconds unless named otherwise)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    partial_every_s: float = Field(0.5, description="speech between partial transcripts")
+    min_utterance_s: float = Field(0.25, description="shorter utterances are dropped")
+    max_gap_s: float = Field(1.0, description="a gap in a leg's audio up to this is filled with silence")
+    hold_max_s: float = Field(2.0, description="a final segment waits at most this long for the other legs to catch up")
+    keep_s: float = Field(1.0, description="audio kept behind the newest sample for an utterance's start")
+    vad: VadConfig = VadConfig()
+    diarizer: DiarizerConfig = DiarizerConfig()
