@@ -16,7 +16,8 @@ output is a real inference of the same image, done once); the DC's compute runs 
 same machine as the edge. MEASURED: everything else (edge service, queues, broker, Kafka).
 
 Per policy and load: p50/p99 latency (capture -> outcome received), deadline-miss rate (late,
-shed, or never answered), goodput (answered in time per s), device energy per frame (J, from the
+shed, or never answered; ``misses`` splits them: late:{served_by} / shed:{reason}),
+goodput (answered in time per s), device energy per frame (J, from the
 profile), bytes sent by the devices, DC cost (worker busy seconds x GPU price + WAN bytes),
 ``unaccounted`` (frames without an outcome; must be 0).
 """
@@ -205,6 +206,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     lat: list[float] = []
                     missed = unaccounted = served_in_time = 0
                     where: dict[str, int] = {}
+                    misses: dict[str, int] = {}  # late:{served_by} or shed:{reason}
                     for dev, q, _at in frames:
                         got = results.get((dev, q))
                         if got is None:
@@ -221,6 +223,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                             served_in_time += 1
                         else:
                             missed += 1
+                            why = f"late:{r.served_by}" if r.outcome == "served" else key
+                            misses[why] = misses.get(why, 0) + 1
                     busy = worker.stats.busy_s - dc_busy
                     dc_busy = worker.stats.busy_s
                     wan = int(agent.metrics.value("edge_offload_wan_bytes_total") - wan0)
@@ -243,6 +247,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                             "wan_bytes": wan,
                             "dc_cost": round(request_cost(s.offload, dc_s=busy, wan_bytes=wan).total, 6),
                             "outcomes": where,
+                            "misses": misses,
                             "unaccounted": unaccounted,
                         }
                     )

@@ -183,8 +183,18 @@ def run_camera(
         if connack[0].is_failure:
             raise ConnectRefused(f"{host}:{port} refused the connection: {connack[0]}")
         if placer is not None:
-            client.on_message = lambda _c, _u, m: placer.on_status(bytes(m.payload))
+            status_topic, results_topic = names.edge_status(edge_node), names.vision_results(device)
+
+            def on_message(_c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
+                if m.topic == status_topic:
+                    placer.on_status(bytes(m.payload))
+                elif m.topic == results_topic:
+                    placer.on_result(bytes(m.payload))
+
+            client.on_message = on_message
             client.subscribe(names.edge_status(edge_node), qos=1)
+            if placer.policy == "auto":  # shed replies cut the edge share ahead of the next status
+                client.subscribe(results_topic, qos=1)
         client.publish(twin_topic, twin_update({"status": "online", "fps": float(fps)}, now_ms()), qos=1)
         period = 1.0 / fps if fps > 0 else 0.0
         t0 = time.monotonic()

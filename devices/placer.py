@@ -24,9 +24,11 @@ from models.fer_edge import FerClassifier, load_edge_fer, preprocess_faces
 from offload_core.device_settings import DeviceProfileSettings
 from topics.codec import ContractError
 from topics.status import EdgeLoad, decode_status
-from topics.vision import EMOTIONS, Face, Frame, ModelRef, Timing, VisionResult
+from topics.vision import EMOTIONS, Face, Frame, ModelRef, Timing, VisionResult, decode_result
 
 __all__ = ["DevicePlacer", "Prepared"]
+
+_LOAD_SHEDS = frozenset({"deadline", "deadline_passed", "overload", "dc_timeout", "dc_failed"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,20 @@ class DevicePlacer:
             self._load_at = time.monotonic()
             self._status_ms = status.at_ms
 
+    def on_result(self, payload: bytes) -> None:
+        """A result of one of this device's frames arrived: under ``auto``, an edge that shed it for
+        load (not a superseded frame) cuts the edge share at once, ahead of its next status."""
+        if self.policy != "auto":
+            return
+        try:
+            result = decode_result(payload)
+        except ContractError:
+            self.stats.bad_status += 1
+            return
+        if result.outcome == "shed" and result.shed_reason in _LOAD_SHEDS:
+            with self._lock:
+                self.share.on_shed(time.monotonic())
+
     def edge_load(self) -> EdgeLoad | None:
         with self._lock:
             fresh = time.monotonic() - self._load_at <= self.profile.status_max_age_s
@@ -92,12 +108,11 @@ class DevicePlacer:
         """Place ``frame`` and do the device's part of the work."""
         load = self.edge_load()
         if self.policy == "auto":
-            with self._lock:
-                at_ms = self._status_ms
-            self.share.update(load, at_ms, self.profile.max_edge_overflow)
             placement = choose("auto", len(frame.data), load, self.profile, respect_overflow=False)
-            if placement != "local" and not self.share.admit():
-                placement = "local"
+            with self._lock:
+                self.share.update(load, self._status_ms, self.profile.max_edge_overflow)
+                if placement != "local" and not self.share.admit():
+                    placement = "local"
         else:
             placement = choose(self.policy, len(frame.data), load, self.profile)
         self.stats.placements[placement] += 1

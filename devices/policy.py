@@ -118,18 +118,28 @@ def choose(
 class EdgeShare:
     """The share of its edge-bound frames an ``auto`` device still sends to the edge (AIMD).
 
-    On each fresh edge status: an edge turning requests away (``overflow`` above the profile's
+    On each shed reply to one of its own frames (:meth:`on_shed`) and on each fresh edge status
+    showing an edge turning requests away (``overflow`` above the profile's
     ``max_edge_overflow``) halves the share; otherwise it grows by ``increase``. Frames are let
     through by a deterministic credit (share 0.25: every fourth frame), the rest run on the device.
     Many devices thus split the load with the edge instead of all leaving and all coming back.
     """
 
-    def __init__(self, decrease: float = 0.5, increase: float = 0.1) -> None:
+    def __init__(self, decrease: float = 0.5, increase: float = 0.1, shed_hold_s: float = 0.25) -> None:
         self.share = 1.0
         self.decrease = decrease
         self.increase = increase
+        self.shed_hold_s = shed_hold_s
         self._credit = 0.0
         self._seen: int | None = None
+        self._shed_at: float | None = None
+
+    def on_shed(self, now_s: float) -> None:
+        """The edge shed one of this device's frames: halve the share now, without waiting for the
+        next status (at most once per ``shed_hold_s``: the frames sent before the cut are in flight)."""
+        if self._shed_at is None or now_s - self._shed_at >= self.shed_hold_s:
+            self._shed_at = now_s
+            self.share = max(self.share * self.decrease, 0.02)
 
     def update(self, load: EdgeLoad | None, at_ms: int, max_overflow: float) -> None:
         """Fold in the status published at ``at_ms`` (each status once)."""

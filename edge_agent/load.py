@@ -31,6 +31,7 @@ class LoadEstimator:
         self._wait_s: float = 0.0
         self._busy: deque[tuple[float, float]] = deque()  # (start, end) of recent batches
         self._admitted: deque[tuple[float, bool]] = deque()  # (when, turned away) of recent requests
+        self._running: tuple[int, float] | None = None  # (items, started) of the batch running now
 
     def record_batch(self, model: str, items: int, started_s: float, ended_s: float,
                      waited_s: float | None = None) -> None:
@@ -42,12 +43,18 @@ class LoadEstimator:
             return
         per_item = (ended_s - started_s) / items
         with self._lock:
+            self._running = None
             old = self._service_s.get(model)
             self._service_s[model] = per_item if old is None else old + self.alpha * (per_item - old)
             if waited_s is not None:
                 self._wait_s += self.alpha * (max(waited_s, 0.0) - self._wait_s)
             self._busy.append((started_s, ended_s))
             self._prune(ended_s)
+
+    def batch_started(self, items: int, started_s: float) -> None:
+        """A batch of ``items`` started at ``started_s`` (monotonic s); :meth:`record_batch` ends it."""
+        with self._lock:
+            self._running = (items, started_s) if items > 0 else None
 
     def record_admission(self, turned_away: bool) -> None:
         """One admission decision: ``turned_away`` if the edge shed or spilled the request."""
@@ -69,11 +76,29 @@ class LoadEstimator:
         with self._lock:
             return self._service_s.get(model)
 
-    def predict_s(self, model: str, queue_depth: int) -> float | None:
-        """Predicted seconds from now until a request arriving now is served: the ``queue_depth``
-        items ahead of it plus itself, at the measured service time. None before any measurement."""
+    def predict_s(self, model: str, queue_depth: int, max_batch: int = 1) -> float | None:
+        """Predicted seconds from now until a request arriving now is served. None before any
+        measurement.
+
+        It waits for what is left of the batch running now, then for the ``queue_depth`` items
+        ahead of it, in batches of up to ``max_batch``; its own batch also takes the requests that
+        arrive (at the rate the edge admitted over the last ``window_s``) until that batch starts.
+        With ``max_batch`` 1 and nothing running: ``(queue_depth + 1)`` x service per item."""
         per_item = self.service_s(model)
-        return None if per_item is None else (queue_depth + 1) * per_item
+        if per_item is None:
+            return None
+        now = self._clock()
+        with self._lock:
+            self._prune(now)
+            running = self._running
+            admitted = sum(1 for _, away in self._admitted if not away)
+        left = 0.0 if running is None else max(running[0] * per_item - (now - running[1]), 0.0)
+        batch = max(max_batch, 1)
+        before, mine = divmod(queue_depth, batch)  # full batches ahead; items ahead in its own batch
+        starts_in = left + before * batch * per_item
+        joining = admitted / self.window_s * starts_in  # arrivals until its batch starts
+        own = min(batch, mine + 1 + int(joining))
+        return starts_in + own * per_item
 
     def utilisation(self) -> float:
         """Busy fraction of the batch worker over the last ``window_s``."""

@@ -93,3 +93,18 @@ def test_measured_wait_raises_the_published_queue_delay() -> None:
     est = LoadEstimator(alpha=1.0, clock=FakeClock())
     est.record_batch("fer", 1, 99.9, 100.0, waited_s=0.8)
     assert est.snapshot("fer", 0).queue_delay_ms == pytest.approx(800.0)
+
+
+def test_prediction_counts_the_running_batch_and_whole_batches() -> None:
+    clock = FakeClock()
+    est = LoadEstimator(alpha=1.0, window_s=10.0, clock=clock)
+    est.record_batch("fer", 4, 99.6, 100.0)  # 0.1 s per item
+    est.batch_started(4, 100.0)  # 4 items running since now: 0.4 s left
+    clock.now = 100.1  # 0.3 s left
+    # 5 ahead, batches of 4: the running batch, then one full batch, then its own (1 ahead + itself)
+    assert est.predict_s("fer", 5, max_batch=4) == pytest.approx(0.3 + 0.4 + 0.2)
+    for _ in range(20):  # 20 admitted in the 10 s window: 2 per s join its batch until it starts
+        est.record_admission(turned_away=False)
+    assert est.predict_s("fer", 5, max_batch=4) == pytest.approx(0.3 + 0.4 + 0.3)  # 0.7 s x 2/s = 1 joins
+    est.record_batch("fer", 4, 100.0, 100.4)  # the running batch ended
+    assert est.predict_s("fer", 0, max_batch=4) == pytest.approx(0.1)  # nothing running, nothing ahead

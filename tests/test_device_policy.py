@@ -66,3 +66,13 @@ def test_edge_share_halves_on_overflow_and_grows_back() -> None:
     assert share.share == 0.25
     share.update(load(5.0), 3, 0.05)
     assert share.share == 0.5
+
+
+def test_a_shed_reply_halves_the_share_at_most_once_per_hold() -> None:
+    share = EdgeShare(shed_hold_s=0.25)
+    share.on_shed(10.0)
+    assert share.share == pytest.approx(0.5)
+    share.on_shed(10.1)  # frames sent before the cut are still coming back shed
+    assert share.share == pytest.approx(0.5)
+    share.on_shed(10.3)
+    assert share.share == pytest.approx(0.25)

@@ -251,6 +251,7 @@ class VisionService:
                 out[i] = FrameOutcome(jobs[i], error=_SUPERSEDED)
                 live.remove(i)
             if live:
+                self.load.batch_started(len(live), started)
                 for i, outcome in zip(live, self.pipeline.run_batch([jobs[i] for i in live]), strict=True):
                     out[i] = outcome
                 waited = sum(started - jobs[i].received_s for i in live) / len(live)
@@ -330,7 +331,8 @@ class VisionService:
         o = self.settings.offload
         deadline = deadline_of(frame.deadline_ms, frame.captured_at_ms, o.default_deadline_ms)
         if o.admission and deadline is not None:
-            predicted_s = self.load.predict_s(self.pipeline.slot.current().name, self.batcher.depth)
+            predicted_s = self.load.predict_s(self.pipeline.slot.current().name, self.batcher.depth,
+                                              self.batcher.max_batch_size)
             decision = decide(time.time() * 1000.0, deadline, None if predicted_s is None else 1000.0 * predicted_s,
                               None if self.dc is None else self.dc.latency_ms(), o.margin_ms)
             self.load.record_admission(decision.placement != "edge")
