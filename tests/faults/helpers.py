@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,25 +64,33 @@ class Tally:
 
 
 @contextlib.asynccontextmanager
-async def results_tally(port: int, device: str) -> AsyncIterator[tuple[Tally, asyncio.Event]]:
-    """Subscribe to ``device``'s results before anything is sent; ``changed`` is set on every result."""
-    tally = Tally()
+async def following(port: int, topic: str, on_payload: Callable[[bytes], None]) -> AsyncIterator[asyncio.Event]:
+    """Subscribe to ``topic`` before anything is sent; each payload goes to ``on_payload``, then the
+    returned event is set."""
     changed = asyncio.Event()
     async with aiomqtt.Client("127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V5, timeout=60) as client:
-        await client.subscribe(names.vision_results(device), qos=1)
+        await client.subscribe(topic, qos=1)
 
         async def read() -> None:
             async for message in client.messages:
-                tally.add(bytes(message.payload))  # type: ignore[arg-type]
+                on_payload(bytes(message.payload))  # type: ignore[arg-type]
                 changed.set()
 
         task = asyncio.create_task(read())
         try:
-            yield tally, changed
+            yield changed
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                 await task
+
+
+@contextlib.asynccontextmanager
+async def results_tally(port: int, device: str) -> AsyncIterator[tuple[Tally, asyncio.Event]]:
+    """Subscribe to ``device``'s results before anything is sent; ``changed`` is set on every result."""
+    tally = Tally()
+    async with following(port, names.vision_results(device), tally.add) as changed:
+        yield tally, changed
 
 
 async def wait_answered(tally: Tally, changed: asyncio.Event, expected: list[int], timeout_s: float) -> None:

@@ -21,7 +21,7 @@ from models.speaker import SpeakerEncoder
 from models.vad import SileroVad
 from offload_core.settings import Settings, SpeechServiceConfig
 from tests.edge_helpers import agent_settings, running_agent
-from tests.faults.helpers import frame_payload, rss_mib
+from tests.faults.helpers import following, frame_payload, rss_mib
 from topics import names
 from topics.codec import ContractError, unpack
 from topics.deadletter import decode_dead_letter
@@ -106,22 +106,9 @@ def test_good_ntp_extension_still_parses() -> None:
 @contextlib.asynccontextmanager
 async def _dead_letters(port: int, stage: str) -> AsyncIterator[tuple[list[str], asyncio.Event]]:
     reasons: list[str] = []
-    changed = asyncio.Event()
-    async with aiomqtt.Client("127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V5) as client:
-        await client.subscribe(names.dead_letter(stage), qos=1)
-
-        async def read() -> None:
-            async for message in client.messages:
-                reasons.append(decode_dead_letter(bytes(message.payload)).reason)  # type: ignore[arg-type]
-                changed.set()
-
-        task = asyncio.create_task(read())
-        try:
-            yield reasons, changed
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await task
+    async with following(port, names.dead_letter(stage),
+                         lambda payload: reasons.append(decode_dead_letter(payload).reason)) as changed:
+        yield reasons, changed
 
 
 async def _until(n: int, got: list[str], changed: asyncio.Event, timeout_s: float = 60) -> None:
