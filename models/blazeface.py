@@ -15,12 +15,13 @@ weighted NMS, so one detector covers every face size.
 
 from __future__ import annotations
 
+import functools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -40,6 +41,7 @@ __all__ = [
     "TfliteGraphNet",
     "decode_boxes",
     "letterbox",
+    "letterbox_on_device",
     "load_blazeface",
     "load_blazeface_net",
     "ssd_anchors",
@@ -379,6 +381,66 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float, int, int
 
 # -- the detector -------------------------------------------------------------------------
 
+def letterbox_on_device(images: Sequence[np.ndarray], size: int, device: torch.device
+                        ) -> tuple[torch.Tensor, list[tuple[float, int, int]]]:
+    """:func:`letterbox` for a batch, resized on ``device``: (N, 3, size, size) float BGR in
+    [0, 255] and per image (scale, pad_x, pad_y).
+
+    Each frame goes up as uint8 and is resized there (bilinear, antialiased when shrinking,
+    which matches OpenCV's INTER_AREA closely enough for the boxes: checked against the CPU
+    path on the test photos). On a GPU this takes the CPU's per-frame resize off the batch
+    (measured on an H100 host: 1.5 ms a frame on its CPU, the largest cost at batch 64).
+    """
+    out = torch.zeros((len(images), 3, size, size), dtype=torch.float32, device=device)
+    geo: list[tuple[float, int, int]] = []
+    for i, img in enumerate(images):
+        h, w = img.shape[:2]
+        scale = size / max(h, w)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        px, py = (size - nw) // 2, (size - nh) // 2
+        t = torch.from_numpy(img).to(device, non_blocking=True)
+        t = (t[None, None] if t.dim() == 2 else t.permute(2, 0, 1)[None]).float()
+        small = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False, antialias=scale < 1)
+        out[i, :, py:py + nh, px:px + nw] = small[0].clamp_(0.0, 255.0).round_()
+        geo.append((scale, px, py))
+    return out, geo
+
+
+class _Graphed:
+    """One network replayed from CUDA graphs, one graph per power-of-two batch size (inputs
+    are padded up to it): a few kernel launches instead of one per op. Measured on an H100:
+    see the README (batch 1 is where launches dominate)."""
+
+    def __init__(self, run: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], size: int,
+                 device: torch.device, pool: Any) -> None:
+        self.run, self.size, self.device, self.pool = run, size, device, pool
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def _capture(self, bucket: int) -> None:
+        with torch.inference_mode():
+            static_in = torch.zeros((bucket, 3, self.size, self.size), device=self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side), torch.inference_mode():
+            for _ in range(2):  # warm-up outside the graph (cuDNN picks its kernels)
+                self.run(static_in)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(graph, pool=self.pool):
+            outs = self.run(static_in)
+        self.graphs[bucket] = (graph, static_in, outs)
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = x.shape[0]
+        bucket = 1 << max(0, n - 1).bit_length()
+        if bucket not in self.graphs:
+            self._capture(bucket)
+        graph, static_in, (reg, score) = self.graphs[bucket]
+        static_in[:n].copy_(x)
+        graph.replay()
+        return reg[:n].clone(), score[:n].clone()
+
+
 class BlazeFaceDetector:
     """Faces in a batch of frames: full-range + short-range BlazeFace, merged by weighted NMS.
 
@@ -386,15 +448,18 @@ class BlazeFaceDetector:
     (replicated to 3 channels; BlazeFace finds fewer faces in gray: 4/6 in t1.jpg) and
     returns per frame (x, y, w, h) boxes in full-resolution pixels, largest first.
 
-    Each frame is letterboxed once (OpenCV, to the largest model input); the whole batch
-    goes to ``device`` as one uint8 tensor, and each smaller model input is resized from it
-    there (one batched antialiased resize). Each network runs over the batch in chunks of
-    ``chunk`` frames (on CPU 4 is faster per frame than 1 or 16: measured 6.1 vs 9.0 / 9.1
-    ms for full range; smaller when the batch is too small to give every worker a share),
-    the (network, chunk) pieces spread over ``workers`` threads. On CPU
-    that is how detection uses several cores: torch's own intra-op threads stall badly when
-    the cores are shared with the broker and the camera (measured: p99 6.4 s with 2 intra-op
-    threads vs 0.12 s with 1 at the same load).
+    :meth:`prepare` letterboxes each frame to the largest model input: on the CPU with
+    OpenCV (spread over the ``workers`` threads), or on the device (``resize_on_device``,
+    the default off the CPU) with :func:`letterbox_on_device`. :meth:`forward` runs each
+    network over the batch in chunks of ``chunk`` frames (on CPU 4 is faster per frame than
+    1 or 16: measured 6.1 vs 9.0 / 9.1 ms for full range; smaller when the batch is too small
+    to give every worker a share), the (network, chunk) pieces spread over ``workers``
+    threads. On CPU that is how detection uses several cores: torch's own intra-op threads
+    stall badly when the cores are shared with the broker and the camera (measured: p99
+    6.4 s with 2 intra-op threads vs 0.12 s with 1 at the same load). On CUDA one thread
+    feeds the whole batch, and with ``cuda_graphs`` each network is replayed from a CUDA
+    graph per power-of-two batch size (a graph that fails to capture falls back to eager
+    calls, recorded in ``graph_error``).
     """
 
     color = True  # BlazeFace finds fewer faces in gray (4/6 in t1.jpg): give it BGR frames
@@ -402,7 +467,8 @@ class BlazeFaceDetector:
     def __init__(self, nets: Sequence[tuple[BlazeSpec, TfliteGraphNet]], device: str = "cpu",
                  min_face_px: int = 24, max_faces: int = 16,
                  min_scores: Sequence[float] | None = None, chunk: int | None = None,
-                 workers: int = 1, trace: bool = True) -> None:
+                 workers: int = 1, trace: bool = True, resize_on_device: bool | None = None,
+                 cuda_graphs: bool = True) -> None:
         if not nets:
             raise ValueError("need at least one BlazeFace network")
         if min_face_px < 1 or max_faces < 1 or workers < 1:
@@ -414,43 +480,73 @@ class BlazeFaceDetector:
         self.anchors = [ssd_anchors(s) for s in self.specs]
         self.min_scores = list(min_scores) if min_scores is not None else [s.min_score for s in self.specs]
         self.min_face_px, self.max_faces = min_face_px, max_faces
-        self.chunk = chunk if chunk is not None else (4 if self.device.type == "cpu" else 256)
+        on_gpu = self.device.type == "cuda"
+        self.chunk = chunk if chunk is not None else (256 if on_gpu else 4)
         if self.chunk < 1:
             raise ValueError("chunk must be >= 1")
         self.square = max(s.input_size for s in self.specs)
+        self.resize_on_device = on_gpu if resize_on_device is None else resize_on_device
         # On a GPU one thread feeds the whole batch; the threads are a CPU device's parallelism.
-        self.workers = workers if self.device.type == "cpu" else 1
+        self.workers = workers if not on_gpu else 1
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="blazeface") if self.workers > 1 else None
+        self.graph_error: str | None = None
+        self._graphed: list[_Graphed] | None = None
+        if on_gpu and cuda_graphs:
+            pool = torch.cuda.graph_pool_handle()
+            self._graphed = [_Graphed(functools.partial(self._run, k), self.square, self.device, pool)
+                             for k in range(len(self.nets))]
 
-    def _run(self, k: int, squares: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Network k on (n, S, S, 3) BGR uint8 squares on the device: (n, A, 16), (n, A) scores."""
+    def _run(self, k: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Network k on letterboxed BGR frames, (n, S, S, 3) uint8 or (n, 3, S, S) float in
+        [0, 255]: (n, A, 16) regressors, (n, A) scores."""
         with torch.inference_mode():
-            # BGR -> RGB, NHWC -> NCHW view (channels-last memory), [0, 255] -> [-1, 1]
-            x = squares.flip(-1).permute(0, 3, 1, 2).float().mul_(2.0 / 255.0).sub_(1.0)
+            # BGR -> RGB, [0, 255] -> [-1, 1]; uint8 NHWC -> NCHW view (channels-last memory)
+            if x.dtype == torch.uint8:
+                x = x.flip(-1).permute(0, 3, 1, 2).float().mul_(2.0 / 255.0).sub_(1.0)
+            else:
+                x = x.flip(1).mul_(2.0 / 255.0).sub_(1.0)
             size = self.specs[k].input_size
             if size != x.shape[-1]:
                 x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
             reg, logit = self.nets[k](x)
             return reg, torch.sigmoid(logit[..., 0].clamp(-SCORE_CLIP, SCORE_CLIP))
 
-    def raw_batch(self, images: Sequence[np.ndarray]
-                  ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[tuple[float, int, int]]]:
-        """Per network: regressors (N, A, 16) and scores (N, A); per image: letterbox (scale, px, py)."""
-        squares, geo = [], []
+    def _run_piece(self, k: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._graphed is not None:
+            try:
+                with torch.inference_mode():
+                    return self._graphed[k](x)
+            except RuntimeError as exc:  # capture refused (driver, memory): eager from now on
+                self.graph_error = f"{type(exc).__name__}: {exc}"
+                self._graphed = None
+        return self._run(k, x)
+
+    def prepare(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[tuple[float, int, int]]]:
+        """Letterboxed batch on the device and per image (scale, pad_x, pad_y)."""
         for img in images:
             if img.dtype != np.uint8 or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
                 raise ValueError(f"expected uint8 (H, W) or (H, W, 3) images, got {img.dtype} {img.shape}")
+        if self.resize_on_device:
+            with torch.inference_mode():
+                return letterbox_on_device(images, self.square, self.device)
+
+        def box(img: np.ndarray) -> tuple[np.ndarray, float, int, int]:
             sq, scale, px, py = letterbox(img, self.square)
-            squares.append(np.repeat(sq[:, :, None], 3, axis=2) if sq.ndim == 2 else sq)
-            geo.append((scale, px, py))
-        batch = torch.from_numpy(np.stack(squares)).to(self.device)
+            return (np.repeat(sq[:, :, None], 3, axis=2) if sq.ndim == 2 else sq), scale, px, py
+
+        boxed = list(self._pool.map(box, images)) if self._pool and len(images) > 1 else [box(i) for i in images]
+        batch = torch.from_numpy(np.stack([b[0] for b in boxed])).to(self.device)
+        return batch, [(scale, px, py) for _, scale, px, py in boxed]
+
+    def forward(self, batch: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per network: regressors (N, A, 16) and scores (N, A) of a :meth:`prepare` batch."""
         # Small batches (light load) are split finer so every worker has a share of each model.
         chunk = min(self.chunk, -(-len(batch) // self.workers))
         pieces = [(k, i) for k in range(len(self.nets)) for i in range(0, len(batch), chunk)]
 
         def run(piece: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
             k, i = piece
-            return self._run(k, batch[i:i + chunk])
+            return self._run_piece(k, batch[i:i + chunk])
 
         done = list(self._pool.map(run, pieces)) if self._pool and len(pieces) > 1 else [run(p) for p in pieces]
         raw = []
@@ -458,7 +554,13 @@ class BlazeFaceDetector:
             mine = [d for (kk, _), d in zip(pieces, done) if kk == k]
             raw.append((torch.cat([r for r, _ in mine]).float().cpu().numpy(),
                         torch.cat([s for _, s in mine]).float().cpu().numpy()))
-        return raw, geo
+        return raw
+
+    def raw_batch(self, images: Sequence[np.ndarray]
+                  ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[tuple[float, int, int]]]:
+        """Per network: regressors (N, A, 16) and scores (N, A); per image: letterbox (scale, px, py)."""
+        batch, geo = self.prepare(images)
+        return self.forward(batch), geo
 
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Box]]:
         """Faces per image, largest first, at most ``max_faces`` each."""
@@ -477,6 +579,17 @@ class BlazeFaceDetector:
                 b = (b - np.array([px, py, px, py], np.float32)) / scale  # full-resolution pixels
                 cand[i].append((b, score[i][keep]))
         return [self._finish(c, img.shape[:2]) for c, img in zip(cand, images)]
+
+    def warm_up(self, max_batch: int) -> None:
+        """Run every power-of-two batch size up to ``max_batch`` once (captures the CUDA graphs
+        before traffic instead of on the first frames)."""
+        blank = np.zeros((self.square, self.square, 3), np.uint8)
+        n = 1
+        while True:
+            self.detect_batch([blank] * min(n, max_batch))
+            if n >= max_batch:
+                return
+            n *= 2
 
     def detect(self, image: np.ndarray) -> list[Box]:
         """Faces in one image (see :meth:`detect_batch`)."""
@@ -505,7 +618,8 @@ class BlazeFaceDetector:
 
 def load_blazeface(cache_dir: Path, device: str = "cpu", ranges: Sequence[str] = ("full", "short"),
                    min_face_px: int = 24, max_faces: int = 16, chunk: int | None = None,
-                   workers: int = 1, trace: bool = True) -> BlazeFaceDetector:
+                   workers: int = 1, trace: bool = True, resize_on_device: bool | None = None,
+                   cuda_graphs: bool = True) -> BlazeFaceDetector:
     """The detector from the pinned ``blazeface`` artifact: ``ranges`` picks full and/or short."""
     specs = {"full": FULL_RANGE, "short": SHORT_RANGE}
     unknown = set(ranges) - set(specs)
@@ -514,4 +628,5 @@ def load_blazeface(cache_dir: Path, device: str = "cpu", ranges: Sequence[str] =
     nets = [(specs[r], load_blazeface_net(path_of("blazeface", specs[r].filename, cache_dir)))
             for r in ranges]
     return BlazeFaceDetector(nets, device=device, min_face_px=min_face_px, max_faces=max_faces, chunk=chunk,
-                             workers=workers, trace=trace)
+                             workers=workers, trace=trace, resize_on_device=resize_on_device,
+                             cuda_graphs=cuda_graphs)

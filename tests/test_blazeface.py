@@ -186,3 +186,20 @@ def test_detector_refuses_bad_arguments(cache_dir: Path) -> None:
         BlazeFaceDetector([])
     with pytest.raises(ValueError):
         BlazeFaceDetector([(SHORT_RANGE, net)], chunk=0)
+
+
+def test_letterbox_on_the_device_finds_the_same_faces(cache_dir: Path, photos: list) -> None:
+    """The GPU path's resize (torch, antialiased bilinear) against OpenCV's, run here on the CPU."""
+    images = [bgr for _, bgr, _ in photos] + [cv2.cvtColor(photos[1][1], cv2.COLOR_BGR2GRAY)]
+    on_cpu = load_blazeface(cache_dir).detect_batch(images)
+    detector = load_blazeface(cache_dir, resize_on_device=True)
+    on_device = detector.detect_batch(images)
+    assert [len(b) for b in on_device] == [len(b) for b in on_cpu] == [n for _, _, n in photos] + [1]
+    for ours, theirs in zip(on_device, on_cpu):
+        for box in ours:
+            assert max(_iou(box, t) for t in theirs) >= 0.9, (box, theirs)
+    square, geo = detector.prepare(images[:1])
+    assert square.shape == (1, 3, 192, 192) and square.dtype == torch.float32
+    assert float(square.min()) >= 0 and float(square.max()) <= 255
+    h, w = images[0].shape[:2]
+    assert geo[0][0] == pytest.approx(192 / max(h, w))

@@ -63,6 +63,8 @@ def build_vision_pipeline(settings: Settings) -> VisionPipeline:
         detector = load_blazeface(settings.cache_dir, device=resolve_device(settings.edge.device),
                                   ranges=ranges, min_face_px=v.min_face_px, max_faces=v.max_faces,
                                   workers=v.detect_workers)
+        if detector.device.type == "cuda":
+            detector.warm_up(v.max_batch_size)
     else:
         cascade = path_of("fer", "haarcascade_frontalface_default.xml", settings.cache_dir)
 
