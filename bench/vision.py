@@ -10,7 +10,10 @@ Top-level figures are for the configured detector (``vision.detector``, default 
 - ``efficiency`` = e2e_fps / offline_fps.
 - ``e2e_vs_other``: e2e_fps / the other detector's e2e_fps.
 - ``batching_gain``: FER crops/s at the configured batch size vs batch 1.
-- ``p50_ms`` / ``p99_ms``: capture -> result received at half the saturation rate.
+- ``p50_ms`` / ``p99_ms``: capture -> result received at half the saturation rate;
+  ``agent_p50_ms`` / ``agent_p99_ms``: the agent's own part of it (message received -> result
+  made, from the result's timing), ``queue_p99_ms`` the wait for a batch, and
+  ``mean_batch_at_half_load``.
 - ``faces_found``: faces per test photo (group t1.jpg: 6, astronaut: 1, close-ups: 1 each).
 """
 
@@ -136,9 +139,10 @@ async def _wait_online(port: int, proc: subprocess.Popen[bytes]) -> None:
                 raise RuntimeError("edge agent exited")
 
 
-async def _collect(port: int, device: str, n: int, ready: threading.Event, timeout_s: float) -> list[tuple[float, int]]:
-    """(receipt wall-clock ms, captured_at_ms) for n results."""
-    got: list[tuple[float, int]] = []
+async def _collect(port: int, device: str, n: int, ready: threading.Event, timeout_s: float
+                   ) -> list[tuple[float, int, float, float, int]]:
+    """(receipt wall-clock ms, captured_at_ms, agent total ms, agent queue ms, batch size) for n results."""
+    got: list[tuple[float, int, float, float, int]] = []
     async with aiomqtt.Client("127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V5,
                               max_queued_incoming_messages=0) as client:
         await client.subscribe(names.vision_results(device), qos=0)
@@ -147,7 +151,8 @@ async def _collect(port: int, device: str, n: int, ready: threading.Event, timeo
         async def read() -> None:
             async for message in client.messages:
                 r = decode_result(bytes(message.payload))  # type: ignore[arg-type]
-                got.append((time.time() * 1000, r.captured_at_ms))
+                got.append((time.time() * 1000, r.captured_at_ms, r.timing.total_ms, r.timing.queue_ms,
+                            r.timing.batch_size))
                 if len(got) >= n:
                     return
 
@@ -158,7 +163,8 @@ async def _collect(port: int, device: str, n: int, ready: threading.Event, timeo
     return got
 
 
-async def _run_load(port: int, device: str, images: list[bytes], n: int, fps: float) -> list[tuple[float, int]]:
+async def _run_load(port: int, device: str, images: list[bytes], n: int, fps: float
+                    ) -> list[tuple[float, int, float, float, int]]:
     ready = threading.Event()
     loop = asyncio.get_running_loop()
     timeout_s = 60.0 + (n / fps if fps > 0 else n * 0.2)
@@ -178,17 +184,22 @@ def end_to_end(settings: Settings, images: list[bytes], n_saturation: int, laten
             got = asyncio.run(_run_load(broker.port, "bench-sat", images, n_saturation, 0))
             if len(got) < n_saturation:
                 raise RuntimeError(f"saturation: {len(got)}/{n_saturation} results")
-            receipts = sorted(t for t, _ in got)
+            receipts = sorted(g[0] for g in got)
             e2e = (len(receipts) - 1) / ((receipts[-1] - receipts[0]) / 1000)
             rate = e2e / 2
             n_lat = max(20, int(rate * latency_seconds))
             got = asyncio.run(_run_load(broker.port, "bench-lat", images, n_lat, rate))
-            lat = np.array([t - c for t, c in got])
+            lat = np.array([g[0] - g[1] for g in got])
+            agent = np.array([g[2] for g in got])
+            queued = np.array([g[3] for g in got])
+            batch = np.array([g[4] for g in got])
         finally:
             proc.terminate()
             proc.wait(30)
     return {"e2e_fps": e2e, "latency_load_fps": rate, "latency_frames": float(len(lat)),
-            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
+            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+            "agent_p50_ms": float(np.percentile(agent, 50)), "agent_p99_ms": float(np.percentile(agent, 99)),
+            "queue_p99_ms": float(np.percentile(queued, 99)), "mean_batch": float(batch.mean())}
 
 
 def _with_detector(settings: Settings, detector: str) -> Settings:
@@ -208,6 +219,10 @@ def measure(settings: Settings, images: list[bytes], frames: int, latency_second
         "offline_fps_by_batch": by_batch,
         "p50_ms": round(e2e["p50_ms"], 2),
         "p99_ms": round(e2e["p99_ms"], 2),
+        "agent_p50_ms": round(e2e["agent_p50_ms"], 2),
+        "agent_p99_ms": round(e2e["agent_p99_ms"], 2),
+        "queue_p99_ms": round(e2e["queue_p99_ms"], 2),
+        "mean_batch_at_half_load": round(e2e["mean_batch"], 2),
         "latency_load_fps": round(e2e["latency_load_fps"], 2),
         "latency_frames": int(e2e["latency_frames"]),
         "faces_found": found,
