@@ -18,6 +18,7 @@ from edge_agent.vision.pipeline import FrameJob, VisionPipeline
 from offload_core.kafka_admin import ensure_topics
 from offload_core.kafka_clients import make_consumer, make_producer
 from offload_core.retry import Backoff
+from offload_core.runtime import freeze_loaded_objects
 from offload_core.settings import KafkaSettings, Settings
 from topics.codec import ContractError
 from topics.offload import (
@@ -141,6 +142,7 @@ async def run_dc_worker(settings: Settings, worker_id: str, stop: asyncio.Event)
     from edge_agent.vision.service import build_vision_pipeline
 
     pipeline = await asyncio.to_thread(build_vision_pipeline, settings)
+    freeze_loaded_objects()  # model loaded: keep later GC scans short
     o = settings.offload
     worker = DcInferenceWorker(settings.kafka, pipeline, worker_id, group_id=o.dc_group,
                                partitions=o.dc_partitions, max_batch=o.dc_max_batch)

@@ -35,6 +35,7 @@ from edge_agent.updates import ModelHandler, ModelUpdater, Refusal
 from edge_agent.vision.pipeline import FrameOutcome
 from edge_agent.vision.service import VisionService, build_vision_pipeline
 from models.edge_asr import EdgeAsr
+from offload_core.runtime import freeze_loaded_objects
 from offload_core.settings import Settings
 from topics import names
 from topics.codec import now_ms
@@ -77,6 +78,7 @@ class EdgeNode:
         self.health = HealthServer(settings.edge.http_host, settings.edge.http_port,
                                    self.metrics.registry, self.ready, self.live)
         self.started = asyncio.Event()
+        self.frozen_objects = 0  # objects moved out of GC scans once the models are loaded
 
     def ready(self) -> bool:
         vision_ok = self.vision is None or self.vision.ready()
@@ -167,6 +169,7 @@ class EdgeNode:
                 self.updater = ModelUpdater(s.updates, s.kafka, node, handlers, on_refused=self._refused,
                                             on_applied=self._applied)
                 tasks.append(asyncio.create_task(self.updater.run(stop), name="updates"))
+            self.frozen_objects = freeze_loaded_objects()  # models loaded: keep GC scans short
             self.started.set()
             log.info("edge node %s up (vision=%s speech=%s mining=%s), http on %d",
                      node, s.edge.vision, s.edge.speech, s.mining.enabled, self.health.port)
