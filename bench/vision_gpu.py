@@ -88,7 +88,7 @@ def measure_device(settings: Settings, device: str, images: list[bytes], referen
         detector = pipeline.detector
         assert isinstance(detector, BlazeFaceDetector)
         out["resize_on_device"] = detector.resize_on_device
-        out["cuda_graphs"] = detector._graphed is not None
+        out["cuda_graphs"] = detector.cuda_graphs
         frames = [Frame("bench", i, 0, "jpeg", images[i % len(images)]) for i in range(64)]
         out["fps_by_batch"] = {
             str(bs): round(_rate(lambda bs=bs: pipeline.run_batch(  # type: ignore[misc]

@@ -496,6 +496,11 @@ class BlazeFaceDetector:
             self._graphed = [_Graphed(functools.partial(self._run, k), self.square, self.device, pool)
                              for k in range(len(self.nets))]
 
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether the networks are replayed from CUDA graphs (False on CPU or after a fallback)."""
+        return self._graphed is not None
+
     def _run(self, k: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Network k on letterboxed BGR frames, (n, S, S, 3) uint8 or (n, 3, S, S) float in
         [0, 255]: (n, A, 16) regressors, (n, A) scores."""
