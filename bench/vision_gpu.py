@@ -6,7 +6,7 @@ short range) and the edge FER model, all through the agent's own ``run_batch``:
 - ``fps_by_batch``: frames/s of ``run_batch`` (JPEG decode + letterbox on the CPU, detection
   and FER on the device) at batch 1 / 16 / 64.
 - ``stage_ms_per_frame``: at batch 64, per frame: JPEG decode (CPU), letterbox (the
-  detector's ``prepare``: OpenCV threads, or on the device), both networks (``forward``, input
+  detector's ``prepare`` + ``to_batch``: OpenCV, or on the device), both networks (``forward``, input
   already letterboxed), the whole ``detect_batch``, crop + FER.
 - ``detect_nets_fps``: ``forward`` alone on a letterboxed batch, frames/s at batch 1 / 16 /
   64 / 256: what the device could do with the CPU work taken away.
@@ -103,8 +103,8 @@ def measure_device(settings: Settings, device: str, images: list[bytes], referen
         for f in frames:
             decode_bgr(f.data, f.encoding, s.vision.max_image_pixels)
         decode_ms = (time.perf_counter() - t0) * 1e3 / n
-        prepare_rate = _rate(lambda: detector.prepare(bgr), n, dev)
-        batch, _ = detector.prepare(bgr)
+        prepare_rate = _rate(lambda: detector.to_batch([detector.prepare(i) for i in bgr]), n, dev)
+        batch = detector.to_batch([detector.prepare(i) for i in bgr])
         nets_rate = _rate(lambda: detector.forward(batch), n, dev)
         detect_rate = _rate(lambda: detector.detect_batch(bgr), n, dev)
         outcomes = pipeline.run_batch([FrameJob(f, time.monotonic()) for f in frames])

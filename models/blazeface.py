@@ -38,6 +38,7 @@ __all__ = [
     "SHORT_RANGE",
     "BlazeFaceDetector",
     "BlazeSpec",
+    "PreparedFrame",
     "TfliteGraphNet",
     "decode_boxes",
     "letterbox",
@@ -363,18 +364,22 @@ def weighted_nms(boxes: np.ndarray, scores: np.ndarray, iou: float = NMS_IOU) ->
 
 # -- images ---------------------------------------------------------------------------------
 
+def _fit(h: int, w: int, size: int) -> tuple[float, int, int, int, int]:
+    """(scale, new width, new height, pad_x, pad_y) of an h x w image letterboxed into ``size``."""
+    scale = size / max(h, w)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    return scale, nw, nh, (size - nw) // 2, (size - nh) // 2
+
+
 def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float, int, int]:
     """Resize keeping the aspect ratio into a zero-padded ``size`` square (centred).
 
     Returns (square, scale, pad_x, pad_y): a model-input point p maps back to (p - pad) / scale.
     """
-    h, w = image.shape[:2]
-    scale = size / max(h, w)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    scale, nw, nh, px, py = _fit(image.shape[0], image.shape[1], size)
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     small = cv2.resize(image, (nw, nh), interpolation=interp)
     out = np.zeros((size, size, *image.shape[2:]), dtype=image.dtype)
-    px, py = (size - nw) // 2, (size - nh) // 2
     out[py:py + nh, px:px + nw] = small
     return out, scale, px, py
 
@@ -394,16 +399,25 @@ def letterbox_on_device(images: Sequence[np.ndarray], size: int, device: torch.d
     out = torch.zeros((len(images), 3, size, size), dtype=torch.float32, device=device)
     geo: list[tuple[float, int, int]] = []
     for i, img in enumerate(images):
-        h, w = img.shape[:2]
-        scale = size / max(h, w)
-        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        px, py = (size - nw) // 2, (size - nh) // 2
+        scale, nw, nh, px, py = _fit(img.shape[0], img.shape[1], size)
         t = torch.from_numpy(img).to(device, non_blocking=True)
         t = (t[None, None] if t.dim() == 2 else t.permute(2, 0, 1)[None]).float()
         small = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False, antialias=scale < 1)
         out[i, :, py:py + nh, px:px + nw] = small[0].clamp_(0.0, 255.0).round_()
         geo.append((scale, px, py))
     return out, geo
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedFrame:
+    """One frame made ready for :meth:`BlazeFaceDetector.detect_prepared`: its letterboxed
+    (S, S, 3) square when the CPU resizes, else the image itself (resized on the device with
+    its batch); ``geo`` is (scale, pad_x, pad_y) either way, ``hw`` the image's size."""
+
+    pixels: np.ndarray
+    boxed: bool
+    geo: tuple[float, int, int]
+    hw: tuple[int, int]
 
 
 class _Graphed:
@@ -448,9 +462,10 @@ class BlazeFaceDetector:
     (replicated to 3 channels; BlazeFace finds fewer faces in gray: 4/6 in t1.jpg) and
     returns per frame (x, y, w, h) boxes in full-resolution pixels, largest first.
 
-    :meth:`prepare` letterboxes each frame to the largest model input: on the CPU with
-    OpenCV (spread over the ``workers`` threads), or on the device (``resize_on_device``,
-    the default off the CPU) with :func:`letterbox_on_device`. :meth:`forward` runs each
+    :meth:`prepare` is one frame's work ahead of its batch (the agent runs it as the frame
+    arrives): it letterboxes the frame to the largest model input with OpenCV, or, with
+    ``resize_on_device`` (the default off the CPU), leaves that to :meth:`to_batch`, which
+    does it for the whole batch on the device (:func:`letterbox_on_device`). :meth:`forward` runs each
     network over the batch in chunks of ``chunk`` frames (on CPU 4 is faster per frame than
     1 or 16: measured 6.1 vs 9.0 / 9.1 ms for full range; smaller when the batch is too small
     to give every worker a share), the (network, chunk) pieces spread over ``workers``
@@ -526,25 +541,27 @@ class BlazeFaceDetector:
                 self._graphed = None
         return self._run(k, x)
 
-    def prepare(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[tuple[float, int, int]]]:
-        """Letterboxed batch on the device and per image (scale, pad_x, pad_y)."""
-        for img in images:
-            if img.dtype != np.uint8 or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
-                raise ValueError(f"expected uint8 (H, W) or (H, W, 3) images, got {img.dtype} {img.shape}")
+    def prepare(self, image: np.ndarray) -> PreparedFrame:
+        """Per-frame work ahead of the batch: checked, and letterboxed when the CPU resizes."""
+        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
+            raise ValueError(f"expected uint8 (H, W) or (H, W, 3) images, got {image.dtype} {image.shape}")
+        hw = (int(image.shape[0]), int(image.shape[1]))
         if self.resize_on_device:
-            with torch.inference_mode():
-                return letterbox_on_device(images, self.square, self.device)
+            scale, _, _, px, py = _fit(hw[0], hw[1], self.square)
+            return PreparedFrame(image, False, (scale, px, py), hw)
+        sq, scale, px, py = letterbox(image, self.square)
+        return PreparedFrame(np.repeat(sq[:, :, None], 3, axis=2) if sq.ndim == 2 else sq, True,
+                             (scale, px, py), hw)
 
-        def box(img: np.ndarray) -> tuple[np.ndarray, float, int, int]:
-            sq, scale, px, py = letterbox(img, self.square)
-            return (np.repeat(sq[:, :, None], 3, axis=2) if sq.ndim == 2 else sq), scale, px, py
-
-        boxed = list(self._pool.map(box, images)) if self._pool and len(images) > 1 else [box(i) for i in images]
-        batch = torch.from_numpy(np.stack([b[0] for b in boxed])).to(self.device)
-        return batch, [(scale, px, py) for _, scale, px, py in boxed]
+    def to_batch(self, frames: Sequence[PreparedFrame]) -> torch.Tensor:
+        """The prepared frames as one batch on the device (letterboxed there if they are not yet)."""
+        if all(f.boxed for f in frames):
+            return torch.from_numpy(np.stack([f.pixels for f in frames])).to(self.device)
+        with torch.inference_mode():
+            return letterbox_on_device([f.pixels for f in frames], self.square, self.device)[0]
 
     def forward(self, batch: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per network: regressors (N, A, 16) and scores (N, A) of a :meth:`prepare` batch."""
+        """Per network: regressors (N, A, 16) and scores (N, A) of a :meth:`to_batch` batch."""
         # Small batches (light load) are split finer so every worker has a share of each model.
         chunk = min(self.chunk, -(-len(batch) // self.workers))
         pieces = [(k, i) for k in range(len(self.nets)) for i in range(0, len(batch), chunk)]
@@ -561,21 +578,16 @@ class BlazeFaceDetector:
                         torch.cat([s for _, s in mine]).float().cpu().numpy()))
         return raw
 
-    def raw_batch(self, images: Sequence[np.ndarray]
-                  ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[tuple[float, int, int]]]:
-        """Per network: regressors (N, A, 16) and scores (N, A); per image: letterbox (scale, px, py)."""
-        batch, geo = self.prepare(images)
-        return self.forward(batch), geo
-
-    def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Box]]:
-        """Faces per image, largest first, at most ``max_faces`` each."""
-        if not images:
+    def detect_prepared(self, frames: Sequence[PreparedFrame]) -> list[list[Box]]:
+        """Faces per prepared frame, largest first, at most ``max_faces`` each."""
+        if not frames:
             return []
-        raw, geo = self.raw_batch(images)
-        cand: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in images]
+        raw = self.forward(self.to_batch(frames))
+        cand: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in frames]
         for k, spec in enumerate(self.specs):
             reg, score = raw[k]
-            for i, (scale, px, py) in enumerate(geo):
+            for i, frame in enumerate(frames):
+                scale, px, py = frame.geo
                 keep = score[i] >= self.min_scores[k]
                 if not keep.any():
                     continue
@@ -583,7 +595,14 @@ class BlazeFaceDetector:
                 b = decode_boxes(reg[i][keep], self.anchors[k][keep], spec.input_size) * self.square
                 b = (b - np.array([px, py, px, py], np.float32)) / scale  # full-resolution pixels
                 cand[i].append((b, score[i][keep]))
-        return [self._finish(c, img.shape[:2]) for c, img in zip(cand, images)]
+        return [self._finish(c, f.hw) for c, f in zip(cand, frames)]
+
+    def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Box]]:
+        """Faces per image, largest first, at most ``max_faces`` each (frames prepared in the
+        worker threads)."""
+        if self._pool is not None and len(images) > 1:
+            return self.detect_prepared(list(self._pool.map(self.prepare, images)))
+        return self.detect_prepared([self.prepare(i) for i in images])
 
     def warm_up(self, max_batch: int) -> None:
         """Run every power-of-two batch size up to ``max_batch`` once (captures the CUDA graphs

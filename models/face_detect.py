@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import cv2
 import numpy as np
@@ -71,10 +71,22 @@ class FaceDetector:
         return boxes[: self.max_faces]
 
 
-class BatchDetector(Protocol):
-    """Faces for every image of a batch. ``color``: wants BGR (H, W, 3) images, else gray."""
+PreparedT = TypeVar("PreparedT")
+
+
+class BatchDetector(Protocol[PreparedT]):
+    """Faces for every image of a batch. ``color``: wants BGR (H, W, 3) images, else gray.
+
+    ``prepare`` is the per-frame part that needs no batch (the agent runs it as each frame
+    arrives, off the batch's critical path); ``detect_prepared`` finds the faces of a batch
+    of prepared frames; ``detect_batch`` is both for plain images.
+    """
 
     color: bool
+
+    def prepare(self, image: np.ndarray) -> PreparedT: ...
+
+    def detect_prepared(self, frames: Sequence[PreparedT]) -> list[list[Box]]: ...
 
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Box]]: ...
 
@@ -104,6 +116,13 @@ class HaarBatchDetector:
         if detector is None:
             detector = self._local.detector = self._make()
         return detector.detect(gray)
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """Nothing to do ahead of the batch: the gray image itself."""
+        return image
+
+    def detect_prepared(self, frames: Sequence[np.ndarray]) -> list[list[Box]]:
+        return self.detect_batch(frames)
 
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Box]]:
         if len(images) <= 1 or self.threads == 1:

@@ -198,8 +198,12 @@ def test_letterbox_on_the_device_finds_the_same_faces(cache_dir: Path, photos: l
     for ours, theirs in zip(on_device, on_cpu):
         for box in ours:
             assert max(_iou(box, t) for t in theirs) >= 0.9, (box, theirs)
-    square, geo = detector.prepare(images[:1])
+    prepared = detector.prepare(images[0])
+    assert not prepared.boxed and prepared.pixels is images[0]  # resized later, with its batch
+    square = detector.to_batch([prepared])
     assert square.shape == (1, 3, 192, 192) and square.dtype == torch.float32
     assert float(square.min()) >= 0 and float(square.max()) <= 255
     h, w = images[0].shape[:2]
-    assert geo[0][0] == pytest.approx(192 / max(h, w))
+    assert prepared.geo[0] == pytest.approx(192 / max(h, w)) and prepared.hw == (h, w)
+    cpu = load_blazeface(cache_dir).prepare(images[0])
+    assert cpu.boxed and cpu.pixels.shape == (192, 192, 3) and cpu.geo == prepared.geo

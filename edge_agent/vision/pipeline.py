@@ -1,11 +1,14 @@
 """The vision pipeline: frame bytes -> faces -> facial expressions, one batch at a time.
 
-:meth:`VisionPipeline.run_batch` is what the dynamic batcher runs in its worker thread:
-the frames of a batch are decoded in a small thread pool (OpenCV releases the GIL), then
-the detector finds the faces of *all* frames in one call (BlazeFace: one batched forward
-pass per model on the serving device; Haar: frames in parallel threads), then one FER
-forward pass runs over every face crop of the batch, on the version the model slot serves
-when the batch starts.
+:meth:`VisionPipeline.preprocess` is one frame's work that needs no batch: decode, and the
+detector's own per-frame step (BlazeFace: the letterbox). The agent runs it in a small
+thread pool as each frame arrives (OpenCV releases the GIL), so a batch's critical path
+is only the batched work. :meth:`VisionPipeline.run_batch` is what the dynamic batcher
+runs in its worker thread: frames not preprocessed yet are preprocessed first (in the
+pool), then the detector finds the faces of *all* frames in one call (BlazeFace: one
+batched forward pass per model on the serving device; Haar: frames in parallel threads),
+then one FER forward pass runs over every face crop of the batch, on the version the
+model slot serves when the batch starts.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -26,15 +30,28 @@ from offload_core.settings import VisionSettings
 from topics.codec import ContractError
 from topics.vision import EMOTIONS, Face, Frame, ModelRef, Timing, VisionResult
 
-__all__ = ["FrameJob", "FrameOutcome", "VisionPipeline"]
+__all__ = ["FrameJob", "FrameOutcome", "Preprocessed", "VisionPipeline"]
+
+
+@dataclass(slots=True)
+class Preprocessed:
+    """A frame after :meth:`VisionPipeline.preprocess`: the detector's input and the gray
+    image FER crops come from, or the error that stopped it."""
+
+    prepared: Any  # what this detector's ``prepare`` made of the image
+    gray: np.ndarray | None
+    ms: float
+    error: ContractError | None = None
 
 
 @dataclass(slots=True)
 class FrameJob:
-    """A decoded envelope waiting for the model. ``received_s`` is ``time.monotonic()``."""
+    """A decoded envelope waiting for the model. ``received_s`` is ``time.monotonic()``;
+    ``pre`` is set when the frame was preprocessed before its batch."""
 
     frame: Frame
     received_s: float
+    pre: Preprocessed | None = None
 
 
 @dataclass(slots=True)
@@ -48,20 +65,12 @@ class FrameOutcome:
     probs: np.ndarray | None = None
 
 
-@dataclass(slots=True)
-class _Decoded:
-    image: np.ndarray | None  # what the detector wants (BGR or gray); None on error
-    gray: np.ndarray | None  # what FER crops come from
-    decode_ms: float
-    error: ContractError | None = None
-
-
 class VisionPipeline:
     """Decode, detect, classify. Thread-safe for one caller at a time (the batcher)."""
 
     def __init__(
         self,
-        detector: BatchDetector,
+        detector: BatchDetector[Any],
         slot: ModelSlot[FerClassifier],
         settings: VisionSettings,
         node: str,
@@ -76,8 +85,13 @@ class VisionPipeline:
         self._pool.shutdown(wait=True)
         self.detector.close()
 
-    def decode(self, frame: Frame) -> _Decoded:
-        """Decode one frame for the detector; errors are returned, not raised."""
+    @property
+    def pool(self) -> ThreadPoolExecutor:
+        """The preprocessing threads (``vision.preprocess_threads``)."""
+        return self._pool
+
+    def preprocess(self, frame: Frame) -> Preprocessed:
+        """Decode one frame and run the detector's per-frame step; errors are returned, not raised."""
         t0 = time.perf_counter()
         try:
             if self.detector.color:
@@ -85,21 +99,23 @@ class VisionPipeline:
                 gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
             else:
                 image = gray = decode_gray(frame.data, frame.encoding, self.settings.max_image_pixels)
+            prepared = self.detector.prepare(image)
         except ContractError as exc:
-            return _Decoded(None, None, (time.perf_counter() - t0) * 1e3, exc)
-        return _Decoded(image, gray, (time.perf_counter() - t0) * 1e3)
+            return Preprocessed(None, None, (time.perf_counter() - t0) * 1e3, exc)
+        return Preprocessed(prepared, gray, (time.perf_counter() - t0) * 1e3)
 
     def run_batch(self, jobs: Sequence[FrameJob]) -> list[FrameOutcome]:
         """Process a batch of frames; one outcome per job, in order."""
         batch_start = time.monotonic()
-        frames = [j.frame for j in jobs]
-        if len(frames) == 1 or self.settings.preprocess_threads == 1:
-            decoded = [self.decode(f) for f in frames]
+        missing = [j.frame for j in jobs if j.pre is None]
+        if len(missing) <= 1 or self.settings.preprocess_threads == 1:
+            made = iter([self.preprocess(f) for f in missing])
         else:
-            decoded = list(self._pool.map(self.decode, frames))
+            made = iter(list(self._pool.map(self.preprocess, missing)))
+        decoded = [j.pre if j.pre is not None else next(made) for j in jobs]
         t0 = time.perf_counter()
         ok = [d for d in decoded if d.error is None]
-        found = iter(self.detector.detect_batch([d.image for d in ok]))  # type: ignore[misc]
+        found = iter(self.detector.detect_prepared([d.prepared for d in ok]))
         detect_ms = (time.perf_counter() - t0) * 1e3
         boxes: list[list[Box]] = [next(found) if d.error is None else [] for d in decoded]
         crops = [crop_faces(d.gray, b) if d.gray is not None else [] for d, b in zip(decoded, boxes)]
@@ -130,7 +146,7 @@ class VisionPipeline:
             timing = Timing(
                 queue_ms=(batch_start - job.received_s) * 1e3,
                 batch_size=len(jobs),
-                preprocess_ms=dec.decode_ms + detect_ms,  # this frame's decode + the batch's detection
+                preprocess_ms=dec.ms + detect_ms,  # this frame's preprocessing + the batch's detection
                 inference_ms=inference_ms,
                 total_ms=(done - job.received_s) * 1e3,
             )

@@ -353,7 +353,13 @@ class VisionService:
             if decision.placement == "shed":
                 await self._shed(sess, key, FrameJob(frame, received_s), decision.reason or "deadline")
                 return
-        job = FrameJob(frame, received_s)
+        # Decode + the detector's per-frame step now, in the preprocessing threads: the batch's
+        # critical path is then only the batched work.
+        pre = await asyncio.get_running_loop().run_in_executor(self.pipeline.pool, self.pipeline.preprocess, frame)
+        if pre.error is not None:
+            await self._dead_letter(sess, topic, payload, pre.error)
+            return
+        job = FrameJob(frame, received_s, pre)
         try:
             future = self.batcher.submit_nowait(job)
         except Overloaded:
