@@ -142,6 +142,7 @@ class VisionService:
         self.load = LoadEstimator(o.load_alpha, o.load_window_s)  # measured load: admission + status
         self.dc: DcPath | None = None  # set to spill frames that would miss their deadline to the DC
         self._latest_seq: dict[str, int] = {}  # device -> newest latest-wins seq received
+        self._ahead = asyncio.Semaphore(v.max_batch_size)  # frames preprocessed before their batch
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -353,38 +354,59 @@ class VisionService:
             if decision.placement == "shed":
                 await self._shed(sess, key, FrameJob(frame, received_s), decision.reason or "deadline")
                 return
-        # Decode + the detector's per-frame step now, in the preprocessing threads: the batch's
-        # critical path is then only the batched work.
-        pre = await asyncio.get_running_loop().run_in_executor(self.pipeline.pool, self.pipeline.preprocess, frame)
-        if pre.error is not None:
-            await self._dead_letter(sess, topic, payload, pre.error)
+        batched = await self._through_batcher(sess, key, FrameJob(frame, received_s), topic, payload)
+        if batched is None:  # shed or dead-lettered on the way
             return
-        job = FrameJob(frame, received_s, pre)
-        try:
-            future = self.batcher.submit_nowait(job)
-        except Overloaded:
-            self._flood_log.warning("shed", "overload: shed frame %s/%d (counted in edge_messages_shed)",
-                                    frame.device, frame.seq)
-            await self._shed(sess, key, job, "overload")
-            return
-        self._job_session[id(job)] = sess
-        try:
-            self.metrics.queue_depth.labels(STAGE).set(self.batcher.depth)
-            outcome = await future
-        finally:
-            self._job_session.pop(id(job), None)
-        if outcome.error is _SESSION_LOST:
+        if batched.error is _SESSION_LOST:
             raise SessionLost("session ended while the frame waited for its batch")
-        if outcome.error is _SUPERSEDED:
-            await self._shed(sess, key, job, "superseded")
+        if batched.error is _SUPERSEDED:
+            await self._shed(sess, key, batched.job, "superseded")
             return
-        if outcome.error is not None:
-            await self._dead_letter(sess, topic, payload, outcome.error)
+        if batched.error is not None:
+            await self._dead_letter(sess, topic, payload, batched.error)
             return
-        result = outcome.result
+        result = batched.result
         assert result is not None
-        unsent = _Unsent(names.vision_results(frame.device), encode_result(result), outcome)
+        unsent = _Unsent(names.vision_results(frame.device), encode_result(result), batched)
         await self._publish_result(sess, key, unsent)
+
+    async def _through_batcher(self, sess: _Session, key: bytes, job: FrameJob, topic: str,
+                               payload: bytes) -> FrameOutcome | None:
+        """The frame's batch outcome; None when it was shed (overload) or dead-lettered (bad image).
+
+        Up to ``vision.max_batch_size`` frames are preprocessed as they arrive (decode + the
+        detector's per-frame step, in the preprocessing threads), so the batch's critical path
+        is only the batched work; frames beyond that wait as bytes and their batch decodes them,
+        which bounds the decoded images held to about two batches.
+        """
+        ahead = not self._ahead.locked()
+        if ahead:
+            await self._ahead.acquire()  # free now: returns at once
+        try:
+            if ahead:
+                loop = asyncio.get_running_loop()
+                job.pre = await loop.run_in_executor(self.pipeline.pool, self.pipeline.preprocess, job.frame)
+                if job.pre.error is not None:
+                    await self._dead_letter(sess, topic, payload, job.pre.error)
+                    return None
+            try:
+                future = self.batcher.submit_nowait(job)
+            except Overloaded:
+                self._flood_log.warning("shed", "overload: shed frame %s/%d (counted in edge_messages_shed)",
+                                        job.frame.device, job.frame.seq)
+                job.pre = None
+                await self._shed(sess, key, job, "overload")
+                return None
+            self._job_session[id(job)] = sess
+            try:
+                self.metrics.queue_depth.labels(STAGE).set(self.batcher.depth)
+                return await future
+            finally:
+                self._job_session.pop(id(job), None)
+                job.pre = None  # the decoded image is not needed past its batch (crops keep what they use)
+        finally:
+            if ahead:
+                self._ahead.release()
 
     async def _publish_result(self, sess: _Session, key: bytes, unsent: _Unsent) -> None:
         try:
