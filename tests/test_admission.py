@@ -108,3 +108,26 @@ def test_prediction_counts_the_running_batch_and_whole_batches() -> None:
     assert est.predict_s("fer", 5, max_batch=4) == pytest.approx(0.3 + 0.4 + 0.3)  # 0.7 s x 2/s = 1 joins
     est.record_batch("fer", 4, 100.0, 100.4)  # the running batch ended
     assert est.predict_s("fer", 0, max_batch=4) == pytest.approx(0.1)  # nothing running, nothing ahead
+
+
+def test_batch_time_is_fixed_overhead_plus_cost_per_item() -> None:
+    clock = FakeClock()
+    est = LoadEstimator(alpha=0.5, window_s=10.0, clock=clock)
+    est.record_batch("fer", 2, 99.0, 99.0 + 0.030 + 2 * 0.010)  # 30 ms overhead + 10 ms per item
+    assert est.batch_model("fer") == pytest.approx((0.0, 0.025))  # one size seen: no line to fit yet
+    for items in (8, 1, 16, 4, 2, 12):
+        est.record_batch("fer", items, 99.0, 99.0 + 0.030 + items * 0.010)
+    fixed, per_item = est.batch_model("fer") or (0.0, 0.0)
+    assert fixed == pytest.approx(0.030) and per_item == pytest.approx(0.010)
+    # nothing running, 3 ahead, batches of 16, no arrivals: one batch of 4 = 30 + 40 ms; the
+    # EWMA of seconds / items (small batches: ~25 ms per item) would have said ~100 ms
+    assert est.predict_s("fer", 3, max_batch=16) == pytest.approx(0.070)
+    # 20 ahead: one full batch (30 + 160 ms) before its own batch of 5 (30 + 50 ms)
+    assert est.predict_s("fer", 20, max_batch=16) == pytest.approx(0.190 + 0.080)
+
+
+def test_batch_model_falls_back_when_the_fit_is_not_physical() -> None:
+    est = LoadEstimator(alpha=1.0, clock=FakeClock())
+    assert est.batch_model("fer") is None
+    est.record_batch("fer", 4, 99.0, 99.4)
+    assert est.batch_model("fer") == pytest.approx((0.0, 0.1))
