@@ -5,7 +5,10 @@ group: every edge sees every reply and keeps those addressed to it) and hands ea
 request waiting for it. The WAN between edge and DC is SIMULATED here by
 ``offload.dc_wan_delay_ms`` one way, added before the send and before the reply is handed over.
 The latency that admission control compares with a deadline is measured: an EWMA of round
-trips (a timeout counts as its timeout), starting from ``offload.dc_initial_latency_ms``.
+trips (a timeout counts as its timeout), starting from ``offload.dc_initial_latency_ms``; while
+requests are out, at least the age of the oldest one (a DC that stopped answering is not sent
+more), plus the requests out x the DC's measured service time per item (the queue a new
+request joins there).
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ class DcSpill:
         self.alpha = alpha
         self._latency_ms = offload.dc_initial_latency_ms
         self._pending: dict[str, asyncio.Future[DcReply]] = {}
+        self._started: dict[str, float] = {}  # request id -> monotonic s it was submitted
+        self._per_item_ms = 0.0  # EWMA of the DC's service time per item (from its replies)
         self._producer = make_producer(kafka, client_id=f"{kafka.client_id}-{node}-spill", acks="all",
                                        enable_idempotence=kafka.enable_idempotence, max_request_size=MAX_DC_BYTES)
         self._consumer = make_consumer(kafka, client_id=f"{kafka.client_id}-{node}-spill-replies", group_id=None,
@@ -60,7 +65,9 @@ class DcSpill:
         self.bad = 0
 
     def latency_ms(self) -> float | None:
-        return self._latency_ms
+        now = time.monotonic()
+        oldest_ms = 1000.0 * max((now - t for t in self._started.values()), default=0.0)
+        return max(self._latency_ms, oldest_ms) + len(self._started) * self._per_item_ms
 
     async def start(self) -> None:
         await ensure_topics(self.kafka, [KAFKA_DC_FRAMES], partitions=self.settings.dc_partitions)
@@ -88,7 +95,7 @@ class DcSpill:
         request_id = uuid.uuid4().hex
         future: asyncio.Future[DcReply] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
-        started = time.monotonic()
+        started = self._started[request_id] = time.monotonic()
         try:
             await asyncio.sleep(s.dc_wan_delay_ms / 1000.0)  # simulated WAN, edge -> DC
             req = DcRequest(request_id, self.node, int(time.time() * 1000), frame, frame.deadline_ms)
@@ -103,8 +110,13 @@ class DcSpill:
             return None
         finally:
             self._pending.pop(request_id, None)
+            self._started.pop(request_id, None)
         self.replied += 1
         self._observe(1000.0 * (time.monotonic() - started))
+        if reply.result is not None:
+            t = reply.result.timing
+            per_item = (t.preprocess_ms + t.inference_ms) / max(t.batch_size, 1)
+            self._per_item_ms += self.alpha * (per_item - self._per_item_ms)
         return reply.result
 
     def _observe(self, ms: float) -> None:
