@@ -146,8 +146,11 @@ class LoadEstimator:
         with self._lock:
             service = dict(self._service_s)
             waited = self._wait_s
+            busy = queue_depth > 0 or self._running is not None
         per_item = service.get(model)
-        queued = max(queue_depth * per_item if per_item is not None else 0.0, waited)
+        # the measured wait (an EWMA over batches) only while work is queued or running: an idle
+        # edge runs no batches, so that figure would stay at its last busy value and keep devices away
+        queued = max(queue_depth * per_item if per_item is not None else 0.0, waited if busy else 0.0)
         return EdgeLoad(
             queue_delay_ms=1000.0 * max(queued, 0.0),
             service_ms={k: 1000.0 * v for k, v in service.items()},

@@ -92,7 +92,11 @@ def test_overflow_is_the_turned_away_fraction_of_the_window() -> None:
 def test_measured_wait_raises_the_published_queue_delay() -> None:
     est = LoadEstimator(alpha=1.0, clock=FakeClock())
     est.record_batch("fer", 1, 99.9, 100.0, waited_s=0.8)
-    assert est.snapshot("fer", 0).queue_delay_ms == pytest.approx(800.0)
+    assert est.snapshot("fer", 1).queue_delay_ms == pytest.approx(800.0)  # work queued: the measured wait
+    est.batch_started(1, 100.0)
+    assert est.snapshot("fer", 0).queue_delay_ms == pytest.approx(800.0)  # a batch running
+    est.record_batch("fer", 1, 100.0, 100.1, waited_s=0.8)
+    assert est.snapshot("fer", 0).queue_delay_ms == 0.0  # idle: no stale wait keeps devices away
 
 
 def test_prediction_counts_the_running_batch_and_whole_batches() -> None:
