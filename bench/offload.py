@@ -86,6 +86,7 @@ class DeviceRun:
     placements: dict[str, int]
     device_energy_j: float
     device_busy: int
+    returned: int
 
 
 def _fleet(port: int, images: list[bytes], profile: dict[str, Any], cache_dir: Path, policy: str,
@@ -102,7 +103,7 @@ def _fleet(port: int, images: list[bytes], profile: dict[str, Any], cache_dir: P
         st = run_camera("127.0.0.1", port, f"cam-{i}", images, fps=camera_fps, seconds=seconds, start_seq=seq0,
                         placer=placers[i], edge_node=NODE)
         ps = placers[i].stats
-        return DeviceRun(st, dict(ps.placements), ps.device_energy_j, ps.device_busy)
+        return DeviceRun(st, dict(ps.placements), ps.device_energy_j, ps.device_busy, ps.returned)
 
     with ThreadPoolExecutor(cameras) as pool:
         return list(pool.map(camera, range(cameras)))
@@ -286,6 +287,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                             ),
                             "bytes_sent": sum(d.camera.bytes_sent for d in devs),
                             "placements": placements,
+                            "returned": sum(d.returned for d in devs),
                             "dc_busy_s": round(busy, 3),
                             "wan_bytes": wan,
                             "dc_cost": round(request_cost(s.offload, dc_s=busy, wan_bytes=wan).total, 6),

@@ -184,17 +184,21 @@ def run_camera(
             raise ConnectRefused(f"{host}:{port} refused the connection: {connack[0]}")
         if placer is not None:
             status_topic, results_topic = names.edge_status(edge_node), names.vision_results(device)
+            returns_topic = names.frame_returns(device)
 
             def on_message(_c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
                 if m.topic == status_topic:
                     placer.on_status(bytes(m.payload))
                 elif m.topic == results_topic:
                     placer.on_result(bytes(m.payload))
+                elif m.topic == returns_topic and (back := placer.on_return(bytes(m.payload))) is not None:
+                    placer.submit(back, "local", deliver)  # the edge handed it back: serve it here
 
             client.on_message = on_message
             client.subscribe(names.edge_status(edge_node), qos=1)
             if placer.policy == "auto":  # shed replies cut the edge share ahead of the next status
                 client.subscribe(results_topic, qos=1)
+                client.subscribe(returns_topic, qos=1)
         client.publish(twin_topic, twin_update({"status": "online", "fps": float(fps)}, now_ms()), qos=1)
         period = 1.0 / fps if fps > 0 else 0.0
         t0 = time.monotonic()
@@ -229,6 +233,9 @@ def run_camera(
             else:
                 frame = dataclasses.replace(frame, deadline_ms=captured + placer.profile.deadline_ms)
                 placement = placer.place(frame)
+                if placer.fallback and placement != "local":  # the edge may hand it back
+                    frame = dataclasses.replace(frame, fallback=True)
+                    placer.sent_fallback(frame)
                 if placement == "edge":
                     payload = encode_frame(frame)
                     last = client.publish(names.frames(device), payload, qos=qos)
@@ -248,6 +255,7 @@ def run_camera(
                     else:
                         time.sleep(delay)  # pacing the device's frame rate
         if placer is not None:
+            placer.settle(placer.profile.deadline_ms / 1000.0 + 5.0)  # outcomes or returns of frames out
             placer.drain()
         for info in [*late_sends, *([last] if last is not None else [])]:
             info.wait_for_publish(timeout=30)

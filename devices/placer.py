@@ -8,6 +8,12 @@ The device's compute runs in its own workers (``device_profile.parallelism``, it
 the capture loop (:meth:`DevicePlacer.submit`): a camera keeps its frame rate while frames are
 computed. A frame whose compute could not end before its deadline (every core busy) is not
 computed: its outcome is ``shed`` with reason ``device_busy``, reported like a served one.
+
+Under ``auto`` the frames (and crops) it sends to the edge are marked ``fallback``: an edge that
+would shed one for load hands it back (``topics.offload.FrameReturn``, not an outcome) and the
+device serves it here (:meth:`DevicePlacer.on_return`), so each frame still has one final outcome:
+the edge's, or the device's after a return. The device keeps each such frame until its outcome or
+its return arrives (:meth:`DevicePlacer.settle` waits for them).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from models.face_detect import crop_faces
 from models.fer_edge import FerClassifier, load_edge_fer, preprocess_faces
 from offload_core.device_settings import DeviceProfileSettings
 from topics.codec import ContractError, now_ms
+from topics.offload import decode_frame_return
 from topics.status import EdgeLoad, decode_status
 from topics.vision import EMOTIONS, Face, Frame, ModelRef, Timing, VisionResult, decode_result, shed_result
 
@@ -54,6 +61,7 @@ class PlacerStats:
     device_energy_j: float = 0.0
     bad_status: int = 0
     device_busy: int = 0  # frames shed because the device could not compute them before their deadline
+    returned: int = 0  # fallback frames the edge handed back (then served or shed here)
 
 
 class DevicePlacer:
@@ -83,6 +91,9 @@ class DevicePlacer:
         self._pool: ThreadPoolExecutor | None = None
         self._pending = 0  # frames submitted to the device's workers and not finished
         self._compute_ms = profile.detect_ms + profile.fer_ms  # EWMA of one frame's device compute
+        self.fallback = policy == "auto"  # mark edge-bound frames: the edge may hand them back
+        self._awaiting: dict[int, Frame] = {}  # seq -> fallback frame sent, until its outcome or return
+        self._settled = threading.Condition(self._lock)
 
     def on_status(self, payload: bytes) -> None:
         """A retained edge status arrived: remember its load (an offline edge: unknown)."""
@@ -106,9 +117,42 @@ class DevicePlacer:
         except ContractError:
             self.stats.bad_status += 1
             return
-        if result.outcome == "shed" and result.shed_reason in _LOAD_SHEDS:
-            with self._lock:
+        with self._lock:
+            if self._awaiting.pop(result.seq, None) is not None and not self._awaiting:
+                self._settled.notify_all()
+            if result.outcome == "shed" and result.shed_reason in _LOAD_SHEDS:
                 self.share.on_shed(time.monotonic())
+
+    def sent_fallback(self, frame: Frame) -> None:
+        """``frame`` (marked ``fallback``) went to the edge: keep it until its outcome or its return."""
+        with self._lock:
+            self._awaiting[frame.seq] = frame
+
+    def on_return(self, payload: bytes) -> Frame | None:
+        """The edge handed a frame back: the frame to serve here (``local``), or None (not ours, or
+        already answered). Cuts the edge share like a shed reply."""
+        try:
+            ret = decode_frame_return(payload)
+        except ContractError:
+            self.stats.bad_status += 1
+            return None
+        with self._lock:
+            frame = self._awaiting.pop(ret.seq, None)
+            if not self._awaiting:
+                self._settled.notify_all()
+            if frame is None:
+                return None
+            self.stats.returned += 1
+            self.share.on_shed(time.monotonic())
+        return frame
+
+    def settle(self, timeout_s: float) -> int:
+        """Wait until every fallback frame sent has its outcome or came back; the number still out."""
+        end = time.monotonic() + timeout_s
+        with self._lock:
+            while self._awaiting and (left := end - time.monotonic()) > 0:
+                self._settled.wait(left)
+            return len(self._awaiting)
 
     def edge_load(self) -> EdgeLoad | None:
         with self._lock:
@@ -227,7 +271,8 @@ class DevicePlacer:
         if done.frame is not None:
             return Prepared(done.placement, frame=dataclasses.replace(
                 done.frame, device=frame.device, seq=frame.seq, captured_at_ms=frame.captured_at_ms,
-                deadline_ms=frame.deadline_ms, latest_wins=frame.latest_wins), device_energy_j=energy)
+                deadline_ms=frame.deadline_ms, latest_wins=frame.latest_wins, fallback=frame.fallback),
+                device_energy_j=energy)
         assert done.result is not None
         result = dataclasses.replace(done.result, device=frame.device, node=self.node, seq=frame.seq,
                                      captured_at_ms=frame.captured_at_ms,
@@ -252,7 +297,7 @@ class DevicePlacer:
             if ok:
                 energy = self._compute_j(t0) + p.radio_j_per_byte * len(jpeg)
                 sent = Frame(frame.device, frame.seq, frame.captured_at_ms, "jpeg", jpeg.tobytes(),
-                             crop.shape[1], crop.shape[0], frame.deadline_ms, frame.latest_wins)
+                             crop.shape[1], crop.shape[0], frame.deadline_ms, frame.latest_wins, frame.fallback)
                 return Prepared("crops", frame=sent, device_energy_j=energy)
         faces: tuple[Face, ...] = ()
         if boxes:  # local, or crops with... any faces to classify on the device

@@ -44,6 +44,7 @@ from offload_core.settings import Settings
 from topics import names
 from topics.codec import ContractError, now_ms, payload_bytes
 from topics.deadletter import DeadLetter, encode_dead_letter
+from topics.offload import FrameReturn, encode_frame_return
 from topics.status import EdgeLoad, EdgeStatus, encode_status
 from topics.vision import Frame, ModelRef, decode_frame, encode_result, shed_result
 
@@ -333,8 +334,11 @@ class VisionService:
         if o.admission and deadline is not None:
             predicted_s = self.load.predict_s(self.pipeline.slot.current().name, self.batcher.depth,
                                               self.batcher.max_batch_size)
+            # a fallback frame is handed back rather than spilled: its device knows its own compute
+            # time, the DC's is an estimate over the WAN, and the device costs no DC time nor WAN bytes
+            dc_ms = None if self.dc is None or frame.fallback else self.dc.latency_ms()
             decision = decide(time.time() * 1000.0, deadline, None if predicted_s is None else 1000.0 * predicted_s,
-                              None if self.dc is None else self.dc.latency_ms(), o.margin_ms)
+                              dc_ms, o.margin_ms)
             self.load.record_admission(decision.placement != "edge")
             if decision.placement == "dc" and self.dc is not None:
                 served = await self.dc.submit(frame)
@@ -348,6 +352,9 @@ class VisionService:
                                                                   encode_result(served), outcome))
                     return
                 decision = Decision("shed", "dc_failed", decision.predicted_ms, decision.budget_ms)
+            if decision.placement == "shed" and decision.reason == "deadline" and frame.fallback:
+                await self._return(sess, frame, "deadline")
+                return
             if decision.placement == "shed":
                 await self._shed(sess, key, FrameJob(frame, received_s), decision.reason or "deadline")
                 return
@@ -355,6 +362,9 @@ class VisionService:
         try:
             future = self.batcher.submit_nowait(job)
         except Overloaded:
+            if frame.fallback:
+                await self._return(sess, frame, "overload")
+                return
             self._flood_log.warning("shed", "overload: shed frame %s/%d (counted in edge_messages_shed)",
                                     frame.device, frame.seq)
             await self._shed(sess, key, job, "overload")
@@ -417,6 +427,14 @@ class VisionService:
                              reason, waited_ms)
         await self._publish_result(sess, key, _Unsent(names.vision_results(job.frame.device),
                                                       encode_result(result), FrameOutcome(job, result)))
+
+    async def _return(self, sess: _Session, frame: Frame, reason: str) -> None:
+        """A ``fallback`` frame the edge would shed goes back to its device, which serves it and
+        publishes its outcome: the edge publishes none (a return is not an outcome)."""
+        self.metrics.returned.labels(STAGE, reason).inc()
+        ret = FrameReturn(frame.device, frame.seq, frame.captured_at_ms, self.settings.edge.node_name, reason, now_ms())
+        await publish_confirmed(sess.client, names.frame_returns(frame.device), encode_frame_return(ret),
+                                deadline_s=self.settings.delivery.publish_deadline_s)
 
     async def _dead_letter(self, sess: _Session, topic: str, payload: bytes, error: ContractError) -> None:
         self.metrics.rejected.labels(STAGE, error.reason).inc()
