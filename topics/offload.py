@@ -26,6 +26,7 @@ from topics.vision import (
 __all__ = [
     "DC_REPLY_VERSION",
     "DC_REQUEST_VERSION",
+    "KAFKA_DC_DEAD_LETTERS",
     "KAFKA_DC_FRAMES",
     "KAFKA_DC_RESULTS",
     "MAX_DC_BYTES",
@@ -43,6 +44,8 @@ __all__ = [
 
 KAFKA_DC_FRAMES = "offload.dc-frames"
 KAFKA_DC_RESULTS = "offload.dc-results"
+# records of offload.dc-frames that are no request: ``topics.deadletter.DeadLetter`` (stage "dc_inference")
+KAFKA_DC_DEAD_LETTERS = "offload.dc-dead-letters"
 DC_REQUEST_VERSION = 1
 DC_REPLY_VERSION = 1
 FRAME_RETURN_VERSION = 1
