@@ -1,22 +1,29 @@
 """Offloading benchmark: ``python -m bench.offload --json`` prints one JSON object.
 
-One process runs Mosquitto and Tansu (child processes), an edge agent, a DC inference worker
-and a fleet of simulated cameras. The edge's capacity is MEASURED first (frames/s of a saturating
-burst); then for each policy the fleet offers 0.5x .. 3x that rate for a short step each:
+One process runs Mosquitto and Tansu (child processes), an edge agent and a DC inference worker;
+a second process runs the fleet of simulated cameras. The edge's capacity is MEASURED first
+(frames/s of a saturating burst); then for each policy the fleet offers 0.5x .. 3x that rate for a
+short step each, for real: a step offering R frames/s runs ceil(R / ``--camera-fps``) cameras
+(10 fps at most each, started at spread phases), each capturing on schedule while its device's
+compute runs in its own ``device_profile.parallelism`` workers (``frames`` = what was offered):
 
 - ``edge_only``: frames to the edge, no admission control (every frame served, however late);
 - ``edge_dc``: frames to the edge, admission control, spill to the DC worker, else shed;
 - ``device_crops``: the device detects faces and sends only crops (edge serves all);
-- ``adaptive``: the device picks edge / crops / local from the edge's published load, and the
-  edge runs admission control with DC spill.
+- ``adaptive``: the device picks edge / crops / local from the edge's published load and marks
+  what it sends ``fallback``; the edge runs admission control, hands fallback frames it would shed
+  back to their device, and spills other frames to the DC.
 
 SIMULATED (stated in the JSON's ``simulated``): the WAN between edge and DC (``--wan-ms`` one way);
-the device's compute time (its profile's times, a sleep: each camera would have its own CPU; the
-output is a real inference of the same image, done once); the DC's compute runs for real on the
-same machine as the edge. MEASURED: everything else (edge service, queues, broker, Kafka).
+the device's compute time (its profile's times, a sleep in the device's workers: each camera would
+have its own CPU; the output is a real inference of the same image, done once per process); the
+DC's compute runs for real on the same machine as the edge. MEASURED: everything else (edge
+service, queues, broker, Kafka).
 
 Per policy and load: p50/p99 latency (capture -> outcome received), deadline-miss rate (late,
-shed, or never answered; ``misses`` splits them: late:{served_by} / shed:{reason}),
+shed, or never answered; ``misses`` splits them: late:{served_by} / shed:{reason}; a frame the
+device could not compute before its deadline is ``shed:device_busy``), placements chosen by the
+devices and ``returned`` (fallback frames the edge handed back, then served on the device),
 goodput (answered in time per s), device energy per frame (J, from the
 profile), bytes sent by the devices, DC cost (worker busy seconds x GPU price + WAN bytes),
 ``unaccounted`` (frames without an outcome; must be 0).
