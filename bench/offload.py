@@ -26,7 +26,8 @@ device could not compute before its deadline is ``shed:device_busy``), placement
 devices and ``returned`` (fallback frames the edge handed back, then served on the device),
 goodput (answered in time per s), device energy per frame (J, from the
 profile), bytes sent by the devices, DC cost (worker busy seconds x GPU price + WAN bytes),
-``unaccounted`` (frames without an outcome; must be 0).
+``unaccounted`` (frames without an outcome; must be 0) and ``duplicate_outcomes`` (outcomes after a
+frame's first; must be 0).
 """
 
 from __future__ import annotations
@@ -73,7 +74,9 @@ def _pct(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 1) if values else None
 
 
-async def _collect(port: int, into: dict[tuple[str, int], tuple[VisionResult, int]], ready: asyncio.Event) -> None:
+async def _collect(port: int, into: dict[tuple[str, int], tuple[VisionResult, int]], ready: asyncio.Event,
+                   duplicates: dict[tuple[str, int], int]) -> None:
+    """Every result, first one kept; a second outcome of one frame is counted in ``duplicates``."""
     async with aiomqtt.Client("127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V5) as client:
         await client.subscribe(names.RESULTS_FILTER, qos=1)
         ready.set()
@@ -82,7 +85,11 @@ async def _collect(port: int, into: dict[tuple[str, int], tuple[VisionResult, in
                 r = decode_result(bytes(m.payload))  # type: ignore[arg-type]
             except ContractError:
                 continue
-            into.setdefault((r.device, r.seq), (r, int(time.time() * 1000)))
+            key = (r.device, r.seq)
+            if key in into:
+                duplicates[key] = duplicates.get(key, 0) + 1
+            else:
+                into[key] = (r, int(time.time() * 1000))
 
 
 @dataclass
@@ -197,7 +204,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         spill = DcSpill(s.kafka, s.offload, NODE)
         results: dict[tuple[str, int], tuple[VisionResult, int]] = {}
         ready = asyncio.Event()
-        collector = asyncio.create_task(_collect(mqtt_broker.port, results, ready))
+        duplicates: dict[tuple[str, int], int] = {}
+        collector = asyncio.create_task(_collect(mqtt_broker.port, results, ready, duplicates))
         try:
             await asyncio.wait_for(agent.connected.wait(), 30)
             await asyncio.wait_for(worker.ready.wait(), 60)
@@ -301,6 +309,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                             "outcomes": where,
                             "misses": misses,
                             "unaccounted": unaccounted,
+                            "duplicate_outcomes": sum(duplicates.get((dev, q), 0) for dev, q, _ in frames),
                         }
                     )
                     print(json.dumps(out["runs"][-1]), file=sys.stderr)
@@ -323,6 +332,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     out["adaptive_miss_rate_3x"] = miss_at("adaptive", top)
     out["edge_only_miss_rate_3x"] = miss_at("edge_only", top)
     out["unaccounted"] = sum(r["unaccounted"] for r in runs)
+    out["duplicate_outcomes"] = sum(duplicates.values())  # over the whole run, late arrivals included
     return out
 
 
