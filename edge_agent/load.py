@@ -20,6 +20,9 @@ from topics.status import EdgeLoad
 
 __all__ = ["LoadEstimator"]
 
+_BURST_S = 0.25  # the short window of the arrival rate
+_BIAS_ALPHA = 0.05  # EWMA weight of one completed request in the prediction's bias
+
 
 class LoadEstimator:
     """EWMA of service time per item (per model) and of queue wait; busy fraction over a window."""
@@ -38,6 +41,7 @@ class LoadEstimator:
         self._busy: deque[tuple[float, float]] = deque()  # (start, end) of recent batches
         self._admitted: deque[tuple[float, bool]] = deque()  # (when, turned away) of recent requests
         self._running: tuple[int, float] | None = None  # (items, started) of the batch running now
+        self._bias = 1.0  # EWMA of actual / predicted completion of the admitted requests
 
     def record_batch(self, model: str, items: int, started_s: float, ended_s: float,
                      waited_s: float | None = None) -> None:
@@ -69,6 +73,19 @@ class LoadEstimator:
         """A batch of ``items`` started at ``started_s`` (monotonic s); :meth:`record_batch` ends it."""
         with self._lock:
             self._running = (items, started_s) if items > 0 else None
+
+    def record_completion(self, predicted_s: float, actual_s: float) -> None:
+        """An admitted request predicted to complete in ``predicted_s`` (by the uncorrected model)
+        completed in ``actual_s``: folded into the bias that :meth:`predict_s` multiplies by."""
+        if predicted_s <= 0 or actual_s < 0:
+            return
+        with self._lock:
+            self._bias += _BIAS_ALPHA * (actual_s / predicted_s - self._bias)
+
+    def bias(self) -> float:
+        """Measured actual / predicted completion (>= 1 is applied; below 1 the model is kept)."""
+        with self._lock:
+            return self._bias
 
     def record_admission(self, turned_away: bool) -> None:
         """One admission decision: ``turned_away`` if the edge shed or spilled the request."""
@@ -106,15 +123,19 @@ class LoadEstimator:
                 return fixed, per_item
         return 0.0, mean_per_item
 
-    def predict_s(self, model: str, queue_depth: int, max_batch: int = 1) -> float | None:
+    def predict_s(self, model: str, queue_depth: int, max_batch: int = 1, corrected: bool = True) -> float | None:
         """Predicted seconds from now until a request arriving now is served. None before any
         measurement.
 
         It waits for what is left of the batch running now, then for the ``queue_depth`` items
         ahead of it, in batches of up to ``max_batch``; its own batch also takes the requests that
-        arrive (at the rate the edge admitted over the last ``window_s``) until that batch starts.
+        arrive until that batch starts, at the rate the edge admitted: the higher of the rates over
+        the last ``window_s`` and over the last ``_BURST_S`` (a burst fills its batch before the
+        long window shows it).
         Each batch takes ``fixed + per_item x items`` (:meth:`batch_model`). With ``max_batch`` 1,
-        no fixed overhead and nothing running: ``(queue_depth + 1)`` x service per item."""
+        no fixed overhead and nothing running: ``(queue_depth + 1)`` x service per item.
+        ``corrected``: times the measured bias when it is above 1 (what the model leaves out: the
+        hand-over between batches, items dearer than the average, other work on the same cores)."""
         fit = self.batch_model(model)
         if fit is None:
             return None
@@ -124,13 +145,17 @@ class LoadEstimator:
             self._prune(now)
             running = self._running
             admitted = sum(1 for _, away in self._admitted if not away)
+            short = min(_BURST_S, self.window_s)
+            recent = sum(1 for at, away in self._admitted if not away and at >= now - short)
+        rate = max(admitted / self.window_s, recent / short)
         left = 0.0 if running is None else max(fixed + running[0] * per_item - (now - running[1]), 0.0)
         batch = max(max_batch, 1)
         before, mine = divmod(queue_depth, batch)  # full batches ahead; items ahead in its own batch
         starts_in = left + before * (fixed + batch * per_item)
-        joining = admitted / self.window_s * starts_in  # arrivals until its batch starts
+        joining = rate * starts_in  # arrivals until its batch starts
         own = min(batch, mine + 1 + int(joining))
-        return starts_in + fixed + own * per_item
+        predicted = starts_in + fixed + own * per_item
+        return predicted * max(self.bias(), 1.0) if corrected else predicted
 
     def utilisation(self) -> float:
         """Busy fraction of the batch worker over the last ``window_s``."""

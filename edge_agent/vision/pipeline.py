@@ -31,10 +31,15 @@ __all__ = ["FrameJob", "FrameOutcome", "VisionPipeline"]
 
 @dataclass(slots=True)
 class FrameJob:
-    """A decoded envelope waiting for the model. ``received_s`` is ``time.monotonic()``."""
+    """A decoded envelope waiting for the model. ``received_s`` is ``time.monotonic()``.
+
+    ``admitted_s`` / ``predicted_s``: when admission control let it in and the completion time (s
+    from then) it predicted, before any bias correction; None without admission control."""
 
     frame: Frame
     received_s: float
+    admitted_s: float | None = None
+    predicted_s: float | None = None
 
 
 @dataclass(slots=True)

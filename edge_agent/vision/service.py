@@ -137,6 +137,7 @@ class VisionService:
         self._job_session: dict[int, _Session] = {}  # id(FrameJob) -> its session, while queued
         self._unsent: OrderedDict[bytes, _Unsent] = OrderedDict()
         self._batch_started_s: float | None = None  # set while a batch runs in the worker
+        self._batch_ended_s = 0.0  # when the worker finished its last batch
         o = settings.offload
         self.load = LoadEstimator(o.load_alpha, o.load_window_s)  # measured load: admission + status
         self.dc: DcPath | None = None  # set to spill frames that would miss their deadline to the DC
@@ -256,7 +257,15 @@ class VisionService:
                 for i, outcome in zip(live, self.pipeline.run_batch([jobs[i] for i in live]), strict=True):
                     out[i] = outcome
                 waited = sum(started - jobs[i].received_s for i in live) / len(live)
-                self.load.record_batch(self.pipeline.slot.current().name, len(live), started, time.monotonic(), waited)
+                # the batch's time as its frames see it: from when the worker was free and one of
+                # them was waiting (the event loop's hand-over between batches included) to its end
+                began = min(started, max(self._batch_ended_s, min(jobs[i].received_s for i in live)))
+                ended = self._batch_ended_s = time.monotonic()
+                self.load.record_batch(self.pipeline.slot.current().name, len(live), began, ended, waited)
+                for i in live:
+                    job = jobs[i]
+                    if job.admitted_s is not None and job.predicted_s is not None:
+                        self.load.record_completion(job.predicted_s, ended - job.admitted_s)
             return out
         finally:
             self._batch_started_s = None
@@ -331,9 +340,11 @@ class VisionService:
             self._latest_seq[frame.device] = frame.seq
         o = self.settings.offload
         deadline = deadline_of(frame.deadline_ms, frame.captured_at_ms, o.default_deadline_ms)
+        raw_s: float | None = None  # the model's predicted completion, before the bias correction
         if o.admission and deadline is not None:
-            predicted_s = self.load.predict_s(self.pipeline.slot.current().name, self.batcher.depth,
-                                              self.batcher.max_batch_size)
+            model = self.pipeline.slot.current().name
+            raw_s = self.load.predict_s(model, self.batcher.depth, self.batcher.max_batch_size, corrected=False)
+            predicted_s = None if raw_s is None else raw_s * max(self.load.bias(), 1.0)
             # a fallback frame is handed back rather than spilled: its device knows its own compute
             # time, the DC's is an estimate over the WAN, and the device costs no DC time nor WAN bytes
             dc_ms = None if self.dc is None or frame.fallback else self.dc.latency_ms()
@@ -359,6 +370,8 @@ class VisionService:
                 await self._shed(sess, key, FrameJob(frame, received_s), decision.reason or "deadline")
                 return
         job = FrameJob(frame, received_s)
+        if raw_s is not None:
+            job.admitted_s, job.predicted_s = time.monotonic(), raw_s
         try:
             future = self.batcher.submit_nowait(job)
         except Overloaded:
