@@ -83,7 +83,7 @@ class DevicePlacer:
         self._load: EdgeLoad | None = None
         self._load_at = 0.0
         self._status_ms = 0
-        self.share = EdgeShare()  # auto: the share of edge-bound frames the edge gets
+        self.share = EdgeShare(start=profile.edge_share_start)  # auto: the share of edge-bound frames the edge gets
         self._detector: BlazeFaceDetector | None = None
         self._fer: FerClassifier | None = None
         self.simulate_compute = simulate_compute

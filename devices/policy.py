@@ -128,10 +128,13 @@ class EdgeShare:
     ``edge_room`` x the deadline); otherwise it holds. An unknown edge counts as idle. Frames are let
     through by a deterministic credit (share 0.25: every fourth frame), the rest run on the device.
     Many devices thus split the load with the edge instead of all leaving and all coming back.
+    ``start``: the share before any status (below 1: a slow start, so devices that start together
+    do not all send everything to an edge that looked idle to each of them).
     """
 
-    def __init__(self, decrease: float = 0.5, increase: float = 0.1, shed_hold_s: float = 0.25) -> None:
-        self.share = 1.0
+    def __init__(self, decrease: float = 0.5, increase: float = 0.1, shed_hold_s: float = 0.25,
+                 start: float = 1.0) -> None:
+        self.share = start
         self.decrease = decrease
         self.increase = increase
         self.shed_hold_s = shed_hold_s

@@ -36,4 +36,6 @@ class DeviceProfileSettings(BaseModel):
     edge_room: float = Field(0.5, gt=0, le=1, description="auto: the edge share grows only while the edge's "
                              "published queue delay + service is below this fraction of the deadline "
                              "and it turned nothing away")
+    edge_share_start: float = Field(0.25, gt=0, le=1, description="auto: the edge share a device starts "
+                                    "with (a fleet that starts together does not land on the edge all at once)")
     status_max_age_s: float = Field(5.0, gt=0, description="an edge status older than this counts as unknown")

@@ -98,3 +98,10 @@ def test_device_queue_makes_local_slower() -> None:
     assert est["local"].latency_ms == pytest.approx(idle["local"].latency_ms + 300.0)
     assert est["crops"].latency_ms == pytest.approx(idle["crops"].latency_ms + 300.0)
     assert est["edge"].latency_ms == pytest.approx(idle["edge"].latency_ms)
+
+
+def test_edge_share_slow_start() -> None:
+    share = EdgeShare(start=0.25)
+    assert [share.admit() for _ in range(8)].count(True) == 2  # every fourth frame before any status
+    share.update(load(5.0), 1, 0.05, room_ms=250.0)
+    assert share.share == pytest.approx(0.35)
