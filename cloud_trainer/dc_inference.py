@@ -4,6 +4,9 @@ A Kafka consumer group member (``offload.dc_group``): run more workers to scale 
 partitions of ``offload.dc-frames``). Each poll's records are one batch for the same vision
 pipeline the edge runs (same model version), served in a worker thread; the replies are
 produced (acks=all) before the offsets are committed, so a crash replays, never loses, a frame.
+A record that is no request is counted (``stats.bad``), logged and dead-lettered on
+``offload.dc-dead-letters`` (a ``topics.deadletter`` record, stage ``dc_inference``, keeping up to
+64 KiB of the payload), also produced before its offset is committed.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from offload_core.kafka_clients import make_consumer, make_producer
 from offload_core.retry import Backoff
 from offload_core.runtime import freeze_loaded_objects
 from offload_core.settings import KafkaSettings, Settings
-from topics.codec import ContractError
+from topics.codec import ContractError, now_ms
+from topics.deadletter import DeadLetter, encode_dead_letter
 from topics.offload import (
+    KAFKA_DC_DEAD_LETTERS,
     KAFKA_DC_FRAMES,
     KAFKA_DC_RESULTS,
     MAX_DC_BYTES,
@@ -40,7 +45,7 @@ log = logging.getLogger("cloud_trainer.dc_inference")
 class DcWorkerStats:
     served: int = 0
     errors: int = 0  # frames answered with an error (bad image ...)
-    bad: int = 0  # records that are no request (counted, logged, skipped)
+    bad: int = 0  # records that are no request (counted, logged, dead-lettered, skipped)
     batches: int = 0
     busy_s: float = 0.0  # seconds of model work: the DC GPU/CPU seconds the cost model charges
     restarts: int = 0
@@ -85,7 +90,7 @@ class DcInferenceWorker:
             consumer = producer = None
             try:
                 await ensure_topics(self.kafka, [KAFKA_DC_FRAMES], partitions=self.partitions)
-                await ensure_topics(self.kafka, [KAFKA_DC_RESULTS])
+                await ensure_topics(self.kafka, [KAFKA_DC_RESULTS, KAFKA_DC_DEAD_LETTERS])
                 producer = make_producer(self.kafka, client_id=f"{self.kafka.client_id}-{self.worker_id}",
                                          acks="all", enable_idempotence=self.kafka.enable_idempotence,
                                          max_request_size=MAX_DC_BYTES)
@@ -102,13 +107,17 @@ class DcInferenceWorker:
                     records = [r for rs in batch.values() for r in rs]
                     if not records:
                         continue
-                    requests = [req for r in records if (req := self._decode(r.value)) is not None]
+                    decoded = [(r.value, self._decode(r.value)) for r in records]
+                    requests = [req for _, req in decoded if isinstance(req, DcRequest)]
+                    sends = [await producer.send(KAFKA_DC_DEAD_LETTERS, self._dead_letter(value, err),
+                                                 key=self.worker_id.encode())
+                             for value, err in decoded if isinstance(err, ContractError)]
                     if requests:
                         replies = await asyncio.to_thread(self.serve, requests)
-                        sends = [await producer.send(KAFKA_DC_RESULTS, encode_dc_reply(rep), key=rep.reply_to.encode())
-                                 for rep in replies]
-                        for fut in sends:
-                            await fut  # acks=all before the offsets move
+                        sends += [await producer.send(KAFKA_DC_RESULTS, encode_dc_reply(rep), key=rep.reply_to.encode())
+                                  for rep in replies]
+                    for fut in sends:
+                        await fut  # acks=all before the offsets move
                     await asyncio.wait_for(consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items() if rs}),
                                            30.0)
             except Exception as exc:
@@ -125,15 +134,21 @@ class DcInferenceWorker:
                         except Exception as exc:
                             log.debug("dc worker %s: closing a Kafka client: %s", self.worker_id, exc)
 
-    def _decode(self, value: bytes | None) -> DcRequest | None:
+    def _decode(self, value: bytes | None) -> DcRequest | ContractError:
         try:
             if value is None:
                 raise ContractError("empty", "record without a value")
             return decode_dc_request(value)
         except ContractError as exc:
             self.stats.bad += 1
-            log.warning("dc worker %s: skipped a record that is no request: %s", self.worker_id, exc)
-            return None
+            log.warning("dc worker %s: dead-lettered a record that is no request: %s", self.worker_id, exc)
+            return exc
+
+    def _dead_letter(self, value: bytes | None, error: ContractError) -> bytes:
+        payload = value or b""
+        return encode_dead_letter(DeadLetter(stage="dc_inference", reason=error.reason, detail=error.detail,
+                                             topic=KAFKA_DC_FRAMES, payload=payload, payload_size=len(payload),
+                                             node=self.worker_id, received_at_ms=now_ms()))
 
 
 async def run_dc_worker(settings: Settings, worker_id: str, stop: asyncio.Event) -> DcWorkerStats:

@@ -21,7 +21,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from devices.placer import DevicePlacer
+from devices.placer import DevicePlacer, Prepared
 from models.artifacts import path_of
 from offload_core.mqtt_security import configure_paho
 from offload_core.settings import MqttSettings
@@ -184,22 +184,41 @@ def run_camera(
             raise ConnectRefused(f"{host}:{port} refused the connection: {connack[0]}")
         if placer is not None:
             status_topic, results_topic = names.edge_status(edge_node), names.vision_results(device)
+            returns_topic = names.frame_returns(device)
 
             def on_message(_c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
                 if m.topic == status_topic:
                     placer.on_status(bytes(m.payload))
                 elif m.topic == results_topic:
                     placer.on_result(bytes(m.payload))
+                elif m.topic == returns_topic and (back := placer.on_return(bytes(m.payload))) is not None:
+                    placer.submit(back, "local", deliver)  # the edge handed it back: serve it here
 
             client.on_message = on_message
             client.subscribe(names.edge_status(edge_node), qos=1)
             if placer.policy == "auto":  # shed replies cut the edge share ahead of the next status
                 client.subscribe(results_topic, qos=1)
+                client.subscribe(returns_topic, qos=1)
         client.publish(twin_topic, twin_update({"status": "online", "fps": float(fps)}, now_ms()), qos=1)
         period = 1.0 / fps if fps > 0 else 0.0
         t0 = time.monotonic()
         deadline = t0 + seconds if seconds is not None else float("inf")
         last: mqtt.MQTTMessageInfo | None = None
+        sent_lock = threading.Lock()  # the device's workers publish too
+        late_sends: list[mqtt.MQTTMessageInfo] = []
+
+        def deliver(prep: Prepared) -> None:  # a device worker finished its part of a frame
+            if prep.frame is not None:
+                payload = encode_frame(prep.frame)
+                info = client.publish(names.frames(device), payload, qos=qos)
+            else:
+                assert prep.result is not None
+                payload = b""  # served (or shed) on the device: only the report goes out
+                info = client.publish(names.vision_results(device), encode_result(prep.result), qos=qos)
+            with sent_lock:
+                stats.bytes_sent += len(payload)
+                late_sends.append(info)
+
         seq = start_seq
         while (count is None or stats.frames_sent < count) and time.monotonic() < deadline:
             if stop is not None and stop.is_set():
@@ -207,22 +226,25 @@ def run_camera(
             data = images[seq % len(images)]
             captured = now_ms()
             frame = Frame(device=device, seq=seq, captured_at_ms=captured, encoding="jpeg", data=data)
+            payload = b""
             if placer is None:
                 payload = encode_frame(frame)
                 last = client.publish(names.frames(device), payload, qos=qos)
             else:
                 frame = dataclasses.replace(frame, deadline_ms=captured + placer.profile.deadline_ms)
-                prep = placer.prepare(frame)
-                if prep.frame is not None:
-                    payload = encode_frame(prep.frame)
+                placement = placer.place(frame)
+                if placer.fallback and placement != "local":  # the edge may hand it back
+                    frame = dataclasses.replace(frame, fallback=True)
+                    placer.sent_fallback(frame)
+                if placement == "edge":
+                    payload = encode_frame(frame)
                     last = client.publish(names.frames(device), payload, qos=qos)
-                else:
-                    assert prep.result is not None
-                    payload = b""  # served on the device: only the report goes out
-                    last = client.publish(names.vision_results(device), encode_result(prep.result), qos=qos)
+                else:  # the device's cores do their part off this loop: capture stays on schedule
+                    placer.submit(frame, placement, deliver)
             stats.sent_at[seq] = captured
             stats.frames_sent += 1
-            stats.bytes_sent += len(payload)
+            with sent_lock:
+                stats.bytes_sent += len(payload)
             seq += 1
             if period:
                 next_at = t0 + stats.frames_sent * period
@@ -232,8 +254,11 @@ def run_camera(
                         stop.wait(delay)
                     else:
                         time.sleep(delay)  # pacing the device's frame rate
-        if last is not None:
-            last.wait_for_publish(timeout=30)
+        if placer is not None:
+            placer.settle(placer.profile.deadline_ms / 1000.0 + 5.0)  # outcomes or returns of frames out
+            placer.drain()
+        for info in [*late_sends, *([last] if last is not None else [])]:
+            info.wait_for_publish(timeout=30)
         stats.seconds = time.monotonic() - t0
         status = {"status": "idle", "frames_sent": stats.frames_sent}
         client.publish(twin_topic, twin_update(status, now_ms()), qos=1).wait_for_publish(timeout=10)

@@ -3,6 +3,17 @@ device's share of the work - face detection for ``crops``, detection + FER for `
 
 Reads the edge's retained status (``topics.status``) for its load. A frame served on the device
 is reported on the normal result topic with ``served_by="device"``.
+
+The device's compute runs in its own workers (``device_profile.parallelism``, its cores), off
+the capture loop (:meth:`DevicePlacer.submit`): a camera keeps its frame rate while frames are
+computed. A frame whose compute could not end before its deadline (every core busy) is not
+computed: its outcome is ``shed`` with reason ``device_busy``, reported like a served one.
+
+Under ``auto`` the frames (and crops) it sends to the edge are marked ``fallback``: an edge that
+would shed one for load hands it back (``topics.offload.FrameReturn``, not an outcome) and the
+device serves it here (:meth:`DevicePlacer.on_return`), so each frame still has one final outcome:
+the edge's, or the device's after a return. The device keeps each such frame until its outcome or
+its return arrives (:meth:`DevicePlacer.settle` waits for them).
 """
 
 from __future__ import annotations
@@ -11,6 +22,8 @@ import dataclasses
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,9 +35,10 @@ from models.blazeface import BlazeFaceDetector, load_blazeface
 from models.face_detect import crop_faces
 from models.fer_edge import FerClassifier, load_edge_fer, preprocess_faces
 from offload_core.device_settings import DeviceProfileSettings
-from topics.codec import ContractError
+from topics.codec import ContractError, now_ms
+from topics.offload import decode_frame_return
 from topics.status import EdgeLoad, decode_status
-from topics.vision import EMOTIONS, Face, Frame, ModelRef, Timing, VisionResult, decode_result
+from topics.vision import EMOTIONS, Face, Frame, ModelRef, Timing, VisionResult, decode_result, shed_result
 
 __all__ = ["DevicePlacer", "Prepared"]
 
@@ -46,6 +60,8 @@ class PlacerStats:
     placements: Counter[str] = field(default_factory=Counter)
     device_energy_j: float = 0.0
     bad_status: int = 0
+    device_busy: int = 0  # frames shed because the device could not compute them before their deadline
+    returned: int = 0  # fallback frames the edge handed back (then served or shed here)
 
 
 class DevicePlacer:
@@ -67,11 +83,17 @@ class DevicePlacer:
         self._load: EdgeLoad | None = None
         self._load_at = 0.0
         self._status_ms = 0
-        self.share = EdgeShare()  # auto: the share of edge-bound frames the edge gets
+        self.share = EdgeShare(start=profile.edge_share_start)  # auto: the share of edge-bound frames the edge gets
         self._detector: BlazeFaceDetector | None = None
         self._fer: FerClassifier | None = None
         self.simulate_compute = simulate_compute
-        self._memo: dict[tuple[bytes, str], Prepared] = {}
+        self._memo = _SHARED_MEMO if simulate_compute else {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending = 0  # frames submitted to the device's workers and not finished
+        self._compute_ms = profile.detect_ms + profile.fer_ms  # EWMA of one frame's device compute
+        self.fallback = policy == "auto"  # mark edge-bound frames: the edge may hand them back
+        self._awaiting: dict[int, Frame] = {}  # seq -> fallback frame sent, until its outcome or return
+        self._settled = threading.Condition(self._lock)
 
     def on_status(self, payload: bytes) -> None:
         """A retained edge status arrived: remember its load (an offline edge: unknown)."""
@@ -95,53 +117,150 @@ class DevicePlacer:
         except ContractError:
             self.stats.bad_status += 1
             return
-        if result.outcome == "shed" and result.shed_reason in _LOAD_SHEDS:
-            with self._lock:
+        with self._lock:
+            if self._awaiting.pop(result.seq, None) is not None and not self._awaiting:
+                self._settled.notify_all()
+            if result.outcome == "shed" and result.shed_reason in _LOAD_SHEDS:
                 self.share.on_shed(time.monotonic())
+
+    def sent_fallback(self, frame: Frame) -> None:
+        """``frame`` (marked ``fallback``) went to the edge: keep it until its outcome or its return."""
+        with self._lock:
+            self._awaiting[frame.seq] = frame
+
+    def on_return(self, payload: bytes) -> Frame | None:
+        """The edge handed a frame back: the frame to serve here (``local``), or None (not ours, or
+        already answered). Cuts the edge share like a shed reply."""
+        try:
+            ret = decode_frame_return(payload)
+        except ContractError:
+            self.stats.bad_status += 1
+            return None
+        with self._lock:
+            frame = self._awaiting.pop(ret.seq, None)
+            if not self._awaiting:
+                self._settled.notify_all()
+            if frame is None:
+                return None
+            self.stats.returned += 1
+            self.share.on_shed(time.monotonic())
+        return frame
+
+    def settle(self, timeout_s: float) -> int:
+        """Wait until every fallback frame sent has its outcome or came back; the number still out."""
+        end = time.monotonic() + timeout_s
+        with self._lock:
+            while self._awaiting and (left := end - time.monotonic()) > 0:
+                self._settled.wait(left)
+            return len(self._awaiting)
 
     def edge_load(self) -> EdgeLoad | None:
         with self._lock:
             fresh = time.monotonic() - self._load_at <= self.profile.status_max_age_s
             return self._load if fresh else None
 
-    def prepare(self, frame: Frame) -> Prepared:
-        """Place ``frame`` and do the device's part of the work."""
+    def device_queue_ms(self) -> float:
+        """How long a frame submitted now would wait for one of the device's cores (estimate)."""
+        with self._lock:
+            waiting = self._pending - self.profile.parallelism + 1
+            return max(waiting, 0) * self._compute_ms / self.profile.parallelism
+
+    def place(self, frame: Frame) -> Placement:
+        """Where ``frame`` goes (fast: no compute). ``edge``: send it as it is; otherwise
+        :meth:`work` (or :meth:`submit`) does the device's part."""
         load = self.edge_load()
+        queue_ms = self.device_queue_ms()
         if self.policy == "auto":
-            placement = choose("auto", len(frame.data), load, self.profile, respect_overflow=False)
+            placement = choose("auto", len(frame.data), load, self.profile, respect_overflow=False,
+                               device_queue_ms=queue_ms)
+            room_ms = self.profile.edge_room * self.profile.deadline_ms
             with self._lock:
-                self.share.update(load, self._status_ms, self.profile.max_edge_overflow)
+                self.share.update(load, self._status_ms, self.profile.max_edge_overflow, room_ms)
                 if placement != "local" and not self.share.admit():
                     placement = "local"
         else:
             placement = choose(self.policy, len(frame.data), load, self.profile)
-        self.stats.placements[placement] += 1
-        p = self.profile
+        with self._lock:
+            self.stats.placements[placement] += 1
+            if placement == "edge":
+                self.stats.device_energy_j += self.profile.radio_j_per_byte * len(frame.data)
+        return placement
+
+    def prepare(self, frame: Frame) -> Prepared:
+        """Place ``frame`` and do the device's part of the work here (blocking)."""
+        placement = self.place(frame)
         if placement == "edge":
-            energy = p.radio_j_per_byte * len(frame.data)
-            self.stats.device_energy_j += energy
-            return Prepared("edge", frame=frame, device_energy_j=energy)
+            return Prepared("edge", frame=frame, device_energy_j=self.profile.radio_j_per_byte * len(frame.data))
+        return self.work(frame, placement)
+
+    def submit(self, frame: Frame, placement: Placement, done: Callable[[Prepared], None]) -> None:
+        """Do the device's part of ``frame`` in the device's workers, then ``done(prepared)``."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.profile.parallelism, thread_name_prefix=f"{self.node}-cpu")
+            self._pending += 1
+            pool = self._pool
+
+        def job() -> None:
+            try:
+                done(self.work(frame, placement))
+            finally:
+                with self._lock:
+                    self._pending -= 1
+
+        pool.submit(job)
+
+    def drain(self) -> None:
+        """Wait for the frames submitted to the device's workers (their ``done`` has run)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def work(self, frame: Frame, placement: Placement) -> Prepared:
+        """The device's part of ``frame`` (detection for ``crops``, detection + FER for ``local``),
+        or a ``device_busy`` shed when it could not end before the frame's deadline."""
+        p = self.profile
+        faces = 1
+        if self.simulate_compute and placement == "local":
+            with _MODELS_LOCK:
+                memo = self._memo.get((frame.data, placement))
+            faces = len(memo.result.faces) if memo is not None and memo.result is not None else 1
+        expected_ms = p.detect_ms + (faces * p.fer_ms if placement == "local" else 0.0)
+        if frame.deadline_ms is not None and now_ms() + expected_ms > frame.deadline_ms:
+            fer = self._models()[1]
+            with self._lock:
+                self.stats.device_busy += 1
+            waited = max(float(now_ms() - frame.captured_at_ms), 0.0)
+            return Prepared(placement, result=shed_result(frame, self.node, ModelRef(fer.name, fer.version),
+                                                          "device_busy", waited))
         prep = self._simulated(frame, placement) if self.simulate_compute else self._compute(frame, placement)
-        self.stats.device_energy_j += prep.device_energy_j
+        with self._lock:
+            self.stats.device_energy_j += prep.device_energy_j
+            if prep.result is not None:
+                self._compute_ms += 0.2 * (prep.result.timing.total_ms - self._compute_ms)
         return prep
 
     def warm(self, images: list[bytes], device: str = "warm-up") -> None:
-        """Compute (and, with ``simulate_compute``, remember) the device's outputs of ``images``."""
+        """Compute (and, with ``simulate_compute``, remember: once per process) the device's outputs of
+        ``images``."""
         for data in images:
             for placement in ("crops", "local"):
+                if self.simulate_compute and (data, placement) in self._memo:
+                    continue
                 frame = Frame(device, 0, 0, "jpeg", data)
                 done = self._compute(frame, placement)
                 if self.simulate_compute:
-                    with self._lock:
+                    with _MODELS_LOCK:
                         self._memo[(data, placement)] = done
 
     def _simulated(self, frame: Frame, placement: Placement) -> Prepared:
         key = (frame.data, placement)
-        with self._lock:
+        with _MODELS_LOCK:
             done = self._memo.get(key)
         if done is None:
             done = self._compute(frame, placement)
-            with self._lock:
+            with _MODELS_LOCK:
                 self._memo[key] = done
         p = self.profile
         faces = len(done.result.faces) if done.result is not None else 1
@@ -152,7 +271,8 @@ class DevicePlacer:
         if done.frame is not None:
             return Prepared(done.placement, frame=dataclasses.replace(
                 done.frame, device=frame.device, seq=frame.seq, captured_at_ms=frame.captured_at_ms,
-                deadline_ms=frame.deadline_ms, latest_wins=frame.latest_wins), device_energy_j=energy)
+                deadline_ms=frame.deadline_ms, latest_wins=frame.latest_wins, fallback=frame.fallback),
+                device_energy_j=energy)
         assert done.result is not None
         result = dataclasses.replace(done.result, device=frame.device, node=self.node, seq=frame.seq,
                                      captured_at_ms=frame.captured_at_ms,
@@ -177,7 +297,7 @@ class DevicePlacer:
             if ok:
                 energy = self._compute_j(t0) + p.radio_j_per_byte * len(jpeg)
                 sent = Frame(frame.device, frame.seq, frame.captured_at_ms, "jpeg", jpeg.tobytes(),
-                             crop.shape[1], crop.shape[0], frame.deadline_ms, frame.latest_wins)
+                             crop.shape[1], crop.shape[0], frame.deadline_ms, frame.latest_wins, frame.fallback)
                 return Prepared("crops", frame=sent, device_energy_j=energy)
         faces: tuple[Face, ...] = ()
         if boxes:  # local, or crops with... any faces to classify on the device
@@ -209,4 +329,5 @@ class DevicePlacer:
 
 
 _MODELS: dict[Path, tuple[BlazeFaceDetector, FerClassifier]] = {}
-_MODELS_LOCK = threading.Lock()
+_MODELS_LOCK = threading.RLock()
+_SHARED_MEMO: dict[tuple[bytes, str], Prepared] = {}  # simulate_compute: outputs shared by a process's devices

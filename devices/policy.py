@@ -52,8 +52,10 @@ def estimates(
     profile: DeviceProfileSettings,
     faces: int = 1,
     respect_overflow: bool = True,
+    device_queue_ms: float = 0.0,
 ) -> list[Estimate]:
-    """Latency and device energy of each placement for one frame of ``frame_bytes``."""
+    """Latency and device energy of each placement for one frame of ``frame_bytes``;
+    ``device_queue_ms``: how long the frame would wait for one of the device's own cores."""
     p = profile
     queue_ms, service_ms = _edge_figures(load, p)
     detect_ms = p.detect_ms if load is None or not load.service_ms else service_ms * p.compute_slowdown
@@ -79,11 +81,11 @@ def estimates(
         ),
         Estimate(
             "crops",
-            detect_ms + upload_ms(crop_bytes) + p.rtt_ms + queue_ms + service_ms,
+            device_queue_ms + detect_ms + upload_ms(crop_bytes) + p.rtt_ms + queue_ms + service_ms,
             compute_j(detect_ms) + p.radio_j_per_byte * crop_bytes,
             crop_bytes,
         ),
-        Estimate("local", local_ms, compute_j(local_ms), 0),
+        Estimate("local", device_queue_ms + local_ms, compute_j(local_ms), 0),
     ]
 
 
@@ -95,6 +97,7 @@ def choose(
     deadline_ms: float | None = None,
     faces: int = 1,
     respect_overflow: bool = True,
+    device_queue_ms: float = 0.0,
 ) -> Placement:
     """The placement of one frame under ``policy`` (a fixed placement, or ``auto``: the rule above)."""
     if policy != "auto":
@@ -104,7 +107,7 @@ def choose(
     deadline = profile.deadline_ms if deadline_ms is None else deadline_ms
     options = [
         e
-        for e in estimates(frame_bytes, load, profile, faces, respect_overflow)
+        for e in estimates(frame_bytes, load, profile, faces, respect_overflow, device_queue_ms)
         if e.energy_j <= profile.energy_budget_j
     ]
     if not options:
@@ -120,13 +123,18 @@ class EdgeShare:
 
     On each shed reply to one of its own frames (:meth:`on_shed`) and on each fresh edge status
     showing an edge turning requests away (``overflow`` above the profile's
-    ``max_edge_overflow``) halves the share; otherwise it grows by ``increase``. Frames are let
+    ``max_edge_overflow``) halves the share. It grows by ``increase`` only on a status that shows
+    room: nothing turned away and queue delay + service within ``room_ms`` (the profile's
+    ``edge_room`` x the deadline); otherwise it holds. An unknown edge counts as idle. Frames are let
     through by a deterministic credit (share 0.25: every fourth frame), the rest run on the device.
     Many devices thus split the load with the edge instead of all leaving and all coming back.
+    ``start``: the share before any status (below 1: a slow start, so devices that start together
+    do not all send everything to an edge that looked idle to each of them).
     """
 
-    def __init__(self, decrease: float = 0.5, increase: float = 0.1, shed_hold_s: float = 0.25) -> None:
-        self.share = 1.0
+    def __init__(self, decrease: float = 0.5, increase: float = 0.1, shed_hold_s: float = 0.25,
+                 start: float = 1.0) -> None:
+        self.share = start
         self.decrease = decrease
         self.increase = increase
         self.shed_hold_s = shed_hold_s
@@ -141,14 +149,16 @@ class EdgeShare:
             self._shed_at = now_s
             self.share = max(self.share * self.decrease, 0.02)
 
-    def update(self, load: EdgeLoad | None, at_ms: int, max_overflow: float) -> None:
+    def update(self, load: EdgeLoad | None, at_ms: int, max_overflow: float,
+               room_ms: float = float("inf")) -> None:
         """Fold in the status published at ``at_ms`` (each status once)."""
         if at_ms == self._seen:
             return
         self._seen = at_ms
         if load is not None and load.overflow > max_overflow:
             self.share = max(self.share * self.decrease, 0.02)
-        else:
+        elif load is None or (load.overflow == 0 and load.queue_delay_ms + max(load.service_ms.values(), default=0.0)
+                                                           <= room_ms):
             self.share = min(self.share + self.increase, 1.0)
 
     def admit(self) -> bool:

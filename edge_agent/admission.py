@@ -1,11 +1,14 @@
 """Edge admission control: serve a request here, spill it to the DC, or shed it with a reason.
 
-The rule (README "Offloading"): predict the completion time at the edge as now + (items ahead
-+ 1) x measured service time per item + margin. If it meets the request's deadline, serve at
-the edge. Otherwise, if a DC path is configured and its measured latency (WAN round trip + DC
+The rule (README "Offloading"): predict the completion time at the edge
+(``edge_agent.load.LoadEstimator.predict_s``: the running batch, the batches ahead and its own,
+each ``fixed + per_item x items`` as measured) + margin. If it meets the request's deadline, serve
+at the edge. Otherwise, if a DC path is given and its predicted latency (WAN round trip + DC
 queue + DC service) fits, spill to the DC. Otherwise shed with reason ``deadline`` (or
-``deadline_passed`` when the deadline was already behind us on arrival). A request without a
-deadline, or before the first service time is measured, is always served at the edge.
+``deadline_passed`` when the deadline was already behind us on arrival); the edge hands a
+``fallback`` frame back to its device instead of shedding it, and gives such frames no DC path
+(``edge_agent.vision.service``). A request without a deadline, or before the first service time
+is measured, is always served at the edge.
 """
 
 from __future__ import annotations

@@ -5,7 +5,12 @@ group: every edge sees every reply and keeps those addressed to it) and hands ea
 request waiting for it. The WAN between edge and DC is SIMULATED here by
 ``offload.dc_wan_delay_ms`` one way, added before the send and before the reply is handed over.
 The latency that admission control compares with a deadline is measured: an EWMA of round
-trips (a timeout counts as its timeout), starting from ``offload.dc_initial_latency_ms``.
+trips (a timeout counts as its timeout), starting from ``offload.dc_initial_latency_ms``; while
+requests are out, at least the age of the oldest one (a DC that stopped answering is not sent
+more), plus the requests out x the DC's measured service time per item (the queue a new
+request joins there). With nothing out, what the EWMA holds above the initial latency halves
+every ``_RELAX_S`` seconds: a DC measured slow once is tried again (else, never sent a frame, it
+would never be measured fast again).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from topics.vision import Frame, VisionResult
 __all__ = ["DcSpill"]
 
 log = logging.getLogger("edge_agent.dc_spill")
+_RELAX_S = 2.0
 
 
 class DcSpill:
@@ -48,6 +54,9 @@ class DcSpill:
         self.alpha = alpha
         self._latency_ms = offload.dc_initial_latency_ms
         self._pending: dict[str, asyncio.Future[DcReply]] = {}
+        self._started: dict[str, float] = {}  # request id -> monotonic s it was submitted
+        self._per_item_ms = 0.0  # EWMA of the DC's service time per item (from its replies)
+        self._idle_since: float | None = time.monotonic()  # no request out since then
         self._producer = make_producer(kafka, client_id=f"{kafka.client_id}-{node}-spill", acks="all",
                                        enable_idempotence=kafka.enable_idempotence, max_request_size=MAX_DC_BYTES)
         self._consumer = make_consumer(kafka, client_id=f"{kafka.client_id}-{node}-spill-replies", group_id=None,
@@ -60,7 +69,11 @@ class DcSpill:
         self.bad = 0
 
     def latency_ms(self) -> float | None:
-        return self._latency_ms
+        now = time.monotonic()
+        if not self._started:
+            return self._relaxed(now)
+        oldest_ms = 1000.0 * max(now - t for t in self._started.values())
+        return max(self._latency_ms, oldest_ms) + len(self._started) * self._per_item_ms
 
     async def start(self) -> None:
         await ensure_topics(self.kafka, [KAFKA_DC_FRAMES], partitions=self.settings.dc_partitions)
@@ -89,6 +102,8 @@ class DcSpill:
         future: asyncio.Future[DcReply] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         started = time.monotonic()
+        self._latency_ms, self._idle_since = self._relaxed(started), None
+        self._started[request_id] = started
         try:
             await asyncio.sleep(s.dc_wan_delay_ms / 1000.0)  # simulated WAN, edge -> DC
             req = DcRequest(request_id, self.node, int(time.time() * 1000), frame, frame.deadline_ms)
@@ -103,9 +118,22 @@ class DcSpill:
             return None
         finally:
             self._pending.pop(request_id, None)
+            self._started.pop(request_id, None)
+            if not self._started:
+                self._idle_since = time.monotonic()
         self.replied += 1
         self._observe(1000.0 * (time.monotonic() - started))
+        if reply.result is not None:
+            t = reply.result.timing
+            per_item = (t.preprocess_ms + t.inference_ms) / max(t.batch_size, 1)
+            self._per_item_ms += self.alpha * (per_item - self._per_item_ms)
         return reply.result
+
+    def _relaxed(self, now: float) -> float:
+        floor = self.settings.dc_initial_latency_ms
+        if self._started or self._idle_since is None or self._latency_ms <= floor:
+            return self._latency_ms
+        return floor + (self._latency_ms - floor) * 0.5 ** ((now - self._idle_since) / _RELAX_S)
 
     def _observe(self, ms: float) -> None:
         self._latency_ms += self.alpha * (ms - self._latency_ms)

@@ -47,6 +47,8 @@ class EdgeMetrics:
                                     "model, offload.* prices)", ["served_by"], registry=r)
         self.outcomes = Counter("edge_request_outcomes", "published outcome of each request: served (by edge, "
                                 "dc) or shed", ["stage", "outcome", "served_by"], registry=r)
+        self.returned = Counter("edge_frames_returned", "fallback frames handed back to their device instead of "
+                                "shed (the device publishes their outcome)", ["stage", "reason"], registry=r)
         self.faces = Counter("edge_faces", "faces classified", ["label"], registry=r)
         self.batch_size = Histogram("edge_batch_size", "frames per batch", ["stage"],
                                     buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)

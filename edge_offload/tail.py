@@ -23,6 +23,7 @@ from offload_core.settings import MqttSettings, load_settings, use_config_file
 from topics import names
 from topics.codec import ContractError, payload_bytes
 from topics.deadletter import decode_dead_letter
+from topics.offload import decode_frame_return
 from topics.status import decode_status
 from topics.vision import VisionResult, decode_result
 
@@ -30,8 +31,11 @@ __all__ = ["DEFAULT_FILTERS", "describe", "format_line", "tail", "build_parser",
 
 
 def _vision_line(r: VisionResult) -> str:
+    if r.outcome == "shed":
+        return f"vision {r.device} #{r.seq} SHED by {r.node} ({r.shed_reason}) after {r.timing.total_ms:.1f} ms"
     faces = ", ".join(f"{f.label} {f.confidence:.2f} @{f.box[0]},{f.box[1]} {f.box[2]}x{f.box[3]}" for f in r.faces)
-    return (f"vision {r.device} #{r.seq} {len(r.faces)} face(s){': ' + faces if faces else ''} "
+    where = "" if r.served_by == "edge" else f" served by {r.served_by} {r.node}"
+    return (f"vision {r.device} #{r.seq} {len(r.faces)} face(s){': ' + faces if faces else ''}{where} "
             f"[{r.model.name} {r.model.version}, batch {r.timing.batch_size}, {r.timing.total_ms:.1f} ms]")
 
 
@@ -46,6 +50,7 @@ def describe(payload: bytes) -> tuple[str, Any]:
         "vision_result": decode_result,
         "dead_letter": decode_dead_letter,
         "edge_status": decode_status,
+        "frame_return": decode_frame_return,
     }
     try:
         from topics import transcript  # speech results, when that contract is present
@@ -70,6 +75,8 @@ def format_line(topic: str, payload: bytes) -> str:
         return _vision_line(obj)
     if kind == "dead_letter":
         return f"dead-letter {obj.stage} {obj.reason}: {obj.detail} ({obj.topic}, {obj.payload_size} B)"
+    if kind == "frame_return":  # not an outcome: the device serves the frame and publishes that
+        return f"returned {obj.device} #{obj.seq} by {obj.node} ({obj.reason}): the device serves it, not an outcome"
     if kind == "edge_status":
         return f"edge {obj.node} {'online' if obj.online else 'OFFLINE'} models={obj.models}"
     if kind == "transcript_segment":

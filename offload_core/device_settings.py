@@ -31,4 +31,11 @@ class DeviceProfileSettings(BaseModel):
     crop_bytes: int = Field(6000, ge=1, description="typical JPEG bytes of the face crops of one frame")
     max_edge_overflow: float = Field(0.05, ge=0, le=1, description="auto: an edge that turned away more "
                                      "than this fraction of recent requests is not sent frames")
+    parallelism: int = Field(4, ge=1, description="frames the device computes at once (its cores: a "
+                             "Raspberry Pi 4 has 4 Cortex-A72 cores, see README)")
+    edge_room: float = Field(0.5, gt=0, le=1, description="auto: the edge share grows only while the edge's "
+                             "published queue delay + service is below this fraction of the deadline "
+                             "and it turned nothing away")
+    edge_share_start: float = Field(0.25, gt=0, le=1, description="auto: the edge share a device starts "
+                                    "with (a fleet that starts together does not land on the edge all at once)")
     status_max_age_s: float = Field(5.0, gt=0, description="an edge status older than this counts as unknown")

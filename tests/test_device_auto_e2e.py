@@ -35,7 +35,8 @@ def _status(queue_ms: float) -> bytes:
 
 async def test_auto_device_switches_with_the_edge_load(mosquitto: MosquittoBroker, cache_dir: Path) -> None:
     dev = "cam-auto"
-    placer = DevicePlacer("auto", DeviceProfileSettings(deadline_ms=500), cache_dir, dev)
+    # share 1 from the start (no slow start): every frame follows the published load alone
+    placer = DevicePlacer("auto", DeviceProfileSettings(deadline_ms=500, edge_share_start=1.0), cache_dir, dev)
     stop = threading.Event()
     status_topic = names.edge_status("auto-edge")
     async with subscriber(mosquitto.port, names.frames(dev), names.vision_results(dev)) as sub, \
@@ -55,12 +56,17 @@ async def test_auto_device_switches_with_the_edge_load(mosquitto: MosquittoBroke
         def to_edge(m: aiomqtt.Message) -> bool:
             return str(m.topic) == names.frames(dev)
 
+        after = -1  # device results of frames placed before the status changed may still come in
+
         def on_device(m: aiomqtt.Message) -> bool:
-            return str(m.topic) == names.vision_results(dev) and \
-                decode_result(bytes(m.payload)).served_by == "device"  # type: ignore[arg-type]
+            if str(m.topic) != names.vision_results(dev):
+                return False
+            r = decode_result(bytes(m.payload))  # type: ignore[arg-type]
+            return r.served_by == "device" and r.seq > after
 
         try:
             first = decode_frame(bytes((await asyncio.wait_for(until(to_edge), 30)).payload), 1 << 23)  # type: ignore[arg-type]
+            after = first.seq
             await edge.publish(status_topic, _status(5_000.0), qos=1, retain=True)  # the edge is swamped
             local = decode_result(bytes((await asyncio.wait_for(until(on_device), 60)).payload))  # type: ignore[arg-type]
             await edge.publish(status_topic, _status(5.0), qos=1, retain=True)  # and recovers

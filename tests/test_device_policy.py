@@ -76,3 +76,32 @@ def test_a_shed_reply_halves_the_share_at_most_once_per_hold() -> None:
     assert share.share == pytest.approx(0.5)
     share.on_shed(10.3)
     assert share.share == pytest.approx(0.25)
+
+
+def test_edge_share_grows_only_while_the_edge_shows_room() -> None:
+    share = EdgeShare(decrease=0.5, increase=0.1)
+    share.share = 0.5
+    share.update(load(100.0, 20.0), 1, 0.05, room_ms=250.0)  # 120 ms of 250: room
+    assert share.share == pytest.approx(0.6)
+    share.update(load(300.0, 20.0), 2, 0.05, room_ms=250.0)  # a long queue: hold
+    assert share.share == pytest.approx(0.6)
+    some = EdgeLoad(10.0, {"fer": 20.0}, 1.0, 50.0, overflow=0.02)  # turned a few away: hold
+    share.update(some, 3, 0.05, room_ms=250.0)
+    assert share.share == pytest.approx(0.6)
+    share.update(None, 4, 0.05, room_ms=250.0)  # unknown edge: idle
+    assert share.share == pytest.approx(0.7)
+
+
+def test_device_queue_makes_local_slower() -> None:
+    est = {e.placement: e for e in estimates(50_000, load(0.0), PROFILE, device_queue_ms=300.0)}
+    idle = {e.placement: e for e in estimates(50_000, load(0.0), PROFILE)}
+    assert est["local"].latency_ms == pytest.approx(idle["local"].latency_ms + 300.0)
+    assert est["crops"].latency_ms == pytest.approx(idle["crops"].latency_ms + 300.0)
+    assert est["edge"].latency_ms == pytest.approx(idle["edge"].latency_ms)
+
+
+def test_edge_share_slow_start() -> None:
+    share = EdgeShare(start=0.25)
+    assert [share.admit() for _ in range(8)].count(True) == 2  # every fourth frame before any status
+    share.update(load(5.0), 1, 0.05, room_ms=250.0)
+    assert share.share == pytest.approx(0.35)

@@ -113,3 +113,29 @@ def test_dc_request_and_reply_round_trip() -> None:
     obj["reply_to"] = "a/b"
     with pytest.raises(ContractError):
         decode_dc_request(msgpack.packb(obj))
+
+
+def test_fallback_frame_is_v3_and_a_plain_frame_stays_v2() -> None:
+    from dataclasses import replace
+
+    fallback = replace(FRAME, fallback=True)
+    assert decode_frame(encode_frame(fallback), 1 << 20) == fallback
+    assert msgpack.unpackb(encode_frame(fallback))["v"] == 3
+    assert msgpack.unpackb(encode_frame(FRAME))["v"] == 2  # older edges still read frames without it
+    assert decode_frame(encode_frame(FRAME), 1 << 20).fallback is False
+
+
+def test_frame_return_round_trip_and_validation() -> None:
+    from topics import names
+    from topics.offload import FrameReturn, decode_frame_return, encode_frame_return
+
+    ret = FrameReturn("cam-1", 3, 1000, "edge-1", "deadline", 1200)
+    assert decode_frame_return(encode_frame_return(ret)) == ret
+    assert not names.matches(names.RESULTS_FILTER, names.frame_returns("cam-1"))  # never read as an outcome
+    assert not names.routed_by_edgecore(names.frame_returns("cam-1"))
+    bad = msgpack.packb({"type": "frame_return", "v": 1, "device": "../x", "seq": 1, "captured_at_ms": 1,
+                         "node": "e", "reason": "deadline", "at_ms": 1})
+    with pytest.raises(ContractError):
+        decode_frame_return(bad)
+    with pytest.raises(ContractError):
+        decode_frame_return(encode_frame(FRAME))

@@ -16,6 +16,7 @@ from edge_offload.brokers import MosquittoBroker
 from edge_offload.tail import format_line, tail
 from offload_core.settings import MqttSettings, load_settings
 from topics import names
+from topics.offload import FrameReturn, encode_frame_return
 from topics.vision import Face, ModelRef, Timing, VisionResult, encode_result
 
 
@@ -46,6 +47,12 @@ def test_format_line_is_readable() -> None:
     line = format_line(names.vision_results("cam-t"), encode_result(_result(4)))
     assert line == "vision cam-t #4 1 face(s): happy 0.95 @10,20 30x40 [fer v9, batch 2, 12.5 ms]"
     assert format_line("x", b"\xc1garbage").startswith("undecodable")
+    shed = dataclasses.replace(_result(5), faces=(), outcome="shed", served_by="none", shed_reason="deadline")
+    assert format_line(names.vision_results("cam-t"), encode_result(shed)).startswith(
+        "vision cam-t #5 SHED by ")
+    back = FrameReturn("cam-t", 6, 1, "edge-1", "deadline", 2)
+    line = format_line(names.frame_returns("cam-t"), encode_frame_return(back))
+    assert line.startswith("returned cam-t #6 by edge-1 (deadline)") and "not an outcome" in line
 
 
 def test_tail_shows_a_dc_revision_as_a_revision() -> None:

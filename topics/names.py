@@ -28,6 +28,7 @@ __all__ = [
     "frames",
     "audio",
     "vision_results",
+    "frame_returns",
     "transcript",
     "partial_transcript",
     "dead_letter",
@@ -89,6 +90,12 @@ def audio(device: str, conversation: str, leg: str) -> str:
 def vision_results(device: str) -> str:
     """Facial-expression results for one device's frames."""
     return f"{ROOT}/results/vision/{check_id(device, 'device')}"
+
+
+def frame_returns(device: str) -> str:
+    """Frames an edge hands back to the device that sent them (not an outcome: see
+    ``topics.offload.FrameReturn``); outside ``results/`` so result readers never see them."""
+    return f"{ROOT}/returns/{check_id(device, 'device')}"
 
 
 def transcript(conversation: str) -> str:

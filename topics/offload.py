@@ -1,5 +1,8 @@
 """Edge <-> DC inference over Kafka: frames spilled by an overloaded edge, results back.
 
+:class:`FrameReturn` (MQTT ``names.frame_returns(device)``): an edge hands a ``fallback`` frame
+back to its device instead of shedding it; the device serves it and publishes its one final outcome.
+
 ``offload.dc-frames`` (edge -> DC inference workers, one consumer group, keyed by device) carries
 :class:`DcRequest`; ``offload.dc-results`` (DC -> edges, keyed by the edge node) carries
 :class:`DcReply`, which the edge that asked publishes on the device's normal MQTT result topic.
@@ -23,11 +26,16 @@ from topics.vision import (
 __all__ = [
     "DC_REPLY_VERSION",
     "DC_REQUEST_VERSION",
+    "KAFKA_DC_DEAD_LETTERS",
     "KAFKA_DC_FRAMES",
     "KAFKA_DC_RESULTS",
     "MAX_DC_BYTES",
     "DcReply",
     "DcRequest",
+    "FRAME_RETURN_VERSION",
+    "FrameReturn",
+    "decode_frame_return",
+    "encode_frame_return",
     "decode_dc_reply",
     "decode_dc_request",
     "encode_dc_reply",
@@ -36,8 +44,11 @@ __all__ = [
 
 KAFKA_DC_FRAMES = "offload.dc-frames"
 KAFKA_DC_RESULTS = "offload.dc-results"
+# records of offload.dc-frames that are no request: ``topics.deadletter.DeadLetter`` (stage "dc_inference")
+KAFKA_DC_DEAD_LETTERS = "offload.dc-dead-letters"
 DC_REQUEST_VERSION = 1
 DC_REPLY_VERSION = 1
+FRAME_RETURN_VERSION = 1
 MAX_DC_BYTES = 4 * 1024 * 1024 + (64 << 10)
 
 
@@ -106,3 +117,35 @@ def _check(request_id: str, reply_to: str) -> None:
         check_id(reply_to, "node")
     except ValueError as exc:
         raise ContractError("bad_field", str(exc)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class FrameReturn:
+    """An edge gives frame ``seq`` of ``device`` back (it would have shed it for ``reason``); NOT an
+    outcome: the device, which marked the frame ``fallback``, serves it and publishes the outcome."""
+
+    device: str
+    seq: int
+    captured_at_ms: int
+    node: str
+    reason: str
+    at_ms: int
+
+
+def encode_frame_return(ret: FrameReturn) -> bytes:
+    return pack("frame_return", FRAME_RETURN_VERSION, {
+        "device": check_id(ret.device, "device"), "seq": ret.seq, "captured_at_ms": ret.captured_at_ms,
+        "node": check_id(ret.node, "node"), "reason": ret.reason, "at_ms": ret.at_ms,
+    })
+
+
+def decode_frame_return(payload: bytes) -> FrameReturn:
+    obj = unpack(payload, "frame_return", frozenset({FRAME_RETURN_VERSION}), 4096)
+    device, node = field(obj, "device", str), field(obj, "node", str)
+    try:
+        check_id(device, "device")
+        check_id(node, "node")
+    except ValueError as exc:
+        raise ContractError("bad_field", str(exc)) from None
+    return FrameReturn(device, field(obj, "seq", int), field(obj, "captured_at_ms", int), node,
+                       field(obj, "reason", str), field(obj, "at_ms", int))

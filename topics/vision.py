@@ -28,9 +28,11 @@ __all__ = [
     "shed_result",
 ]
 
-FRAME_VERSION = 2  # v2: optional ``deadline_ms`` and ``latest_wins``; v1 still decodes
+# v2: optional ``deadline_ms`` and ``latest_wins``; v3: ``fallback`` (written only when set, so a
+# frame without it stays v2 for older edges); v1 and v2 still decode
+FRAME_VERSION = 3
 RESULT_VERSION = 2  # v2: ``outcome``, ``served_by``, ``shed_reason``; v1 decodes as served at the edge
-FRAME_VERSIONS = frozenset({1, 2})
+FRAME_VERSIONS = frozenset({1, 2, 3})
 RESULT_VERSIONS = frozenset({1, 2})
 # Where a request was served; "none" only for a shed request.
 SERVED_BY: tuple[str, ...] = ("edge", "dc", "device", "none")
@@ -56,6 +58,10 @@ class Frame:
     deadline_ms: int | None = None
     # Video "latest wins": a newer frame of this device supersedes this one while it waits.
     latest_wins: bool = False
+    # The device can serve this frame itself: an edge that would shed it for load returns it
+    # (``topics.offload.FrameReturn`` on ``names.frame_returns``) and publishes no outcome; the
+    # device then serves it and publishes the one final outcome.
+    fallback: bool = False
 
     @property
     def size(self) -> int:
@@ -119,7 +125,8 @@ class VisionResult:
 def encode_frame(frame: Frame) -> bytes:
     if frame.encoding not in ENCODINGS:
         raise ValueError(f"encoding {frame.encoding!r} not in {ENCODINGS}")
-    return pack("frame", FRAME_VERSION, {
+    extra = {"fallback": True} if frame.fallback else {}
+    return pack("frame", FRAME_VERSION if frame.fallback else 2, {
         "device": check_id(frame.device, "device"),
         "seq": frame.seq,
         "captured_at_ms": frame.captured_at_ms,
@@ -130,6 +137,7 @@ def encode_frame(frame: Frame) -> bytes:
         "data": frame.data,
         "deadline_ms": frame.deadline_ms,
         "latest_wins": frame.latest_wins,
+        **extra,
     })
 
 
@@ -164,6 +172,7 @@ def decode_frame(payload: bytes, max_bytes: int) -> Frame:
         height=opt_field(obj, "height", int, None),
         deadline_ms=opt_field(obj, "deadline_ms", int, None),
         latest_wins=opt_field(obj, "latest_wins", bool, False),
+        fallback=opt_field(obj, "fallback", bool, False),
     )
 
 

@@ -47,11 +47,16 @@ class Preprocessed:
 @dataclass(slots=True)
 class FrameJob:
     """A decoded envelope waiting for the model. ``received_s`` is ``time.monotonic()``;
-    ``pre`` is set when the frame was preprocessed before its batch."""
+    ``pre`` is set when the frame was preprocessed before its batch.
+
+    ``admitted_s`` / ``predicted_s``: when admission control let it in and the completion time (s
+    from then) it predicted, before any bias correction; None without admission control."""
 
     frame: Frame
     received_s: float
     pre: Preprocessed | None = None
+    admitted_s: float | None = None
+    predicted_s: float | None = None
 
 
 @dataclass(slots=True)

@@ -44,6 +44,7 @@ from offload_core.settings import Settings
 from topics import names
 from topics.codec import ContractError, now_ms, payload_bytes
 from topics.deadletter import DeadLetter, encode_dead_letter
+from topics.offload import FrameReturn, encode_frame_return
 from topics.status import EdgeLoad, EdgeStatus, encode_status
 from topics.vision import Frame, ModelRef, decode_frame, encode_result, shed_result
 
@@ -138,6 +139,7 @@ class VisionService:
         self._job_session: dict[int, _Session] = {}  # id(FrameJob) -> its session, while queued
         self._unsent: OrderedDict[bytes, _Unsent] = OrderedDict()
         self._batch_started_s: float | None = None  # set while a batch runs in the worker
+        self._batch_ended_s = 0.0  # when the worker finished its last batch
         o = settings.offload
         self.load = LoadEstimator(o.load_alpha, o.load_window_s)  # measured load: admission + status
         self.dc: DcPath | None = None  # set to spill frames that would miss their deadline to the DC
@@ -258,7 +260,15 @@ class VisionService:
                 for i, outcome in zip(live, self.pipeline.run_batch([jobs[i] for i in live]), strict=True):
                     out[i] = outcome
                 waited = sum(started - jobs[i].received_s for i in live) / len(live)
-                self.load.record_batch(self.pipeline.slot.current().name, len(live), started, time.monotonic(), waited)
+                # the batch's time as its frames see it: from when the worker was free and one of
+                # them was waiting (the event loop's hand-over between batches included) to its end
+                began = min(started, max(self._batch_ended_s, min(jobs[i].received_s for i in live)))
+                ended = self._batch_ended_s = time.monotonic()
+                self.load.record_batch(self.pipeline.slot.current().name, len(live), began, ended, waited)
+                for i in live:
+                    job = jobs[i]
+                    if job.admitted_s is not None and job.predicted_s is not None:
+                        self.load.record_completion(job.predicted_s, ended - job.admitted_s)
             return out
         finally:
             self._batch_started_s = None
@@ -333,11 +343,16 @@ class VisionService:
             self._latest_seq[frame.device] = frame.seq
         o = self.settings.offload
         deadline = deadline_of(frame.deadline_ms, frame.captured_at_ms, o.default_deadline_ms)
+        raw_s: float | None = None  # the model's predicted completion, before the bias correction
         if o.admission and deadline is not None:
-            predicted_s = self.load.predict_s(self.pipeline.slot.current().name, self.batcher.depth,
-                                              self.batcher.max_batch_size)
+            model = self.pipeline.slot.current().name
+            raw_s = self.load.predict_s(model, self.batcher.depth, self.batcher.max_batch_size, corrected=False)
+            predicted_s = None if raw_s is None else raw_s * max(self.load.bias(), 1.0)
+            # a fallback frame is handed back rather than spilled: its device knows its own compute
+            # time, the DC's is an estimate over the WAN, and the device costs no DC time nor WAN bytes
+            dc_ms = None if self.dc is None or frame.fallback else self.dc.latency_ms()
             decision = decide(time.time() * 1000.0, deadline, None if predicted_s is None else 1000.0 * predicted_s,
-                              None if self.dc is None else self.dc.latency_ms(), o.margin_ms)
+                              dc_ms, o.margin_ms)
             self.load.record_admission(decision.placement != "edge")
             if decision.placement == "dc" and self.dc is not None:
                 served = await self.dc.submit(frame)
@@ -351,11 +366,17 @@ class VisionService:
                                                                   encode_result(served), outcome))
                     return
                 decision = Decision("shed", "dc_failed", decision.predicted_ms, decision.budget_ms)
+            if decision.placement == "shed" and decision.reason == "deadline" and frame.fallback:
+                await self._return(sess, frame, "deadline")
+                return
             if decision.placement == "shed":
                 await self._shed(sess, key, FrameJob(frame, received_s), decision.reason or "deadline")
                 return
-        batched = await self._through_batcher(sess, key, FrameJob(frame, received_s), topic, payload)
-        if batched is None:  # shed or dead-lettered on the way
+        job = FrameJob(frame, received_s)
+        if raw_s is not None:
+            job.admitted_s, job.predicted_s = time.monotonic(), raw_s
+        batched = await self._through_batcher(sess, key, job, topic, payload)
+        if batched is None:  # shed, returned or dead-lettered on the way
             return
         if batched.error is _SESSION_LOST:
             raise SessionLost("session ended while the frame waited for its batch")
@@ -372,7 +393,8 @@ class VisionService:
 
     async def _through_batcher(self, sess: _Session, key: bytes, job: FrameJob, topic: str,
                                payload: bytes) -> FrameOutcome | None:
-        """The frame's batch outcome; None when it was shed (overload) or dead-lettered (bad image).
+        """The frame's batch outcome; None when it was shed or returned (overload) or dead-lettered
+        (bad image).
 
         Up to ``vision.max_batch_size`` frames are preprocessed as they arrive (decode + the
         detector's per-frame step, in the preprocessing threads), so the batch's critical path
@@ -392,9 +414,12 @@ class VisionService:
             try:
                 future = self.batcher.submit_nowait(job)
             except Overloaded:
+                job.pre = None
+                if job.frame.fallback:
+                    await self._return(sess, job.frame, "overload")
+                    return None
                 self._flood_log.warning("shed", "overload: shed frame %s/%d (counted in edge_messages_shed)",
                                         job.frame.device, job.frame.seq)
-                job.pre = None
                 await self._shed(sess, key, job, "overload")
                 return None
             self._job_session[id(job)] = sess
@@ -447,6 +472,14 @@ class VisionService:
                              reason, waited_ms)
         await self._publish_result(sess, key, _Unsent(names.vision_results(job.frame.device),
                                                       encode_result(result), FrameOutcome(job, result)))
+
+    async def _return(self, sess: _Session, frame: Frame, reason: str) -> None:
+        """A ``fallback`` frame the edge would shed goes back to its device, which serves it and
+        publishes its outcome: the edge publishes none (a return is not an outcome)."""
+        self.metrics.returned.labels(STAGE, reason).inc()
+        ret = FrameReturn(frame.device, frame.seq, frame.captured_at_ms, self.settings.edge.node_name, reason, now_ms())
+        await publish_confirmed(sess.client, names.frame_returns(frame.device), encode_frame_return(ret),
+                                deadline_s=self.settings.delivery.publish_deadline_s)
 
     async def _dead_letter(self, sess: _Session, topic: str, payload: bytes, error: ContractError) -> None:
         self.metrics.rejected.labels(STAGE, error.reason).inc()
