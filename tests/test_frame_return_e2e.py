@@ -69,3 +69,40 @@ async def test_auto_device_serves_what_the_edge_hands_back(mosquitto: MosquittoB
     assert returned >= 1 and placer.stats.returned == returned
     assert sum(r.served_by == "device" for r in results) >= returned
     assert all(r.outcome == "served" for r in results)
+
+
+async def test_a_return_not_confirmed_is_given_again_not_decided_again(
+        mosquitto: MosquittoBroker, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The return's publish fails once: the session ends, the broker redelivers the frame, and the
+    edge answers it with the same return (kept like a result), so the frame still has one outcome."""
+    import edge_agent.vision.service as service
+
+    real = service.publish_confirmed
+    failed: list[str] = []
+
+    async def flaky(client: aiomqtt.Client, topic: str, payload: bytes, **kw: float) -> None:
+        if topic.startswith("offload/v1/returns/") and not failed:
+            failed.append(topic)
+            raise aiomqtt.MqttError("injected: PUBACK of the return lost")
+        await real(client, topic, payload, **kw)
+
+    monkeypatch.setattr(service, "publish_confirmed", flaky)
+    image = photo_frames(cache_dir)[0]
+    settings = agent_settings(mosquitto.port, "return-again", group="return-again")
+    settings.offload = OffloadSettings(margin_ms=60_000.0)  # every frame with a deadline misses it here
+    dev = "cam-again"
+    async with running_agent(settings) as agent, \
+            subscriber(mosquitto.port, names.vision_results(dev)) as results, \
+            subscriber(mosquitto.port, names.frame_returns(dev)) as returns, \
+            aiomqtt.Client("127.0.0.1", mosquitto.port) as pub:
+        await pub.publish(names.frames(dev), _frame(dev, 0, image), qos=1)  # no deadline: served, measured
+        await collect(results, 1)
+        soon = int(time.time() * 1000) + 30_000
+        await pub.publish(names.frames(dev), _frame(dev, 1, image, deadline_ms=soon, fallback=True), qos=1)
+        ret = decode_frame_return(bytes((await collect(returns, 1))[0].payload))  # type: ignore[arg-type]
+        await pub.publish(names.frames(dev), _frame(dev, 2, image, deadline_ms=soon), qos=1)
+        shed = decode_result(bytes((await collect(results, 1))[0].payload))  # type: ignore[arg-type]
+    assert failed and (ret.seq, ret.reason) == (1, "deadline")
+    assert (shed.seq, shed.outcome) == (2, "shed"), "no outcome for the returned frame"
+    assert agent.metrics.value("edge_messages_redelivered_total", stage="vision", outcome="answered_from_unsent") == 1
+    assert agent.metrics.value("edge_frames_returned_total", stage="vision", reason="deadline") == 1  # decided once

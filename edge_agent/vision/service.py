@@ -102,11 +102,12 @@ class _Session:
 
 @dataclass(slots=True)
 class _Unsent:
-    """A computed result whose publish the session did not confirm."""
+    """A computed answer whose publish the session did not confirm: a result (``outcome``), or a
+    frame return (``outcome`` None), given again, not recomputed, when the input is redelivered."""
 
     topic: str
     payload: bytes
-    outcome: FrameOutcome
+    outcome: FrameOutcome | None
 
 
 class VisionService:
@@ -367,7 +368,7 @@ class VisionService:
                     return
                 decision = Decision("shed", "dc_failed", decision.predicted_ms, decision.budget_ms)
             if decision.placement == "shed" and decision.reason == "deadline" and frame.fallback:
-                await self._return(sess, frame, "deadline")
+                await self._return(sess, key, frame, "deadline")
                 return
             if decision.placement == "shed":
                 await self._shed(sess, key, FrameJob(frame, received_s), decision.reason or "deadline")
@@ -416,7 +417,7 @@ class VisionService:
             except Overloaded:
                 job.pre = None
                 if job.frame.fallback:
-                    await self._return(sess, job.frame, "overload")
+                    await self._return(sess, key, job.frame, "overload")
                     return None
                 self._flood_log.warning("shed", "overload: shed frame %s/%d (counted in edge_messages_shed)",
                                         job.frame.device, job.frame.seq)
@@ -445,6 +446,8 @@ class VisionService:
                     self._unsent.popitem(last=False)
                     self.metrics.shed.labels(STAGE, "unsent_results_full").inc()
             raise
+        if unsent.outcome is None:  # a frame return: not an outcome
+            return
         result = unsent.outcome.result
         assert result is not None
         m = self.metrics
@@ -473,13 +476,15 @@ class VisionService:
         await self._publish_result(sess, key, _Unsent(names.vision_results(job.frame.device),
                                                       encode_result(result), FrameOutcome(job, result)))
 
-    async def _return(self, sess: _Session, frame: Frame, reason: str) -> None:
+    async def _return(self, sess: _Session, key: bytes, frame: Frame, reason: str) -> None:
         """A ``fallback`` frame the edge would shed goes back to its device, which serves it and
-        publishes its outcome: the edge publishes none (a return is not an outcome)."""
+        publishes its outcome: the edge publishes none (a return is not an outcome). A return whose
+        publish is not confirmed is kept like a result: the redelivered frame gets the same return,
+        not a new decision (which could serve it here too: two outcomes)."""
         self.metrics.returned.labels(STAGE, reason).inc()
         ret = FrameReturn(frame.device, frame.seq, frame.captured_at_ms, self.settings.edge.node_name, reason, now_ms())
-        await publish_confirmed(sess.client, names.frame_returns(frame.device), encode_frame_return(ret),
-                                deadline_s=self.settings.delivery.publish_deadline_s)
+        await self._publish_result(sess, key, _Unsent(names.frame_returns(frame.device), encode_frame_return(ret),
+                                                      None))
 
     async def _dead_letter(self, sess: _Session, topic: str, payload: bytes, error: ContractError) -> None:
         self.metrics.rejected.labels(STAGE, error.reason).inc()
