@@ -87,6 +87,10 @@ class LoadEstimator:
         with self._lock:
             return self._bias
 
+    def corrected(self, predicted_s: float) -> float:
+        """``predicted_s`` of the uncorrected model times the measured bias when it is above 1."""
+        return predicted_s * max(self.bias(), 1.0)
+
     def record_admission(self, turned_away: bool) -> None:
         """One admission decision: ``turned_away`` if the edge shed or spilled the request."""
         now = self._clock()
@@ -155,7 +159,7 @@ class LoadEstimator:
         joining = rate * starts_in  # arrivals until its batch starts
         own = min(batch, mine + 1 + int(joining))
         predicted = starts_in + fixed + own * per_item
-        return predicted * max(self.bias(), 1.0) if corrected else predicted
+        return self.corrected(predicted) if corrected else predicted
 
     def utilisation(self) -> float:
         """Busy fraction of the batch worker over the last ``window_s``."""

@@ -348,7 +348,7 @@ class VisionService:
         if o.admission and deadline is not None:
             model = self.pipeline.slot.current().name
             raw_s = self.load.predict_s(model, self.batcher.depth, self.batcher.max_batch_size, corrected=False)
-            predicted_s = None if raw_s is None else raw_s * max(self.load.bias(), 1.0)
+            predicted_s = None if raw_s is None else self.load.corrected(raw_s)
             # a fallback frame is handed back rather than spilled: its device knows its own compute
             # time, the DC's is an estimate over the WAN, and the device costs no DC time nor WAN bytes
             dc_ms = None if self.dc is None or frame.fallback else self.dc.latency_ms()
