@@ -21,27 +21,27 @@ import numpy as np
 
 from bench.domain_speech import BASE_SENTENCES, speak
 from bench.shifted_domain import FaceSources, write_replay_dir
+from cli.brokers import MosquittoBroker
 from cloud_trainer.asr_adapt import corpus_wer, transcribe
 from cloud_trainer.publish import publish_labels
 from cloud_trainer.service import Trainer
-from edge_agent.app import EdgeNode
-from edge_agent.hard_examples import HardExampleReporter
-from edge_agent.model_slot import ModelSlot
-from edge_agent.outbox import Outbox
-from edge_agent.updates import ModelUpdater, Refusal
-from edge_agent.vision.pipeline import FrameJob, VisionPipeline
-from edge_offload.brokers import MosquittoBroker
-from models.edge_asr import EdgeAsr, load_edge_asr, vocabulary_from_bytes
-from models.fer_teacher import TeacherFer, load_teacher
-from offload_core.dc_settings import (
+from common.dc_settings import (
     FilterSpec,
     HardExampleSettings,
     ModelMiningSettings,
     OutboxSettings,
     UpdateSettings,
 )
-from offload_core.settings import EdgeSettings, KafkaSettings, MqttSettings, Settings, SpeechServiceConfig
-from offload_core.trainer_settings import AsrAdaptSettings, FerTrainSettings, TrainerSettings
+from common.settings import EdgeSettings, KafkaSettings, MqttSettings, Settings, SpeechServiceConfig
+from common.trainer_settings import AsrAdaptSettings, FerTrainSettings, TrainerSettings
+from edge_agent.app import EdgeNode
+from edge_agent.hard_examples import HardExampleReporter
+from edge_agent.model_slot import ModelSlot
+from edge_agent.outbox import Outbox
+from edge_agent.updates import ModelUpdater, Refusal
+from edge_agent.vision.pipeline import FrameJob, VisionPipeline
+from models.edge_asr import EdgeAsr, load_edge_asr, vocabulary_from_bytes
+from models.fer_teacher import TeacherFer, load_teacher
 from topics.dc import Label
 from topics.vision import Frame
 

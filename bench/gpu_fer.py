@@ -23,17 +23,17 @@ import numpy as np
 import torch
 
 from cloud_trainer.fer_train import LabelledCrop, agreement, fine_tune
+from common.trainer_settings import FerTrainSettings
 from models.fer_edge import FerClassifier, load_keras_hdf5, preprocess_faces
-from offload_core.trainer_settings import FerTrainSettings
 
 
 def make_data(folder: Path, n_frames: int = 400) -> None:
     import cv2
 
     from bench.shifted_domain import FaceSources, make_frames
+    from common.settings import load_settings
     from models.face_detect import FaceDetector
     from models.fer_teacher import load_teacher
-    from offload_core.settings import load_settings
 
     cache = load_settings().cache_dir
     folder.mkdir(parents=True, exist_ok=True)

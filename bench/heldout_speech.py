@@ -64,7 +64,7 @@ _BABBLE_VOICES = ("en-us+m2", "en-gb+f2", "en-us+m7")
 
 
 def _cache_dir() -> Path:
-    from offload_core.settings import load_settings
+    from common.settings import load_settings
 
     return load_settings().cache_dir
 

@@ -21,10 +21,10 @@ import torch
 from bench.dc_harness import DcLoop, Traffic
 from bench.domain_speech import domain_sentences
 from bench.shifted_domain import make_frames
+from cli.brokers import TansuBroker
+from common.dc_settings import OutboxSettings
+from common.settings import KafkaSettings, load_settings
 from edge_agent.outbox import KafkaForwarder, Outbox
-from edge_offload.brokers import TansuBroker
-from offload_core.dc_settings import OutboxSettings
-from offload_core.settings import KafkaSettings, load_settings
 from topics.names import KAFKA_HARD_EXAMPLES
 
 __all__ = ["run", "outbox_throughput", "main"]

@@ -48,15 +48,15 @@ from typing import Any
 import aiomqtt
 import numpy as np
 
+from cli.brokers import MosquittoBroker, TansuBroker
 from cloud_trainer.dc_inference import DcInferenceWorker
+from common.device_settings import DeviceProfileSettings
+from common.settings import Settings, load_settings
 from devices.camera import CameraStats, photo_frames, run_camera
 from devices.placer import DevicePlacer
 from edge_agent.cost import request_cost
 from edge_agent.dc_spill import DcSpill
 from edge_agent.vision.service import VisionService, build_vision_pipeline
-from edge_offload.brokers import MosquittoBroker, TansuBroker
-from offload_core.device_settings import DeviceProfileSettings
-from offload_core.settings import Settings, load_settings
 from topics import names
 from topics.codec import ContractError
 from topics.vision import VisionResult, decode_result

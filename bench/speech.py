@@ -38,6 +38,7 @@ import numpy as np
 
 from bench.heldout_speech import ESPEAK_VOICES, HELDOUT, PIPER, build_heldout_call, check_heldout
 from cloud_trainer.speech_revise import SpeechReviser
+from common.settings import load_settings
 from devices.audio import packetize
 from edge_agent.speech.diarize import Diarizer
 from edge_agent.speech.pipeline import ConversationTracker, LegStream, PipelineConfig, StepOutput, Utterance
@@ -45,7 +46,6 @@ from edge_agent.speech.service import SpeechEngine, SpeechServiceConfig
 from models.edge_asr import AsrVocabulary, EdgeAsr, load_edge_asr, load_whisper, prompt_from_sentences
 from models.speaker import SpeakerEncoder
 from models.vad import SileroVad
-from offload_core.settings import load_settings
 from sim.scoring import der, wer
 from sim.speech_corpus import SENTENCES, Conversation, build_conversation, to_8k_int16
 from topics import names

@@ -32,13 +32,13 @@ import aiomqtt
 import cv2
 import numpy as np
 
+from cli.brokers import MosquittoBroker
+from common.runtime import freeze_loaded_objects
+from common.settings import Settings, load_settings
 from devices.camera import face_test_photos, photo_frames, run_camera
 from edge_agent.vision.pipeline import FrameJob
 from edge_agent.vision.service import build_vision_pipeline
-from edge_offload.brokers import MosquittoBroker
 from models.fer_edge import preprocess_faces
-from offload_core.runtime import freeze_loaded_objects
-from offload_core.settings import Settings, load_settings
 from topics import names
 from topics.status import decode_status
 from topics.vision import Frame, decode_result
@@ -178,7 +178,7 @@ async def _run_load(port: int, device: str, images: list[bytes], n: int, fps: fl
 def end_to_end(settings: Settings, images: list[bytes], n_saturation: int, latency_seconds: float) -> dict[str, float]:
     freeze_loaded_objects()  # the collector's receipt times should not carry this process's GC pauses
     with MosquittoBroker(max_queued_messages=100_000) as broker:
-        proc = subprocess.Popen([sys.executable, "-m", "edge_offload.cli", "edge"],
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "edge"],
                                 env=_agent_env(settings, broker.port))
         try:
             asyncio.run(asyncio.wait_for(_wait_online(broker.port, proc), 60))

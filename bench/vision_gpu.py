@@ -32,6 +32,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from common.settings import Settings, load_settings
 from devices.camera import face_test_photos, photo_frames
 from edge_agent.images import decode_bgr
 from edge_agent.vision.pipeline import FrameJob, VisionPipeline
@@ -39,7 +40,6 @@ from edge_agent.vision.service import build_vision_pipeline
 from models.blazeface import BlazeFaceDetector, load_blazeface
 from models.face_detect import Box
 from models.fer_edge import preprocess_faces
-from offload_core.settings import Settings, load_settings
 from topics.vision import Frame
 
 

@@ -18,8 +18,8 @@ from aiokafka.errors import KafkaError
 from cloud_trainer.publish import announce_once, publish_labels
 from cloud_trainer.registry import Registry, RegistryError, Signer
 from cloud_trainer.store import open_store
-from offload_core.settings import Settings, load_settings
-from offload_core.trainer_settings import TrainerSettings
+from common.settings import Settings, load_settings
+from common.trainer_settings import TrainerSettings
 from topics.codec import now_ms
 from topics.dc import Label
 

@@ -19,10 +19,10 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from cloud_trainer.store import SampleStore
-from offload_core.kafka_admin import ensure_topics
-from offload_core.kafka_clients import make_consumer
-from offload_core.retry import Backoff
-from offload_core.settings import KafkaSettings
+from common.kafka_admin import ensure_topics
+from common.kafka_clients import make_consumer
+from common.retry import Backoff
+from common.settings import KafkaSettings
 from topics.codec import ContractError
 from topics.dc import MAX_HARD_EXAMPLE_BYTES, HardExample, Label, decode_hard_example, decode_label
 from topics.names import KAFKA_HARD_EXAMPLES, KAFKA_LABELS

@@ -17,12 +17,12 @@ import logging
 import time
 from dataclasses import dataclass
 
+from common.kafka_admin import ensure_topics
+from common.kafka_clients import make_consumer, make_producer
+from common.retry import Backoff
+from common.runtime import freeze_loaded_objects
+from common.settings import KafkaSettings, Settings
 from edge_agent.vision.pipeline import FrameJob, VisionPipeline
-from offload_core.kafka_admin import ensure_topics
-from offload_core.kafka_clients import make_consumer, make_producer
-from offload_core.retry import Backoff
-from offload_core.runtime import freeze_loaded_objects
-from offload_core.settings import KafkaSettings, Settings
 from topics.codec import ContractError, now_ms
 from topics.deadletter import DeadLetter, encode_dead_letter
 from topics.offload import (

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.trainer_settings import FerTrainSettings
 from models.fer_edge import FerClassifier, MiniXception, preprocess_faces, resolve_device
-from offload_core.trainer_settings import FerTrainSettings
 from topics.vision import EMOTIONS
 
 __all__ = ["LabelledCrop", "TrainReport", "decode_crop", "load_crop_dir", "fine_tune", "agreement", "label_index"]

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 
-from offload_core.kafka_admin import ensure_topics
-from offload_core.kafka_clients import make_producer
-from offload_core.settings import KafkaSettings
+from common.kafka_admin import ensure_topics
+from common.kafka_clients import make_producer
+from common.settings import KafkaSettings
 from topics.dc import MAX_MODEL_UPDATE_BYTES, Label, ModelUpdate, encode_label, encode_model_update
 from topics.names import KAFKA_LABELS, KAFKA_MODEL_UPDATES
 

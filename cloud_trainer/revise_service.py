@@ -24,11 +24,11 @@ from aiokafka import AIOKafkaProducer
 
 from cloud_trainer.asr_adapt import pcm_to_float
 from cloud_trainer.speech_revise import SpeechReviser
+from common.kafka_admin import ensure_topics
+from common.kafka_clients import make_consumer, make_producer
+from common.retry import Backoff
+from common.settings import KafkaSettings
 from models.whisper_asr import AsrResult
-from offload_core.kafka_admin import ensure_topics
-from offload_core.kafka_clients import make_consumer, make_producer
-from offload_core.retry import Backoff
-from offload_core.settings import KafkaSettings
 from topics.codec import ContractError, now_ms
 from topics.dc import MAX_HARD_EXAMPLE_BYTES, HardExample, Label, decode_hard_example, decode_label, encode_label
 from topics.names import ASR_MODEL, KAFKA_HARD_EXAMPLES, KAFKA_LABELS, KAFKA_SPEECH_REVISIONS

@@ -18,10 +18,10 @@ from cloud_trainer.gate import GateResult, judge
 from cloud_trainer.labeler import FaceLabeler, ReplaySet
 from cloud_trainer.registry import Lineage
 from cloud_trainer.store import SampleStore, StoredSample
+from common.trainer_settings import AsrAdaptSettings, FerTrainSettings
 from models.edge_asr import VOCAB_FORMAT, vocabulary_from_bytes, vocabulary_manifest, vocabulary_to_bytes
 from models.fer_artifact import FER_FORMAT, fer_from_bytes, fer_to_bytes
 from models.whisper_asr import WhisperAsr
-from offload_core.trainer_settings import AsrAdaptSettings, FerTrainSettings
 
 __all__ = ["Candidate", "ModelRound", "FerRound", "AsrRound", "keys_digest"]
 

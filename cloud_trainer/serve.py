@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from cloud_trainer.registry import Registry, RegistryError
-from offload_core.http import HttpServer, Response
+from common.http import HttpServer, Response
 from topics.names import check_id
 
 __all__ = ["ArtifactServer"]

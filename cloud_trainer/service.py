@@ -26,9 +26,9 @@ from cloud_trainer.rounds import AsrRound, FerRound, ModelRound
 from cloud_trainer.serve import ArtifactServer
 from cloud_trainer.speech_revise import SpeechReviser
 from cloud_trainer.store import SampleStore, open_store
-from offload_core.retry import Backoff
-from offload_core.settings import KafkaSettings, Settings
-from offload_core.trainer_settings import TrainerSettings
+from common.retry import Backoff
+from common.settings import KafkaSettings, Settings
+from common.trainer_settings import TrainerSettings
 
 __all__ = ["RoundRecord", "Trainer", "run_trainer"]
 

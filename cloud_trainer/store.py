@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from offload_core.files import ensure_private
+from common.files import ensure_private
 from topics.codec import now_ms
 from topics.dc import HardExample, Label
 

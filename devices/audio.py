@@ -28,9 +28,9 @@ import soxr
 from paho.mqtt.enums import CallbackAPIVersion
 from scipy.io import wavfile
 
+from common.mqtt_security import configure_paho
+from common.settings import MqttSettings
 from devices.pcap import PcapRecord, read_pcap, write_pcap
-from offload_core.mqtt_security import configure_paho
-from offload_core.settings import MqttSettings
 from topics import g711, names
 from topics.rtp import (
     CLOCK_RATE,
@@ -351,7 +351,7 @@ def _leg_arg(value: str) -> tuple[str, Path, float]:
 
 def main(argv: list[str] | None = None) -> int:
     """``edge-offload device audio``: send one conversation, print a JSON report."""
-    from offload_core.settings import load_settings
+    from common.settings import load_settings
 
     settings = load_settings()
     p = argparse.ArgumentParser(prog="edge-offload device audio", description=__doc__,

@@ -21,10 +21,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from common.mqtt_security import configure_paho
+from common.settings import MqttSettings
 from devices.placer import DevicePlacer, Prepared
 from models.artifacts import path_of
-from offload_core.mqtt_security import configure_paho
-from offload_core.settings import MqttSettings
 from topics import names
 from topics.codec import now_ms
 from topics.kubeedge import twin_update, twin_update_topic
@@ -273,7 +273,7 @@ class ConnectRefused(ConnectionError):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from offload_core.settings import load_settings
+    from common.settings import load_settings
 
     settings = load_settings()
     p = argparse.ArgumentParser(prog="edge-offload device camera", description=__doc__)

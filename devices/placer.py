@@ -30,11 +30,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from common.device_settings import DeviceProfileSettings
 from devices.policy import POLICIES, EdgeShare, Placement, choose
 from models.blazeface import BlazeFaceDetector, load_blazeface
 from models.face_detect import crop_faces
 from models.fer_edge import FerClassifier, load_edge_fer, preprocess_faces
-from offload_core.device_settings import DeviceProfileSettings
 from topics.codec import ContractError, now_ms
 from topics.offload import decode_frame_return
 from topics.status import EdgeLoad, decode_status

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from offload_core.device_settings import DeviceProfileSettings
+from common.device_settings import DeviceProfileSettings
 from topics.status import EdgeLoad
 
 __all__ = ["PLACEMENTS", "POLICIES", "EdgeShare", "Estimate", "Placement", "choose", "estimates"]

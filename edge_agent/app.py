@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from common.runtime import freeze_loaded_objects
+from common.settings import Settings
 from edge_agent.dc_spill import DcSpill
 from edge_agent.hard_examples import HardExampleReporter
 from edge_agent.health import HealthServer
@@ -35,8 +37,6 @@ from edge_agent.updates import ModelHandler, ModelUpdater, Refusal
 from edge_agent.vision.pipeline import FrameOutcome
 from edge_agent.vision.service import VisionService, build_vision_pipeline
 from models.edge_asr import EdgeAsr
-from offload_core.runtime import freeze_loaded_objects
-from offload_core.settings import Settings
 from topics import names
 from topics.codec import now_ms
 from topics.dc import ModelUpdate

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from offload_core.offload_settings import OffloadSettings
+from common.offload_settings import OffloadSettings
 
 __all__ = ["Cost", "request_cost"]
 

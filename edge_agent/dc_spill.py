@@ -22,10 +22,10 @@ import uuid
 
 from aiokafka import TopicPartition
 
-from offload_core.kafka_admin import ensure_topics
-from offload_core.kafka_clients import make_consumer, make_producer
-from offload_core.offload_settings import OffloadSettings
-from offload_core.settings import KafkaSettings
+from common.kafka_admin import ensure_topics
+from common.kafka_clients import make_consumer, make_producer
+from common.offload_settings import OffloadSettings
+from common.settings import KafkaSettings
 from topics.codec import ContractError
 from topics.offload import (
     KAFKA_DC_FRAMES,

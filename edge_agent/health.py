@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from offload_core.http import HttpServer, Response, route
+from common.http import HttpServer, Response, route
 
 __all__ = ["HealthServer"]
 

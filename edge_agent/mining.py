@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from offload_core.dc_settings import FilterSpec, HardExampleSettings, ModelMiningSettings
+from common.dc_settings import FilterSpec, HardExampleSettings, ModelMiningSettings
 
 __all__ = [
     "threshold_score",

@@ -24,8 +24,8 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from offload_core.mqtt_security import aiomqtt_connection
-from offload_core.settings import MqttSettings
+from common.mqtt_security import aiomqtt_connection
+from common.settings import MqttSettings
 
 __all__ = ["MqttClient", "connect_properties", "make_client", "InOrderAcker", "CountingQueue", "ArrivalQueue",
            "SessionLost", "publish_confirmed"]
@@ -131,7 +131,7 @@ def make_client(
 ) -> MqttClient:
     """An MQTT v5 client; ``persistent`` keeps the session across reconnects and restarts.
 
-    TLS and credentials come from ``settings`` (:mod:`offload_core.mqtt_security`). The
+    TLS and credentials come from ``settings`` (:mod:`common.mqtt_security`). The
     incoming queue is a bounded :class:`CountingQueue` unless ``queue_type`` builds another
     (called with the bound, ``queue_size``). A non-persistent client starts clean and
     announces no session expiry or Receive Maximum (the broker's defaults apply)."""

@@ -27,12 +27,12 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from offload_core.dc_settings import OutboxSettings
-from offload_core.files import ensure_private
-from offload_core.kafka_admin import ensure_topics
-from offload_core.kafka_clients import make_producer
-from offload_core.retry import Backoff
-from offload_core.settings import KafkaSettings
+from common.dc_settings import OutboxSettings
+from common.files import ensure_private
+from common.kafka_admin import ensure_topics
+from common.kafka_clients import make_producer
+from common.retry import Backoff
+from common.settings import KafkaSettings
 from topics.codec import now_ms
 
 __all__ = ["OutboxRow", "OutboxStats", "Outbox", "KafkaForwarder"]

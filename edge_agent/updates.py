@@ -32,14 +32,14 @@ from typing import Any, Generic, TypeVar
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
+from common.dc_settings import UpdateSettings
+from common.files import write_private
+from common.kafka_admin import ensure_topics
+from common.kafka_clients import make_consumer
+from common.logs import RateLimitedLog
+from common.retry import Backoff
+from common.settings import KafkaSettings
 from edge_agent.model_slot import Loaded, ModelSlot
-from offload_core.dc_settings import UpdateSettings
-from offload_core.files import write_private
-from offload_core.kafka_admin import ensure_topics
-from offload_core.kafka_clients import make_consumer
-from offload_core.logs import RateLimitedLog
-from offload_core.retry import Backoff
-from offload_core.settings import KafkaSettings
 from topics.codec import ContractError, now_ms
 from topics.dc import ModelUpdate, decode_model_update
 from topics.names import KAFKA_MODEL_UPDATES

@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from offload_core.speech_settings import VadConfig
+from common.speech_settings import VadConfig
 
 __all__ = ["SAMPLE_RATE", "WINDOW", "VadConfig", "VadEvent", "SileroVad", "VadStream"]
 

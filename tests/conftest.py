@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from edge_offload.brokers import MosquittoBroker, TansuBroker
-from offload_core.settings import Settings, load_settings
+from cli.brokers import MosquittoBroker, TansuBroker
+from common.settings import Settings, load_settings
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import aiomqtt
 
+from common.settings import EdgeSettings, MqttSettings, Settings, VisionSettings
 from edge_agent.vision.service import VisionService, build_vision_pipeline
-from offload_core.settings import EdgeSettings, MqttSettings, Settings, VisionSettings
 
 
 def agent_settings(port: int, client_id: str, *, group: str = "edge-agents", node: str | None = None,

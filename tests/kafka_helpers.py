@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiokafka import AIOKafkaConsumer
 
-from offload_core.kafka_admin import ensure_topics
+from common.kafka_admin import ensure_topics
 
 
 async def read_topic(bootstrap: str, topic: str, want: int) -> list[bytes]:

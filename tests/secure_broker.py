@@ -1,7 +1,7 @@
 """A real Mosquitto running the production config (compose/mosquitto-secure.conf + mosquitto.acl).
 
 The config's listener and ``/mosquitto/...`` paths are rewritten to a free loopback port and a
-temporary directory; certificates come from :func:`edge_offload.pki.make_pki`, the password
+temporary directory; certificates come from :func:`cli.pki.make_pki`, the password
 file from the real ``mosquitto_passwd``.
 """
 
@@ -12,8 +12,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from edge_offload.brokers import BrokerError, MosquittoBroker
-from edge_offload.pki import Pki, make_pki
+from cli.brokers import BrokerError, MosquittoBroker
+from cli.pki import Pki, make_pki
 
 COMPOSE = Path(__file__).resolve().parent.parent / "compose"
 

@@ -18,11 +18,11 @@ import soxr
 from paho.mqtt.enums import CallbackAPIVersion
 from scipy.io import wavfile
 
+from cli.brokers import MosquittoBroker
 from devices import audio
 from devices.audio import Impairments, LegSource, load_wav, packetize, pcap_legs, stream_audio, write_pcap
 from devices.pcap import PcapRecord, _ipv4_udp, read_pcap
 from edge_agent.speech.stream import SAMPLE_RATE, LegDecoder, PcmChunk
-from edge_offload.brokers import MosquittoBroker
 from topics import g711, names
 from topics.rtp import NTP64_EXT_ID, ntp64_to_unix, one_byte_extensions, parse_rtp
 

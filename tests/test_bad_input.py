@@ -9,9 +9,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from cli.brokers import MosquittoBroker
+from common.settings import VisionSettings
 from devices.camera import photo_frames
-from edge_offload.brokers import MosquittoBroker
-from offload_core.settings import VisionSettings
 from tests.edge_helpers import agent_settings, collect, running_agent, subscriber
 from topics import names
 from topics.deadletter import decode_dead_letter

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiomqtt
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from edge_offload.brokers import MosquittoBroker, TansuBroker
+from cli.brokers import MosquittoBroker, TansuBroker
 
 
 async def test_mosquitto_round_trip(mosquitto: MosquittoBroker) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edge_offload import tail
-from edge_offload.cli import parse_args
-from offload_core.settings import ConfigError, MqttSettings, load_settings
+from cli import tail
+from cli.main import parse_args
+from common.settings import ConfigError, MqttSettings, load_settings
 from topics import names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ def _run(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_OFFLOAD_")}
     full_env["PYTHONPATH"] = str(ROOT)
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "edge_offload.cli", *argv], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cli.main", *argv], capture_output=True, text=True,
                           env=full_env, timeout=120, cwd=ROOT)
 
 
@@ -95,7 +95,7 @@ def test_config_show_masks_secrets() -> None:
 
 
 def test_unreachable_broker_is_one_line_and_nonzero(tmp_path: Path) -> None:
-    from edge_offload.brokers import free_port
+    from cli.brokers import free_port
 
     run = _run("tail", "-p", str(free_port()), "-C", "1")
     assert run.returncode == 1
@@ -141,8 +141,8 @@ def test_pki_init_writes_private_keys_0600(tmp_path: Path) -> None:
 
 async def test_outbox_and_sample_store_files_are_owner_only(tmp_path: Path) -> None:
     from cloud_trainer.store import open_store
+    from common.dc_settings import OutboxSettings
     from edge_agent.outbox import Outbox
-    from offload_core.dc_settings import OutboxSettings
 
     outbox = Outbox(OutboxSettings(path=tmp_path / "outbox.sqlite3"))
     store = await open_store(f"sqlite:///{tmp_path / 'samples.sqlite3'}")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from common.offload_settings import OffloadSettings
 from edge_agent.cost import request_cost
-from offload_core.offload_settings import OffloadSettings
 
 
 def test_cost_terms_add_up() -> None:

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from aiokafka import TopicPartition
 
+from cli.brokers import TansuBroker
 from cloud_trainer.dc_inference import DcInferenceWorker
+from common.kafka_clients import make_consumer, make_producer
+from common.settings import KafkaSettings, Settings
 from devices.camera import photo_frames
 from edge_agent.vision.service import build_vision_pipeline
-from edge_offload.brokers import TansuBroker
-from offload_core.kafka_clients import make_consumer, make_producer
-from offload_core.settings import KafkaSettings, Settings
 from topics.deadletter import decode_dead_letter
 from topics.offload import (
     KAFKA_DC_DEAD_LETTERS,

@@ -18,7 +18,7 @@ import torch
 from bench.dc_harness import DcLoop, Traffic
 from bench.domain_speech import domain_sentences
 from bench.shifted_domain import make_frames
-from edge_offload.brokers import TansuBroker
+from cli.brokers import TansuBroker
 from topics.signing import verify
 
 FER = "fer-mini-xception"

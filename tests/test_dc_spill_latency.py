@@ -6,9 +6,9 @@ import time
 
 import pytest
 
+from common.offload_settings import OffloadSettings
+from common.settings import KafkaSettings
 from edge_agent.dc_spill import _RELAX_S, DcSpill
-from offload_core.offload_settings import OffloadSettings
-from offload_core.settings import KafkaSettings
 
 
 async def test_dc_latency_counts_requests_out_and_relaxes_when_idle() -> None:

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from edge_offload.demo import run_demo
-from offload_core.settings import Settings
+from cli.demo import run_demo
+from common.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -19,8 +19,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from edge_offload.cli import build_parser
-from offload_core.settings import Settings, _unknown_keys
+from cli.main import build_parser
+from common.settings import Settings, _unknown_keys
 from tests.kubeedge_schemas import SCHEMAS
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,10 +15,10 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from cli.brokers import MosquittoBroker
+from common.device_settings import DeviceProfileSettings
 from devices.camera import photo_frames, run_camera
 from devices.placer import DevicePlacer
-from edge_offload.brokers import MosquittoBroker
-from offload_core.device_settings import DeviceProfileSettings
 from tests.edge_helpers import subscriber
 from topics import names
 from topics.status import EdgeLoad, EdgeStatus, encode_status

@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from common.device_settings import DeviceProfileSettings
 from devices.camera import photo_frames
 from devices.placer import DevicePlacer, Prepared
-from offload_core.device_settings import DeviceProfileSettings
 from topics.codec import now_ms
 from topics.vision import Frame
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from common.device_settings import DeviceProfileSettings
 from devices.policy import EdgeShare, choose, estimates
-from offload_core.device_settings import DeviceProfileSettings
 from topics.status import EdgeLoad
 
 PROFILE = DeviceProfileSettings()

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from cli.brokers import MosquittoBroker, TansuBroker
+from common.settings import VisionSettings
 from devices.camera import photo_frames, run_camera
 from edge_agent.app import EdgeNode
-from edge_offload.brokers import MosquittoBroker, TansuBroker
-from offload_core.settings import VisionSettings
 from tests.edge_helpers import agent_settings, collect, running_agent, subscriber
 from topics import names
 from topics.kubeedge import twin_update_topic

@@ -10,11 +10,11 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from cli.brokers import MosquittoBroker
+from common.device_settings import DeviceProfileSettings
+from common.offload_settings import OffloadSettings
 from devices.camera import photo_frames, run_camera
 from devices.placer import DevicePlacer
-from edge_offload.brokers import MosquittoBroker
-from offload_core.device_settings import DeviceProfileSettings
-from offload_core.offload_settings import OffloadSettings
 from tests.edge_helpers import agent_settings, collect, running_agent, subscriber
 from topics import names
 from topics.offload import decode_frame_return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from offload_core.http import HttpServer, Response, route
+from common.http import HttpServer, Response, route
 
 
 def _server(read_timeout_s: float = 5.0) -> HttpServer:

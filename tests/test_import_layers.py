@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # Bottom first, as in the README's package table: a package imports only packages before it.
-PACKAGES = ("topics", "offload_core", "models", "devices", "edge_agent", "sim", "cloud_trainer", "edge_offload",
+PACKAGES = ("topics", "common", "models", "devices", "edge_agent", "sim", "cloud_trainer", "cli",
             "bench")
 
 
@@ -85,11 +85,11 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 
 def test_bottom_packages_import_no_service_code() -> None:
     graph = package_graph()
-    services = {"edge_agent", "cloud_trainer", "edge_offload", "bench"}
-    for bottom in ("offload_core", "topics", "devices", "models"):
+    services = {"edge_agent", "cloud_trainer", "cli", "bench"}
+    for bottom in ("common", "topics", "devices", "models"):
         assert services.isdisjoint(graph[bottom]), f"{bottom} imports {sorted(services & set(graph[bottom]))}"
     assert set(graph["topics"]) == set(), "the contract imports nothing of ours"
-    assert set(graph["offload_core"]) <= {"topics"}, "the settings layer imports only the contract (model names)"
+    assert set(graph["common"]) <= {"topics"}, "the settings layer imports only the contract (model names)"
 
 
 def test_the_product_does_not_import_bench() -> None:

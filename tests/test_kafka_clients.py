@@ -1,4 +1,4 @@
-"""Every aiokafka client is built by offload_core.kafka_clients from the settings' SSL/SASL fields.
+"""Every aiokafka client is built by common.kafka_clients from the settings' SSL/SASL fields.
 
 No TLS/SASL Kafka broker is available offline (Tansu in the tests speaks PLAINTEXT only), so
 these tests check the clients the factory builds, and one real round trip in PLAINTEXT.
@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from edge_offload.pki import make_pki
-from offload_core.kafka_clients import (
+from cli.pki import make_pki
+from common.kafka_clients import (
     connection_kwargs,
     make_admin,
     make_consumer,
     make_producer,
 )
-from offload_core.settings import KafkaSettings, load_settings
+from common.settings import KafkaSettings, load_settings
 
 
 @pytest.fixture(scope="module")
@@ -67,19 +67,19 @@ def test_sasl_without_credentials_is_a_clear_error() -> None:
 
 def test_no_client_is_built_outside_the_factory() -> None:
     root = Path(__file__).resolve().parents[1]
-    for folder in ("offload_core", "edge_agent", "cloud_trainer", "edge_offload", "devices"):
+    for folder in ("common", "edge_agent", "cloud_trainer", "cli", "devices"):
         for path in (root / folder).rglob("*.py"):
             if path.name == "kafka_clients.py":
                 continue
             text = path.read_text()
             for ctor in ("AIOKafkaProducer(", "AIOKafkaConsumer(", "AIOKafkaAdminClient("):
-                assert ctor not in text, f"{path}: builds {ctor[:-1]} itself; use offload_core.kafka_clients"
+                assert ctor not in text, f"{path}: builds {ctor[:-1]} itself; use common.kafka_clients"
 
 
 @pytest.mark.integration
 async def test_factory_clients_round_trip_plaintext(kafka: object) -> None:
     settings = KafkaSettings(bootstrap_servers=kafka.bootstrap_servers)  # type: ignore[attr-defined]
-    from offload_core.kafka_admin import ensure_topics
+    from common.kafka_admin import ensure_topics
 
     await ensure_topics(settings, ["t-factory"])
     producer: AIOKafkaProducer = make_producer(settings, acks="all")

@@ -15,12 +15,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from cli.brokers import TansuBroker
 from cloud_trainer.consumer import SampleConsumer
 from cloud_trainer.store import open_store
+from common.dc_settings import OutboxSettings
+from common.settings import KafkaSettings
 from edge_agent.outbox import KafkaForwarder, Outbox
-from edge_offload.brokers import TansuBroker
-from offload_core.dc_settings import OutboxSettings
-from offload_core.settings import KafkaSettings
 from topics.dc import HardExample, encode_hard_example
 from topics.names import KAFKA_HARD_EXAMPLES
 

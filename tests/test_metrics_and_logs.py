@@ -10,6 +10,9 @@ from pathlib import Path
 import torch
 from prometheus_client import CollectorRegistry, generate_latest
 
+from common.dc_settings import HardExampleSettings, OutboxSettings, UpdateSettings
+from common.logs import JsonFormatter, RateLimitedLog, setup_logging
+from common.settings import KafkaSettings
 from edge_agent.metrics import BucketCounts, EdgeMetrics, NodeCollector
 from edge_agent.mining import MiningPolicy
 from edge_agent.model_handlers import fer_handler
@@ -17,9 +20,6 @@ from edge_agent.model_slot import Loaded, ModelSlot
 from edge_agent.outbox import KafkaForwarder, Outbox
 from edge_agent.updates import ModelHandler, ModelUpdater
 from models.fer_edge import FerClassifier, MiniXception
-from offload_core.dc_settings import HardExampleSettings, OutboxSettings, UpdateSettings
-from offload_core.logs import JsonFormatter, RateLimitedLog, setup_logging
-from offload_core.settings import KafkaSettings
 
 NAME = "fer-mini-xception"
 
@@ -43,8 +43,8 @@ def test_bucket_counts_export_a_histogram_that_aggregates() -> None:
 
 
 def test_model_info_follows_every_slot_through_a_swap() -> None:
+    from common.settings import EdgeSettings, Settings
     from edge_agent.app import EdgeNode
-    from offload_core.settings import EdgeSettings, Settings
 
     node = EdgeNode(Settings(edge=EdgeSettings(http_port=0)))
     slot: ModelSlot[FerClassifier] = ModelSlot(Loaded(FerClassifier(MiniXception().eval(), "cpu", NAME, "base"),

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from common.dc_settings import FilterSpec, HardExampleSettings, ModelMiningSettings
 from edge_agent.mining import (
     MiningPolicy,
     TokenBucket,
@@ -13,7 +14,6 @@ from edge_agent.mining import (
     margin_score,
     threshold_score,
 )
-from offload_core.dc_settings import FilterSpec, HardExampleSettings, ModelMiningSettings
 
 
 class FakeClock:

@@ -12,13 +12,13 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from cli.brokers import MosquittoBroker
+from common.settings import Settings
 from edge_agent import mqtt as edge_mqtt
 from edge_agent.mqtt import MqttClient, make_client
-from edge_offload.brokers import MosquittoBroker
-from offload_core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-PRODUCT = ("offload_core", "topics", "models", "sim", "devices", "edge_agent", "cloud_trainer", "edge_offload")
+PRODUCT = ("common", "topics", "models", "sim", "devices", "edge_agent", "cloud_trainer", "cli")
 PRIVATE = {"_client", "_disconnected"}  # aiomqtt.Client's wrapped paho client and connection-lost future
 
 

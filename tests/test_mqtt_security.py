@@ -19,11 +19,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from cli.pki import make_pki
+from cli.tail import tail
+from common.mqtt_security import aiomqtt_connection, configure_paho
+from common.settings import MqttSettings
 from devices.camera import photo_frames, run_camera
-from edge_offload.pki import make_pki
-from edge_offload.tail import tail
-from offload_core.mqtt_security import aiomqtt_connection, configure_paho
-from offload_core.settings import MqttSettings
 from tests.edge_helpers import agent_settings, running_agent
 from tests.secure_broker import USERS, SecureMosquitto
 from topics import names

@@ -12,19 +12,19 @@ import numpy as np
 import pytest
 
 from bench.shifted_domain import FaceSources, make_frames, write_replay_dir
+from cli.brokers import MosquittoBroker, TansuBroker
 from cloud_trainer.service import Trainer
-from devices.camera import run_camera
-from edge_agent.app import EdgeNode
-from edge_offload.brokers import MosquittoBroker, TansuBroker
-from offload_core.dc_settings import (
+from common.dc_settings import (
     FilterSpec,
     HardExampleSettings,
     ModelMiningSettings,
     OutboxSettings,
     UpdateSettings,
 )
-from offload_core.settings import KafkaSettings
-from offload_core.trainer_settings import AsrAdaptSettings, FerTrainSettings, TrainerSettings
+from common.settings import KafkaSettings
+from common.trainer_settings import AsrAdaptSettings, FerTrainSettings, TrainerSettings
+from devices.camera import run_camera
+from edge_agent.app import EdgeNode
 from tests.edge_helpers import agent_settings, collect, subscriber
 from topics import names
 from topics.vision import decode_result

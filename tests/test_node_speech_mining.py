@@ -6,14 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
+from common.dc_settings import FilterSpec, HardExampleSettings, ModelMiningSettings, OutboxSettings
+from common.settings import Settings
 from edge_agent.app import EdgeNode
 from edge_agent.hard_examples import HardExampleReporter
 from edge_agent.mining import MiningPolicy
 from edge_agent.outbox import Outbox
 from edge_agent.speech.pipeline import Utterance
 from models.whisper_asr import AsrResult, Word
-from offload_core.dc_settings import FilterSpec, HardExampleSettings, ModelMiningSettings, OutboxSettings
-from offload_core.settings import Settings
 from topics import names
 from topics.dc import decode_hard_example
 from topics.vision import ModelRef

@@ -9,10 +9,10 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from cli.brokers import MosquittoBroker
+from common.offload_settings import OffloadSettings
+from common.settings import VisionSettings
 from devices.camera import photo_frames
-from edge_offload.brokers import MosquittoBroker
-from offload_core.offload_settings import OffloadSettings
-from offload_core.settings import VisionSettings
 from tests.edge_helpers import agent_settings, collect, running_agent, subscriber
 from topics import names
 from topics.status import decode_status

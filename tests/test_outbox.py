@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from cli.brokers import TansuBroker
+from common.dc_settings import OutboxSettings
+from common.settings import KafkaSettings
 from edge_agent.outbox import KafkaForwarder, Outbox
-from edge_offload.brokers import TansuBroker
-from offload_core.dc_settings import OutboxSettings
-from offload_core.settings import KafkaSettings
 from tests.kafka_helpers import read_topic
 
 

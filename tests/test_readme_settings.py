@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from offload_core.settings import reference_table
+from common.settings import reference_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 START = "<details><summary>Every setting"

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from offload_core.retry import Backoff
+from common.retry import Backoff
 
 
 async def test_delays_double_up_to_the_cap_and_reset() -> None:
@@ -40,10 +40,10 @@ def test_every_reconnect_loop_waits_through_backoff() -> None:
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    product = ("offload_core", "topics", "models", "sim", "devices", "edge_agent", "cloud_trainer", "edge_offload")
+    product = ("common", "topics", "models", "sim", "devices", "edge_agent", "cloud_trainer", "cli")
     for package in product:
         for path in (root / package).rglob("*.py"):
             text = path.read_text().replace(" ", "")
             if path.name != "retry.py":
                 assert "wait_for(stop.wait()" not in text and "wait_for(self._stop.wait()" not in text, \
-                    f"{path}: use offload_core.retry.Backoff"
+                    f"{path}: use common.retry.Backoff"

@@ -1,4 +1,4 @@
-"""offload_core.runtime: start-up objects leave the garbage collector's scans."""
+"""common.runtime: start-up objects leave the garbage collector's scans."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from offload_core.runtime import freeze_loaded_objects
+from common.runtime import freeze_loaded_objects
 
 
 class _Node:

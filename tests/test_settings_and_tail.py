@@ -12,9 +12,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_offload.brokers import MosquittoBroker
-from edge_offload.tail import format_line, tail
-from offload_core.settings import MqttSettings, load_settings
+from cli.brokers import MosquittoBroker
+from cli.tail import format_line, tail
+from common.settings import MqttSettings, load_settings
 from topics import names
 from topics.offload import FrameReturn, encode_frame_return
 from topics.vision import Face, ModelRef, Timing, VisionResult, encode_result

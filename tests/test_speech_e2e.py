@@ -14,6 +14,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from bench.heldout_speech import HELDOUT, build_heldout_call, piper_available
+from cli.brokers import MosquittoBroker
+from common.settings import Settings
 from devices.audio import Impairments, LegSource, packetize, stream_audio
 from edge_agent.speech.diarize import Diarizer
 from edge_agent.speech.pipeline import (
@@ -26,12 +28,10 @@ from edge_agent.speech.pipeline import (
 )
 from edge_agent.speech.service import SpeechEngine, SpeechService, SpeechServiceConfig, register_metrics
 from edge_agent.speech.stream import PcmChunk
-from edge_offload.brokers import MosquittoBroker
 from models.edge_asr import AsrVocabulary, EdgeAsr, load_edge_asr, prompt_from_sentences
 from models.speaker import SpeakerEncoder
 from models.vad import SAMPLE_RATE, SileroVad
 from models.whisper_asr import AsrResult, Word
-from offload_core.settings import Settings
 from sim.scoring import der, wer
 from sim.speech_corpus import SENTENCES, VOICES, espeak_available, synthesize, telephone, to_8k_int16
 from topics import names

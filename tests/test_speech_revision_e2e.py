@@ -11,14 +11,14 @@ import aiomqtt
 import pytest
 
 from bench.heldout_speech import HELDOUT, build_heldout_call, piper_available
+from cli.brokers import MosquittoBroker, TansuBroker
 from cloud_trainer.publish import publish_labels
 from cloud_trainer.service import Trainer
+from common.dc_settings import FilterSpec, HardExampleSettings, ModelMiningSettings
+from common.settings import EdgeSettings, MqttSettings, Settings
+from common.trainer_settings import AsrAdaptSettings, FerTrainSettings, TrainerSettings
 from devices.audio import LegSource, stream_audio
 from edge_agent.app import EdgeNode
-from edge_offload.brokers import MosquittoBroker, TansuBroker
-from offload_core.dc_settings import FilterSpec, HardExampleSettings, ModelMiningSettings
-from offload_core.settings import EdgeSettings, MqttSettings, Settings
-from offload_core.trainer_settings import AsrAdaptSettings, FerTrainSettings, TrainerSettings
 from sim.scoring import wer
 from sim.speech_corpus import to_8k_int16
 from topics import names
@@ -119,6 +119,6 @@ async def test_low_confidence_speech_comes_back_revised_by_the_dc(
 
 
 def _kafka(broker: TansuBroker):
-    from offload_core.settings import KafkaSettings
+    from common.settings import KafkaSettings
 
     return KafkaSettings(bootstrap_servers=broker.bootstrap_servers)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from common.settings import load_settings
 from edge_agent.speech.pipeline import StepOutput
 from edge_agent.speech.service import SpeechEngine
 from models.vad import SileroVad
-from offload_core.settings import load_settings
 from topics import g711, names
 from topics.rtp import build_rtp
 

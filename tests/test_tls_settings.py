@@ -9,14 +9,14 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_offload.pki import make_pki
-from offload_core.mqtt_security import (
+from cli.pki import make_pki
+from common.mqtt_security import (
     aiomqtt_connection,
     configure_paho,
     credentials,
     tls_context,
 )
-from offload_core.settings import MqttSettings, reference
+from common.settings import MqttSettings, reference
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from cli.brokers import TansuBroker
 from cloud_trainer.cli import add_trainer_commands
 from cloud_trainer.registry import Registry, Signer
-from edge_offload.brokers import TansuBroker
 from tests.kafka_helpers import read_topic
 from topics.dc import ModelUpdate, decode_label, decode_model_update
 from topics.names import KAFKA_LABELS, KAFKA_MODEL_UPDATES

@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import torch
 
+from cli.brokers import TansuBroker
 from cloud_trainer.publish import UpdatePublisher
 from cloud_trainer.registry import Registry, Signer
 from cloud_trainer.serve import ArtifactServer
+from common.dc_settings import UpdateSettings
+from common.settings import KafkaSettings
 from edge_agent.model_handlers import fer_handler
 from edge_agent.model_slot import Loaded, ModelSlot
 from edge_agent.updates import ModelUpdater, Refusal
-from edge_offload.brokers import TansuBroker
 from models.fer_artifact import FER_FORMAT, fer_to_bytes
 from models.fer_edge import FerClassifier, MiniXception
-from offload_core.dc_settings import UpdateSettings
-from offload_core.settings import KafkaSettings
 
 NAME = "fer-mini-xception"
 
@@ -225,6 +225,6 @@ async def test_artifact_server_serves_only_signed_registered_artifacts_within_li
     finally:
         await server.stop()
         await small.stop()
-    from offload_core.trainer_settings import TrainerSettings
+    from common.trainer_settings import TrainerSettings
 
     assert TrainerSettings().serve_host == "127.0.0.1"  # not every interface unless configured

@@ -8,12 +8,12 @@ from pathlib import Path
 import cv2
 import pytest
 
+from common.settings import Settings
 from devices.camera import face_test_photos
 from edge_agent.vision.pipeline import FrameJob, VisionPipeline
 from edge_agent.vision.service import build_vision_pipeline
 from models.blazeface import BlazeFaceDetector
 from models.face_detect import HaarBatchDetector
-from offload_core.settings import Settings
 from topics.vision import EMOTIONS, Frame
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.speech_settings import DiarizerConfig
 from models.speaker import SAMPLE_RATE, WINDOW_S, SpeakerEncoder
-from offload_core.speech_settings import DiarizerConfig
 
 __all__ = ["DiarizerConfig", "SpeakerTurn", "SpeakerClusters", "Diarizer"]
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from offload_core.speech_settings import JitterConfig
+from common.speech_settings import JitterConfig
 from topics import g711
 from topics.rtp import CLOCK_RATE, PAYLOAD_TYPES, RtpError, RtpPacket
 

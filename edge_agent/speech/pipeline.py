@@ -33,12 +33,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from common.speech_settings import JitterConfig, PipelineConfig
 from edge_agent.speech.diarize import Diarizer
 from edge_agent.speech.stream import LegDecoder, PcmChunk
 from models.edge_asr import EdgeAsr
 from models.vad import SAMPLE_RATE, WINDOW, SileroVad
 from models.whisper_asr import AsrResult, segment_confidence
-from offload_core.speech_settings import JitterConfig, PipelineConfig
 from topics.rtp import RtpError
 from topics.transcript import ModelRef, PartialTranscript, TranscriptSegment, TranscriptWord
 

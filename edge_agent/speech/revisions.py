@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer
 
-from offload_core.kafka_admin import ensure_topics
-from offload_core.kafka_clients import make_consumer
-from offload_core.retry import Backoff
-from offload_core.settings import KafkaSettings
+from common.kafka_admin import ensure_topics
+from common.kafka_clients import make_consumer
+from common.retry import Backoff
+from common.settings import KafkaSettings
 from topics.codec import ContractError
 from topics.names import KAFKA_SPEECH_REVISIONS
 from topics.transcript import SpeechRevision, TranscriptSegment, TranscriptWord, decode_revision

@@ -41,6 +41,8 @@ from typing import cast
 import aiomqtt
 import numpy as np
 
+from common.retry import Backoff
+from common.settings import Settings, SpeechServiceConfig
 from edge_agent.metrics import BucketCounts
 from edge_agent.mqtt import ArrivalQueue, MqttClient, make_client, publish_confirmed
 from edge_agent.speech.diarize import Diarizer
@@ -49,8 +51,6 @@ from edge_agent.speech.revisions import SegmentIndex
 from models.edge_asr import AsrVocabulary, EdgeAsr, load_edge_asr, prompt_from_sentences
 from models.speaker import SpeakerEncoder
 from models.vad import SileroVad
-from offload_core.retry import Backoff
-from offload_core.settings import Settings, SpeechServiceConfig
 from topics import names
 from topics.codec import ContractError, now_ms, payload_bytes
 from topics.deadletter import DeadLetter, encode_dead_letter

@@ -22,11 +22,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from common.settings import VisionSettings
 from edge_agent.images import decode_bgr, decode_gray
 from edge_agent.model_slot import ModelSlot
 from models.face_detect import BatchDetector, Box, crop_faces
 from models.fer_edge import FerClassifier, preprocess_faces
-from offload_core.settings import VisionSettings
 from topics.codec import ContractError
 from topics.vision import EMOTIONS, Face, Frame, ModelRef, Timing, VisionResult
 

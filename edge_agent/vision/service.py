@@ -26,6 +26,9 @@ from dataclasses import dataclass, field
 import aiomqtt
 import torch
 
+from common.logs import RateLimitedLog
+from common.retry import Backoff
+from common.settings import Settings
 from edge_agent.admission import DcPath, Decision, deadline_of, decide
 from edge_agent.batcher import DynamicBatcher, Overloaded
 from edge_agent.cost import request_cost
@@ -38,9 +41,6 @@ from models.artifacts import path_of
 from models.blazeface import load_blazeface
 from models.face_detect import BatchDetector, FaceDetector, HaarBatchDetector
 from models.fer_edge import FerClassifier, load_edge_fer, resolve_device
-from offload_core.logs import RateLimitedLog
-from offload_core.retry import Backoff
-from offload_core.settings import Settings
 from topics import names
 from topics.codec import ContractError, now_ms, payload_bytes
 from topics.deadletter import DeadLetter, encode_dead_letter

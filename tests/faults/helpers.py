@@ -114,7 +114,7 @@ async def wait_results(tally: Tally, changed: asyncio.Event, n: int, timeout_s: 
 
 
 class AgentProcess:
-    """``python -m edge_offload.cli edge`` (vision only) as a child process that a test may kill -9."""
+    """``python -m cli.main edge`` (vision only) as a child process that a test may kill -9."""
 
     def __init__(self, port: int, node: str, *, receive_maximum: int = 64, log_path: Path | None = None,
                  http_port: int = 0, extra_env: dict[str, str] | None = None) -> None:
@@ -146,7 +146,7 @@ class AgentProcess:
         async with aiomqtt.Client("127.0.0.1", self.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
             await client.subscribe(names.edge_status(self.node), qos=1)
             log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-            self.proc = subprocess.Popen([sys.executable, "-m", "edge_offload.cli", "edge"], env=self.env,
+            self.proc = subprocess.Popen([sys.executable, "-m", "cli.main", "edge"], env=self.env,
                                          cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
 
             async def online() -> None:

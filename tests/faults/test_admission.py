@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import pytest
 
+from common.settings import SpeechServiceConfig
 from edge_agent.mqtt import ArrivalQueue, CountingQueue
 from edge_agent.speech.pipeline import StepOutput
 from edge_agent.speech.service import SpeechEngine
-from offload_core.settings import SpeechServiceConfig
 from topics import names
 from topics.rtp import build_rtp
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from cli.brokers import MosquittoBroker
 from devices.camera import photo_frames
-from edge_offload.brokers import MosquittoBroker
 from tests.edge_helpers import agent_settings, running_agent
 from tests.faults.helpers import (
     autosave_interval_s,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from cli.brokers import MosquittoBroker
 from devices import camera
-from edge_offload.brokers import MosquittoBroker
 
 pytestmark = pytest.mark.integration
 

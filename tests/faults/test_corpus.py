@@ -13,13 +13,13 @@ import aiomqtt
 import msgpack
 import pytest
 
+from cli.brokers import MosquittoBroker
+from common.settings import Settings, SpeechServiceConfig
 from devices.camera import photo_frames
 from edge_agent.speech.service import SpeechService
-from edge_offload.brokers import MosquittoBroker
 from models.edge_asr import load_edge_asr
 from models.speaker import SpeakerEncoder
 from models.vad import SileroVad
-from offload_core.settings import Settings, SpeechServiceConfig
 from tests.edge_helpers import agent_settings, running_agent
 from tests.faults.helpers import following, frame_payload, rss_mib
 from topics import names

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
+from common.settings import DeliverySettings, Settings
 from edge_agent.health import HealthServer
 from edge_agent.mqtt import InOrderAcker
 from edge_agent.vision.service import VisionService, _Session
-from offload_core.settings import DeliverySettings, Settings
 
 
 @dataclass

@@ -16,10 +16,10 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from cli.brokers import MosquittoBroker, free_port
+from common.settings import SpeechServiceConfig
 from devices.audio import packetize
 from devices.camera import photo_frames
-from edge_offload.brokers import MosquittoBroker, free_port
-from offload_core.settings import SpeechServiceConfig
 from sim.speech_corpus import SENTENCES, espeak_available, synthesize, telephone, to_8k_int16
 from tests.faults.helpers import AgentProcess, publish_frames, results_tally, rss_mib, wait_answered
 from topics import names

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 from aiokafka.admin import NewTopic
 
-from offload_core.kafka_clients import make_admin
-from offload_core.settings import KafkaSettings
+from common.kafka_clients import make_admin
+from common.settings import KafkaSettings
 
 __all__ = ["ensure_topics"]
 

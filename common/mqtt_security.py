@@ -1,4 +1,4 @@
-"""TLS and credentials of every MQTT client, from :class:`~offload_core.settings.MqttSettings`.
+"""TLS and credentials of every MQTT client, from :class:`~common.settings.MqttSettings`.
 
 One place turns the settings into an :class:`ssl.SSLContext` and a username/password, for the
 asyncio clients (aiomqtt: the agent, speech, ``tail``, the demo) and for the paho clients of
@@ -12,7 +12,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
-from offload_core.settings import MqttSettings
+from common.settings import MqttSettings
 
 __all__ = ["tls_context", "credentials", "aiomqtt_connection", "configure_paho"]
 

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from offload_core.files import write_private
+from common.files import write_private
 
 __all__ = ["Pki", "make_pki"]
 

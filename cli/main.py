@@ -14,8 +14,8 @@ import signal
 import sys
 from pathlib import Path
 
-from offload_core.logs import setup_logging
-from offload_core.settings import ConfigError, load_settings, use_config_file
+from common.logs import setup_logging
+from common.settings import ConfigError, load_settings, use_config_file
 
 __all__ = ["main"]
 
@@ -46,7 +46,7 @@ def _edge(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from edge_offload.demo import run_demo
+    from cli.demo import run_demo
 
     summary = asyncio.run(run_demo(load_settings(), seconds=args.seconds, fps=args.fps))
     print(summary.as_json(), flush=True)
@@ -64,14 +64,14 @@ def _device(args: argparse.Namespace) -> int:
 
 
 def _tail(args: argparse.Namespace) -> int:
-    from edge_offload.tail import main as tail_main
+    from cli.tail import main as tail_main
 
     return tail_main(args.rest)
 
 
 def _config_reference(args: argparse.Namespace) -> int:
     """Every setting as a Markdown table (the README's settings reference)."""
-    from offload_core.settings import reference_table
+    from common.settings import reference_table
 
     print(reference_table())
     return 0
@@ -93,7 +93,7 @@ def _config_show(args: argparse.Namespace) -> int:
 
 
 def _pki_init(args: argparse.Namespace) -> int:
-    from edge_offload.pki import make_pki
+    from cli.pki import make_pki
 
     if (args.dir / "ca.crt").exists() and not args.force:
         print(f"ok {args.dir} (exists; --force makes a new CA)")
@@ -109,7 +109,7 @@ _PASS_THROUGH = ("tail", "device")
 
 
 def _version() -> str:
-    from edge_offload.tail import _version as version
+    from cli.tail import _version as version
 
     return version()
 

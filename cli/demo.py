@@ -21,14 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from cli.brokers import MosquittoBroker, TansuBroker
+from cli.tail import format_line
 from cloud_trainer.service import Trainer
+from common.settings import EdgeSettings, KafkaSettings, MqttSettings, Settings
 from devices.audio import Impairments, LegSource, stream_audio
 from devices.camera import photo_frames, run_camera
 from edge_agent.app import EdgeNode
 from edge_agent.mqtt import make_client
-from edge_offload.brokers import MosquittoBroker, TansuBroker
-from edge_offload.tail import format_line
-from offload_core.settings import EdgeSettings, KafkaSettings, MqttSettings, Settings
 from topics import names
 from topics.codec import payload_bytes
 from topics.transcript import decode_segment
@@ -36,7 +36,7 @@ from topics.vision import decode_result
 
 __all__ = ["DemoSummary", "run_demo"]
 
-log = logging.getLogger("edge_offload.demo")
+log = logging.getLogger("cli.demo")
 
 CAMERA = "cam-demo"
 FIELD_UNIT = "tap-demo"

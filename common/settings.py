@@ -22,11 +22,11 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from offload_core.dc_settings import HardExampleSettings, OutboxSettings, UpdateSettings
-from offload_core.device_settings import DeviceProfileSettings
-from offload_core.offload_settings import OffloadSettings
-from offload_core.speech_settings import JitterConfig, PipelineConfig
-from offload_core.trainer_settings import TrainerSettings
+from common.dc_settings import HardExampleSettings, OutboxSettings, UpdateSettings
+from common.device_settings import DeviceProfileSettings
+from common.offload_settings import OffloadSettings
+from common.speech_settings import JitterConfig, PipelineConfig
+from common.trainer_settings import TrainerSettings
 
 __all__ = [
     "MqttSettings",

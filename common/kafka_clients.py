@@ -14,7 +14,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from offload_core.settings import KafkaSettings
+from common.settings import KafkaSettings
 
 __all__ = ["ssl_context", "connection_kwargs", "make_producer", "make_consumer", "make_admin"]
 

@@ -1,6 +1,6 @@
 """Settings of offloading: deadlines, the edge's load report and its admission control.
 
-A section of :class:`offload_core.settings.Settings` (``EDGE_OFFLOAD_OFFLOAD__*``, TOML ``[offload]``).
+A section of :class:`common.settings.Settings` (``EDGE_OFFLOAD_OFFLOAD__*``, TOML ``[offload]``).
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ from typing import Any, TextIO
 import aiomqtt
 import msgpack
 
-from offload_core.mqtt_security import aiomqtt_connection
-from offload_core.settings import MqttSettings, load_settings, use_config_file
+from common.mqtt_security import aiomqtt_connection
+from common.settings import MqttSettings, load_settings, use_config_file
 from topics import names
 from topics.codec import ContractError, payload_bytes
 from topics.deadletter import decode_dead_letter
