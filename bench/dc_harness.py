@@ -36,10 +36,10 @@ from common.settings import EdgeSettings, KafkaSettings, MqttSettings, Settings,
 from common.trainer_settings import AsrAdaptSettings, FerTrainSettings, TrainerSettings
 from edge_agent.app import EdgeNode
 from edge_agent.hard_examples import HardExampleReporter
-from edge_agent.model_slot import ModelSlot
 from edge_agent.outbox import Outbox
 from edge_agent.updates import ModelUpdater, Refusal
-from edge_agent.vision.pipeline import FrameJob, VisionPipeline
+from inference.model_slot import ModelSlot
+from inference.vision import FrameJob, VisionPipeline
 from models.edge_asr import EdgeAsr, load_edge_asr, vocabulary_from_bytes
 from models.fer_teacher import TeacherFer, load_teacher
 from topics.dc import Label

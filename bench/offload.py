@@ -56,7 +56,8 @@ from devices.camera import CameraStats, photo_frames, run_camera
 from devices.placer import DevicePlacer
 from edge_agent.cost import request_cost
 from edge_agent.dc_spill import DcSpill
-from edge_agent.vision.service import VisionService, build_vision_pipeline
+from edge_agent.vision.service import VisionService
+from inference.vision import build_vision_pipeline
 from topics import names
 from topics.codec import ContractError
 from topics.vision import VisionResult, decode_result

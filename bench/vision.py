@@ -36,8 +36,7 @@ from cli.brokers import MosquittoBroker
 from common.runtime import freeze_loaded_objects
 from common.settings import Settings, load_settings
 from devices.camera import face_test_photos, photo_frames, run_camera
-from edge_agent.vision.pipeline import FrameJob
-from edge_agent.vision.service import build_vision_pipeline
+from inference.vision import FrameJob, build_vision_pipeline
 from models.fer_edge import preprocess_faces
 from topics import names
 from topics.status import decode_status

@@ -34,9 +34,8 @@ import torch
 
 from common.settings import Settings, load_settings
 from devices.camera import face_test_photos, photo_frames
-from edge_agent.images import decode_bgr
-from edge_agent.vision.pipeline import FrameJob, VisionPipeline
-from edge_agent.vision.service import build_vision_pipeline
+from inference.images import decode_bgr
+from inference.vision import FrameJob, VisionPipeline, build_vision_pipeline
 from models.blazeface import BlazeFaceDetector, load_blazeface
 from models.face_detect import Box
 from models.fer_edge import preprocess_faces

@@ -22,7 +22,7 @@ from common.kafka_clients import make_consumer, make_producer
 from common.retry import Backoff
 from common.runtime import freeze_loaded_objects
 from common.settings import KafkaSettings, Settings
-from edge_agent.vision.pipeline import FrameJob, VisionPipeline
+from inference.vision import FrameJob, VisionPipeline
 from topics.codec import ContractError, now_ms
 from topics.deadletter import DeadLetter, encode_dead_letter
 from topics.offload import (
@@ -154,7 +154,7 @@ class DcInferenceWorker:
 async def run_dc_worker(settings: Settings, worker_id: str, stop: asyncio.Event) -> DcWorkerStats:
     """Load the edge's vision pipeline (same model version) and serve until ``stop``."""
     # the edge's own pipeline builder
-    from edge_agent.vision.service import build_vision_pipeline
+    from inference.vision import build_vision_pipeline
 
     pipeline = await asyncio.to_thread(build_vision_pipeline, settings)
     freeze_loaded_objects()  # model loaded: keep later GC scans short

@@ -27,15 +27,15 @@ from edge_agent.health import HealthServer
 from edge_agent.metrics import EdgeMetrics, NodeCollector
 from edge_agent.mining import MiningPolicy
 from edge_agent.model_handlers import asr_handler, fer_handler
-from edge_agent.model_slot import Loaded, ModelSlot
 from edge_agent.outbox import KafkaForwarder, Outbox
 from edge_agent.speech.pipeline import Utterance
 from edge_agent.speech.revisions import RevisionFollower
 from edge_agent.speech.service import SpeechService, default_asr, register_metrics
 from edge_agent.speech.stream import SAMPLE_RATE
 from edge_agent.updates import ModelHandler, ModelUpdater, Refusal
-from edge_agent.vision.pipeline import FrameOutcome
-from edge_agent.vision.service import VisionService, build_vision_pipeline
+from edge_agent.vision.service import VisionService
+from inference.model_slot import Loaded, ModelSlot
+from inference.vision import FrameOutcome, build_vision_pipeline
 from models.edge_asr import EdgeAsr
 from topics import names
 from topics.codec import now_ms

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_agent.model_slot import ModelSlot
 from edge_agent.updates import ModelHandler
+from inference.model_slot import ModelSlot
 from models.edge_asr import VOCAB_FORMAT, EdgeAsr, vocabulary_from_bytes
 from models.fer_artifact import FER_FORMAT, fer_from_bytes
 from models.fer_edge import INPUT_SIZE, FerClassifier

@@ -39,7 +39,7 @@ from common.kafka_clients import make_consumer
 from common.logs import RateLimitedLog
 from common.retry import Backoff
 from common.settings import KafkaSettings
-from edge_agent.model_slot import Loaded, ModelSlot
+from inference.model_slot import Loaded, ModelSlot
 from topics.codec import ContractError, now_ms
 from topics.dc import ModelUpdate, decode_model_update
 from topics.names import KAFKA_MODEL_UPDATES

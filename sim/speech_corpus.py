@@ -180,7 +180,7 @@ def to_8k_int16(samples: np.ndarray) -> np.ndarray:
 
 def telephone(samples: np.ndarray, codec: str = "pcmu") -> np.ndarray:
     """16 kHz audio through a G.711 call and back: 8 kHz, companded, upsampled to 16 kHz."""
-    from edge_agent.speech.resample import resample_8k_to_16k
+    from inference.resample import resample_8k_to_16k
     from topics import g711
 
     y = g711.decode(codec, g711.encode(codec, to_8k_int16(samples))).astype(np.float32) / 32768.0

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 import aiomqtt
 
 from common.settings import EdgeSettings, MqttSettings, Settings, VisionSettings
-from edge_agent.vision.service import VisionService, build_vision_pipeline
+from edge_agent.vision.service import VisionService
+from inference.vision import build_vision_pipeline
 
 
 def agent_settings(port: int, client_id: str, *, group: str = "edge-agents", node: str | None = None,

@@ -15,7 +15,7 @@ from cloud_trainer.dc_inference import DcInferenceWorker
 from common.kafka_clients import make_consumer, make_producer
 from common.settings import KafkaSettings, Settings
 from devices.camera import photo_frames
-from edge_agent.vision.service import build_vision_pipeline
+from inference.vision import build_vision_pipeline
 from topics.deadletter import decode_dead_letter
 from topics.offload import (
     KAFKA_DC_DEAD_LETTERS,

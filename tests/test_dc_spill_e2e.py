@@ -15,7 +15,7 @@ from cloud_trainer.dc_inference import DcInferenceWorker
 from common.offload_settings import OffloadSettings
 from devices.camera import photo_frames
 from edge_agent.dc_spill import DcSpill
-from edge_agent.vision.service import build_vision_pipeline
+from inference.vision import build_vision_pipeline
 from tests.edge_helpers import agent_settings, collect, running_agent, subscriber
 from topics import names
 from topics.vision import Frame, decode_result, encode_frame

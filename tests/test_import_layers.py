@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # Bottom first, as in the README's package table: a package imports only packages before it.
-PACKAGES = ("topics", "common", "models", "devices", "edge_agent", "sim", "cloud_trainer", "cli",
+PACKAGES = ("topics", "common", "models", "inference", "devices", "edge_agent", "sim", "cloud_trainer", "cli",
             "bench")
 
 
@@ -97,3 +97,11 @@ def test_the_product_does_not_import_bench() -> None:
     for package in PACKAGES:
         if package != "bench":
             assert "bench" not in graph[package], f"{package} imports bench: {graph[package].get('bench')}"
+
+
+def test_dc_and_simulators_import_no_edge_service() -> None:
+    """The DC and the simulators share code with the edge a layer down (``inference``), not by
+    importing the edge service."""
+    graph = package_graph()
+    for package in ("cloud_trainer", "sim"):
+        assert "edge_agent" not in graph[package], f"{package} imports edge_agent: {graph[package]['edge_agent']}"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from edge_agent.speech.jitter import JitterBuffer, JitterConfig, PcmFrame
-from edge_agent.speech.resample import resample_8k_to_16k
 from edge_agent.speech.stream import SAMPLE_RATE, LegDecoder
+from inference.resample import resample_8k_to_16k
 from topics import g711
 from topics.rtp import (
     NTP64_EXT_ID,

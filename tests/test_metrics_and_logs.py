@@ -16,9 +16,9 @@ from common.settings import KafkaSettings
 from edge_agent.metrics import BucketCounts, EdgeMetrics, NodeCollector
 from edge_agent.mining import MiningPolicy
 from edge_agent.model_handlers import fer_handler
-from edge_agent.model_slot import Loaded, ModelSlot
 from edge_agent.outbox import KafkaForwarder, Outbox
 from edge_agent.updates import ModelHandler, ModelUpdater
+from inference.model_slot import Loaded, ModelSlot
 from models.fer_edge import FerClassifier, MiniXception
 
 NAME = "fer-mini-xception"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soxr
 
-from edge_agent.speech.resample import HALF_TAPS, StreamResampler, resample_8k_to_16k
+from inference.resample import HALF_TAPS, StreamResampler, resample_8k_to_16k
 
 
 def _stream(x: np.ndarray, sizes: list[int]) -> np.ndarray:

@@ -18,8 +18,8 @@ from cloud_trainer.serve import ArtifactServer
 from common.dc_settings import UpdateSettings
 from common.settings import KafkaSettings
 from edge_agent.model_handlers import fer_handler
-from edge_agent.model_slot import Loaded, ModelSlot
 from edge_agent.updates import ModelUpdater, Refusal
+from inference.model_slot import Loaded, ModelSlot
 from models.fer_artifact import FER_FORMAT, fer_to_bytes
 from models.fer_edge import FerClassifier, MiniXception
 

@@ -10,8 +10,7 @@ import pytest
 
 from common.settings import Settings
 from devices.camera import face_test_photos
-from edge_agent.vision.pipeline import FrameJob, VisionPipeline
-from edge_agent.vision.service import build_vision_pipeline
+from inference.vision import FrameJob, VisionPipeline, build_vision_pipeline
 from models.blazeface import BlazeFaceDetector
 from models.face_detect import HaarBatchDetector
 from topics.vision import EMOTIONS, Frame

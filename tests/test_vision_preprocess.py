@@ -11,8 +11,8 @@ import pytest
 from cli.brokers import MosquittoBroker
 from common.settings import VisionSettings
 from devices.camera import photo_frames, run_camera
-from edge_agent.vision.pipeline import FrameJob, FrameOutcome, Preprocessed
-from edge_agent.vision.service import VisionService, build_vision_pipeline
+from edge_agent.vision.service import VisionService
+from inference.vision import FrameJob, FrameOutcome, Preprocessed, build_vision_pipeline
 from tests.edge_helpers import agent_settings, collect, subscriber
 from topics import names
 from topics.vision import Frame, decode_result

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_agent.speech.jitter import JitterBuffer, JitterConfig, PcmFrame, StreamCounters
-from edge_agent.speech.resample import OUT_RATE, StreamResampler
+from inference.resample import OUT_RATE, StreamResampler
 from topics.rtp import CLOCK_RATE, NTP64_EXT_ID, RtpError, RtpPacket, ntp64_to_unix, one_byte_extensions, parse_rtp
 
 __all__ = ["SAMPLE_RATE", "PcmChunk", "PushResult", "LegDecoder"]

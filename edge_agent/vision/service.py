@@ -24,7 +24,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import aiomqtt
-import torch
 
 from common.logs import RateLimitedLog
 from common.retry import Backoff
@@ -34,13 +33,8 @@ from edge_agent.batcher import DynamicBatcher, Overloaded
 from edge_agent.cost import request_cost
 from edge_agent.load import LoadEstimator
 from edge_agent.metrics import EdgeMetrics
-from edge_agent.model_slot import Loaded, ModelSlot
 from edge_agent.mqtt import InOrderAcker, MqttClient, SessionLost, make_client, publish_confirmed, session_gone
-from edge_agent.vision.pipeline import FrameJob, FrameOutcome, VisionPipeline
-from models.artifacts import path_of
-from models.blazeface import load_blazeface
-from models.face_detect import BatchDetector, FaceDetector, HaarBatchDetector
-from models.fer_edge import FerClassifier, load_edge_fer, resolve_device
+from inference.vision import FrameJob, FrameOutcome, VisionPipeline
 from topics import names
 from topics.codec import ContractError, now_ms, payload_bytes
 from topics.deadletter import DeadLetter, encode_dead_letter
@@ -48,37 +42,10 @@ from topics.offload import FrameReturn, encode_frame_return
 from topics.status import EdgeLoad, EdgeStatus, encode_status
 from topics.vision import Frame, ModelRef, decode_frame, encode_result, shed_result
 
-__all__ = ["VisionService", "build_vision_pipeline"]
+__all__ = ["VisionService"]
 
 log = logging.getLogger("edge_agent")
 STAGE = "vision"
-
-
-def build_vision_pipeline(settings: Settings) -> VisionPipeline:
-    """Load the face detector (``vision.detector``) and the edge FER model from the artifact cache."""
-    torch.set_num_threads(settings.vision.torch_threads)
-    v = settings.vision
-    detector: BatchDetector
-    if v.detector == "blazeface":
-        ranges = ("full", "short") if v.blazeface_short_range else ("full",)
-        detector = load_blazeface(settings.cache_dir, device=resolve_device(settings.edge.device),
-                                  ranges=ranges, min_face_px=v.min_face_px, max_faces=v.max_faces,
-                                  workers=v.detect_workers)
-        if detector.device.type == "cuda":
-            detector.warm_up(v.max_batch_size)
-    else:
-        cascade = path_of("fer", "haarcascade_frontalface_default.xml", settings.cache_dir)
-
-        def make_detector() -> FaceDetector:
-            return FaceDetector(cascade, max_side=v.detect_max_side, scale_factor=v.detect_scale_factor,
-                                min_neighbors=v.detect_min_neighbors, min_face_px=v.min_face_px,
-                                max_faces=v.max_faces)
-
-        detector = HaarBatchDetector(make_detector, v.preprocess_threads, v.cv_threads)
-
-    fer = load_edge_fer(settings.cache_dir, device=settings.edge.device)
-    slot: ModelSlot[FerClassifier] = ModelSlot(Loaded(fer, fer.name, fer.version))
-    return VisionPipeline(detector, slot, v, settings.edge.node_name)
 
 
 _SESSION_LOST = ContractError("session_lost", "the session of this frame ended before its batch ran")

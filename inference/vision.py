@@ -21,16 +21,19 @@ from typing import Any
 
 import cv2
 import numpy as np
+import torch
 
-from common.settings import VisionSettings
-from edge_agent.images import decode_bgr, decode_gray
-from edge_agent.model_slot import ModelSlot
-from models.face_detect import BatchDetector, Box, crop_faces
-from models.fer_edge import FerClassifier, preprocess_faces
+from common.settings import Settings, VisionSettings
+from inference.images import decode_bgr, decode_gray
+from inference.model_slot import Loaded, ModelSlot
+from models.artifacts import path_of
+from models.blazeface import load_blazeface
+from models.face_detect import BatchDetector, Box, FaceDetector, HaarBatchDetector, crop_faces
+from models.fer_edge import FerClassifier, load_edge_fer, preprocess_faces, resolve_device
 from topics.codec import ContractError
 from topics.vision import EMOTIONS, Face, Frame, ModelRef, Timing, VisionResult
 
-__all__ = ["FrameJob", "FrameOutcome", "Preprocessed", "VisionPipeline"]
+__all__ = ["FrameJob", "FrameOutcome", "Preprocessed", "VisionPipeline", "build_vision_pipeline"]
 
 
 @dataclass(slots=True)
@@ -161,3 +164,30 @@ class VisionPipeline:
             )
             outcomes.append(FrameOutcome(job=job, result=result, crops=frame_crops, probs=frame_probs))
         return outcomes
+
+
+def build_vision_pipeline(settings: Settings) -> VisionPipeline:
+    """Load the face detector (``vision.detector``) and the edge FER model from the artifact cache."""
+    torch.set_num_threads(settings.vision.torch_threads)
+    v = settings.vision
+    detector: BatchDetector
+    if v.detector == "blazeface":
+        ranges = ("full", "short") if v.blazeface_short_range else ("full",)
+        detector = load_blazeface(settings.cache_dir, device=resolve_device(settings.edge.device),
+                                  ranges=ranges, min_face_px=v.min_face_px, max_faces=v.max_faces,
+                                  workers=v.detect_workers)
+        if detector.device.type == "cuda":
+            detector.warm_up(v.max_batch_size)
+    else:
+        cascade = path_of("fer", "haarcascade_frontalface_default.xml", settings.cache_dir)
+
+        def make_detector() -> FaceDetector:
+            return FaceDetector(cascade, max_side=v.detect_max_side, scale_factor=v.detect_scale_factor,
+                                min_neighbors=v.detect_min_neighbors, min_face_px=v.min_face_px,
+                                max_faces=v.max_faces)
+
+        detector = HaarBatchDetector(make_detector, v.preprocess_threads, v.cv_threads)
+
+    fer = load_edge_fer(settings.cache_dir, device=settings.edge.device)
+    slot: ModelSlot[FerClassifier] = ModelSlot(Loaded(fer, fer.name, fer.version))
+    return VisionPipeline(detector, slot, v, settings.edge.node_name)
