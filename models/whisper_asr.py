@@ -43,6 +43,7 @@ __all__ = [
     "AsrResult",
     "DecodeOptions",
     "WhisperAsr",
+    "collapse_repeats",
     "pick_device",
     "segment_confidence",
 ]
@@ -54,6 +55,8 @@ _FRAMES_PER_S = SAMPLE_RATE // _HOP
 # Speech runs at most ~4 words (~6 tokens) a second: more tokens than this per second of
 # audio is a repetition loop (short encoder windows make Whisper loop more often).
 _TOKENS_PER_S = 8
+# The shortest back-to-back repeated word run taken for a decoding loop (see collapse_repeats).
+MIN_REPEAT_SPAN = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,12 +291,42 @@ class WhisperAsr:
             conf = segment_confidence([math.exp(min(0.0, avg_logprob))] * max(1, len(text.split())),
                                       avg_logprob, no_speech) if text else 0.0
             return AsrResult(text, ws, conf, avg_logprob, no_speech, seconds)
-        ws = tuple(Word(w["word"].strip(), round(min(float(w["start"]), duration_s), 3),
-                        round(min(max(float(w["end"]), float(w["start"])), duration_s), 3),
-                        float(min(1.0, max(0.0, w["probability"]))))
-                   for w in words if w["word"].strip())
+        ws = collapse_repeats(tuple(Word(w["word"].strip(), round(min(float(w["start"]), duration_s), 3),
+                                         round(min(max(float(w["end"]), float(w["start"])), duration_s), 3),
+                                         float(min(1.0, max(0.0, w["probability"]))))
+                                    for w in words if w["word"].strip()))
         conf = segment_confidence([w.confidence for w in ws], avg_logprob, no_speech)
         return AsrResult(" ".join(w.word for w in ws), ws, conf, avg_logprob, no_speech, seconds)
+
+
+def _word_key(word: str) -> str:
+    return "".join(ch for ch in word.lower() if ch.isalnum() or ch == "'")
+
+
+def collapse_repeats(words: tuple[Word, ...], min_span: int = MIN_REPEAT_SPAN) -> tuple[Word, ...]:
+    """Drop Whisper's repetition loops: a run of at least ``min_span`` words that comes again
+    right after itself ("we found an old map. we found an old map.") is kept once.
+
+    A decode that loops repeats the words it just emitted; real speech repeats a phrase of
+    three or more words back to back rarely enough that keeping one copy is the better bet
+    (shorter repeats such as "no, no" or "thank you, thank you" are left alone). Words are
+    compared without case and punctuation; the first copy keeps its timings."""
+    keys = [_word_key(w.word) for w in words]
+    out = list(words)
+    changed = True
+    while changed:
+        changed = False
+        n = len(keys)
+        for span in range(n // 2, min_span - 1, -1):
+            for i in range(0, n - 2 * span + 1):
+                if keys[i:i + span] == keys[i + span:i + 2 * span] and any(keys[i:i + span]):
+                    del keys[i + span:i + 2 * span]
+                    del out[i + span:i + 2 * span]
+                    changed = True
+                    break
+            if changed:
+                break
+    return tuple(out)
 
 
 def _words_from_alignment(tok: object, text_tokens: list[int], result: object) -> list[dict]:

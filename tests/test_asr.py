@@ -15,7 +15,7 @@ from models.artifacts import ARTIFACTS, JOINED, _sha256
 from models.edge_asr import load_whisper
 from models.text import normalize, wer
 from models.vad import SAMPLE_RATE, SileroVad, VadConfig
-from models.whisper_asr import DecodeOptions, WhisperAsr, segment_confidence
+from models.whisper_asr import DecodeOptions, WhisperAsr, Word, collapse_repeats, segment_confidence
 from sim.speech_corpus import SENTENCES, VOICES, build_conversation, espeak_available, synthesize, telephone
 
 needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng not installed")
@@ -157,3 +157,22 @@ def test_the_batcher_decodes_waiting_legs_in_one_call_and_keeps_prompts_apart(ti
     # Mixed prompts in one direct call are split into one model call per prompt.
     mixed = tiny.transcribe(clips, prompts=[None, "Kitchen, window, keys."])
     assert mixed[0].text == alone[0] and wer([texts[1]], [mixed[1].text]) <= 0.35
+
+
+def _words(text: str) -> tuple[Word, ...]:
+    return tuple(Word(w, i * 0.3, i * 0.3 + 0.25, 0.9) for i, w in enumerate(text.split()))
+
+
+def test_a_decoding_loop_is_kept_once_and_short_repeats_stay() -> None:
+    # What tiny.en gave on a lossy leg in CI: one sentence three times in one utterance.
+    looped = _words("We found an old map inside the library book. We found an old map inside the library book."
+                    " we found an old map inside the library book")
+    kept = collapse_repeats(looped)
+    assert " ".join(w.word for w in kept) == "We found an old map inside the library book."
+    assert kept[-1].end_s == looped[8].end_s  # the first copy keeps its timings
+    # A loop at the end of otherwise good words, and a repeat of two words that people do say.
+    assert [w.word for w in collapse_repeats(_words("go to the gate to the gate to the gate now"))] == \
+        ["go", "to", "the", "gate", "now"]
+    assert [w.word for w in collapse_repeats(_words("no, no, I said thank you thank you"))] == \
+        ["no,", "no,", "I", "said", "thank", "you", "thank", "you"]
+    assert collapse_repeats(()) == ()
