@@ -122,7 +122,8 @@ async def _capacity(n: int, seconds: float, conv: Conversation, vad: SileroVad, 
             "final_latency_p95_ms": round(final_p95 * 1000, 1), "partials": len(c.partial_latency_s),
             "overload_drops": c.packets_overload, "backlog_packets": backlog,
             "segments": len(c.final_latency_s), "whisper_mean_batch": round(batches.mean_batch, 2),
-            "wall_s": round(time.monotonic() - t0, 2)}
+            "partials_thinned": c.partials_thinned, "legs_refused": c.legs_refused + c.legs_refused_overload,
+            "peak_lag_s": round(engine.governor.peak_lag_s, 3), "wall_s": round(time.monotonic() - t0, 2)}
 
 
 def capacity_trial(n: int, seconds: float, conv: Conversation, vad: SileroVad, encoder: SpeakerEncoder,

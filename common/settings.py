@@ -25,7 +25,7 @@ from pydantic_settings import (
 from common.dc_settings import HardExampleSettings, OutboxSettings, UpdateSettings
 from common.device_settings import DeviceProfileSettings
 from common.offload_settings import OffloadSettings
-from common.speech_settings import JitterConfig, PipelineConfig
+from common.speech_settings import DegradationConfig, JitterConfig, PipelineConfig
 from common.trainer_settings import TrainerSettings
 
 __all__ = [
@@ -158,6 +158,7 @@ class SpeechServiceConfig(BaseModel):
     reconnect_max_s: float = Field(10.0, gt=0)
     pipeline: PipelineConfig = PipelineConfig()
     jitter: JitterConfig = JitterConfig()
+    degradation: DegradationConfig = DegradationConfig()
 
     @property
     def leg_limit(self) -> int:

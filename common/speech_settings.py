@@ -7,9 +7,9 @@ their configuration. All are frozen: a configuration is a value.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["VadConfig", "JitterConfig", "DiarizerConfig", "PipelineConfig"]
+__all__ = ["VadConfig", "JitterConfig", "DiarizerConfig", "DegradationConfig", "PipelineConfig"]
 
 
 class VadConfig(BaseModel):
@@ -55,6 +55,25 @@ class DiarizerConfig(BaseModel):
     min_run_windows: int = Field(3, description="windows of another speaker in a row that split a segment")
     leg_bonus: float = Field(0.04, description="similarity added for the leg's current speaker")
     max_speakers: int = Field(32, description="speakers per conversation at most")
+
+
+class DegradationConfig(BaseModel):
+    """What the speech engine gives up as its lag grows (``edge_agent.speech.governor``): partials
+    first, then finals wait, then new legs are refused. Lag: seconds a worker step's packets waited."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    thin_above_s: float = Field(0.25, ge=0, description="lag above which partials thin out")
+    partials_off_above_s: float = Field(0.8, gt=0, description="lag above which no partial is decoded")
+    refuse_legs_above_s: float = Field(1.5, gt=0, description="lag above which new legs are refused "
+                                       "(reason overloaded); open legs carry on")
+    smoothing: float = Field(0.2, gt=0, le=1, description="weight of the newest step's lag in the smoothed lag")
+
+    @model_validator(mode="after")
+    def _in_order(self) -> DegradationConfig:
+        if not self.thin_above_s < self.partials_off_above_s <= self.refuse_legs_above_s:
+            raise ValueError("degradation must go thin_above_s < partials_off_above_s <= refuse_legs_above_s")
+        return self
 
 
 class PipelineConfig(BaseModel):

@@ -35,6 +35,7 @@ import numpy as np
 
 from common.speech_settings import JitterConfig, PipelineConfig
 from edge_agent.speech.diarize import Diarizer
+from edge_agent.speech.governor import LoadGovernor
 from edge_agent.speech.stream import LegDecoder, PcmChunk
 from models.edge_asr import EdgeAsr
 from models.vad import SAMPLE_RATE, WINDOW, SileroVad
@@ -82,9 +83,11 @@ class Utterance:
 class LegRecognizer:
     """VAD -> ASR for one leg. Feed it the leg's :class:`PcmChunk` s in order. One thread at a time."""
 
-    def __init__(self, leg: str, vad: SileroVad, asr: EdgeAsr, config: PipelineConfig | None = None) -> None:
+    def __init__(self, leg: str, vad: SileroVad, asr: EdgeAsr, config: PipelineConfig | None = None,
+                 governor: LoadGovernor | None = None) -> None:
         self.leg = leg
         self.config = config or PipelineConfig()
+        self._governor = governor  # under load, partials thin out (None: always the configured cadence)
         self._vad = vad.new_stream(self.config.vad)
         self._asr = asr
         self.model_ref = ModelRef(asr.name, asr.version)
@@ -94,6 +97,7 @@ class LegRecognizer:
         self._utt_start: int | None = None
         self._fed_until = 0
         self._last_partial_at = 0
+        self._last_due_at = 0  # where a partial was due at the configured cadence
         self.utterances = 0
         self.dropped_utterances = 0
         self.gaps_filled = 0
@@ -166,8 +170,15 @@ class LegRecognizer:
                 out += self._finish(ev.sample, arrival_s)
         if self._utt_start is not None:
             self._feed(self.received)
-            every = int(self.config.partial_every_s * SAMPLE_RATE)
-            if self._fed_until - self._last_partial_at >= every:
+            base_s = self.config.partial_every_s
+            due = self._fed_until - self._last_due_at >= int(base_s * SAMPLE_RATE)
+            every_s = self._governor.partial_every_s(base_s) if self._governor is not None else base_s
+            if due:
+                self._last_due_at = self._fed_until
+            if self._fed_until - self._last_partial_at < every_s * SAMPLE_RATE:
+                if due and self._governor is not None:
+                    self._governor.note_thinned()
+            else:
                 self._last_partial_at = self._fed_until
                 text = self._asr.decode_partial(self._slice(self._utt_start, self._fed_until))
                 if text:
@@ -201,6 +212,7 @@ class LegRecognizer:
         self._utt_start = start
         self._fed_until = start
         self._last_partial_at = start
+        self._last_due_at = start
         self.utterances += 1
 
     def _feed(self, until: int) -> None:
@@ -396,12 +408,13 @@ class LegStream:
     """One leg end to end: RTP bytes -> PCM -> VAD/ASR -> tracker. One thread at a time."""
 
     def __init__(self, conversation: str, leg: str, vad: SileroVad, asr: EdgeAsr, tracker: ConversationTracker,
-                 config: PipelineConfig | None = None, *, jitter: JitterConfig | None = None) -> None:
+                 config: PipelineConfig | None = None, *, jitter: JitterConfig | None = None,
+                 governor: LoadGovernor | None = None) -> None:
         self.conversation = conversation
         self.leg = leg
         self.tracker = tracker
         self.decoder = LegDecoder(conversation, leg, config=jitter)
-        self.recognizer = LegRecognizer(leg, vad, asr, config or tracker.config)
+        self.recognizer = LegRecognizer(leg, vad, asr, config or tracker.config, governor)
         self._opened = False
         self._partial_seq = 0
         self.closed = False

@@ -46,6 +46,7 @@ from common.settings import Settings, SpeechServiceConfig
 from edge_agent.metrics import BucketCounts
 from edge_agent.mqtt import ArrivalQueue, MqttClient, make_client, publish_confirmed
 from edge_agent.speech.diarize import Diarizer
+from edge_agent.speech.governor import LoadGovernor
 from edge_agent.speech.pipeline import ConversationTracker, LegStream, StepOutput, Utterance
 from edge_agent.speech.revisions import SegmentIndex
 from models.edge_asr import AsrVocabulary, EdgeAsr, load_edge_asr, prompt_from_sentences
@@ -85,6 +86,9 @@ class SpeechCounters:
     legs_opened: int = 0
     legs_closed: int = 0
     legs_refused: int = 0
+    legs_refused_overload: int = 0
+    partials_thinned: int = 0  # mirrors the engine's LoadGovernor
+    lag_s: float = 0.0  # the governor's smoothed lag
     legs_open_peak: int = 0
     conversations_opened: int = 0
     conversations_closed: int = 0
@@ -124,6 +128,10 @@ def register_metrics(counters: SpeechCounters, registry: object) -> None:
                 ("legs_opened", c.legs_opened, "call legs opened"),
                 ("legs_closed", c.legs_closed, "call legs closed"),
                 ("legs_refused", c.legs_refused, "legs refused: leg limit (max_legs, memory budget) reached"),
+                ("legs_refused_overload", c.legs_refused_overload,
+                 "legs refused: the engine lags (degradation step 3)"),
+                ("partials_thinned", c.partials_thinned,
+                 "partials not decoded: the engine lags (degradation step 1)"),
                 ("conversations_opened", c.conversations_opened, "conversations opened"),
                 ("conversations_closed", c.conversations_closed, "conversations closed"),
                 ("partials_published", c.partials_published, "partial transcripts published"),
@@ -143,6 +151,8 @@ def register_metrics(counters: SpeechCounters, registry: object) -> None:
                 rejected.add_metric([reason], n)
             yield rejected
             yield GaugeMetricFamily("edge_speech_legs_open_peak", "most legs open at once", value=c.legs_open_peak)
+            yield GaugeMetricFamily("edge_speech_lag_seconds", "smoothed wait of packets before their worker step",
+                                    value=c.lag_s)
             yield c.partial_latency_hist.family("edge_speech_partial_latency_seconds",
                                                 "audio arrival -> partial published")
             yield c.final_latency_hist.family("edge_speech_final_latency_seconds",
@@ -190,6 +200,7 @@ class SpeechEngine:
         self.clock = clock
         self.on_utterance = on_utterance
         self._pool = ThreadPoolExecutor(self.config.worker_threads, thread_name_prefix="speech")
+        self.governor = LoadGovernor(self.config.degradation)
         self._legs: dict[tuple[str, str], _Leg] = {}
         self._by_topic: dict[str, _Leg] = {}
         self._refused: dict[tuple[str, str], float] = {}  # refused leg -> its last arrival
@@ -258,6 +269,11 @@ class SpeechEngine:
             if self._stopping or len(self._legs) >= self.config.leg_limit:
                 self._refuse(key, topic, payload, arrival)
                 return False
+            if not self.governor.admits_new_leg():
+                c.legs_refused_overload += 1
+                self._refuse(key, topic, payload, arrival, ContractError(
+                    "overloaded", f"speech lags {self.governor.lag_s:.2f} s behind its audio; open legs come first"))
+                return False
             self._refused.pop(key, None)
             state = self._open_leg(conversation, leg, topic, arrival)
         if arrival > state.last_arrival_s:
@@ -269,10 +285,13 @@ class SpeechEngine:
             return False
         return True
 
-    def _refuse(self, key: tuple[str, str], topic: str, payload: bytes, arrival_s: float) -> None:
-        """Refuse a leg over the limit: counted once per leg, dead-lettered once, its packets counted."""
+    def _refuse(self, key: tuple[str, str], topic: str, payload: bytes, arrival_s: float,
+                reason: ContractError | None = None) -> None:
+        """Refuse a leg (over the limit, or ``reason``): counted once per leg, dead-lettered once, its
+        packets counted."""
         c = self.counters
-        c.legs_refused += 1
+        if reason is None:
+            c.legs_refused += 1
         c.packets_of_refused_legs += 1
         self._refused[key] = arrival_s
         if len(self._refused) > 4 * self.config.leg_limit + 1024:  # bounded: forget the quietest
@@ -280,8 +299,8 @@ class SpeechEngine:
             for k in quiet or list(self._refused)[: len(self._refused) // 2]:
                 del self._refused[k]
         limit = self.config.leg_limit
-        self.reject(topic, payload, ContractError("leg_limit", f"{len(self._legs)} legs open, limit {limit}"),
-                    count=False)
+        error = reason or ContractError("leg_limit", f"{len(self._legs)} legs open, limit {limit}")
+        self.reject(topic, payload, error, count=False)
 
     def reject(self, topic: str, payload: bytes, error: ContractError, *, count: bool = True) -> None:
         """Count a rejected packet under its reason and dead-letter it (in the background, bounded)."""
@@ -366,7 +385,12 @@ class SpeechEngine:
                 self._closed_conversations.put_nowait((state.conversation, n))
 
     def _push(self, packets: list[tuple[bytes, float]], stream: LegStream) -> StepOutput:
-        return stream.push(packets, self.clock())  # the clock is read in the worker, as the packets are decoded
+        now = self.clock()  # read in the worker, as the packets are decoded
+        self.governor.observe(now - packets[0][1])
+        out = stream.push(packets, now)
+        self.counters.lag_s = self.governor.lag_s
+        self.counters.partials_thinned = self.governor.partials_thinned
+        return out
 
     async def _step(self, loop: asyncio.AbstractEventLoop, state: _Leg,
                     work: Callable[[LegStream], StepOutput]) -> None:
@@ -397,7 +421,7 @@ class SpeechEngine:
         """The one place a leg's pipeline is built (in a worker thread, after its first packet validated)."""
         tracker = self._conversations[state.conversation].tracker
         return LegStream(state.conversation, state.leg, self.vad, self._asr(), tracker, self.pipeline,
-                         jitter=self.config.jitter)
+                         jitter=self.config.jitter, governor=self.governor)
 
     async def _emit(self, out: StepOutput, state: _Leg) -> None:
         c = self.counters

@@ -1,0 +1,58 @@
+"""The speech engine's degradation curve: ``python -m bench.speech_curve --json``.
+
+Runs ``bench.speech``'s capacity trial (N legs of the held-out call paced in real time through
+:class:`~edge_agent.speech.service.SpeechEngine`) at every N of ``--legs`` without stopping at
+the first failure, and prints per N: partial and final latency p95, backlog, partials thinned
+and legs refused (see ``edge_agent.speech.governor`` for the order things are given up in).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from bench.heldout_speech import HELDOUT, PIPER, build_heldout_call
+from bench.speech import capacity_trial
+from common.settings import load_settings
+from models.edge_asr import load_edge_asr
+from models.speaker import SpeakerEncoder
+from models.vad import SileroVad
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.speech_curve", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    ap.add_argument("--legs", default="2,4,8,12,16", help="comma-separated leg counts")
+    ap.add_argument("--seconds", type=float, default=20.0, help="length of each trial")
+    ap.add_argument("--threads", type=int, default=8, help="speech worker threads")
+    ap.add_argument("--asr-threads", type=int, default=2, help="CPU threads of each Whisper model")
+    ap.add_argument("--final-model", default="whisper_base", choices=["whisper_tiny_en", "whisper_base"])
+    ap.add_argument("--partial-model", default="whisper_tiny_en", choices=["whisper_tiny_en", "whisper_base"])
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(1)
+    cache = load_settings().cache_dir
+    vad, encoder = SileroVad(), SpeakerEncoder("cpu")
+    edge = load_edge_asr(cache, args.final_model, args.partial_model, device="cpu", cpu_threads=args.asr_threads)
+    held = build_heldout_call(HELDOUT, (PIPER, PIPER), snr_db=10.0, noise="background")
+    curve = []
+    for n in (int(x) for x in args.legs.split(",")):
+        trial = capacity_trial(n, args.seconds, held, vad, encoder, edge, args.threads)
+        curve.append(trial)
+        if not args.json:
+            print(json.dumps(trial), file=sys.stderr)
+    result = {"curve": curve, "asr_final": args.final_model, "asr_partial": args.partial_model,
+              "trial_seconds": args.seconds, "cpus": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2)}
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+    edge.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
