@@ -63,9 +63,9 @@ class DegradationConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    thin_above_s: float = Field(0.25, ge=0, description="lag above which partials thin out")
-    partials_off_above_s: float = Field(0.8, gt=0, description="lag above which no partial is decoded")
-    refuse_legs_above_s: float = Field(1.5, gt=0, description="lag above which new legs are refused "
+    thin_above_s: float = Field(0.1, ge=0, description="lag above which partials thin out")
+    partials_off_above_s: float = Field(0.5, gt=0, description="lag above which no partial is decoded")
+    refuse_legs_above_s: float = Field(1.0, gt=0, description="lag above which new legs are refused "
                                        "(reason overloaded); open legs carry on")
     smoothing: float = Field(0.2, gt=0, le=1, description="weight of the newest step's lag in the smoothed lag")
 

@@ -143,6 +143,14 @@ class EdgeAsr:
         batcher = self.partial or self.final
         return batcher.transcribe(samples, self.partial_options, self.vocabulary.prompt or None).text
 
+    @property
+    def finals_pending(self) -> int:
+        """Final decodes queued or running on their own model (0 when partials share the final's model:
+        then they share its queue too)."""
+        if self.partial is None or self.partial is self.final:
+            return 0
+        return self.final.pending
+
     def close(self) -> None:
         self.final.close()
         if self.partial is not None and self.partial is not self.final:

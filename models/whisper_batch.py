@@ -54,6 +54,7 @@ class WhisperBatcher:
         self.stats = BatchStats()
         self._queue: deque[_Request] = deque()
         self._cv = threading.Condition()
+        self._in_flight = 0  # submitted and not answered yet
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"whisper-{asr.name}", daemon=True)
         self._thread.start()
@@ -66,6 +67,11 @@ class WhisperBatcher:
     def version(self) -> str:
         return self.asr.version
 
+    @property
+    def pending(self) -> int:
+        """Utterances submitted and not answered yet (queued or decoding)."""
+        return self._in_flight
+
     def submit(self, clip: np.ndarray, options: DecodeOptions, prompt: str | None = None) -> Future[AsrResult]:
         """Queue one utterance; the future resolves with its result (or the model's exception)."""
         fut: Future[AsrResult] = Future()
@@ -73,6 +79,7 @@ class WhisperBatcher:
             if self._closed:
                 raise RuntimeError("WhisperBatcher is closed")
             self._queue.append(_Request(np.asarray(clip, dtype=np.float32), options, prompt, fut))
+            self._in_flight += 1
             self._cv.notify()
         return fut
 
@@ -113,6 +120,7 @@ class WhisperBatcher:
                                               prompts=[r.prompt for r in batch])
             except Exception as exc:
                 self.stats.errors += 1
+                self._answered(len(batch))
                 for r in batch:
                     r.future.set_exception(exc)
                 continue
@@ -122,5 +130,10 @@ class WhisperBatcher:
             s.sizes.append(len(batch))
             s.audio_s += sum(len(r.clip) for r in batch) / 16000
             s.busy_s += time.perf_counter() - t0
+            self._answered(len(batch))
             for r, res in zip(batch, results, strict=True):
                 r.future.set_result(res)
+
+    def _answered(self, n: int) -> None:
+        with self._cv:
+            self._in_flight -= n

@@ -98,7 +98,8 @@ def _lagging(lag_s: float) -> LoadGovernor:
 def test_under_load_partials_thin_out_and_every_final_still_comes(asr: EdgeAsr) -> None:
     vad = SileroVad()
     calm = _decode(asr, vad, None)
-    thinning, off = _lagging(0.5), _lagging(2.5)
+    c = DegradationConfig()
+    thinning, off = _lagging((c.thin_above_s + c.partials_off_above_s) / 2), _lagging(2.5)
     thin = _decode(asr, vad, thinning)
     none = _decode(asr, vad, off)
     assert len(calm.partials) >= 4
@@ -145,3 +146,21 @@ async def test_a_lagging_engine_refuses_new_legs_with_a_reason_and_admits_them_a
     assert engine.submit(late_leg, packet, clock[0] + engine.config.idle_close_s)
     clock[0] += 60.0
     await engine.close()
+
+
+class _FinalsAlwaysBusy:
+    """The real models, as seen while another leg's final is always queued or decoding."""
+
+    def __init__(self, asr: EdgeAsr) -> None:
+        self._asr = asr
+        self.name, self.version = asr.name, asr.version
+        self.decode_final, self.decode_partial = asr.decode_final, asr.decode_partial
+        self.finals_pending = 1
+
+
+@needs_espeak
+def test_partials_wait_while_finals_are_pending_and_finals_are_never_skipped(asr: EdgeAsr) -> None:
+    governor = _lagging(0.0)  # no lag at all: only the pending finals hold partials back
+    out = _decode(_FinalsAlwaysBusy(asr), SileroVad(), governor)  # type: ignore[arg-type]
+    assert out.partials == [] and governor.partials_thinned >= 4
+    assert len(out.segments) == 2

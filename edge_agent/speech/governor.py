@@ -6,9 +6,10 @@ lag of a few tens of milliseconds; a machine short of CPU lets it grow on every 
 
 As lag grows, the engine gives up work in this order (``DegradationConfig``):
 
-1. **partials thin out** (lag above ``thin_above_s``): the speech between two partials grows in
-   proportion, and above ``partials_off_above_s`` partials stop; each partial not decoded is
-   counted (``partials_thinned``);
+1. **partials thin out**: a partial waits while a final is queued or decoding (finals first), and
+   with lag above ``thin_above_s`` the speech between two partials grows in proportion; above
+   ``partials_off_above_s`` partials stop. Each partial due and not decoded is counted
+   (``partials_thinned``);
 2. **finals wait**: an admitted leg's finals are always decoded and published; under load they
    come later, within their bound as long as partials have freed the CPU;
 3. **new legs are refused** (lag above ``refuse_legs_above_s``) with the reason ``overloaded``,

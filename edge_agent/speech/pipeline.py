@@ -175,7 +175,10 @@ class LegRecognizer:
             every_s = self._governor.partial_every_s(base_s) if self._governor is not None else base_s
             if due:
                 self._last_due_at = self._fed_until
-            if self._fed_until - self._last_partial_at < every_s * SAMPLE_RATE:
+            ready = self._fed_until - self._last_partial_at >= every_s * SAMPLE_RATE
+            if ready and self._governor is not None and self._asr.finals_pending:
+                ready = False  # finals first: this partial waits until no final is queued or decoding
+            if not ready:
                 if due and self._governor is not None:
                     self._governor.note_thinned()
             else:
