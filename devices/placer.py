@@ -32,8 +32,9 @@ import numpy as np
 
 from common.device_settings import DeviceProfileSettings
 from devices.policy import POLICIES, EdgeShare, Placement, choose
+from models.artifacts import path_of
 from models.blazeface import BlazeFaceDetector, load_blazeface
-from models.face_detect import crop_faces
+from models.fer_crop import FerCropper
 from models.fer_edge import FerClassifier, load_edge_fer, preprocess_faces
 from topics.codec import ContractError, now_ms
 from topics.offload import decode_frame_return
@@ -77,6 +78,7 @@ class DevicePlacer:
         self.policy = policy
         self.profile = profile
         self.cache_dir = cache_dir
+        self._fer_cropper: FerCropper | None = None
         self.node = node
         self.stats = PlacerStats()
         self._lock = threading.Lock()
@@ -302,7 +304,7 @@ class DevicePlacer:
         faces: tuple[Face, ...] = ()
         if boxes:  # local, or crops with... any faces to classify on the device
             gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-            probs = self._models()[1].predict(preprocess_faces(crop_faces(gray, boxes)))
+            probs = self._models()[1].predict(preprocess_faces(self._cropper().crops(gray, boxes)))
             faces = tuple(Face(tuple(int(v) for v in b), EMOTIONS[int(np.argmax(pr))],  # type: ignore[arg-type]
                                tuple(float(x) for x in pr)) for b, pr in zip(boxes, probs, strict=True))
         ms = (time.perf_counter() - t0) * 1000.0
@@ -316,6 +318,12 @@ class DevicePlacer:
     def _compute_j(self, t0: float) -> float:
         """Device energy of the compute since ``t0``: measured time here x the profile's slowdown x power."""
         return self.profile.active_power_w * (time.perf_counter() - t0) * self.profile.compute_slowdown
+
+    def _cropper(self) -> FerCropper:
+        """The edge's FER crop (fer's crop, refined with its cascade), so a device labels as the edge does."""
+        if self._fer_cropper is None:
+            self._fer_cropper = FerCropper(path_of("fer", "haarcascade_frontalface_default.xml", self.cache_dir))
+        return self._fer_cropper
 
     def _models(self) -> tuple[BlazeFaceDetector, FerClassifier]:
         if self._detector is None or self._fer is None:
