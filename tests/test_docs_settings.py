@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from cli.main import main
 from common.settings_reference import render_page
 
@@ -15,7 +17,7 @@ def test_docs_settings_page_is_the_generated_reference() -> None:
         "docs/settings.md is stale: run `edge-offload config reference > docs/settings.md`")
 
 
-def test_config_reference_prints_the_page(capsys) -> None:  # type: ignore[no-untyped-def]
+def test_config_reference_prints_the_page(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["config", "reference"]) == 0
     out = capsys.readouterr().out
     assert out == render_page()
