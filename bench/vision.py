@@ -32,6 +32,7 @@ import aiomqtt
 import cv2
 import numpy as np
 
+from bench.record import add_record_flag, finish, start
 from cli.brokers import MosquittoBroker
 from common.runtime import freeze_loaded_objects
 from common.settings import Settings, load_settings
@@ -236,7 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=300, help="frames for the saturation runs")
     p.add_argument("--latency-seconds", type=float, default=10.0)
     p.add_argument("--no-compare", action="store_true", help="measure the configured detector only")
+    add_record_flag(p)
     args = p.parse_args(argv)
+    run = start("bench.vision", argv) if args.record else None
     settings = load_settings()
     images = photo_frames(settings.cache_dir)
     main_detector = settings.vision.detector
@@ -262,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.json:
         print(__doc__)
     print(json.dumps(out))
+    if run is not None:
+        finish(run, out, args.record)
     return 0
 
 

@@ -157,7 +157,7 @@ class SpeechServiceConfig(BaseModel):
     segment_qos: int = Field(1, ge=0, le=1)
     asr_final_model: Literal["whisper_tiny_en", "whisper_base"] = Field(
         "whisper_base", description="Whisper weights of final segments (pinned artifact folder): the most "
-        "accurate that keeps 4 legs real time on 2 cores (README, bench.speech)")
+        "accurate that keeps 4 legs real time on 2 cores (docs/speech.md, bench.speech)")
     asr_partial_model: Literal["whisper_tiny_en", "whisper_base"] | None = Field(
         "whisper_tiny_en", description="Whisper weights of partials; None: the final model")
     asr_device: Literal["auto", "cpu", "cuda"] = Field(
@@ -180,7 +180,7 @@ class SpeechServiceConfig(BaseModel):
 
 
 class DeliverySettings(BaseModel):
-    """Delivery guarantees of the edge agent under faults (see README "Delivery guarantees")."""
+    """Delivery guarantees of the edge agent under faults (see docs/delivery.md)."""
 
     publish_deadline_s: float = Field(60.0, gt=0, description="longest wait for a result's PUBACK before "
                                       "the session is declared stuck and reconnected (inputs redelivered)")
@@ -311,7 +311,7 @@ def reference(model: type[BaseModel] | None = None, prefix: str = "") -> list[tu
 
 
 def reference_table() -> str:
-    """:func:`reference` as the Markdown table the README carries (a test keeps them equal)."""
+    """:func:`reference` as a Markdown table (the body of docs/settings.md, see common.settings_reference)."""
     lines = ["| variable | type | default | meaning |", "| --- | --- | --- | --- |"]
     for env, type_name, default, doc in reference():
         lines.append(f"| `{env}` | {type_name} | `{default}` | {doc} |".replace("`unset`", "unset"))
