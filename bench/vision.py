@@ -15,6 +15,9 @@ Top-level figures are for the configured detector (``vision.detector``, default 
   made, from the result's timing), ``queue_p99_ms`` the wait for a batch, and
   ``mean_batch_at_half_load``.
 - ``faces_found``: faces per test photo (group t1.jpg: 6, astronaut: 1, close-ups: 1 each).
+- ``fer_agreement_reference``, ``faces_found_reference``, ``reference_faces``: the edge against the
+  ``fer`` package's own pipeline on the real photo set (``bench.fer_crops``, all of it; its
+  ``heldout`` part under ``fer_reference``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import aiomqtt
 import cv2
 import numpy as np
 
+from bench.fer_crops import fer_crop_figures
 from bench.record import add_record_flag, finish, start
 from cli.brokers import MosquittoBroker
 from common.runtime import freeze_loaded_objects
@@ -245,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     main_detector = settings.vision.detector
     out: dict[str, object] = {"detector": main_detector}
     out.update(measure(settings, images, args.frames, args.latency_seconds))
+    ref = fer_crop_figures(settings)
+    out.update({k: ref[k] for k in ("fer_agreement_reference", "faces_found_reference", "reference_faces")})
+    out["fer_reference"] = {k: ref[k] for k in ("dev", "heldout", "missed", "disagreed", "crop")}
     gain, r1, rb = batching_gain(settings, images)
     if not args.no_compare:
         other = "haar" if main_detector == "blazeface" else "blazeface"
