@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiomqtt
+import numpy as np
 import pytest
 
 from cli.brokers import SecureMosquitto
@@ -25,6 +26,7 @@ from common.offload_settings import OffloadSettings
 from common.settings import Settings
 from devices import camera
 from devices.acks import PublishRefused
+from devices.audio import LegSource, stream_audio
 from devices.camera import CameraStats, photo_frames, run_camera
 from devices.placer import DevicePlacer
 from tests.edge_helpers import agent_settings, collect, running_agent
@@ -182,3 +184,15 @@ def test_the_camera_cli_reports_a_refused_publish_in_one_line(
     assert rc == 1
     assert len(err.splitlines()) == 1 and err.startswith("edge-offload device camera: error: the broker refused")
     assert "Traceback" not in err and "'cam-sec-other'" in err
+
+
+def test_a_field_unit_streams_as_itself_and_is_refused_as_another(secure_broker: SecureMosquitto) -> None:
+    tone = (3000 * np.sin(np.arange(1600) * 2 * np.pi * 440 / 8000)).astype(np.int16)  # 0.2 s at 8 kHz
+    legs = [LegSource(name="caller", samples=tone)]
+    own = stream_audio("127.0.0.1", secure_broker.port, device="tap-a", conversation="call-sec", legs=legs,
+                       speed=0, security=secure_broker.login("tap-a"))
+    assert own.legs["caller"].sent == 10
+    with pytest.raises(PublishRefused) as refused:
+        stream_audio("127.0.0.1", secure_broker.port, device="tap-forged", conversation="call-sec", legs=legs,
+                     speed=0, security=secure_broker.login("tap-a", client_id="tap-a-forger"))
+    assert refused.value.topic == names.audio("tap-forged", "call-sec", "caller") and refused.value.code == 0x87
