@@ -18,7 +18,8 @@ its return arrives (:meth:`DevicePlacer.settle` waits for them).
 A device that hears no edge status within the profile's ``status_wait_s``
 (:meth:`DevicePlacer.wait_status`) says so in one warning; under ``auto`` it then serves every frame
 on the device (``local``, the placement that needs no edge) until a status arrives. Mosquitto grants
-the subscription even when its ACL withholds the status, so silence is the only sign.
+the subscription even when its ACL withholds the status, so silence is the only sign. An edge whose
+status says it is offline (its will) is treated alike under ``auto``.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class PlacerStats:
     bad_status: int = 0
     device_busy: int = 0  # frames shed because the device could not compute them before their deadline
     returned: int = 0  # fallback frames the edge handed back (then served or shed here)
-    no_status: int = 0  # auto: frames served here because no edge status had been heard
+    no_status: int = 0  # auto: frames served here because no edge status had been heard, or it said offline
 
 
 class DevicePlacer:
@@ -105,9 +106,11 @@ class DevicePlacer:
         self._settled = threading.Condition(self._lock)
         self._heard = threading.Event()  # an edge status (any) arrived
         self._status_missing = False  # wait_status ran out: auto serves on the device until one arrives
+        self._edge_offline = False  # the edge's last status says offline: auto serves on the device
 
     def on_status(self, payload: bytes) -> None:
-        """A retained edge status arrived: remember its load (an offline edge: unknown)."""
+        """A retained edge status arrived: remember its load. An edge that says it is offline gets no
+        frames under ``auto`` (they would wait for it with no outcome) until it is online again."""
         try:
             status = decode_status(payload)
         except ContractError:
@@ -118,9 +121,14 @@ class DevicePlacer:
             self._load_at = time.monotonic()
             self._status_ms = status.at_ms
             missing, self._status_missing = self._status_missing, False
+            was_offline, self._edge_offline = self._edge_offline, not status.online
         self._heard.set()
         if missing:
             log.warning("device %s: edge status heard at last; policy %s again", self.node, self.policy)
+        if self.policy == "auto" and not status.online and not was_offline:
+            log.warning("device %s: edge %s is offline; serving frames on the device", self.node, status.node)
+        elif self.policy == "auto" and status.online and was_offline:
+            log.warning("device %s: edge %s is online again; policy auto again", self.node, status.node)
 
     @property
     def status_heard(self) -> bool:
@@ -207,8 +215,8 @@ class DevicePlacer:
         load = self.edge_load()
         queue_ms = self.device_queue_ms()
         with self._lock:
-            silent = self._status_missing
-        if self.policy == "auto" and silent:  # no edge heard from: the placement that needs none
+            silent = self._status_missing or self._edge_offline
+        if self.policy == "auto" and silent:  # no (online) edge heard from: the placement that needs none
             placement: Placement = "local"
             with self._lock:
                 self.stats.no_status += 1
