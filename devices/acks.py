@@ -30,7 +30,10 @@ class AckWatch:
     """Publishes through a paho client and keeps the first refused one.
 
     Set as the client's ``on_publish`` (it runs on paho's network thread, inside paho's own lock,
-    so it takes only this object's lock and never calls the client)."""
+    so it takes only this object's lock and never calls the client, and :meth:`publish` never holds
+    that lock while it calls paho). A PUBACK can beat :meth:`publish` to recording its topic: a
+    refusal is kept until then; an early success leaves the entry for its message id until the
+    id is reused (at most 65535 entries)."""
 
     def __init__(self, client: mqtt.Client, username: str | None = None) -> None:
         self.client = client
