@@ -48,7 +48,8 @@ def _edge(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from cli.demo import run_demo
 
-    summary = asyncio.run(run_demo(load_settings(), seconds=args.seconds, fps=args.fps))
+    summary = asyncio.run(run_demo(load_settings(), seconds=args.seconds, fps=args.fps,
+                                   secure=not args.insecure_broker))
     print(summary.as_json(), flush=True)
     return 0
 
@@ -148,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the whole pipeline locally and print a JSON summary")
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--fps", type=float, default=10.0)
+    p.add_argument("--insecure-broker", action="store_true",
+                   help="an anonymous plain-TCP Mosquitto instead of the production one (TLS, passwords, ACL)")
     p.set_defaults(func=_demo)
     p = sub.add_parser("device", help="device simulators: camera | audio (see `device KIND --help`)",
                        add_help=False)

@@ -39,3 +39,6 @@ class DeviceProfileSettings(BaseModel):
     edge_share_start: float = Field(0.25, gt=0, le=1, description="auto: the edge share a device starts "
                                     "with (a fleet that starts together does not land on the edge all at once)")
     status_max_age_s: float = Field(5.0, gt=0, description="an edge status older than this counts as unknown")
+    status_wait_s: float = Field(3.0, ge=0, description="how long a device waits for its edge's first status "
+                                 "before it says so; `auto` then serves frames on the device until one arrives "
+                                 "(an edge that is down, or an ACL that withholds the status)")
