@@ -20,11 +20,12 @@ import logging
 import time
 import uuid
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from common.kafka_admin import ensure_topics
 from common.kafka_clients import make_consumer, make_producer
 from common.offload_settings import OffloadSettings
+from common.retry import Restarter
 from common.settings import KafkaSettings
 from topics.codec import ContractError
 from topics.offload import (
@@ -59,9 +60,11 @@ class DcSpill:
         self._idle_since: float | None = time.monotonic()  # no request out since then
         self._producer = make_producer(kafka, client_id=f"{kafka.client_id}-{node}-spill", acks="all",
                                        enable_idempotence=kafka.enable_idempotence, max_request_size=MAX_DC_BYTES)
-        self._consumer = make_consumer(kafka, client_id=f"{kafka.client_id}-{node}-spill-replies", group_id=None,
-                                       auto_offset_reset="latest", fetch_max_wait_ms=20)
+        self._consumer = self._replies_consumer()
         self._reader: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self.reader = Restarter("DC replies reader", log, 0.2, 5.0)  # .restarts: how often it failed
+        self._reopen = False  # the reader failed: its next run starts from a fresh consumer
         self.sent = 0
         self.replied = 0
         self.timeouts = 0
@@ -75,25 +78,30 @@ class DcSpill:
         oldest_ms = 1000.0 * max(now - t for t in self._started.values())
         return max(self._latency_ms, oldest_ms) + len(self._started) * self._per_item_ms
 
-    async def start(self) -> None:
-        await ensure_topics(self.kafka, [KAFKA_DC_FRAMES], partitions=self.settings.dc_partitions)
-        await ensure_topics(self.kafka, [KAFKA_DC_RESULTS])
-        await self._producer.start()
+    def _replies_consumer(self) -> AIOKafkaConsumer:
+        return make_consumer(self.kafka, client_id=f"{self.kafka.client_id}-{self.node}-spill-replies",
+                             group_id=None, auto_offset_reset="latest", fetch_max_wait_ms=20)
+
+    async def _open_replies(self) -> None:
         await self._consumer.start()
         tp = TopicPartition(KAFKA_DC_RESULTS, 0)
         self._consumer.assign([tp])
         await self._consumer.seek_to_end(tp)
         await self._consumer.position(tp)  # positioned before the first request goes out
-        self._reader = asyncio.create_task(self._read(), name="dc-spill-replies")
+
+    async def start(self) -> None:
+        await ensure_topics(self.kafka, [KAFKA_DC_FRAMES], partitions=self.settings.dc_partitions)
+        await ensure_topics(self.kafka, [KAFKA_DC_RESULTS])
+        await self._producer.start()
+        await self._open_replies()
+        self._reader = asyncio.create_task(self.reader.run(self._read, self._stopping), name="dc-spill-replies")
 
     async def stop(self) -> None:
+        self._stopping.set()
         if self._reader is not None:
             self._reader.cancel()
         for client in (self._consumer, self._producer):
-            try:
-                await asyncio.wait_for(client.stop(), 5.0)
-            except Exception as exc:
-                log.debug("closing a Kafka client: %s", exc)
+            await _close(client)
 
     async def submit(self, frame: Frame) -> VisionResult | None:
         """Serve ``frame`` in the DC: its result, or None (timeout, DC error) - counted here."""
@@ -139,6 +147,14 @@ class DcSpill:
         self._latency_ms += self.alpha * (ms - self._latency_ms)
 
     async def _read(self) -> None:
+        """Hand each reply to its waiting request; restarted by ``self.reader`` after a failure, on a fresh
+        consumer at the end of the topic (replies missed meanwhile time their requests out)."""
+        if self._reopen:
+            old, self._consumer = self._consumer, self._replies_consumer()
+            await _close(old)
+            await self._open_replies()
+        self._reopen = True  # from here, any exit is a failure: the loop never returns
+        self.reader.healthy()
         delay_s = self.settings.dc_wan_delay_ms / 1000.0
         loop = asyncio.get_running_loop()
         while True:
@@ -165,3 +181,10 @@ class DcSpill:
 def _resolve(future: asyncio.Future[DcReply], reply: DcReply) -> None:
     if not future.done():
         future.set_result(reply)
+
+
+async def _close(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
+    try:
+        await asyncio.wait_for(client.stop(), 5.0)
+    except Exception as exc:
+        log.debug("closing a Kafka client: %s", exc)

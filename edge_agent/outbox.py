@@ -329,7 +329,7 @@ class KafkaForwarder:
         """Forward until ``stop`` is set; never raises for broker trouble."""
         self._loop = asyncio.get_running_loop()
         first_s = self.settings.backoff_initial_s
-        backoff = Backoff(first_s, max(self.settings.backoff_max_s, first_s))
+        backoff = Backoff(first_s, max(self.settings.backoff_max_s, first_s), jitter=0.5)
         stopper = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():

@@ -37,7 +37,7 @@ from common.files import write_private
 from common.kafka_admin import ensure_topics
 from common.kafka_clients import make_consumer
 from common.logs import RateLimitedLog
-from common.retry import Backoff
+from common.retry import Restarter
 from common.settings import KafkaSettings
 from inference.model_slot import Loaded, ModelSlot
 from topics.codec import ContractError, now_ms
@@ -264,9 +264,10 @@ class ModelUpdater:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow the model-updates topic from its start until ``stop`` is set."""
-        retry = Backoff(2.0, 2.0)
-        while not stop.is_set():
-            try:
+        restarter = Restarter("model updates", log, 2.0, 2.0, errors=(KafkaError, OSError))
+
+        async def follow() -> None:
+            while not stop.is_set():
                 await ensure_topics(self.kafka, [KAFKA_MODEL_UPDATES])
                 consumer = make_consumer(
                     self.kafka, KAFKA_MODEL_UPDATES,
@@ -277,16 +278,13 @@ class ModelUpdater:
                     metadata_max_age_ms=10_000,
                 )
                 await consumer.start()
-            except (KafkaError, OSError) as exc:
-                log.warning("model updates: Kafka unavailable (%s); retrying", exc)
-                await retry.wait(stop)  # fixed period
-                continue
-            try:
-                await self._follow(consumer, stop)
-            except (KafkaError, OSError) as exc:
-                log.warning("model updates: consumer failed (%s: %s); reconnecting", type(exc).__name__, exc)
-            finally:
-                await consumer.stop()
+                restarter.healthy()
+                try:
+                    await self._follow(consumer, stop)
+                finally:
+                    await consumer.stop()
+
+        await restarter.run(follow, stop)
 
     async def _follow(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         stopper = asyncio.ensure_future(stop.wait())

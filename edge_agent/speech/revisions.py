@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaConsumer
 
 from common.kafka_admin import ensure_topics
 from common.kafka_clients import make_consumer
-from common.retry import Backoff
+from common.retry import Restarter
 from common.settings import KafkaSettings
 from topics.codec import ContractError
 from topics.names import KAFKA_SPEECH_REVISIONS
@@ -98,8 +98,12 @@ class RevisionFollower:
         self.ready = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
-        retry = Backoff(1.0, 1.0)
-        while not stop.is_set():
+        def counted(_: BaseException) -> None:
+            self.stats.restarts += 1
+
+        restarter = Restarter("revisions", log, 1.0, 1.0, on_restart=counted)  # Kafka trouble: rebuild, never crash
+
+        async def follow() -> None:
             consumer: AIOKafkaConsumer | None = None
             try:
                 await ensure_topics(self.kafka, [KAFKA_SPEECH_REVISIONS])
@@ -109,23 +113,20 @@ class RevisionFollower:
                     enable_auto_commit=True, auto_offset_reset="earliest", metadata_max_age_ms=5000)
                 await consumer.start()  # old revisions of unknown segments are ignored by the index
                 self.ready.set()
+                restarter.healthy()
                 while not stop.is_set():
                     batch = await consumer.getmany(timeout_ms=500)
                     for records in batch.values():
                         for r in records:
                             await self._handle(r.value)
-            except Exception as exc:  # Kafka trouble: rebuild, never crash
-                if stop.is_set():
-                    break
-                self.stats.restarts += 1
-                log.warning("revisions: %s: %s; restarting", type(exc).__name__, exc)
-                await retry.wait(stop)  # fixed period
             finally:
                 if consumer is not None:
                     try:
                         await asyncio.wait_for(consumer.stop(), 5.0)
                     except Exception:
                         pass
+
+        await restarter.run(follow, stop)
 
     async def _handle(self, value: bytes | None) -> None:
         self.stats.received += 1

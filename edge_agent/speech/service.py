@@ -41,7 +41,7 @@ from typing import cast
 import aiomqtt
 import numpy as np
 
-from common.retry import Backoff
+from common.retry import Restarter
 from common.settings import Settings, SpeechServiceConfig
 from edge_agent.metrics import BucketCounts
 from edge_agent.mqtt import ArrivalQueue, MqttClient, make_client, publish_confirmed
@@ -521,26 +521,31 @@ class SpeechService:
                                                         clock=engine.clock))
 
     async def _run(self) -> None:
-        backoff = Backoff(min(0.2, self.config.reconnect_max_s), self.config.reconnect_max_s)
         assert self.engine is not None
-        while not self._stop.is_set():
+        engine = self.engine
+
+        def lost(_: BaseException) -> None:
+            self.counters.reconnects += 1
+
+        restarter = Restarter("speech MQTT session", log, min(0.2, self.config.reconnect_max_s),
+                              self.config.reconnect_max_s, errors=(aiomqtt.MqttError,), on_restart=lost)
+
+        async def session() -> None:
             try:
                 async with self._make_client() as client:
                     self._client = client
                     await client.subscribe(names.AUDIO_FILTER, qos=self.config.subscribe_qos)
                     self.ready.set()
-                    backoff.reset()
+                    restarter.healthy()
                     async for item in client.messages:
                         arrival_s, message = cast(tuple[float, aiomqtt.Message], item)  # stamped by ArrivalQueue
-                        self.engine.submit(message.topic.value, payload_bytes(message.payload), arrival_s)
-            except aiomqtt.MqttError as exc:
+                        engine.submit(message.topic.value, payload_bytes(message.payload), arrival_s)
+            except aiomqtt.MqttError:
                 self._client = None
                 self.ready.clear()
-                if self._stop.is_set():
-                    break
-                self.counters.reconnects += 1
-                log.warning("speech MQTT connection lost (%s); retrying in %.1fs", exc, backoff.delay_s)
-                await backoff.wait(self._stop)
+                raise
+
+        await restarter.run(session, self._stop)
 
     async def _publish(self, out: StepOutput, topic: str) -> None:
         client = self._client

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import aiomqtt
 
 from common.logs import RateLimitedLog
-from common.retry import Backoff
+from common.retry import Restarter
 from common.settings import Settings
 from edge_agent.admission import DcPath, Decision, deadline_of, decide
 from edge_agent.batcher import DynamicBatcher, Overloaded
@@ -135,15 +135,15 @@ class VisionService:
         loaded = self.pipeline.slot.current()
         self.metrics.set_model(loaded.name, loaded.version)
         self.batcher.start()
-        backoff = Backoff(0.2, 5.0)
-        try:
+        restarter = Restarter("MQTT session", log, 0.2, 5.0, errors=(aiomqtt.MqttError,))
+
+        async def sessions() -> None:
             while not stop.is_set():
-                try:
-                    await self._session(stop)
-                    backoff.reset()
-                except aiomqtt.MqttError as exc:
-                    log.warning("MQTT connection lost (%s); reconnecting in %.1fs", exc, backoff.delay_s)
-                    await backoff.wait(stop)
+                await self._session(stop)
+                restarter.healthy()
+
+        try:
+            await restarter.run(sessions, stop)
         finally:
             await self.batcher.stop()
 
