@@ -28,13 +28,14 @@ import aiomqtt
 from common.logs import RateLimitedLog
 from common.retry import Restarter
 from common.settings import Settings
-from edge_agent.admission import DcPath, Decision, deadline_of, decide
 from edge_agent.batcher import DynamicBatcher, Overloaded
-from edge_agent.cost import request_cost
-from edge_agent.load import LoadEstimator
+from edge_agent.dc_spill import DcPath
 from edge_agent.metrics import EdgeMetrics
 from edge_agent.mqtt import InOrderAcker, MqttClient, SessionLost, make_client, publish_confirmed, session_gone
 from inference.vision import FrameJob, FrameOutcome, VisionPipeline
+from placement.cost import request_cost
+from placement.edge import Request, Return, Serve, Shed, Spill, View, deadline_of, decide, on_dc_failure, on_overload
+from placement.load import LoadEstimator
 from topics import names
 from topics.codec import ContractError, now_ms, payload_bytes
 from topics.deadletter import DeadLetter, encode_dead_letter
@@ -310,20 +311,19 @@ class VisionService:
         if frame.latest_wins and frame.seq > self._latest_seq.get(frame.device, -1):
             self._latest_seq[frame.device] = frame.seq
         o = self.settings.offload
-        deadline = deadline_of(frame.deadline_ms, frame.captured_at_ms, o.default_deadline_ms)
+        request = Request(deadline_of(frame.deadline_ms, frame.captured_at_ms, o.default_deadline_ms), frame.fallback)
         raw_s: float | None = None  # the model's predicted completion, before the bias correction
-        if o.admission and deadline is not None:
+        if o.admission and request.deadline_ms is not None:  # the placement decision (placement.edge)
             model = self.pipeline.slot.current().name
             raw_s = self.load.predict_s(model, self.batcher.depth, self.batcher.max_batch_size, corrected=False)
             predicted_s = None if raw_s is None else self.load.corrected(raw_s)
-            # a fallback frame is handed back rather than spilled: its device knows its own compute
-            # time, the DC's is an estimate over the WAN, and the device costs no DC time nor WAN bytes
-            dc_ms = None if self.dc is None or frame.fallback else self.dc.latency_ms()
-            decision = decide(time.time() * 1000.0, deadline, None if predicted_s is None else 1000.0 * predicted_s,
-                              dc_ms, o.margin_ms)
-            self.load.record_admission(decision.placement != "edge")
-            if decision.placement == "dc" and self.dc is not None:
-                served = await self.dc.submit(frame)
+            dc = self.dc
+            view = View(None if predicted_s is None else 1000.0 * predicted_s,
+                        None if dc is None or frame.fallback else dc.latency_ms(), o.margin_ms)
+            decision = decide(request, view, time.time() * 1000.0)
+            self.load.record_admission(not isinstance(decision, Serve))
+            if isinstance(decision, Spill) and dc is not None:
+                served = await dc.submit(frame)
                 if served is not None:
                     outcome = FrameOutcome(FrameJob(frame, received_s), served)
                     wan = len(payload) + len(encode_result(served))
@@ -333,12 +333,12 @@ class VisionService:
                     await self._publish_result(sess, key, _Unsent(names.vision_results(frame.device),
                                                                   encode_result(served), outcome))
                     return
-                decision = Decision("shed", "dc_failed", decision.predicted_ms, decision.budget_ms)
-            if decision.placement == "shed" and decision.reason == "deadline" and frame.fallback:
-                await self._return(sess, key, frame, "deadline")
+                decision = on_dc_failure(decision)
+            if isinstance(decision, Return):
+                await self._return(sess, key, frame, decision.reason)
                 return
-            if decision.placement == "shed":
-                await self._shed(sess, key, FrameJob(frame, received_s), decision.reason or "deadline")
+            if isinstance(decision, Shed):
+                await self._shed(sess, key, FrameJob(frame, received_s), decision.reason)
                 return
         job = FrameJob(frame, received_s)
         if raw_s is not None:
@@ -383,12 +383,13 @@ class VisionService:
                 future = self.batcher.submit_nowait(job)
             except Overloaded:
                 job.pre = None
-                if job.frame.fallback:
-                    await self._return(sess, key, job.frame, "overload")
+                decision = on_overload(Request(None, job.frame.fallback))
+                if isinstance(decision, Return):
+                    await self._return(sess, key, job.frame, decision.reason)
                     return None
                 self._flood_log.warning("shed", "overload: shed frame %s/%d (counted in edge_messages_shed)",
                                         job.frame.device, job.frame.seq)
-                await self._shed(sess, key, job, "overload")
+                await self._shed(sess, key, job, decision.reason)
                 return None
             self._job_session[id(job)] = sess
             try:
