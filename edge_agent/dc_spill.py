@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -36,9 +37,20 @@ from topics.offload import (
 )
 from topics.vision import Frame, VisionResult
 
-__all__ = ["DcPath", "DcSpill"]
+__all__ = ["DcPath", "DcSpill", "DcSpillStats"]
 
 log = logging.getLogger("edge_agent.dc_spill")
+
+
+@dataclass(frozen=True, slots=True)
+class DcSpillStats:
+    sent: int
+    replied: int
+    timeouts: int
+    late: int  # replies after their request gave up
+    bad: int  # replies that break the contract
+    reader_restarts: int
+    latency_ms: float  # predicted now
 
 
 class DcPath(Protocol):
@@ -52,7 +64,10 @@ class DcPath(Protocol):
 
 
 class DcSpill:
-    """Kafka request/reply to the DC workers, with measured latency. ``start`` before use."""
+    """Kafka request/reply to the DC workers, with measured latency: a component (``run(stop)``), or
+    ``start``/``stop`` around its use. It predicts no latency (so nothing is spilled) until started."""
+
+    name = "dc_spill"
 
     def __init__(self, kafka: KafkaSettings, offload: OffloadSettings, node: str, alpha: float = 0.2) -> None:
         self.kafka = kafka
@@ -67,6 +82,7 @@ class DcSpill:
         self._stopping = asyncio.Event()
         self.reader = Restarter("DC replies reader", log, 0.2, 5.0)  # .restarts: how often it failed
         self._reopen = False  # the reader failed: its next run starts from a fresh consumer
+        self._open = False  # started and not stopped
         self.sent = 0
         self.replied = 0
         self.timeouts = 0
@@ -74,7 +90,25 @@ class DcSpill:
         self.bad = 0
 
     def latency_ms(self) -> float | None:
-        return self.model.predict_ms(time.monotonic())
+        return self.model.predict_ms(time.monotonic()) if self._open else None
+
+    def ready(self) -> bool:
+        return self._open
+
+    def live(self) -> bool:
+        return True  # a stuck DC times its requests out: measured in the latency, not a stall here
+
+    @property
+    def stats(self) -> DcSpillStats:
+        return DcSpillStats(self.sent, self.replied, self.timeouts, self.late, self.bad, self.reader.restarts,
+                            self.model.predict_ms(time.monotonic()))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
 
     def _replies_consumer(self) -> AIOKafkaConsumer:
         return make_consumer(self.kafka, client_id=f"{self.kafka.client_id}-{self.node}-spill-replies",
@@ -93,8 +127,10 @@ class DcSpill:
         await self._producer.start()
         await self._open_replies()
         self._reader = asyncio.create_task(self.reader.run(self._read, self._stopping), name="dc-spill-replies")
+        self._open = True
 
     async def stop(self) -> None:
+        self._open = False
         self._stopping.set()
         if self._reader is not None:
             self._reader.cancel()

@@ -107,7 +107,9 @@ def load_trusted_keys(settings: UpdateSettings) -> dict[str, bytes]:
 
 
 class ModelUpdater:
-    """Applies signed model updates to the edge's model slots."""
+    """Applies signed model updates to the edge's model slots; a component (``run(stop)``)."""
+
+    name = "updates"
 
     def __init__(self, settings: UpdateSettings, kafka: KafkaSettings, node: str,
                  handlers: dict[str, ModelHandler[Any]],
@@ -126,6 +128,12 @@ class ModelUpdater:
         self._changed = asyncio.Condition()
         self.serials: dict[str, int] = self._load_serials()
         self._log = RateLimitedLog(log, interval_s=30.0)  # a replay flood: counted, logged now and then
+
+    def ready(self) -> bool:
+        return True  # following updates is optional to the edge: it serves without Kafka
+
+    def live(self) -> bool:
+        return True
 
     def _load_serials(self) -> dict[str, int]:
         path = self.settings.state_file

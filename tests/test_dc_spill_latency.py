@@ -43,6 +43,8 @@ async def test_the_spill_path_predicts_with_its_model() -> None:
     """No broker: the clients are built, never started."""
     spill = DcSpill(KafkaSettings(bootstrap_servers="127.0.0.1:9"), OffloadSettings(dc_initial_latency_ms=100.0),
                     "edge-1")
+    assert spill.latency_ms() is None, "not started: nothing is spilled"
+    spill._open = True  # as if started
     assert spill.latency_ms() == pytest.approx(100.0, abs=1.0)
     spill.model.idle_since = None
     spill.model.latency_ms = 900.0

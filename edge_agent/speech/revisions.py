@@ -87,7 +87,9 @@ class FollowerStats:
 
 
 class RevisionFollower:
-    """This node's revisions from Kafka -> ``on_revision`` (awaited in order)."""
+    """This node's revisions from Kafka -> ``on_revision`` (awaited in order); a component."""
+
+    name = "revisions"
 
     def __init__(self, kafka: KafkaSettings, node: str,
                  on_revision: Callable[[SpeechRevision], Awaitable[object]]) -> None:
@@ -95,7 +97,13 @@ class RevisionFollower:
         self.node = node
         self.on_revision = on_revision
         self.stats = FollowerStats()
-        self.ready = asyncio.Event()
+        self.connected = asyncio.Event()  # set once the consumer has started
+
+    def ready(self) -> bool:
+        return True  # following revisions is optional to the edge: it serves without Kafka
+
+    def live(self) -> bool:
+        return True
 
     async def run(self, stop: asyncio.Event) -> None:
         def counted(_: BaseException) -> None:
@@ -112,7 +120,7 @@ class RevisionFollower:
                     client_id=f"{self.kafka.client_id}-revisions", group_id=f"edge-revisions-{self.node}",
                     enable_auto_commit=True, auto_offset_reset="earliest", metadata_max_age_ms=5000)
                 await consumer.start()  # old revisions of unknown segments are ignored by the index
-                self.ready.set()
+                self.connected.set()
                 restarter.healthy()
                 while not stop.is_set():
                     batch = await consumer.getmany(timeout_ms=500)

@@ -456,7 +456,10 @@ def default_asr(config: SpeechServiceConfig, cache_dir: Path) -> EdgeAsr:
 
 
 class SpeechService:
-    """The engine behind MQTT. ``await start()``, later ``await stop()``; ``ready`` is set once subscribed."""
+    """The engine behind MQTT, a :class:`common.component.Component`: ``await run(stop)``;
+    ``connected`` is set once subscribed. :meth:`load` loads the models ahead of ``run`` (optional)."""
+
+    name = "speech"
 
     def __init__(self, settings: Settings, *, config: SpeechServiceConfig | None = None,
                  asr: EdgeAsr | AsrSource | None = None, vad: SileroVad | None = None,
@@ -472,15 +475,28 @@ class SpeechService:
         self._encoder = encoder
         self._on_utterance = on_utterance
         self.engine: SpeechEngine | None = None
-        self.ready = asyncio.Event()
+        self.connected = asyncio.Event()
         self._client: MqttClient | None = None
-        self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self.published = SegmentIndex()  # what DC revisions refer to
         self._owned_asr: EdgeAsr | None = None
 
-    async def start(self) -> None:
-        """Load models (in a thread) and start consuming."""
+    def ready(self) -> bool:
+        return self.connected.is_set()
+
+    def live(self) -> bool:
+        """False when a leg's worker made no progress for ``delivery.liveness_stall_s`` with packets pending."""
+        return self.engine is None or self.engine.live(self.settings.delivery.liveness_stall_s)
+
+    @property
+    def stats(self) -> SpeechCounters:
+        return self.counters
+
+    async def load(self) -> None:
+        """Load the models (in a thread); ``run`` does it if not done."""
+        if self.engine is not None:
+            return
+
         def load() -> tuple[SileroVad, SpeakerEncoder, EdgeAsr | AsrSource]:
             return (self._vad or SileroVad(), self._encoder or SpeakerEncoder(self.config.device),
                     self._asr if self._asr is not None else default_asr(self.config, self.settings.cache_dir))
@@ -490,19 +506,27 @@ class SpeechService:
         self.engine = SpeechEngine(vad=vad, encoder=encoder, asr=asr, sink=self._publish, config=self.config,
                                    counters=self.counters,
                                    on_utterance=self._on_utterance)
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="speech-mqtt")
 
-    async def stop(self) -> None:
-        """Stop consuming, finish every leg, publish what is left, disconnect."""
-        self._stop.set()
-        if self.engine is not None:
-            await self.engine.close()
-        if self._owned_asr is not None:  # the Whisper batching threads this service started
-            self._owned_asr.close()
-        if self._task is not None:
-            self._task.cancel()
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set; then finish every leg, publish what is left, disconnect."""
+        await self.load()
+        session = asyncio.get_running_loop().create_task(self._run(), name="speech-mqtt")
+        try:
+            await stop.wait()
+        finally:
+            self._stop.set()
+            if self.engine is not None:
+                await self.engine.close()
+            self.close()
+            session.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await session
+
+    def close(self) -> None:
+        """Release the Whisper batching threads this service started (idempotent; ``run`` calls it)."""
+        if self._owned_asr is not None:
+            self._owned_asr.close()
+            self._owned_asr = None
 
     def _make_client(self) -> MqttClient:
         m = self.settings.mqtt
@@ -535,14 +559,14 @@ class SpeechService:
                 async with self._make_client() as client:
                     self._client = client
                     await client.subscribe(names.AUDIO_FILTER, qos=self.config.subscribe_qos)
-                    self.ready.set()
+                    self.connected.set()
                     restarter.healthy()
                     async for item in client.messages:
                         arrival_s, message = cast(tuple[float, aiomqtt.Message], item)  # stamped by ArrivalQueue
                         engine.submit(message.topic.value, payload_bytes(message.payload), arrival_s)
             except aiomqtt.MqttError:
                 self._client = None
-                self.ready.clear()
+                self.connected.clear()
                 raise
 
         await restarter.run(session, self._stop)

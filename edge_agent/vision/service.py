@@ -43,7 +43,7 @@ from topics.offload import FrameReturn, encode_frame_return
 from topics.status import EdgeLoad, EdgeStatus, encode_status
 from topics.vision import Frame, ModelRef, decode_frame, encode_result, shed_result
 
-__all__ = ["VisionService"]
+__all__ = ["VisionService", "VisionStats"]
 
 log = logging.getLogger("edge_agent")
 STAGE = "vision"
@@ -68,6 +68,14 @@ class _Session:
         return not self.ended and not session_gone(self.client)
 
 
+@dataclass(frozen=True, slots=True)
+class VisionStats:
+    connected: bool
+    queue_depth: int
+    in_flight: int  # messages being handled
+    unsent_results: int  # computed answers kept for their redelivered input
+
+
 @dataclass(slots=True)
 class _Unsent:
     """A computed answer whose publish the session did not confirm: a result (``outcome``), or a
@@ -79,7 +87,10 @@ class _Unsent:
 
 
 class VisionService:
-    """Runs until ``stop`` is set; reconnects to the broker with backoff, session kept."""
+    """Runs until ``stop`` is set; reconnects to the broker with backoff, session kept (a
+    :class:`common.component.Component`)."""
+
+    name = "vision"
 
     def __init__(
         self,
@@ -87,6 +98,7 @@ class VisionService:
         pipeline: VisionPipeline,
         metrics: EdgeMetrics | None = None,
         on_outcome: Callable[[FrameOutcome], None] | None = None,
+        dc: DcPath | None = None,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
@@ -111,7 +123,7 @@ class VisionService:
         self._batch_ended_s = 0.0  # when the worker finished its last batch
         o = settings.offload
         self.load = LoadEstimator(o.load_alpha, o.load_window_s)  # measured load: admission + status
-        self.dc: DcPath | None = None  # set to spill frames that would miss their deadline to the DC
+        self.dc = dc  # given: frames that would miss their deadline here may be spilled to the DC
         self._latest_seq: dict[str, int] = {}  # device -> newest latest-wins seq received
         self._ahead = asyncio.Semaphore(v.max_batch_size)  # frames preprocessed before their batch
 
@@ -131,6 +143,11 @@ class VisionService:
         if sess is not None and not sess.ended and sess.acker.in_flight > 0:
             return now - sess.acker.last_progress_s <= stall
         return True
+
+    @property
+    def stats(self) -> VisionStats:
+        """Gauges of now (its counters are Prometheus metrics: ``self.metrics``)."""
+        return VisionStats(self.connected.is_set(), self.batcher.depth, len(self._tasks), len(self._unsent))
 
     async def run(self, stop: asyncio.Event) -> None:
         loaded = self.pipeline.slot.current()
