@@ -27,7 +27,6 @@ Times: packets are stamped with ``clock()`` (Unix seconds) when they reach the e
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -41,10 +40,10 @@ from typing import cast
 import aiomqtt
 import numpy as np
 
-from common.retry import Restarter
 from common.settings import Settings, SpeechServiceConfig
 from edge_agent.metrics import BucketCounts
 from edge_agent.mqtt import ArrivalQueue, MqttClient, make_client, publish_confirmed
+from edge_agent.mqtt_session import Connection, MqttSession
 from edge_agent.speech.diarize import Diarizer
 from edge_agent.speech.governor import LoadGovernor
 from edge_agent.speech.pipeline import ConversationTracker, LegStream, StepOutput, Utterance
@@ -475,9 +474,15 @@ class SpeechService:
         self._encoder = encoder
         self._on_utterance = on_utterance
         self.engine: SpeechEngine | None = None
-        self.connected = asyncio.Event()
-        self._client: MqttClient | None = None
-        self._stop = asyncio.Event()
+
+        def lost(_: BaseException) -> None:
+            self.counters.reconnects += 1
+
+        self.session = MqttSession("speech MQTT session", lambda _on_unacked_drop, _will: self._make_client(),
+                                   [(names.AUDIO_FILTER, self.config.subscribe_qos)], manual_ack=False,
+                                   reconnect_s=(min(0.2, self.config.reconnect_max_s), self.config.reconnect_max_s),
+                                   on_reconnect=lost)
+        self.connected = self.session.connected
         self.published = SegmentIndex()  # what DC revisions refer to
         self._owned_asr: EdgeAsr | None = None
 
@@ -510,17 +515,36 @@ class SpeechService:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; then finish every leg, publish what is left, disconnect."""
         await self.load()
-        session = asyncio.get_running_loop().create_task(self._run(), name="speech-mqtt")
+        engine = self.engine
+        assert engine is not None
+        closed = False
+
+        async def serve(conn: Connection, stop: asyncio.Event) -> None:
+            nonlocal closed
+            messages = asyncio.create_task(self._consume(conn, engine))
+            stopping = asyncio.create_task(stop.wait())
+            try:
+                done, _ = await asyncio.wait({messages, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if messages in done:
+                    messages.result()  # raises the MqttError that ended the connection
+                    return
+                closed = True
+                await engine.close()  # still consuming and connected: what is left is published
+            finally:
+                messages.cancel()
+                stopping.cancel()
+
         try:
-            await stop.wait()
+            await self.session.run(stop, serve)
         finally:
-            self._stop.set()
-            if self.engine is not None:
-                await self.engine.close()
+            if not closed:  # stopped while disconnected: finish the legs all the same (publishes counted lost)
+                await engine.close()
             self.close()
-            session.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await session
+
+    async def _consume(self, conn: Connection, engine: SpeechEngine) -> None:
+        async for item in conn.client.messages:
+            arrival_s, message = cast(tuple[float, aiomqtt.Message], item)  # stamped by ArrivalQueue
+            engine.submit(message.topic.value, payload_bytes(message.payload), arrival_s)
 
     def close(self) -> None:
         """Release the Whisper batching threads this service started (idempotent; ``run`` calls it)."""
@@ -544,32 +568,10 @@ class SpeechService:
                            queue_type=functools.partial(ArrivalQueue, on_drop=on_drop, on_arrival=on_arrival,
                                                         clock=engine.clock))
 
-    async def _run(self) -> None:
-        assert self.engine is not None
-        engine = self.engine
-
-        def lost(_: BaseException) -> None:
-            self.counters.reconnects += 1
-
-        restarter = Restarter("speech MQTT session", log, min(0.2, self.config.reconnect_max_s),
-                              self.config.reconnect_max_s, errors=(aiomqtt.MqttError,), on_restart=lost)
-
-        async def session() -> None:
-            try:
-                async with self._make_client() as client:
-                    self._client = client
-                    await client.subscribe(names.AUDIO_FILTER, qos=self.config.subscribe_qos)
-                    self.connected.set()
-                    restarter.healthy()
-                    async for item in client.messages:
-                        arrival_s, message = cast(tuple[float, aiomqtt.Message], item)  # stamped by ArrivalQueue
-                        engine.submit(message.topic.value, payload_bytes(message.payload), arrival_s)
-            except aiomqtt.MqttError:
-                self._client = None
-                self.connected.clear()
-                raise
-
-        await restarter.run(session, self._stop)
+    @property
+    def _client(self) -> MqttClient | None:
+        conn = self.session.current
+        return None if conn is None else conn.client
 
     async def _publish(self, out: StepOutput, topic: str) -> None:
         client = self._client
