@@ -17,7 +17,6 @@ import logging
 import time
 from dataclasses import dataclass
 
-from common.kafka_admin import ensure_topics
 from common.kafka_clients import make_consumer, make_producer
 from common.retry import Backoff
 from common.runtime import freeze_loaded_objects
@@ -89,8 +88,6 @@ class DcInferenceWorker:
         while not stop.is_set():
             consumer = producer = None
             try:
-                await ensure_topics(self.kafka, [KAFKA_DC_FRAMES], partitions=self.partitions)
-                await ensure_topics(self.kafka, [KAFKA_DC_RESULTS, KAFKA_DC_DEAD_LETTERS])
                 producer = make_producer(self.kafka, client_id=f"{self.kafka.client_id}-{self.worker_id}",
                                          acks="all", enable_idempotence=self.kafka.enable_idempotence,
                                          max_request_size=MAX_DC_BYTES)

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 
-from common.kafka_admin import ensure_topics
 from common.kafka_clients import make_producer
 from common.settings import KafkaSettings
 from topics.dc import MAX_MODEL_UPDATE_BYTES, Label, ModelUpdate, encode_label, encode_model_update
@@ -26,7 +25,6 @@ class UpdatePublisher:
     async def start(self) -> None:
         if self._producer is not None:
             return
-        await ensure_topics(self.kafka, [KAFKA_MODEL_UPDATES])
         producer = make_producer(
             self.kafka, client_id=f"{self.kafka.client_id}-updates",
             acks="all", enable_idempotence=self.kafka.enable_idempotence,
@@ -64,7 +62,6 @@ async def announce_once(kafka: KafkaSettings, update: ModelUpdate) -> int:
 
 async def publish_labels(kafka: KafkaSettings, labels: Sequence[Label]) -> None:
     """Send operator labels to the labels topic (acks=all), keyed by sample key."""
-    await ensure_topics(kafka, [KAFKA_LABELS])
     producer = make_producer(kafka, client_id=f"{kafka.client_id}-labels",
                                 acks="all", enable_idempotence=kafka.enable_idempotence)
     await producer.start()

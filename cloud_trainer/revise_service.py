@@ -24,7 +24,6 @@ from aiokafka import AIOKafkaProducer
 
 from cloud_trainer.asr_adapt import pcm_to_float
 from cloud_trainer.speech_revise import SpeechReviser
-from common.kafka_admin import ensure_topics
 from common.kafka_clients import make_consumer, make_producer
 from common.retry import Backoff
 from common.settings import KafkaSettings
@@ -149,7 +148,6 @@ class RevisionService:
         while not stop.is_set():
             consumer = producer = None
             try:
-                await ensure_topics(self.kafka, [KAFKA_HARD_EXAMPLES, KAFKA_LABELS, KAFKA_SPEECH_REVISIONS])
                 producer = make_producer(self.kafka, client_id=f"{self.kafka.client_id}-reviser", acks="all",
                                          enable_idempotence=self.kafka.enable_idempotence)
                 await producer.start()

@@ -28,6 +28,7 @@ import soxr
 from paho.mqtt.enums import CallbackAPIVersion
 from scipy.io import wavfile
 
+from common.errors import BrokerUnreachable
 from common.mqtt_security import configure_paho
 from common.settings import MqttSettings
 from devices.pcap import PcapRecord, read_pcap, write_pcap
@@ -378,10 +379,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error("give --leg NAME=WAV (one or more) or --pcap FILE")
     legs = pcap_legs(args.pcap) if args.pcap else [wav_leg(n, path, off) for n, path, off in args.leg]
     conversation = args.conversation or f"call-{random.Random(args.seed).getrandbits(32):08x}"
-    report = stream_audio(
-        args.host, args.port, device=args.device, conversation=conversation, legs=legs, codec=args.codec,
-        speed=args.speed, seed=args.seed, qos=args.qos, ntp=not args.no_ntp, dtx_dbfs=args.dtx_dbfs,
-        impairments=Impairments(loss=args.loss, reorder=args.reorder, reorder_max=args.reorder_max,
-                                jitter_ms=args.jitter_ms), security=settings.mqtt)
+    try:
+        report = stream_audio(
+            args.host, args.port, device=args.device, conversation=conversation, legs=legs, codec=args.codec,
+            speed=args.speed, seed=args.seed, qos=args.qos, ntp=not args.no_ntp, dtx_dbfs=args.dtx_dbfs,
+            impairments=Impairments(loss=args.loss, reorder=args.reorder, reorder_max=args.reorder_max,
+                                    jitter_ms=args.jitter_ms), security=settings.mqtt)
+    except OSError as exc:  # refused, unreachable, unknown host
+        raise BrokerUnreachable("mqtt", f"{args.host}:{args.port}", exc) from None
     print(report.as_json(), flush=True)
     return 0

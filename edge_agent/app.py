@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from common.logs import bind_context
 from common.runtime import freeze_loaded_objects
 from common.settings import Settings
 from edge_agent.dc_spill import DcSpill
@@ -132,6 +133,7 @@ class EdgeNode:
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         node = s.edge.node_name
+        bind_context(node=node)  # every task started below logs with node=...
         await self.health.start()
         tasks: list[asyncio.Task[None]] = []
         handlers = self.handlers

@@ -22,7 +22,6 @@ import uuid
 
 from aiokafka import TopicPartition
 
-from common.kafka_admin import ensure_topics
 from common.kafka_clients import make_consumer, make_producer
 from common.offload_settings import OffloadSettings
 from common.settings import KafkaSettings
@@ -76,8 +75,6 @@ class DcSpill:
         return max(self._latency_ms, oldest_ms) + len(self._started) * self._per_item_ms
 
     async def start(self) -> None:
-        await ensure_topics(self.kafka, [KAFKA_DC_FRAMES], partitions=self.settings.dc_partitions)
-        await ensure_topics(self.kafka, [KAFKA_DC_RESULTS])
         await self._producer.start()
         await self._consumer.start()
         tp = TopicPartition(KAFKA_DC_RESULTS, 0)

@@ -29,7 +29,6 @@ from aiokafka.errors import (
 
 from common.dc_settings import OutboxSettings
 from common.files import ensure_private
-from common.kafka_admin import ensure_topics
 from common.kafka_clients import make_producer
 from common.retry import Backoff
 from common.settings import KafkaSettings
@@ -222,7 +221,6 @@ class KafkaForwarder:
         self.kafka = kafka
         self.settings = settings
         self._producer: AIOKafkaProducer | None = None
-        self._ensured: set[str] = set()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.connected = asyncio.Event()
@@ -278,19 +276,7 @@ class KafkaForwarder:
         except (TimeoutError, KafkaError, OSError):
             log.debug("producer did not stop cleanly", exc_info=True)
 
-    async def _ensure_topics(self, topics: set[str]) -> None:
-        """Create missing topics (best effort: an edge may lack the right to; then the broker decides)."""
-        missing = topics - self._ensured
-        if not missing:
-            return
-        try:
-            await ensure_topics(self.kafka, sorted(missing))
-        except (KafkaError, OSError, RuntimeError) as exc:
-            log.info("outbox: could not create topics %s (%s)", sorted(missing), exc)
-        self._ensured |= missing
-
     async def _drop_producer(self) -> None:
-        self._ensured.clear()  # a restarted broker may have lost its topics
         producer, self._producer = self._producer, None
         self.connected.clear()
         if producer is not None:
@@ -299,7 +285,6 @@ class KafkaForwarder:
     async def _send_round(self, rows: list[OutboxRow]) -> bool:
         """Send ``rows``; delete the acknowledged ones. True if every row was dealt with."""
         producer = await self._producer_started()
-        await self._ensure_topics({row.topic for row in rows})
         futures: list[asyncio.Future[object]] = []
         sendable: list[OutboxRow] = []
         for row in rows:

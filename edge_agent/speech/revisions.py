@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer
 
-from common.kafka_admin import ensure_topics
 from common.kafka_clients import make_consumer
 from common.retry import Backoff
 from common.settings import KafkaSettings
@@ -102,7 +101,6 @@ class RevisionFollower:
         while not stop.is_set():
             consumer: AIOKafkaConsumer | None = None
             try:
-                await ensure_topics(self.kafka, [KAFKA_SPEECH_REVISIONS])
                 consumer = make_consumer(
                     self.kafka, KAFKA_SPEECH_REVISIONS,
                     client_id=f"{self.kafka.client_id}-revisions", group_id=f"edge-revisions-{self.node}",

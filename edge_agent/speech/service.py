@@ -41,6 +41,7 @@ from typing import cast
 import aiomqtt
 import numpy as np
 
+from common.logs import bind_context
 from common.retry import Backoff
 from common.settings import Settings, SpeechServiceConfig
 from edge_agent.metrics import BucketCounts
@@ -348,6 +349,7 @@ class SpeechEngine:
         return state
 
     async def _run_leg(self, state: _Leg) -> None:
+        bind_context(conversation=state.conversation, leg=state.leg)  # this leg's task logs with them
         loop = asyncio.get_running_loop()
         conv = self._conversations[state.conversation]
         cfg = self.config

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import aiomqtt
 
-from common.logs import RateLimitedLog
+from common.logs import RateLimitedLog, bind_context
 from common.retry import Backoff
 from common.settings import Settings
 from edge_agent.admission import DcPath, Decision, deadline_of, decide
@@ -46,6 +46,14 @@ __all__ = ["VisionService"]
 
 log = logging.getLogger("edge_agent")
 STAGE = "vision"
+
+
+def _device_or_none(topic: str) -> str | None:
+    """The camera a frames topic names, None for a malformed topic (dead-lettered later)."""
+    try:
+        return names.device_of(topic)
+    except ValueError:
+        return None
 
 
 _SESSION_LOST = ContractError("session_lost", "the session of this frame ended before its batch ran")
@@ -265,6 +273,7 @@ class VisionService:
 
     async def _handle(self, sess: _Session, token: int, message: aiomqtt.Message, received_s: float) -> None:
         """Finish one message: ack it, or (its publish not confirmed) end the session, never neither."""
+        bind_context(device=_device_or_none(str(message.topic)))  # this task's log lines name the camera
         try:
             await self._process(sess, message, received_s)
         except aiomqtt.MqttError as exc:
