@@ -9,6 +9,7 @@ from aiokafka import AIOKafkaProducer
 
 from common.kafka_clients import make_producer
 from common.settings import KafkaSettings
+from common.tracing import kafka_headers
 from topics.dc import MAX_MODEL_UPDATE_BYTES, Label, ModelUpdate, encode_label, encode_model_update
 from topics.names import KAFKA_LABELS, KAFKA_MODEL_UPDATES
 
@@ -45,8 +46,9 @@ class UpdatePublisher:
         """Publish one announcement; return its offset once Kafka acknowledged it."""
         if self._producer is None:
             raise RuntimeError("UpdatePublisher not started")
-        meta = await self._producer.send_and_wait(
-            KAFKA_MODEL_UPDATES, encode_model_update(update), key=update.name.encode())
+        payload = encode_model_update(update)
+        meta = await self._producer.send_and_wait(KAFKA_MODEL_UPDATES, payload, key=update.name.encode(),
+                                                  headers=kafka_headers(payload))
         return int(meta.offset)
 
 
@@ -66,7 +68,9 @@ async def publish_labels(kafka: KafkaSettings, labels: Sequence[Label]) -> None:
                                 acks="all", enable_idempotence=kafka.enable_idempotence)
     await producer.start()
     try:
-        futures = [await producer.send(KAFKA_LABELS, encode_label(lb), key=lb.key.encode()) for lb in labels]
+        payloads = [(lb.key, encode_label(lb)) for lb in labels]
+        futures = [await producer.send(KAFKA_LABELS, p, key=key.encode(), headers=kafka_headers(p))
+                   for key, p in payloads]
         await asyncio.gather(*futures)  # raises unless every label was acknowledged
     finally:
         await producer.stop()

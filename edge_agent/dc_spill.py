@@ -22,9 +22,11 @@ import uuid
 
 from aiokafka import TopicPartition
 
+from common import tracing
 from common.kafka_clients import make_consumer, make_producer
 from common.offload_settings import OffloadSettings
 from common.settings import KafkaSettings
+from common.tracing import kafka_headers
 from topics.codec import ContractError
 from topics.offload import (
     KAFKA_DC_FRAMES,
@@ -104,8 +106,10 @@ class DcSpill:
         try:
             await asyncio.sleep(s.dc_wan_delay_ms / 1000.0)  # simulated WAN, edge -> DC
             req = DcRequest(request_id, self.node, int(time.time() * 1000), frame, frame.deadline_ms)
-            await asyncio.wait_for(self._producer.send_and_wait(KAFKA_DC_FRAMES, encode_dc_request(req),
-                                                                key=frame.device.encode()), s.dc_timeout_ms / 1000.0)
+            payload = encode_dc_request(req)
+            headers = kafka_headers(payload, tracing.child(tracing.current()))  # the frame's trace goes on
+            await asyncio.wait_for(self._producer.send_and_wait(KAFKA_DC_FRAMES, payload, key=frame.device.encode(),
+                                                                headers=headers), s.dc_timeout_ms / 1000.0)
             self.sent += 1
             remaining = s.dc_timeout_ms / 1000.0 - (time.monotonic() - started)
             reply = await asyncio.wait_for(future, max(remaining, 0.001))

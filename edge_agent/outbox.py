@@ -32,6 +32,7 @@ from common.files import ensure_private
 from common.kafka_clients import make_producer
 from common.retry import Backoff
 from common.settings import KafkaSettings
+from common.tracing import kafka_headers
 from topics.codec import now_ms
 
 __all__ = ["OutboxRow", "OutboxStats", "Outbox", "KafkaForwarder"]
@@ -50,7 +51,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     topic TEXT NOT NULL,
     kafka_key BLOB,
     payload BLOB NOT NULL,
-    created_ms INTEGER NOT NULL
+    created_ms INTEGER NOT NULL,
+    traceparent TEXT
 );
 CREATE TABLE IF NOT EXISTS dead (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -70,6 +72,7 @@ class OutboxRow:
     topic: str
     kafka_key: bytes | None
     payload: bytes
+    traceparent: str | None = None  # W3C trace context of the input that caused it (a Kafka header)
 
 
 @dataclass(slots=True)
@@ -94,6 +97,9 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={settings.synchronous}")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        if "traceparent" not in columns:  # an outbox written before trace headers
+            self._db.execute("ALTER TABLE outbox ADD COLUMN traceparent TEXT")
         self._lock = threading.Lock()
         self.stats = OutboxStats()
         count, size = self._db.execute(
@@ -113,21 +119,26 @@ class Outbox:
     def pending_bytes(self) -> int:
         return self._bytes
 
-    def put(self, key: str, topic: str, payload: bytes, kafka_key: bytes | None = None) -> bool:
+    def put(self, key: str, topic: str, payload: bytes, kafka_key: bytes | None = None,
+            traceparent: str | None = None) -> bool:
         """Store one message; False if a message with ``key`` is already waiting."""
-        return self.put_many([(key, topic, payload, kafka_key)]) == 1
+        return self.put_many([(key, topic, payload, kafka_key, traceparent)]) == 1
 
-    def put_many(self, items: Iterable[tuple[str, str, bytes, bytes | None]]) -> int:
-        """Store messages in one transaction; return how many were new (not duplicates)."""
+    def put_many(self, items: Iterable[tuple[str, str, bytes, bytes | None]
+                                       | tuple[str, str, bytes, bytes | None, str | None]]) -> int:
+        """Store messages (key, topic, payload, kafka key[, traceparent]) in one transaction;
+        return how many were new (not duplicates)."""
         now = now_ms()
         added = 0
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for key, topic, payload, kafka_key in items:
+                for item in items:
+                    key, topic, payload, kafka_key = item[:4]
+                    traceparent = item[4] if len(item) > 4 else None
                     cur = self._db.execute(
-                        "INSERT OR IGNORE INTO outbox (key, topic, kafka_key, payload, created_ms)"
-                        " VALUES (?, ?, ?, ?, ?)", (key, topic, kafka_key, payload, now))
+                        "INSERT OR IGNORE INTO outbox (key, topic, kafka_key, payload, created_ms, traceparent)"
+                        " VALUES (?, ?, ?, ?, ?, ?)", (key, topic, kafka_key, payload, now, traceparent))
                     if cur.rowcount == 1:
                         added += 1
                         self._count += 1
@@ -167,7 +178,7 @@ class Outbox:
         """The oldest waiting messages, at most ``limit``."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, key, topic, kafka_key, payload FROM outbox ORDER BY id LIMIT ?",
+                "SELECT id, key, topic, kafka_key, payload, traceparent FROM outbox ORDER BY id LIMIT ?",
                 (limit,)).fetchall()
         return [OutboxRow(*r) for r in rows]
 
@@ -289,7 +300,8 @@ class KafkaForwarder:
         sendable: list[OutboxRow] = []
         for row in rows:
             try:
-                fut = await producer.send(row.topic, row.payload, key=row.kafka_key)
+                fut = await producer.send(row.topic, row.payload, key=row.kafka_key,
+                                          headers=kafka_headers(row.payload, row.traceparent))
             except _UNSENDABLE as exc:
                 await asyncio.to_thread(self.outbox.dead_letter, row, f"{type(exc).__name__}: {exc}")
                 continue

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer
 
+from common import tracing
 from common.kafka_clients import make_consumer
 from common.retry import Backoff
 from common.settings import KafkaSettings
@@ -111,7 +112,8 @@ class RevisionFollower:
                     batch = await consumer.getmany(timeout_ms=500)
                     for records in batch.values():
                         for r in records:
-                            await self._handle(r.value)
+                            with tracing.use(tracing.from_headers(r.headers)):  # the DC's trace, back out
+                                await self._handle(r.value)
             except Exception as exc:  # Kafka trouble: rebuild, never crash
                 if stop.is_set():
                     break

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import aiomqtt
 
+from common import tracing
 from common.logs import RateLimitedLog, bind_context
 from common.retry import Backoff
 from common.settings import Settings
@@ -274,6 +275,9 @@ class VisionService:
     async def _handle(self, sess: _Session, token: int, message: aiomqtt.Message, received_s: float) -> None:
         """Finish one message: ack it, or (its publish not confirmed) end the session, never neither."""
         bind_context(device=_device_or_none(str(message.topic)))  # this task's log lines name the camera
+        # The frame's trace (the device's traceparent user property, else a new one): on its result,
+        # its spilled DC request and its hard examples.
+        tracing.bind(tracing.from_mqtt(message.properties) or tracing.new_traceparent())
         try:
             await self._process(sess, message, received_s)
         except aiomqtt.MqttError as exc:
@@ -413,7 +417,8 @@ class VisionService:
     async def _publish_result(self, sess: _Session, key: bytes, unsent: _Unsent) -> None:
         try:
             await publish_confirmed(sess.client, unsent.topic, unsent.payload,
-                                    deadline_s=self.settings.delivery.publish_deadline_s)
+                                    deadline_s=self.settings.delivery.publish_deadline_s,
+                                    properties=tracing.mqtt_properties(tracing.child(tracing.current())))
         except aiomqtt.MqttError:
             limit = self.settings.delivery.unsent_results
             if limit > 0:  # kept: the redelivered input gets this result, not a recomputation
