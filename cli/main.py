@@ -109,9 +109,12 @@ def _health(args: argparse.Namespace) -> int:
     """Exit 0 if the local edge agent answers /healthz (a container HEALTHCHECK)."""
     import urllib.request
 
-    port = load_settings().edge.http_port
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{args.path}", timeout=args.timeout) as resp:
-        return 0 if resp.status == 200 else 1
+    url = f"http://127.0.0.1:{load_settings().edge.http_port}{args.path}"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as resp:
+            return 0 if resp.status == 200 else 1
+    except OSError as exc:  # refused, timed out, HTTP 503 (not ready)
+        raise OSError(f"{url}: {getattr(exc, 'reason', None) or exc}") from None
 
 
 def _config_show(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaError
 from cloud_trainer.publish import announce_once, publish_labels
 from cloud_trainer.registry import Registry, RegistryError, Signer
 from cloud_trainer.store import open_store
+from common.logs import bind_context
 from common.settings import Settings, load_settings
 from common.trainer_settings import TrainerSettings
 from topics.codec import now_ms
@@ -57,6 +58,7 @@ def _cmd_dc_worker(args: argparse.Namespace) -> int:
     from cloud_trainer.dc_inference import run_dc_worker
 
     settings, _ = _settings()
+    bind_context(node=args.worker_id)  # every log line of this worker names it
 
     async def main() -> None:
         stop = asyncio.Event()

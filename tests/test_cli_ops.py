@@ -199,3 +199,10 @@ def test_byte_bars_draw_one_bar_per_artifact(monkeypatch: pytest.MonkeyPatch) ->
     text = stream.getvalue()
     assert "whisper_base_part1" in text and "1.00M/1.00M" in text
     assert bars.seen["whisper_base_part1"] == (1024 * 1024, 1024 * 1024)
+
+
+def test_health_error_names_the_url() -> None:
+    port = free_port()
+    run = _run("health", "--timeout", "2", EDGE_OFFLOAD_EDGE__HTTP_PORT=str(port))
+    assert run.returncode == 1
+    assert f"http://127.0.0.1:{port}/healthz" in _one_line_error(run)
