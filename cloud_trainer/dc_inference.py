@@ -17,11 +17,12 @@ import logging
 import time
 from dataclasses import dataclass
 
-from common.kafka_admin import ensure_topics
+from common import tracing
 from common.kafka_clients import make_consumer, make_producer
 from common.retry import Restarter
 from common.runtime import freeze_loaded_objects
 from common.settings import KafkaSettings, Settings
+from common.tracing import kafka_headers
 from inference.vision import FrameJob, VisionPipeline
 from topics.codec import ContractError, now_ms
 from topics.deadletter import DeadLetter, encode_dead_letter
@@ -93,8 +94,6 @@ class DcInferenceWorker:
         async def serve() -> None:
             consumer = producer = None
             try:
-                await ensure_topics(self.kafka, [KAFKA_DC_FRAMES], partitions=self.partitions)
-                await ensure_topics(self.kafka, [KAFKA_DC_RESULTS, KAFKA_DC_DEAD_LETTERS])
                 producer = make_producer(self.kafka, client_id=f"{self.kafka.client_id}-{self.worker_id}",
                                          acks="all", enable_idempotence=self.kafka.enable_idempotence,
                                          max_request_size=MAX_DC_BYTES)
@@ -112,15 +111,22 @@ class DcInferenceWorker:
                     records = [r for rs in batch.values() for r in rs]
                     if not records:
                         continue
-                    decoded = [(r.value, self._decode(r.value)) for r in records]
-                    requests = [req for _, req in decoded if isinstance(req, DcRequest)]
-                    sends = [await producer.send(KAFKA_DC_DEAD_LETTERS, self._dead_letter(value, err),
-                                                 key=self.worker_id.encode())
-                             for value, err in decoded if isinstance(err, ContractError)]
+                    decoded = [(r.value, self._decode(r.value), tracing.from_headers(r.headers)) for r in records]
+                    requests = [req for _, req, _ in decoded if isinstance(req, DcRequest)]
+                    traces = {req.request_id: trace for _, req, trace in decoded if isinstance(req, DcRequest)}
+                    sends = []
+                    for value, err, trace in decoded:
+                        if isinstance(err, ContractError):
+                            dead = self._dead_letter(value, err)
+                            sends.append(await producer.send(KAFKA_DC_DEAD_LETTERS, dead, key=self.worker_id.encode(),
+                                                             headers=kafka_headers(dead, tracing.child(trace))))
                     if requests:
                         replies = await asyncio.to_thread(self.serve, requests)
-                        sends += [await producer.send(KAFKA_DC_RESULTS, encode_dc_reply(rep), key=rep.reply_to.encode())
-                                  for rep in replies]
+                        for rep in replies:
+                            reply = encode_dc_reply(rep)
+                            trace = tracing.child(traces.get(rep.request_id))
+                            sends.append(await producer.send(KAFKA_DC_RESULTS, reply, key=rep.reply_to.encode(),
+                                                             headers=kafka_headers(reply, trace)))
                     for fut in sends:
                         await fut  # acks=all before the offsets move
                     await asyncio.wait_for(consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items() if rs}),

@@ -29,6 +29,7 @@ import soxr
 from paho.mqtt.enums import CallbackAPIVersion
 from scipy.io import wavfile
 
+from common.errors import BrokerUnreachable
 from common.mqtt_security import configure_paho
 from common.settings import MqttSettings
 from devices.acks import AckWatch, PublishRefused
@@ -391,7 +392,9 @@ def main(argv: list[str] | None = None) -> int:
             impairments=Impairments(loss=args.loss, reorder=args.reorder, reorder_max=args.reorder_max,
                                     jitter_ms=args.jitter_ms), security=settings.mqtt)
     except PublishRefused as exc:
-        print(f"{p.prog}: error: {exc}", file=sys.stderr)
+        print(f"edge-offload: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # refused, unreachable, unknown host
+        raise BrokerUnreachable("mqtt", f"{args.host}:{args.port}", exc) from None
     print(report.as_json(), flush=True)
     return 0
