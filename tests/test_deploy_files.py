@@ -172,6 +172,38 @@ def test_compose_wires_keys_volumes_and_health() -> None:
     assert "./mosquitto.acl:/mosquitto/config/acl:ro" in mounts
 
 
+def _volume_mounts(svc: dict[str, Any]) -> dict[str, str]:
+    """Named volume -> mount path of one compose service (bind mounts left out)."""
+    out = {}
+    for spec in svc.get("volumes", []):
+        source, target = spec.split(":")[:2]
+        if not source.startswith((".", "/")):
+            out[source] = target
+    return out
+
+
+def test_ca_key_never_leaves_the_pki_init_step() -> None:
+    services = _compose()["services"]
+    mounts = {name: _volume_mounts(svc) for name, svc in services.items()}
+    # only pki-init mounts the volume that holds ca.key
+    assert [name for name, m in mounts.items() if "pki" in m] == ["pki-init"]
+    init = services["pki-init"]["command"][0]
+    assert "pki init /pki" in init
+    copied = [ln for ln in init.splitlines() if ln.strip().startswith("cp ")]
+    assert copied and not any("ca.key" in ln for ln in copied)
+    assert any(ln.strip().endswith("/pki-ca/ca.crt") for ln in copied)
+    # the broker's init gets its own pair and the CA certificate; every other client the CA certificate alone
+    assert mounts["mosquitto-init"]["pki-broker"] == "/pki"
+    assert "/pki/server.key" in services["mosquitto-init"]["command"][0]
+    for name in ("edge-agent", "camera", "field-unit", "operator"):
+        assert mounts[name].get("pki-ca") == "/pki", name
+        assert "pki-broker" not in mounts[name], name
+    assert [name for name, m in mounts.items() if "pki-broker" in m] == ["pki-init", "mosquitto-init"]
+    # the image makes the mount points, owned by the unprivileged user pki-init runs as
+    dockerfile = (COMPOSE / "Dockerfile").read_text()
+    assert re.search(r"mkdir -p [^\n]*/pki-ca /pki-broker", dockerfile)
+
+
 def test_production_mosquitto_config_is_locked_down() -> None:
     conf = {ln.split()[0]: ln.split(None, 1)[1] for ln in (COMPOSE / "mosquitto-secure.conf").read_text().splitlines()
             if ln and not ln.startswith("#") and " " in ln}
