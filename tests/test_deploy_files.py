@@ -113,10 +113,13 @@ def test_dockerfile_caches_builds_and_runs_unprivileged() -> None:
     builder, models, runtime = _stages((COMPOSE / "Dockerfile").read_text())
     # the builder compiles webrtcvad; the compiler never reaches the runtime image
     assert any("gcc" in ln for ln in builder) and not any("gcc" in ln for ln in runtime)
-    # dependencies come from pyproject.toml alone, before any source folder is copied
-    deps = next(i for i, ln in enumerate(builder) if "pip install -r" in ln)
+    # dependencies come from the hashed lock alone, before any source folder is copied
+    deps = next(i for i, ln in enumerate(builder) if "pip install --require-hashes -r requirements.lock" in ln)
     first_source = next(i for i, ln in enumerate(builder) if ln.startswith("COPY ") and "pyproject" not in ln)
-    assert deps < first_source and all("pyproject.toml" in ln for ln in builder[:deps] if ln.startswith("COPY"))
+    assert deps < first_source
+    assert [ln for ln in builder[:deps] if ln.startswith("COPY")] == ["COPY pyproject.toml requirements.lock ./"]
+    assert "torch==2.13.0" in builder[deps]  # torch alone, from the CPU (or CUDA) index
+    assert any(ln.startswith("RUN pip install --no-deps .") for ln in builder)
     # models are fetched from models/artifacts.py alone, in their own stage
     copies = [ln for ln in models if ln.startswith("COPY")]
     assert copies == ["COPY models/__init__.py models/artifacts.py models/"]
