@@ -38,16 +38,18 @@ $(STAMP): pyproject.toml $(TESTLOCK) $(SYSDEPS)
 	$(BIN)/python -m pip install -q --no-deps -e .
 	@touch $@
 
-# After a dependency change in pyproject.toml: regenerate both lock files (pip-tools, in a venv
-# of its own). torch is left out of them: it is installed on its own, above and in the image.
+# After a dependency change in pyproject.toml: update both lock files (pip-tools, in a venv of
+# its own), keeping the other pins; `make lock UPGRADE=--upgrade` moves every pin to the newest
+# allowed. torch is left out of them: it is installed on its own, above and in the image.
+UPGRADE ?=
 LOCKVENV := .venv-lock
 PIPCOMPILE := CUSTOM_COMPILE_COMMAND="make lock" $(LOCKVENV)/bin/pip-compile --quiet --generate-hashes \
 	--strip-extras --no-emit-index-url --no-emit-find-links --unsafe-package torch
 lock:
 	@test -x $(LOCKVENV)/bin/pip-compile || ($(PYTHON) -m venv $(LOCKVENV) && \
 	  $(LOCKVENV)/bin/pip install -q pip-tools==7.6.2)
-	$(PIPCOMPILE) --upgrade --output-file $(LOCK) pyproject.toml
-	$(PIPCOMPILE) --upgrade --extra test -c $(LOCK) --output-file $(TESTLOCK) pyproject.toml
+	$(PIPCOMPILE) $(UPGRADE) --output-file $(LOCK) pyproject.toml
+	$(PIPCOMPILE) $(UPGRADE) --extra test -c $(LOCK) --output-file $(TESTLOCK) pyproject.toml
 
 $(MODELS): $(STAMP) models/artifacts.py
 	$(BIN)/edge-offload fetch-models
