@@ -42,7 +42,7 @@ class OffloadSettings(BaseModel):
     dc_liveness_stall_s: float = Field(60.0, gt=0, description="/healthz of a DC worker fails when its poll "
                                        "loop finished no step (poll, batch, reconnect attempt) for this long")
 
-    # cost model (edge_agent/cost.py): prices are knobs, not measurements
+    # cost model (placement/cost.py): prices are knobs, not measurements
     edge_cost_per_s: float = Field(0.0000139, ge=0, description="cost of one second of the edge's worker "
                                    "(a 2-vCPU node at ~0.05/h)")
     dc_gpu_cost_per_s: float = Field(0.00083, ge=0, description="cost of one DC GPU second (~3/h for a "
