@@ -50,7 +50,7 @@ def _validate(doc: dict[str, Any]) -> None:
 
 
 def render(overlay: str) -> list[dict[str, Any]]:
-    """``kubectl kustomize`` of one overlay (kubectl is a Debian package of the machine image)."""
+    """``kubectl kustomize`` of one overlay (kubectl, kustomize built in: an apt package of the image)."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl (with its built-in kustomize) is not installed")
