@@ -67,12 +67,14 @@ def _packets(conv: Conversation, loss: float, seed: int, origin: float) -> list[
 
 
 def run_conversation(conv: Conversation, vad: SileroVad, encoder: SpeakerEncoder, asr: EdgeAsr, *,
-                     loss: float = 0.0, seed: int = 1, conversation: str = "bench"
+                     loss: float = 0.0, seed: int = 1, conversation: str = "bench",
+                     config: PipelineConfig | None = None
                      ) -> tuple[list[TranscriptSegment], float, list[Utterance]]:
     """Decode a conversation in process (simulated clock); return its segments, CPU seconds
     and the finished utterances (with their audio)."""
     origin = 1_700_000_000.0
-    tracker = ConversationTracker(conversation, Diarizer(encoder), PipelineConfig(), clock=lambda: origin)
+    config = config or PipelineConfig()
+    tracker = ConversationTracker(conversation, Diarizer(encoder, config.diarizer), config, clock=lambda: origin)
     streams = {leg: LegStream(conversation, leg, vad, asr, tracker) for leg in conv.legs}
     out = StepOutput()
     t0 = time.process_time()

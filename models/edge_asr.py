@@ -134,9 +134,11 @@ class EdgeAsr:
     def with_vocabulary(self, vocabulary: AsrVocabulary) -> EdgeAsr:
         return dataclasses.replace(self, vocabulary=vocabulary)
 
-    def decode_final(self, samples: np.ndarray) -> AsrResult:
-        """The final hypothesis of one utterance (at most 30 s) with words and confidence."""
-        return self.final.transcribe(samples, self.final_options, self.vocabulary.prompt or None)
+    def decode_final(self, samples: np.ndarray, context: str = "") -> AsrResult:
+        """The final hypothesis of one utterance (at most 30 s) with words and confidence;
+        ``context`` (the leg's previous turn) follows the vocabulary prompt as previous text."""
+        prompt = " ".join(p for p in (self.vocabulary.prompt, context.strip()) if p)
+        return self.final.transcribe(samples, self.final_options, prompt or None)
 
     def decode_partial(self, samples: np.ndarray) -> str:
         """A quick hypothesis of the utterance so far."""
