@@ -82,3 +82,18 @@ def test_hallucination_on_a_short_noisy_turn_is_rejected(dc_model: WhisperAsr) -
     rev = SpeechReviser([dc_model]).revise("noise", telephone(noise), edge)
     assert not rev.published
     assert rev.result.text == "neither did i"
+
+
+def test_the_dc_model_is_an_artifact_a_size_name_or_a_ctranslate2_directory(cache_dir: Path, tmp_path: Path) -> None:
+    from models.edge_asr import whisper_folder
+
+    assert whisper_folder(cache_dir, "base")[1:] == whisper_folder(cache_dir, "whisper_base")[1:]
+    assert whisper_folder(cache_dir, "tiny.en")[1] == "whisper-tiny.en"
+    own = tmp_path / "large-v3"
+    own.mkdir()
+    for f in ("model.bin", "config.json", "tokenizer.json"):
+        (own / f).write_bytes(b"x")
+    folder, name, _ = whisper_folder(cache_dir, str(own))
+    assert folder == own and name == "whisper-large-v3"
+    with pytest.raises(ValueError, match=r"lacks model\.bin"):
+        whisper_folder(tmp_path, "medium")  # not dropped into cache_dir/whisper/medium
