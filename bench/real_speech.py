@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-gain", type=float, default=ReviseRule().min_gain, help="the reviser's never-worse margin")
     ap.add_argument("--vad-threshold", type=float, default=None, help="override the VAD's start threshold")
     ap.add_argument("--vad-pad-s", type=float, default=None, help="override the VAD's speech padding")
+    ap.add_argument("--min-silence-s", type=float, default=None, help="override the silence that ends speech")
     ap.add_argument("--context-s", type=float, default=None, help="override the previous-turn context window")
     ap.add_argument("--asr-threads", type=int, default=2)
     ap.add_argument("--verbose", action="store_true", help="each leg's reference, edge and final text (stderr)")
@@ -187,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                                 rule=ReviseRule(min_gain=args.min_gain))
     splits = ("dev", "heldout") if args.split == "both" else (args.split,)
     config = PipelineConfig()
-    vad_over = {k: v for k, v in (("threshold", args.vad_threshold), ("speech_pad_s", args.vad_pad_s)) if v is not None}
+    vad_over = {k: v for k, v in (("threshold", args.vad_threshold), ("speech_pad_s", args.vad_pad_s),
+                                                    ("min_silence_s", args.min_silence_s)) if v is not None}
     if vad_over:
         config = config.model_copy(update={"vad": config.vad.model_copy(update=vad_over)})
     if args.context_s is not None:

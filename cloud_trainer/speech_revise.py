@@ -101,10 +101,20 @@ def _edge_words(edge: AsrResult) -> list[Word]:
     return [Word(w, 0.0, 0.0, edge.confidence) for w in edge.text.split()]
 
 
-def combine(edge: Sequence[Word], dc: Sequence[Word], rule: ReviseRule = ReviseRule()) -> list[Word]:
-    """ROVER-style word combination of two hypotheses (see the module doc)."""
+def combine(edge: Sequence[Word], dc: Sequence[Word], rule: ReviseRule = ReviseRule(),
+            span_s: tuple[float, float] | None = None) -> list[Word]:
+    """ROVER-style word combination of two hypotheses (see the module doc). Punctuation-only
+    tokens are left out. A DC word whose middle lies outside ``span_s`` (the utterance proper,
+    when the DC decoded neighbouring audio too) may confirm an edge word but neither replace
+    one nor be added."""
+    edge = [w for w in edge if _key(w.word)]
+    dc = [w for w in dc if _key(w.word)]
     a = [_key(w.word) for w in edge]
     b = [_key(w.word) for w in dc]
+
+    def inside(w: Word) -> bool:
+        return span_s is None or span_s[0] <= (w.start_s + w.end_s) / 2 <= span_s[1]
+
     n, m = len(a), len(b)
     cost = np.zeros((n + 1, m + 1), dtype=np.int32)
     cost[:, 0] = np.arange(n + 1)
@@ -120,13 +130,13 @@ def combine(edge: Sequence[Word], dc: Sequence[Word], rule: ReviseRule = ReviseR
             if a[i - 1] == b[j - 1]:
                 out.append(Word(e.word, d.start_s, d.end_s, max(e.confidence, d.confidence)))
             else:
-                out.append(d if d.confidence > e.confidence + rule.edge_margin else e)
+                out.append(d if inside(d) and d.confidence > e.confidence + rule.edge_margin else e)
             i, j = i - 1, j - 1
         elif i > 0 and cost[i, j] == cost[i - 1, j] + 1:
             out.append(edge[i - 1])  # a word only the edge heard stays: revisions must not lose words
             i -= 1
         else:
-            if dc[j - 1].confidence >= rule.keep_below:
+            if inside(dc[j - 1]) and dc[j - 1].confidence >= rule.keep_below:
                 out.append(dc[j - 1])
             j -= 1
     out.reverse()
@@ -202,7 +212,8 @@ class SpeechReviser:
                                 reason="no_hypothesis", rejected=rejected)
         else:
             dc, model = best
-            words = tuple(combine(_edge_words(edge), dc.words, rule)) if edge.text else dc.words
+            span = (0.0, speech_s) if lead_s > 0 or tail_s > 0 else None
+            words = tuple(combine(_edge_words(edge), dc.words, rule, span)) if edge.text else dc.words
             text = " ".join(w.word for w in words)
             conf = segment_confidence([w.confidence for w in words], dc.avg_logprob, dc.no_speech_prob)
             merged = AsrResult(text, words, conf, dc.avg_logprob, dc.no_speech_prob, dc.decode_s)
