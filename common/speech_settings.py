@@ -50,8 +50,10 @@ class DiarizerConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    threshold: float = Field(0.82, description="on a shared leg: cosine similarity that joins one of "
-                             "the leg's speakers")
+    threshold: float = Field(0.82, description="on a shared leg: cosine similarity of a 1.6 s window to "
+                             "one of the leg's speakers that keeps it in a long segment's turn")
+    recluster_threshold: float = Field(0.65, description="on a shared leg: average similarity at which "
+                                       "segments cluster as one voice (re-clustered at every segment)")
     new_voice_threshold: float = Field(0.55, description="on a one-party leg: a segment is a new voice only "
                                        "below this similarity to every voice of the leg")
     cross_leg_threshold: float = Field(0.90, description="similarity at which a voice joins a speaker "

@@ -35,6 +35,8 @@ import threading
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.optimize import linear_sum_assignment
 
 from common.speech_settings import DiarizerConfig
 from models.speaker import SAMPLE_RATE, WINDOW_S, SpeakerEncoder
@@ -115,6 +117,11 @@ class _LegVoices:
     shared: bool
     voices: list[int] = field(default_factory=list)
     current: int | None = None
+    # Shared legs: (unit embedding, seconds, label given) of the segments embedded so far.
+    history: list[tuple[np.ndarray, float, int]] = field(default_factory=list)
+
+
+HISTORY = 256  # segments a shared leg re-clusters at most (the newest)
 
 
 class Diarizer:
@@ -217,16 +224,15 @@ class Diarizer:
         state = self._leg(leg)
         sims = self.clusters.similarities(embedding)
         evidence = duration >= cfg.min_evidence_s
-        own = {i: float(sims[i]) + (cfg.leg_bonus if state.shared and i == state.current else 0.0)
-               for i in state.voices}
-        best = max(own, key=lambda i: own[i]) if own else None
         index: int | None = None
         sure = True  # the segment's voice is clear enough to move its speaker's centroid
-        if best is not None and all(self._evidence[i] <= 0.0 for i in state.voices):
-            index = best  # only short turns so far: this is the voice they guessed at
-        elif best is not None:
-            bar = cfg.threshold if state.shared else cfg.new_voice_threshold
-            if own[best] >= bar:
+        if state.voices and all(self._evidence[i] <= 0.0 for i in state.voices):
+            index = state.current  # only short turns so far: this is the voice they guessed at
+        elif state.shared and state.history:
+            index, sure = self._recluster(state, embedding, duration)
+        elif state.voices:
+            best = max(state.voices, key=lambda i: float(sims[i]))
+            if float(sims[best]) >= cfg.new_voice_threshold:
                 index = best
             elif not evidence:  # unlike the leg's voices, but too little speech to tell
                 index, sure = best, False
@@ -239,8 +245,40 @@ class Diarizer:
             new = len(self.clusters) > before
         elif sure:
             self._join(state, index, embedding, duration)
+        if state.shared:
+            state.history.append((embedding / (np.linalg.norm(embedding) + 1e-12), duration, index))
+            del state.history[:-HISTORY]
         state.current = index
         return index, float(sims[index]) if index < len(sims) else float(max(sims, default=0.0)), new
+
+    def _recluster(self, state: _LegVoices, embedding: np.ndarray, duration: float) -> tuple[int | None, bool]:
+        """A shared leg's segment, by re-clustering all the leg's segments with it.
+
+        Average-linkage clustering of the segment embeddings, cut at ``recluster_threshold``;
+        clusters map one-to-one onto the labels already given (most speech in common). The
+        segment takes its cluster's label; a cluster without one is a new voice if it holds
+        ``min_evidence_s`` of speech (None: found it), else the segment takes the nearest of the
+        leg's voices without moving its centroid (``(index, sure)``).
+        """
+        cfg = self.config
+        e = embedding / (np.linalg.norm(embedding) + 1e-12)
+        points = np.array([h[0] for h in state.history] + [e], dtype=np.float64)
+        seconds = np.array([h[1] for h in state.history] + [duration])
+        tree = linkage(points, method="average", metric="cosine")
+        groups = fcluster(tree, t=1.0 - cfg.recluster_threshold, criterion="distance") - 1
+        given = sorted({h[2] for h in state.history})
+        overlap = np.zeros((int(groups.max()) + 1, len(given)))
+        for (_, w, label), g in zip(state.history, groups[:-1]):
+            overlap[g, given.index(label)] += w
+        rows, cols = linear_sum_assignment(-overlap)
+        mapping = {int(r): given[int(c)] for r, c in zip(rows, cols) if overlap[r, c] > 0}
+        mine = int(groups[-1])
+        if mine in mapping:
+            return mapping[mine], True
+        if float(seconds[groups == mine].sum()) >= cfg.min_evidence_s:
+            return None, True
+        sims = self.clusters.similarities(embedding)
+        return max(state.voices, key=lambda i: float(sims[i])), False
 
     def _short(self, leg: str, samples: np.ndarray, start_s: float, end_s: float) -> SpeakerTurn:
         with self._lock:
