@@ -52,13 +52,13 @@ class DiarizerConfig(BaseModel):
 
     threshold: float = Field(0.82, description="on a shared leg: cosine similarity of a 1.6 s window to "
                              "one of the leg's speakers that keeps it in a long segment's turn")
-    recluster_threshold: float = Field(0.65, description="on a shared leg: average similarity at which "
+    recluster_threshold: float = Field(0.80, description="on a shared leg: average similarity at which "
                                        "segments cluster as one voice (re-clustered at every segment)")
     new_voice_threshold: float = Field(0.55, description="on a one-party leg: a segment is a new voice only "
                                        "below this similarity to every voice of the leg")
     cross_leg_threshold: float = Field(0.90, description="similarity at which a voice joins a speaker "
                                        "first heard on another leg")
-    min_evidence_s: float = Field(2.0, ge=0, description="speech a segment needs to found a new speaker "
+    min_evidence_s: float = Field(1.0, ge=0, description="speech a segment needs to found a new speaker "
                                   "or to join another leg's speaker")
     shared_legs: list[str] = Field(["conf*", "bridge*"], description="leg ids (fnmatch patterns) "
                                          "that carry several voices")

@@ -100,7 +100,7 @@ def test_one_voice_on_one_leg_keeps_one_label() -> None:
 
 
 def test_a_second_person_on_a_handset_needs_clear_evidence() -> None:
-    d = Diarizer(TableEncoder(VOICES_TABLE))  # type: ignore[arg-type]
+    d = Diarizer(TableEncoder(VOICES_TABLE), DiarizerConfig(min_evidence_s=2.0))  # type: ignore[arg-type]
     # Far from the leg's voice but short: not enough to found a voice.
     assert _labels(d, [("leg1", 1, 3.0), ("leg1", 5, 1.5)]) == ["S1", "S1"]
     # Far and long: someone else took the phone; then each voice keeps its label.
@@ -111,7 +111,7 @@ def test_two_legs_share_a_label_only_on_strong_evidence() -> None:
     for key, seconds, shared in [(6, 3.0, False),  # 0.86: similar, not enough
                                  (7, 1.5, False),  # 0.95 but too short to tell
                                  (7, 3.0, True)]:  # 0.95 on 3 s: the same person (a transferred call)
-        d = Diarizer(TableEncoder(VOICES_TABLE))  # type: ignore[arg-type]
+        d = Diarizer(TableEncoder(VOICES_TABLE), DiarizerConfig(min_evidence_s=2.0))  # type: ignore[arg-type]
         labels = _labels(d, [("leg1", 1, 4.0), ("leg2", key, seconds)])
         assert (labels == ["S1", "S1"]) is shared, (key, seconds, labels)
 
@@ -131,6 +131,15 @@ def test_a_conference_leg_carries_several_voices() -> None:
     d = Diarizer(TableEncoder(VOICES_TABLE), DiarizerConfig(shared_legs=["room*"]))  # type: ignore[arg-type]
     assert _labels(d, [("room1", k, s) for k, s in items]) == ["S1", "S2", "S1", "S2", "S2"]
     assert not d.is_shared("conf1")
+
+
+def test_a_conference_leg_recognises_a_voice_once_its_segments_add_up() -> None:
+    """Re-clustering at every segment end: two short turns of a new voice, each too short to
+    found a speaker, together are enough; the leg's first voice keeps its label throughout."""
+    d = Diarizer(TableEncoder(VOICES_TABLE), DiarizerConfig(min_evidence_s=2.0))  # type: ignore[arg-type]
+    items = [(1, 3.0), (2, 1.5), (2, 1.5), (1, 2.0), (2, 1.2)]
+    assert _labels(d, [("conf1", k, s) for k, s in items]) == ["S1", "S1", "S2", "S1", "S2"]
+    assert np.allclose(d.clusters.centroid(0), _unit(0))  # the absorbed turn did not move S1
 
 
 def test_shared_legs_setting_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -258,7 +258,7 @@ class Diarizer:
         clusters map one-to-one onto the labels already given (most speech in common). The
         segment takes its cluster's label; a cluster without one is a new voice if it holds
         ``min_evidence_s`` of speech (None: found it), else the segment takes the nearest of the
-        leg's voices without moving its centroid (``(index, sure)``).
+        leg's voices without moving its centroid. Returns ``(index, sure)``.
         """
         cfg = self.config
         e = embedding / (np.linalg.norm(embedding) + 1e-12)
