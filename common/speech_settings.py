@@ -52,8 +52,11 @@ class DiarizerConfig(BaseModel):
 
     threshold: float = Field(0.82, description="on a shared leg: cosine similarity of a 1.6 s window to "
                              "one of the leg's speakers that keeps it in a long segment's turn")
-    recluster_threshold: float = Field(0.80, description="on a shared leg: average similarity at which "
-                                       "segments cluster as one voice (re-clustered at every segment)")
+    recluster_threshold: float = Field(0.0, description="on a shared leg: average cosine similarity, with the "
+                                       "leg's mean embedding removed, at which segments cluster as one voice "
+                                       "(all the leg's segments are re-clustered at every segment)")
+    pair_threshold: float = Field(0.80, description="on a shared leg with one segment so far: similarity at "
+                                  "which the next is the same voice")
     new_voice_threshold: float = Field(0.55, description="on a one-party leg: a segment is a new voice only "
                                        "below this similarity to every voice of the leg")
     cross_leg_threshold: float = Field(0.90, description="similarity at which a voice joins a speaker "

@@ -254,18 +254,27 @@ class Diarizer:
     def _recluster(self, state: _LegVoices, embedding: np.ndarray, duration: float) -> tuple[int | None, bool]:
         """A shared leg's segment, by re-clustering all the leg's segments with it.
 
-        Average-linkage clustering of the segment embeddings, cut at ``recluster_threshold``;
-        clusters map one-to-one onto the labels already given (most speech in common). The
-        segment takes its cluster's label; a cluster without one is a new voice if it holds
-        ``min_evidence_s`` of speech (None: found it), else the segment takes the nearest of the
-        leg's voices without moving its centroid. Returns ``(index, sure)``.
+        Resemblyzer embeddings of real voices through G.711 share a large common part (two
+        different speakers often score 0.7-0.8, see docs/speakers.md), so from three segments on
+        the leg's mean embedding is removed first and average-linkage clustering is cut at
+        ``recluster_threshold`` on what remains; two segments are compared as they are, at
+        ``pair_threshold``. Clusters map one-to-one onto the labels already given (most speech
+        in common). The segment takes its cluster's label; a cluster without one is a new voice
+        if it holds ``min_evidence_s`` of speech (None: found it), else the segment takes the
+        nearest of the leg's voices without moving its centroid. Returns ``(index, sure)``.
         """
         cfg = self.config
         e = embedding / (np.linalg.norm(embedding) + 1e-12)
         points = np.array([h[0] for h in state.history] + [e], dtype=np.float64)
         seconds = np.array([h[1] for h in state.history] + [duration])
+        if len(points) >= 3:  # compare what sets the voices apart: the leg's mean voice removed
+            points = points - points.mean(axis=0)
+            points = points / (np.linalg.norm(points, axis=1, keepdims=True) + 1e-12)
+            cut = cfg.recluster_threshold
+        else:  # two segments have no mean to remove
+            cut = cfg.pair_threshold
         tree = linkage(points, method="average", metric="cosine")
-        groups = fcluster(tree, t=1.0 - cfg.recluster_threshold, criterion="distance") - 1
+        groups = fcluster(tree, t=1.0 - cut, criterion="distance") - 1
         given = sorted({h[2] for h in state.history})
         overlap = np.zeros((int(groups.max()) + 1, len(given)))
         for (_, w, label), g in zip(state.history, groups[:-1]):
@@ -378,3 +387,4 @@ def _runs(labels: list[int], min_len: int) -> list[tuple[int, int, int]]:
                 changed = True
                 break
     return [(lo, hi, label) for lo, hi, label in runs]
+
