@@ -49,6 +49,7 @@ __all__ = [
     "verify",
     "load_clips",
     "build_set",
+    "build_call",
     "SPLITS",
     "CATEGORIES",
 ]
@@ -429,6 +430,11 @@ def _call(a_turns: list[Clip], b_turns: list[Clip], seed: int) -> Conversation:
         pos = max(pos, start + b)
     total = max(s + len(c.audio) for c, _, s in placed) + int(0.8 * SAMPLE_RATE)
     return _lay_out(placed, ["a", "b"], total, rng)
+
+
+def build_call(clips: dict[str, Clip], party_a: list[str], party_b: list[str], seed: int = 0) -> Conversation:
+    """A two-leg call of the given clip ids (legs ``a`` and ``b``), laid out like the set's calls."""
+    return _call([clips[c] for c in party_a], [clips[c] for c in party_b], seed)
 
 
 def _one_leg(turns: list[Clip], seed: int, gap: tuple[float, float]) -> Conversation:
