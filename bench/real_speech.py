@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bench.real_speakers import speaker_figures
 from cloud_trainer.speech_revise import ReviseRule, SpeechReviser
 from edge_agent.speech.pipeline import PipelineConfig, Utterance
 from models.edge_asr import EdgeAsr
@@ -55,6 +56,7 @@ class ScenarioRun:
 
 # Speaker figures (speaker_error_real, der_real_conference, ...) computed from the dev runs.
 SPEAKER_HOOKS: list[Callable[[list[ScenarioRun]], dict[str, float]]] = []
+SPEAKER_HOOKS.append(speaker_figures)  # bench.real_speakers: the runs' utterances through the leg rule
 
 
 def _leg_clip(audio: np.ndarray, start_s: float, end_s: float, pad_s: float) -> tuple[np.ndarray, float, float]:
