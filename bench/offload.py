@@ -55,10 +55,10 @@ from common.device_settings import DeviceProfileSettings
 from common.settings import Settings, load_settings
 from devices.camera import CameraStats, photo_frames, run_camera
 from devices.placer import DevicePlacer
-from edge_agent.cost import request_cost
 from edge_agent.dc_spill import DcSpill
 from edge_agent.vision.service import VisionService
 from inference.vision import build_vision_pipeline
+from placement.cost import request_cost
 from topics import names
 from topics.codec import ContractError
 from topics.vision import VisionResult, decode_result

@@ -129,7 +129,7 @@ async def run_demo(settings: Settings, seconds: float, fps: float = 10.0, show: 
         if node.vision is not None:
             await asyncio.wait_for(node.vision.connected.wait(), 30)
         if node.speech is not None:
-            await asyncio.wait_for(node.speech.ready.wait(), 30)
+            await asyncio.wait_for(node.speech.connected.wait(), 30)
         print(f"demo: mosquitto {broker.url} ({summary.broker_security}), kafka {kafka_broker.bootstrap_servers}; "
               f"edge node up (metrics http://127.0.0.1:{node.health.port}/metrics)", flush=True)
 

@@ -13,7 +13,7 @@ __all__ = ["DeviceProfileSettings"]
 
 
 class DeviceProfileSettings(BaseModel):
-    """What a device's placement policy (``devices/policy.py``) knows about the device itself."""
+    """What a device's placement policy (``placement/device.py``) knows about the device itself."""
 
     compute_slowdown: float = Field(4.0, gt=0, description="device inference time / the edge's measured "
                                     "service time per item (assumption, see docs/offloading.md)")

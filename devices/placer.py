@@ -1,4 +1,4 @@
-"""A camera device's offloading: picks a placement per frame (``devices.policy``) and does the
+"""A camera device's offloading: picks a placement per frame (``placement.device``) and does the
 device's share of the work - face detection for ``crops``, detection + FER for ``local``.
 
 Reads the edge's retained status (``topics.status``) for its load. A frame served on the device
@@ -38,11 +38,11 @@ import cv2
 import numpy as np
 
 from common.device_settings import DeviceProfileSettings
-from devices.policy import POLICIES, EdgeShare, Placement, choose
 from models.artifacts import path_of
 from models.blazeface import BlazeFaceDetector, load_blazeface
 from models.fer_crop import FerCropper
 from models.fer_edge import FerClassifier, load_edge_fer, preprocess_faces
+from placement.device import POLICIES, EdgeShare, Placement, choose
 from topics.codec import ContractError, now_ms
 from topics.offload import decode_frame_return
 from topics.status import EdgeLoad, decode_status

@@ -36,7 +36,7 @@ from common.dc_settings import UpdateSettings
 from common.files import write_private
 from common.kafka_clients import make_consumer
 from common.logs import RateLimitedLog
-from common.retry import Backoff
+from common.retry import Restarter
 from common.settings import KafkaSettings
 from inference.model_slot import Loaded, ModelSlot
 from topics.codec import ContractError, now_ms
@@ -106,7 +106,9 @@ def load_trusted_keys(settings: UpdateSettings) -> dict[str, bytes]:
 
 
 class ModelUpdater:
-    """Applies signed model updates to the edge's model slots."""
+    """Applies signed model updates to the edge's model slots; a component (``run(stop)``)."""
+
+    name = "updates"
 
     def __init__(self, settings: UpdateSettings, kafka: KafkaSettings, node: str,
                  handlers: dict[str, ModelHandler[Any]],
@@ -125,6 +127,12 @@ class ModelUpdater:
         self._changed = asyncio.Condition()
         self.serials: dict[str, int] = self._load_serials()
         self._log = RateLimitedLog(log, interval_s=30.0)  # a replay flood: counted, logged now and then
+
+    def ready(self) -> bool:
+        return True  # following updates is optional to the edge: it serves without Kafka
+
+    def live(self) -> bool:
+        return True
 
     def _load_serials(self) -> dict[str, int]:
         path = self.settings.state_file
@@ -263,9 +271,10 @@ class ModelUpdater:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow the model-updates topic from its start until ``stop`` is set."""
-        retry = Backoff(2.0, 2.0)
-        while not stop.is_set():
-            try:
+        restarter = Restarter("model updates", log, 2.0, 2.0, errors=(KafkaError, OSError))
+
+        async def follow() -> None:
+            while not stop.is_set():
                 consumer = make_consumer(
                     self.kafka, KAFKA_MODEL_UPDATES,
                     client_id=f"{self.kafka.client_id}-updates-{self.node}", group_id=None,
@@ -275,16 +284,13 @@ class ModelUpdater:
                     metadata_max_age_ms=10_000,
                 )
                 await consumer.start()
-            except (KafkaError, OSError) as exc:
-                log.warning("model updates: Kafka unavailable (%s); retrying", exc)
-                await retry.wait(stop)  # fixed period
-                continue
-            try:
-                await self._follow(consumer, stop)
-            except (KafkaError, OSError) as exc:
-                log.warning("model updates: consumer failed (%s: %s); reconnecting", type(exc).__name__, exc)
-            finally:
-                await consumer.stop()
+                restarter.healthy()
+                try:
+                    await self._follow(consumer, stop)
+                finally:
+                    await consumer.stop()
+
+        await restarter.run(follow, stop)
 
     async def _follow(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         stopper = asyncio.ensure_future(stop.wait())
