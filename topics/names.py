@@ -23,6 +23,7 @@ __all__ = [
     "KAFKA_LABELS",
     "KAFKA_SPEECH_REVISIONS",
     "FER_MODEL",
+    "CASE_PROPERTY",
     "ASR_MODEL",
     "check_id",
     "frames",
@@ -51,6 +52,9 @@ KAFKA_HARD_EXAMPLES = "offload.hard-examples"
 KAFKA_MODEL_UPDATES = "offload.model-updates"
 KAFKA_LABELS = "offload.labels"
 KAFKA_SPEECH_REVISIONS = "offload.speech-revisions"  # DC -> edge: re-decoded utterances
+
+# MQTT v5 user property that names the case (warrant) of raw media without an envelope (RTP audio).
+CASE_PROPERTY = "case_id"
 
 # Model names, as they appear in results, hard examples, model updates and settings keys.
 FER_MODEL = "fer-mini-xception"  # the edge facial-expression classifier
