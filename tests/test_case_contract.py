@@ -30,7 +30,8 @@ from topics.vision import (
 
 SEG = TranscriptSegment(conversation="call-7", leg="leg1", utterance=3, seq=5, speaker="S2", start_s=1.0, end_s=2.0,
                         text="roger", confidence=0.9, words=(TranscriptWord("roger", 1.0, 2.0, 0.9),),
-                        model=ModelRef("m", "v"), latency_ms=10.0, revision=1, source="dc", case_id="case-42")
+                        model=ModelRef("m", "v"), latency_ms=10.0, revision=1, source="dc", case_id="case-42",
+                        device="tap-1")
 PART = PartialTranscript(conversation="call-7", leg="leg1", utterance=3, seq=1, speaker="?", provisional=True,
                          text="rog", start_s=1.0, updated_at_ms=5, case_id="case-42")
 

@@ -78,14 +78,14 @@ def opt_field(obj: dict[str, Any], key: str, kind: type[T] | tuple[type, ...], d
     return field(obj, key, kind)
 
 
-def opt_case(obj: dict[str, Any]) -> str | None:
-    """The optional ``case_id`` of a message (absent in older versions: None); an id like a topic level."""
+def opt_case(obj: dict[str, Any], key: str = "case_id") -> str | None:
+    """An optional id field (``case_id``; absent in older versions: None) that must be safe as a topic level."""
     from topics.names import check_id
 
-    case = opt_field(obj, "case_id", str, None)
+    case = opt_field(obj, key, str, None)
     if case is not None:
         try:
-            check_id(case, "case_id")
+            check_id(case, key)
         except ValueError as exc:
             raise ContractError("bad_field", str(exc)) from None
     return case

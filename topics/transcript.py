@@ -16,7 +16,7 @@ decode as revision 0 from the edge.
 
 Cases (segment v3, partial v2): ``case_id`` names the case (warrant) the conversation belongs to, set
 by the field unit's configuration (the audio's MQTT v5 user property :data:`topics.names.CASE_PROPERTY`);
-None: no case. Older versions decode with ``case_id`` None.
+None: no case. ``device`` names the field unit whose audio it is. Older versions decode with both None.
 """
 
 from __future__ import annotations
@@ -86,6 +86,7 @@ class PartialTranscript:
     start_s: float
     updated_at_ms: int
     case_id: str | None = None
+    device: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +110,7 @@ class TranscriptSegment:
     source: str = "edge"
     utterance_start_s: float = 0.0  # the utterance's first sample (conversation clock)
     case_id: str | None = None  # the case (warrant) of the conversation
+    device: str | None = None  # the field unit that sent the audio
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +192,7 @@ def encode_partial(p: PartialTranscript) -> bytes:
         "start_s": round(p.start_s, 3),
         "updated_at_ms": p.updated_at_ms,
         "case_id": _case(p.case_id),
+        "device": _device(p.device),
     })
 
 
@@ -209,6 +212,7 @@ def decode_partial(payload: bytes, max_bytes: int = _MAX_BYTES) -> PartialTransc
         start_s=_finite(obj, "start_s"),
         updated_at_ms=_nonneg_int(obj, "updated_at_ms"),
         case_id=opt_case(obj),
+        device=opt_case(obj, "device"),
     )
 
 
@@ -235,6 +239,7 @@ def encode_segment(s: TranscriptSegment) -> bytes:
         "source": s.source,
         "utterance_start_s": round(s.utterance_start_s, 3),
         "case_id": _case(s.case_id),
+        "device": _device(s.device),
     })
 
 
@@ -287,6 +292,7 @@ def decode_segment(payload: bytes, max_bytes: int = _MAX_BYTES) -> TranscriptSeg
         source=_source(obj) if v2 else "edge",
         utterance_start_s=_finite(obj, "utterance_start_s") if v2 else start,
         case_id=opt_case(obj),
+        device=opt_case(obj, "device"),
     )
 
 
@@ -294,6 +300,12 @@ def _case(case_id: str | None) -> str | None:
     if case_id is not None:
         check_id(case_id, "case_id")
     return case_id
+
+
+def _device(device: str | None) -> str | None:
+    if device is not None:
+        check_id(device, "device")
+    return device
 
 
 def _source(obj: dict[str, Any]) -> str:

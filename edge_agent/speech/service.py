@@ -442,9 +442,10 @@ class SpeechEngine:
         c = self.counters
         for err, _ in out.rejected:
             c.packets_rejected[err.reason] = c.packets_rejected.get(err.reason, 0) + 1
-        if state.case_id is not None:
-            out.partials = [dataclasses.replace(p, case_id=state.case_id) for p in out.partials]
-            out.segments = [dataclasses.replace(s, case_id=state.case_id) for s in out.segments]
+        if out.partials or out.segments:  # who sent the audio, and the case it belongs to
+            device = names.parse_audio(state.topic)[0]
+            out.partials = [dataclasses.replace(p, case_id=state.case_id, device=device) for p in out.partials]
+            out.segments = [dataclasses.replace(s, case_id=state.case_id, device=device) for s in out.segments]
         if out.segments:
             self.segments_by_conversation[state.conversation] = (
                 self.segments_by_conversation.get(state.conversation, 0) + len(out.segments))
