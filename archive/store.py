@@ -33,7 +33,7 @@ from topics.transcript import TranscriptSegment
 from topics.vision import VisionResult
 
 __all__ = ["ALL", "Access", "SegmentRow", "ResultRow", "StatusRow", "AuditRow", "Operator", "SearchQuery",
-           "Store", "SqliteStore", "PostgresStore", "open_store", "fts_words", "DATA_CLASSES"]
+           "Store", "SqliteStore", "PostgresStore", "StoreUnavailable", "open_store", "fts_words", "DATA_CLASSES"]
 
 
 class _All:
@@ -487,12 +487,25 @@ class PostgresStore(Store):
             self._db.close()
 
 
+class StoreUnavailable(OSError):
+    """The store could not be opened (no server, bad credentials, unreadable file)."""
+
+
 def open_store(url: str) -> Store:
-    """``sqlite:///PATH`` (or a plain path) -> :class:`SqliteStore`; ``postgresql://`` -> :class:`PostgresStore`."""
+    """``sqlite:///PATH`` (or a plain path) -> :class:`SqliteStore`; ``postgresql://`` -> :class:`PostgresStore`.
+
+    Raises :class:`StoreUnavailable` (an ``OSError``) when it cannot be opened."""
     if url.startswith(("postgresql://", "postgres://")):
-        return PostgresStore(url)
-    if url.startswith("sqlite:///"):
-        return SqliteStore(url[len("sqlite:///"):])
-    if "://" in url:
+        import psycopg
+
+        try:
+            return PostgresStore(url)
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"PostgreSQL store: {' '.join(str(exc).split())}") from None
+    if "://" in url and not url.startswith("sqlite:///"):
         raise ValueError(f"store URL {url!r}: give sqlite:///PATH or postgresql://user@host/db")
-    return SqliteStore(url)
+    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
+    try:
+        return SqliteStore(path)
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"SQLite store {path}: {exc}") from None

@@ -16,6 +16,11 @@ __all__ = [
     "FRAMES_FILTER",
     "AUDIO_FILTER",
     "RESULTS_FILTER",
+    "VISION_RESULTS_FILTER",
+    "TRANSCRIPT_FILTER",
+    "PARTIAL_FILTER",
+    "EDGE_STATUS_FILTER",
+    "TWIN_UPDATE_FILTER",
     "DEAD_LETTER_FILTER",
     "EDGECORE_FILTERS",
     "KAFKA_HARD_EXAMPLES",
@@ -46,6 +51,11 @@ ROOT = "offload/v1"
 FRAMES_FILTER = f"{ROOT}/frames/+"
 AUDIO_FILTER = f"{ROOT}/audio/+/+/+"
 RESULTS_FILTER = f"{ROOT}/results/#"
+VISION_RESULTS_FILTER = f"{ROOT}/results/vision/+"
+TRANSCRIPT_FILTER = f"{ROOT}/results/transcript/+"
+PARTIAL_FILTER = f"{ROOT}/results/partial/+"
+EDGE_STATUS_FILTER = f"{ROOT}/edge/+/status"
+TWIN_UPDATE_FILTER = "$hw/events/device/+/+/twin/update"  # KubeEdge twin updates (devices report status)
 DEAD_LETTER_FILTER = f"{ROOT}/deadletter/#"
 
 KAFKA_HARD_EXAMPLES = "offload.hard-examples"
