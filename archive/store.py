@@ -32,7 +32,7 @@ from topics.status import EdgeStatus
 from topics.transcript import TranscriptSegment
 from topics.vision import VisionResult
 
-__all__ = ["ALL", "Access", "SegmentRow", "ResultRow", "StatusRow", "AuditRow", "Operator", "SearchQuery",
+__all__ = ["ALL", "Access", "is_all", "SegmentRow", "ResultRow", "StatusRow", "AuditRow", "Operator", "SearchQuery",
            "Store", "SqliteStore", "PostgresStore", "StoreUnavailable", "open_store", "fts_words", "DATA_CLASSES"]
 
 
@@ -45,6 +45,11 @@ class _All:
 
 ALL: Final = _All()
 Access = _All | frozenset[str]
+
+
+def is_all(access: Access) -> bool:
+    """True for :data:`ALL` (every case)."""
+    return isinstance(access, _All)
 DATA_CLASSES = ("transcripts", "face_results", "audio", "status")
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -373,10 +378,17 @@ class Store:
                            "GROUP BY device) ORDER BY device", p)
         return [_result_row(r) for r in rows]
 
-    def inventory(self) -> list[StatusRow]:
-        """The newest status of each edge and device (fleet view; holds no case data)."""
+    def inventory(self, access: Access = ALL) -> list[StatusRow]:
+        """The newest status of each edge, and of each device ``access`` may know of (a device of
+        another case is not shown to an operator: only devices with results or segments of their cases)."""
+        where, params = "1=1", []
+        if not isinstance(access, _All):
+            cases, p = _cases_clause(access)
+            where = (f"(kind = 'edge' OR name IN (SELECT device FROM results WHERE {cases}) "
+                     f"OR name IN (SELECT device FROM segments WHERE {cases} AND device IS NOT NULL))")
+            params = p + p
         rows = self._query("SELECT kind, name, online, at_ms, detail FROM status WHERE id IN "
-                           "(SELECT MAX(id) FROM status GROUP BY kind, name) ORDER BY kind, name")
+                           f"(SELECT MAX(id) FROM status GROUP BY kind, name) AND {where} ORDER BY kind, name", params)
         return [StatusRow(r[0], r[1], bool(r[2]), r[3], json.loads(r[4])) for r in rows]
 
     def audit_log(self, since_ms: int | None = None, operator: str | None = None) -> Iterator[AuditRow]:

@@ -117,10 +117,14 @@ def test_operators_audit_status_and_retention(store: Store) -> None:
     store.put_status("device", "cam-1", True, 1500, {})
     assert [(s.kind, s.name, s.online) for s in store.inventory()] == [("device", "cam-1", True),
                                                                        ("edge", "edge-1", False)]
+    assert [s.name for s in store.inventory(frozenset({"case-b"}))] == ["edge-1"]  # cam-1 has no case-b data
+    store.put_result(_result("cam-1", 9, "case-b"))
+    assert [s.name for s in store.inventory(frozenset({"case-b"}))] == ["cam-1", "edge-1"]
     store.put_segment(_seg(1, "old words"), at_ms=1000)
     store.put_segment(_seg(2, "new words"), at_ms=5000)
     store.put_result(_result("cam-1", 1, "case-a"), at_ms=1000)
     assert store.purge({"transcripts": 2000, "face_results": 2000, "audio": 2000}) == {
         "transcripts": 1, "face_results": 1, "audio": 0}
+    assert store.counts()["results"] == 1  # the newer case-b result stays
     assert [h.text for h in store.search(SearchQuery("words"), ALL)] == ["new words"]  # FTS index follows
     assert len(list(store.audit_log())) == 2
