@@ -86,13 +86,19 @@ vertical-align:top}del{background:#f6c6c6}ins{background:#c6f6c6;text-decoration
 .on{color:#185}.off{color:#a22}form.inline{display:inline}.err{color:#a22}
 """
 
+# The store is the record: a live event only tells a page to reload its fragment from the store.
+# The archive may store a segment a moment after the console hears of it, so a reload that does
+# not show the event's segment revision yet is retried (every 0.5 s, 20 times).
 _JS = """
 (function(){
  const live=document.getElementById('live'); if(!live) return;
  const url=live.dataset.fragment, kinds=(live.dataset.kinds||'').split(',');
- let pending=false;
+ let pending=false, want=null, tries=0;
+ function shown(){ if(!want) return true; const el=document.getElementById(want.id);
+   return el && Number(el.dataset.revision)>=want.rev; }
  function reload(){ if(pending) return; pending=true;
-   fetch(url,{credentials:'same-origin'}).then(r=>r.text()).then(t=>{live.innerHTML=t;pending=false;})
+   fetch(url,{credentials:'same-origin'}).then(r=>r.text()).then(t=>{live.innerHTML=t;pending=false;
+     if(!shown() && tries++<20) setTimeout(reload,500); else {want=null;tries=0;} })
    .catch(()=>{pending=false;}); }
  const es=new EventSource(live.dataset.events);
  es.onmessage=function(m){ const e=JSON.parse(m.data);
@@ -101,7 +107,8 @@ _JS = """
      if(!el){ el=document.createElement('div'); el.id='partial-'+e.leg; el.className='partial'; p.appendChild(el); }
      el.textContent=e.speaker+' ('+e.leg+'): '+e.text+' \u2026'; return; }
    if(kinds.indexOf(e.type)>=0){ if(e.type==='segment'){ const el=document.getElementById('partial-'+e.leg);
-     if(el) el.textContent=''; } reload(); } };
+     if(el) el.textContent=''; if(live.dataset.kinds==='segment' && !live.dataset.fragment.includes('list'))
+       { want={id:'seg-'+e.leg+'-'+e.utterance, rev:e.revision}; tries=0; } } reload(); } };
 })();
 """
 
