@@ -114,3 +114,30 @@ async def test_login_csrf_case_checks_escaping_and_audit(
                        ("ann", "label_denied", "call-b/leg1#0"), ("ann", "view", "conversation:call-b"),
                        ("ann", "label", "call-a/leg1#0")]
     assert all(r.remote == "127.0.0.1" for r in store.audit_log())
+
+
+async def test_tls_option_serves_https_with_secure_cookies(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    import ssl
+
+    from cli.pki import make_pki
+    from common.archive_settings import ArchiveSettings
+
+    pki = make_pki(tmp_path / "pki", ["127.0.0.1"], [])
+    settings = Settings(mqtt=MqttSettings(port=mosquitto.port),
+                        archive=ArchiveSettings(console_cert_file=pki.server_cert, console_key_file=pki.server_key))
+    store = open_store(f"sqlite:///{tmp_path}/c.sqlite3")
+    running = await start_console(settings, store)
+    try:
+        assert running.url.startswith("https://")
+        context = ssl.create_default_context(cafile=str(pki.ca_cert))
+
+        def fetch() -> str:
+            with urllib.request.urlopen(running.url + "/login", context=context, timeout=10) as r:
+                return str(r.headers["set-cookie"])
+
+        assert "secure" in (await asyncio.to_thread(fetch)).lower()
+        with pytest.raises(OSError):  # plain HTTP is not served (URLError, RemoteDisconnected)
+            await asyncio.to_thread(urllib.request.urlopen, running.url.replace("https", "http") + "/login", None, 5)
+    finally:
+        await running.stop()
+        store.close()
