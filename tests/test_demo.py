@@ -37,6 +37,8 @@ async def test_short_demo_summary(settings: Settings, capsys: pytest.CaptureFixt
     assert summary.console_url.startswith("http://127.0.0.1:")
     with open_store(summary.store_url) as store:
         rows = store.search(SearchQuery(case_id="case-demo"), ALL)
+        tiles = store.latest_results(frozenset({"case-demo"}))  # frames carried the case into their results
+    assert [(t.device, t.case_id) for t in tiles] == [("cam-demo", "case-demo")]
     assert len(rows) == summary.transcript_segments
     word = max(rows[0].text.split(), key=len).strip(".,?!")
     capsys.readouterr()
