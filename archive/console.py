@@ -88,7 +88,8 @@ vertical-align:top}del{background:#f6c6c6}ins{background:#c6f6c6;text-decoration
 
 # The store is the record: a live event only tells a page to reload its fragment from the store.
 # The archive may store a segment a moment after the console hears of it, so a reload that does
-# not show the event's segment revision yet is retried (every 0.5 s, 20 times).
+# not show the event's segment revision yet is retried (every 0.5 s, 20 times). Each (re)connection
+# of the event stream reloads once, for what happened between the page's rendering and the stream.
 _JS = """
 (function(){
  const live=document.getElementById('live'); if(!live) return;
@@ -96,11 +97,15 @@ _JS = """
  let pending=false, want=null, tries=0;
  function shown(){ if(!want) return true; const el=document.getElementById(want.id);
    return el && Number(el.dataset.revision)>=want.rev; }
- function reload(){ if(pending) return; pending=true;
+ function reload(){ if(pending) return;
+   const a=document.activeElement;  // an operator typing a correction keeps the form: reload later
+   if(a && a.tagName==='INPUT' && live.contains(a)){ setTimeout(reload,1000); return; }
+   pending=true;
    fetch(url,{credentials:'same-origin'}).then(r=>r.text()).then(t=>{live.innerHTML=t;pending=false;
      if(!shown() && tries++<20) setTimeout(reload,500); else {want=null;tries=0;} })
    .catch(()=>{pending=false;}); }
  const es=new EventSource(live.dataset.events);
+ es.onopen=function(){ reload(); };  // (re)connected: catch up on what happened while not listening
  es.onmessage=function(m){ const e=JSON.parse(m.data);
    if(e.type==='partial'){ const p=document.getElementById('partials'); if(!p) return;
      let el=document.getElementById('partial-'+e.leg);
@@ -163,6 +168,10 @@ class Console:
         finally:
             self._stop.set()
             await asyncio.wait_for(task, 10)
+
+    def close(self) -> None:
+        """Stop the live feed and end every event stream."""
+        self._stop.set()
 
     # -- helpers ---------------------------------------------------------------------------------
     async def _audit(self, request: Request, who: str, action: str, target: str = "", detail: str = "") -> None:
@@ -454,16 +463,19 @@ class Console:
         viewer = self.hub.join(session.access, request.query_params.get("conversation"))
 
         async def stream() -> AsyncIterator[bytes]:
+            stopping = asyncio.ensure_future(self._stop.wait())
             try:
                 yield b": live\n\n"
                 while not self._stop.is_set():
-                    try:
-                        event = await asyncio.wait_for(viewer.queue.get(), 15.0)
-                    except TimeoutError:
+                    get = asyncio.ensure_future(viewer.queue.get())
+                    await asyncio.wait({get, stopping}, timeout=15.0, return_when=asyncio.FIRST_COMPLETED)
+                    if not get.done():
+                        get.cancel()
                         yield b": keepalive\n\n"
                         continue
-                    yield f"data: {json.dumps(event)}\n\n".encode()
+                    yield f"data: {json.dumps(get.result())}\n\n".encode()
             finally:
+                stopping.cancel()
                 self.hub.leave(viewer)
 
         return StreamingResponse(stream(), media_type="text/event-stream",
@@ -488,6 +500,7 @@ class RunningConsole:
     task: asyncio.Task[None]
 
     async def stop(self) -> None:
+        self.console.close()  # ends the event streams, so that open pages do not hold the shutdown
         self.server.should_exit = True
         await asyncio.wait_for(self.task, 15)
 
@@ -497,7 +510,7 @@ def _uvicorn_config(app: Any, settings: Settings, host: str, port: int) -> Any:
 
     a = settings.archive
     tls = a.console_cert_file is not None and a.console_key_file is not None
-    return uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on",
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=5,
                           ssl_certfile=str(a.console_cert_file) if tls else None,
                           ssl_keyfile=str(a.console_key_file) if tls else None)
 

@@ -48,16 +48,17 @@ from typing import Any
 import aiomqtt
 import numpy as np
 
+from bench.record import add_record_flag, finish, start
 from cli.brokers import MosquittoBroker, TansuBroker
 from cloud_trainer.dc_inference import DcInferenceWorker
 from common.device_settings import DeviceProfileSettings
 from common.settings import Settings, load_settings
 from devices.camera import CameraStats, photo_frames, run_camera
 from devices.placer import DevicePlacer
-from edge_agent.cost import request_cost
 from edge_agent.dc_spill import DcSpill
 from edge_agent.vision.service import VisionService
 from inference.vision import build_vision_pipeline
+from placement.cost import request_cost
 from topics import names
 from topics.codec import ContractError
 from topics.vision import VisionResult, decode_result
@@ -358,9 +359,13 @@ def main(argv: list[str] | None = None) -> int:
         help="offload.margin_ms: slack for what the edge's prediction leaves out (MQTT transit)",
     )
     p.add_argument("--dump-misses", type=Path, default=None, help="write every missed frame (JSON) to this file")
+    add_record_flag(p)
     args = p.parse_args(argv)
+    run = start("bench.offload", argv) if args.record else None
     result = asyncio.run(bench(args))
     print(json.dumps(result, indent=2))
+    if run is not None:
+        finish(run, result, args.record)
     return 0
 
 

@@ -37,6 +37,7 @@ import time
 import numpy as np
 
 from bench.heldout_speech import ESPEAK_VOICES, HELDOUT, PIPER, build_heldout_call, check_heldout
+from bench.record import add_record_flag, finish, start
 from cloud_trainer.speech_revise import SpeechReviser
 from common.settings import load_settings
 from devices.audio import packetize
@@ -207,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--mine-below", type=float, default=0.75, help="segments below this confidence go to the DC")
     ap.add_argument("--quick", action="store_true", help="fewer sentences, capacity trials at 4 streams only")
+    add_record_flag(ap)
     args = ap.parse_args(argv)
+    run = start("bench.speech", argv) if args.record else None
 
     import torch
 
@@ -295,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     })
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     edge.close()
+    if run is not None:
+        finish(run, result, args.record)
     return 0
 
 

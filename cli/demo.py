@@ -1,12 +1,17 @@
 """``edge-offload demo``: the whole pipeline on this machine, on embedded defaults.
 
 Starts a real Mosquitto and a Kafka-protocol broker (Tansu) on free ports, the DC trainer
-and an edge node (vision + speech + hard-example mining + model updates). A camera
-publishes the real photos; a field unit streams a two-voice radio conversation
-(espeak-ng, G.711 over RTP, 2 % packet loss); an operator follows the result topics; hard
-examples travel over Kafka into the trainer's sample store. The archive stores every result
-in a store that outlives the demo (``store_url``), and the operator console serves it
-(``console_url``). Prints readable result lines and ends with one JSON summary line.
+and an edge node (vision + speech + hard-example mining + model updates). The Mosquitto runs the
+production EventBus configuration (:class:`cli.brokers.SecureMosquitto`): TLS, a password per user
+and the shipped ACL file; each party logs in as its own user (``edge-agent``, ``operator``, the
+device ids). A camera publishes the real photos under policy ``auto`` (it places each frame on
+the edge or on itself from the edge's published load); a field unit streams a two-voice radio
+conversation (espeak-ng, G.711 over RTP, 2 % packet loss); an operator follows the result topics;
+hard examples travel over Kafka into the trainer's sample store. The archive (broker user
+``archive``) stores every result in a store that outlives the demo (``store_url``), and the
+operator console serves it (``console_url``). Prints readable result lines
+and ends with one JSON summary line (``broker_security``: ``tls+acl``, or ``none`` with
+``secure=False``).
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from archive.console import RunningConsole
-from cli.brokers import MosquittoBroker, TansuBroker
+from cli.brokers import MosquittoBroker, SecureMosquitto, TansuBroker
 from cli.tail import format_line
 from cloud_trainer.service import Trainer
 from common.settings import EdgeSettings, KafkaSettings, MqttSettings, Settings
 from devices.audio import Impairments, LegSource, stream_audio
 from devices.camera import photo_frames, run_camera
+from devices.placer import DevicePlacer
 from edge_agent.app import EdgeNode
 from edge_agent.mqtt import make_client
 from topics import names
@@ -97,6 +103,8 @@ class _Archive:
 class DemoSummary:
     frames_sent: int = 0
     results: int = 0
+    served_by: dict[str, int] = field(default_factory=dict)  # edge / device / none (shed)
+    placements: dict[str, int] = field(default_factory=dict)  # the camera's auto choices
     faces: int = 0
     labels: dict[str, int] = field(default_factory=dict)
     errors: int = 0
@@ -109,6 +117,7 @@ class DemoSummary:
     hard_examples_sent: int = 0
     dc_samples_stored: int = 0
     serving_versions: dict[str, str] = field(default_factory=dict)
+    broker_security: str = "tls+acl"
     store_url: str = ""
     stored_segments: int = 0
     stored_results: int = 0
@@ -128,22 +137,32 @@ def _conversation(seconds: float) -> tuple[list[str], dict[str, np.ndarray]]:
     return [t.text for t in conv.turns], {leg: to_8k_int16(a) for leg, a in conv.legs.items()}
 
 
-async def run_demo(settings: Settings, seconds: float, fps: float = 10.0, show: int = 4) -> DemoSummary:
-    """Run vision and speech end to end for about ``seconds`` and summarise what came out."""
+async def run_demo(settings: Settings, seconds: float, fps: float = 10.0, show: int = 4,
+                   secure: bool = True) -> DemoSummary:
+    """Run vision and speech end to end for about ``seconds`` and summarise what came out.
+    ``secure=False``: an anonymous plain-TCP Mosquitto instead of the production configuration."""
     from sim.scoring import wer
     from sim.speech_corpus import SENTENCES, espeak_available
 
-    summary = DemoSummary()
+    summary = DemoSummary(broker_security=SecureMosquitto.security if secure else "none")
     latencies: list[float] = []
     labels: Counter[str] = Counter()
+    served_by: Counter[str] = Counter()
     segments = []
     t0 = time.monotonic()
-    with MosquittoBroker() as broker, TansuBroker() as kafka_broker, tempfile.TemporaryDirectory() as tmp:
+    broker = SecureMosquitto(devices=(CAMERA, FIELD_UNIT)) if secure else MosquittoBroker()
+
+    def login(user: str, client_id: str) -> MqttSettings:
+        if isinstance(broker, SecureMosquitto):
+            return broker.login(user, client_id=client_id)
+        return MqttSettings(host="127.0.0.1", port=broker.port, client_id=client_id)
+
+    with broker, TansuBroker() as kafka_broker, tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         corpus = work / "radio-corpus.txt"
         corpus.write_text("\n".join(SENTENCES) + "\n")
         s = settings.model_copy(deep=True, update={
-            "mqtt": MqttSettings(host="127.0.0.1", port=broker.port, client_id="demo-edge-agent"),
+            "mqtt": login("edge-agent", "demo-edge-agent"),
             "kafka": KafkaSettings(bootstrap_servers=kafka_broker.bootstrap_servers),
             "edge": EdgeSettings(node_name="demo-edge", http_host="127.0.0.1", http_port=0,
                                  speech=espeak_available()),
@@ -165,18 +184,20 @@ async def run_demo(settings: Settings, seconds: float, fps: float = 10.0, show: 
         if node.vision is not None:
             await asyncio.wait_for(node.vision.connected.wait(), 30)
         if node.speech is not None:
-            await asyncio.wait_for(node.speech.ready.wait(), 30)
-        print(f"demo: mosquitto 127.0.0.1:{broker.port}, kafka {kafka_broker.bootstrap_servers}; "
+            await asyncio.wait_for(node.speech.connected.wait(), 30)
+        print(f"demo: mosquitto {broker.url} ({summary.broker_security}), kafka {kafka_broker.bootstrap_servers}; "
               f"edge node up (metrics http://127.0.0.1:{node.health.port}/metrics)", flush=True)
-        archive = _Archive(s)
-        await archive.start(s)
+        s_archive = s.model_copy(update={"mqtt": login("archive", "demo-archive")})
+        archive = _Archive(s_archive)
+        await archive.start(s_archive)
 
         script: list[str] = []
         legs: dict[str, np.ndarray] = {}
         if node.speech is not None:
             script, legs = await asyncio.to_thread(_conversation, seconds)
             summary.speech_turns_sent = len(script)
-        operator = make_client(s.mqtt, client_id="demo-operator", persistent=False, manual_ack=False)
+        operator = make_client(login("operator", "demo-operator"), persistent=False, manual_ack=False)
+        placer = DevicePlacer("auto", s.device_profile, s.cache_dir, CAMERA)
         images = photo_frames(s.cache_dir)
         loop = asyncio.get_running_loop()
         async with operator:
@@ -184,13 +205,16 @@ async def run_demo(settings: Settings, seconds: float, fps: float = 10.0, show: 
                           names.transcript(CONVERSATION)):
                 await operator.subscribe(topic, qos=1)
             camera = loop.run_in_executor(None, lambda: run_camera(
-                "127.0.0.1", broker.port, CAMERA, images, fps=fps, seconds=seconds, security=s.mqtt, case_id=CASE))
+                "127.0.0.1", broker.port, CAMERA, images, fps=fps, seconds=seconds,
+                security=login(CAMERA, f"camera-{CAMERA}"), placer=placer, edge_node=s.edge.node_name,
+                case_id=CASE))
             field_unit = None
             if legs:
                 sources = [LegSource(name=leg, samples=audio) for leg, audio in legs.items()]
                 field_unit = loop.run_in_executor(None, lambda: stream_audio(
                     "127.0.0.1", broker.port, device=FIELD_UNIT, conversation=CONVERSATION, legs=sources,
-                    speed=1.0, impairments=Impairments(loss=0.02), seed=1, security=s.mqtt, case_id=CASE))
+                    speed=1.0, impairments=Impairments(loss=0.02), seed=1,
+                    security=login(FIELD_UNIT, f"audio-{FIELD_UNIT}"), case_id=CASE))
             conversation_done = (asyncio.ensure_future(node.speech.engine.conversation_closed())
                                  if node.speech is not None and node.speech.engine is not None else None)
             shown = Counter[str]()
@@ -209,6 +233,7 @@ async def run_demo(settings: Settings, seconds: float, fps: float = 10.0, show: 
                     else:
                         result = decode_result(payload)
                         summary.results += 1
+                        served_by[result.served_by] += 1
                         summary.faces += len(result.faces)
                         labels.update(f.label for f in result.faces)
                         latencies.append(time.time() * 1000 - result.captured_at_ms)
@@ -230,6 +255,7 @@ async def run_demo(settings: Settings, seconds: float, fps: float = 10.0, show: 
             reader = asyncio.create_task(read())
             stats = await camera
             summary.frames_sent = stats.frames_sent
+            summary.placements = dict(placer.stats.placements)
             try:
                 if field_unit is not None and conversation_done is not None:
                     await field_unit
@@ -265,6 +291,7 @@ async def run_demo(settings: Settings, seconds: float, fps: float = 10.0, show: 
         await trainer_task
     summary.seconds = round(time.monotonic() - t0, 2)
     summary.labels = dict(labels.most_common())
+    summary.served_by = dict(served_by.most_common())
     if latencies:
         summary.p50_ms = round(float(np.percentile(latencies, 50)), 2)
         summary.p99_ms = round(float(np.percentile(latencies, 99)), 2)

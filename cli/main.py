@@ -48,7 +48,8 @@ def _edge(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from cli.demo import run_demo
 
-    summary = asyncio.run(run_demo(load_settings(), seconds=args.seconds, fps=args.fps))
+    summary = asyncio.run(run_demo(load_settings(), seconds=args.seconds, fps=args.fps,
+                                   secure=not args.insecure_broker))
     print(summary.as_json(), flush=True)
     return 0
 
@@ -70,10 +71,10 @@ def _tail(args: argparse.Namespace) -> int:
 
 
 def _config_reference(args: argparse.Namespace) -> int:
-    """Every setting as a Markdown table (the README's settings reference)."""
-    from common.settings import reference_table
+    """The settings reference page, docs/settings.md: how settings are read and every setting."""
+    from common.settings_reference import render_page
 
-    print(reference_table())
+    sys.stdout.write(render_page())
     return 0
 
 
@@ -126,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     csub = p.add_subparsers(dest="config_command", required=True)
     csub.add_parser("show", help="effective settings as JSON (env > --config file > defaults)").set_defaults(
         func=_config_show)
-    csub.add_parser("reference", help="every setting as a Markdown table").set_defaults(func=_config_reference)
+    csub.add_parser("reference", help="the settings reference page, docs/settings.md (Markdown)").set_defaults(
+        func=_config_reference)
     p = sub.add_parser("health", help="exit 0 if the local edge agent's /healthz answers (container healthcheck)")
     p.add_argument("--path", default="/healthz", choices=("/healthz", "/readyz"))
     p.add_argument("--timeout", type=float, default=5.0)
@@ -147,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the whole pipeline locally and print a JSON summary")
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--fps", type=float, default=10.0)
+    p.add_argument("--insecure-broker", action="store_true",
+                   help="an anonymous plain-TCP Mosquitto instead of the production one (TLS, passwords, ACL)")
     p.set_defaults(func=_demo)
     p = sub.add_parser("device", help="device simulators: camera | audio (see `device KIND --help`)",
                        add_help=False)

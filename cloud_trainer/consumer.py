@@ -21,7 +21,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from cloud_trainer.store import SampleStore
 from common.kafka_admin import ensure_topics
 from common.kafka_clients import make_consumer
-from common.retry import Backoff
+from common.retry import Restarter
 from common.settings import KafkaSettings
 from topics.codec import ContractError
 from topics.dc import MAX_HARD_EXAMPLE_BYTES, HardExample, Label, decode_hard_example, decode_label
@@ -139,23 +139,25 @@ class SampleConsumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; reconnects and rebuilds itself on failures."""
-        retry = Backoff(1.0, 1.0)
-        while not stop.is_set():
+        def counted(_: BaseException) -> None:
+            self.stats.restarts += 1
+
+        # Kafka, network or store trouble: rebuild, never crash
+        restarter = Restarter("trainer consumer", log, 1.0, 1.0, on_restart=counted)
+
+        async def consume() -> None:
             consumer: AIOKafkaConsumer | None = None
             try:
                 await ensure_topics(self.kafka, [KAFKA_HARD_EXAMPLES, KAFKA_LABELS])
                 consumer = self._consumer()
                 await consumer.start()
+                restarter.healthy()
                 await self._consume(consumer, stop)
-            except Exception as exc:  # Kafka, network or store trouble: rebuild, never crash
-                if stop.is_set():
-                    break
-                self.stats.restarts += 1
-                log.warning("trainer consumer: %s: %s; restarting", type(exc).__name__, exc)
-                await retry.wait(stop)  # fixed period
             finally:
                 if consumer is not None:
                     try:
                         await asyncio.wait_for(consumer.stop(), 5.0)
                     except (TimeoutError, KafkaError, OSError):
                         log.debug("consumer did not stop cleanly", exc_info=True)
+
+        await restarter.run(consume, stop)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from common.kafka_admin import ensure_topics
 from common.kafka_clients import make_consumer, make_producer
-from common.retry import Backoff
+from common.retry import Restarter
 from common.runtime import freeze_loaded_objects
 from common.settings import KafkaSettings, Settings
 from inference.vision import FrameJob, VisionPipeline
@@ -85,8 +85,12 @@ class DcInferenceWorker:
         return replies
 
     async def run(self, stop: asyncio.Event) -> None:
-        retry = Backoff(1.0, 1.0)
-        while not stop.is_set():
+        def counted(_: BaseException) -> None:
+            self.stats.restarts += 1
+
+        restarter = Restarter(f"dc worker {self.worker_id}", log, 1.0, 1.0, on_restart=counted)
+
+        async def serve() -> None:
             consumer = producer = None
             try:
                 await ensure_topics(self.kafka, [KAFKA_DC_FRAMES], partitions=self.partitions)
@@ -104,6 +108,7 @@ class DcInferenceWorker:
                 while not stop.is_set():
                     batch = await consumer.getmany(timeout_ms=200, max_records=self.max_batch)
                     self.ready.set()
+                    restarter.healthy()
                     records = [r for rs in batch.values() for r in rs]
                     if not records:
                         continue
@@ -120,12 +125,6 @@ class DcInferenceWorker:
                         await fut  # acks=all before the offsets move
                     await asyncio.wait_for(consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items() if rs}),
                                            30.0)
-            except Exception as exc:
-                if stop.is_set():
-                    break
-                self.stats.restarts += 1
-                log.warning("dc worker %s: %s: %s; restarting", self.worker_id, type(exc).__name__, exc)
-                await retry.wait(stop)
             finally:
                 for client in (consumer, producer):
                     if client is not None:
@@ -133,6 +132,8 @@ class DcInferenceWorker:
                             await asyncio.wait_for(client.stop(), 5.0)
                         except Exception as exc:
                             log.debug("dc worker %s: closing a Kafka client: %s", self.worker_id, exc)
+
+        await restarter.run(serve, stop)
 
     def _decode(self, value: bytes | None) -> DcRequest | ContractError:
         try:

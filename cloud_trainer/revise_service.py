@@ -26,7 +26,7 @@ from cloud_trainer.asr_adapt import pcm_to_float
 from cloud_trainer.speech_revise import SpeechReviser
 from common.kafka_admin import ensure_topics
 from common.kafka_clients import make_consumer, make_producer
-from common.retry import Backoff
+from common.retry import Restarter
 from common.settings import KafkaSettings
 from models.whisper_asr import AsrResult
 from topics.codec import ContractError, now_ms
@@ -145,8 +145,12 @@ class RevisionService:
                               created_at_ms=label.labelled_at_ms)
 
     async def run(self, stop: asyncio.Event) -> None:
-        retry = Backoff(1.0, 1.0)
-        while not stop.is_set():
+        def counted(_: BaseException) -> None:
+            self.stats.restarts += 1
+
+        restarter = Restarter("reviser", log, 1.0, 1.0, on_restart=counted)  # Kafka trouble: rebuild, never crash
+
+        async def revise() -> None:
             consumer = producer = None
             try:
                 await ensure_topics(self.kafka, [KAFKA_HARD_EXAMPLES, KAFKA_LABELS, KAFKA_SPEECH_REVISIONS])
@@ -159,6 +163,7 @@ class RevisionService:
                     enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=16,
                     max_partition_fetch_bytes=MAX_HARD_EXAMPLE_BYTES + (64 << 10), metadata_max_age_ms=5000)
                 await consumer.start()
+                restarter.healthy()
                 while not stop.is_set():
                     batch = await consumer.getmany(timeout_ms=500)
                     records = [r for rs in batch.values() for r in rs]
@@ -167,12 +172,6 @@ class RevisionService:
                     await self._batch(producer, [(r.topic, r.value) for r in records])
                     offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items() if rs}
                     await asyncio.wait_for(consumer.commit(offsets), self.commit_timeout_s)
-            except Exception as exc:  # Kafka trouble: rebuild, never crash
-                if stop.is_set():
-                    break
-                self.stats.restarts += 1
-                log.warning("reviser: %s: %s; restarting", type(exc).__name__, exc)
-                await retry.wait(stop)  # fixed period
             finally:
                 for client in (consumer, producer):
                     if client is not None:
@@ -180,3 +179,5 @@ class RevisionService:
                             await asyncio.wait_for(client.stop(), 5.0)
                         except Exception:
                             pass
+
+        await restarter.run(revise, stop)

@@ -26,7 +26,7 @@ from cloud_trainer.rounds import AsrRound, FerRound, ModelRound
 from cloud_trainer.serve import ArtifactServer
 from cloud_trainer.speech_revise import SpeechReviser
 from cloud_trainer.store import SampleStore, open_store
-from common.retry import Backoff
+from common.retry import Restarter
 from common.settings import KafkaSettings, Settings
 from common.trainer_settings import TrainerSettings
 
@@ -273,15 +273,14 @@ class Trainer:
             self.registry.close()
 
     async def _start_publisher(self, stop: asyncio.Event) -> None:
-        retry = Backoff(2.0, 2.0)
-        while not stop.is_set():
+        async def start() -> None:
             try:
                 await self.publisher.start()
-                return
-            except Exception as exc:
-                log.warning("trainer: Kafka unavailable for announcements (%s); retrying", exc)
+            except Exception:
                 await self.publisher.stop()
-                await retry.wait(stop)  # fixed period
+                raise
+
+        await Restarter("trainer: Kafka for announcements", log, 2.0, 2.0).run(start, stop)
 
 
 async def run_trainer(settings: Settings, stop: asyncio.Event) -> None:

@@ -1,6 +1,6 @@
 """The device profile: compute speed, energy and link of a camera device (``[device_profile]``).
 
-Defaults describe a Raspberry-Pi-4-class camera on Wi-Fi; sources in README "Offloading".
+Defaults describe a Raspberry-Pi-4-class camera on Wi-Fi; sources in docs/offloading.md.
 The compute times are ASSUMPTIONS (a Cortex-A72 core is taken as ``compute_slowdown`` times
 slower than the edge's measured per-item service time) until measured on a real device.
 """
@@ -13,15 +13,15 @@ __all__ = ["DeviceProfileSettings"]
 
 
 class DeviceProfileSettings(BaseModel):
-    """What a device's placement policy (``devices/policy.py``) knows about the device itself."""
+    """What a device's placement policy (``placement/device.py``) knows about the device itself."""
 
     compute_slowdown: float = Field(4.0, gt=0, description="device inference time / the edge's measured "
-                                    "service time per item (assumption, see README)")
+                                    "service time per item (assumption, see docs/offloading.md)")
     detect_ms: float = Field(60.0, gt=0, description="device: face detection of one frame, ms, until the "
                              "edge's service time is known (assumption)")
     fer_ms: float = Field(15.0, gt=0, description="device: FER of one face crop, ms (assumption)")
     active_power_w: float = Field(6.4, gt=0, description="device power while computing, W (Raspberry Pi 4 "
-                                  "under full CPU load, see README)")
+                                  "under full CPU load, see docs/offloading.md)")
     radio_j_per_byte: float = Field(0.007 / 1024, gt=0, description="Wi-Fi transfer energy, J/byte "
                                     "(0.007 J/KB, Balasubramanian et al., IMC 2009)")
     uplink_bps: float = Field(20e6, gt=0, description="device uplink bandwidth, bit/s")
@@ -32,7 +32,7 @@ class DeviceProfileSettings(BaseModel):
     max_edge_overflow: float = Field(0.05, ge=0, le=1, description="auto: an edge that turned away more "
                                      "than this fraction of recent requests is not sent frames")
     parallelism: int = Field(4, ge=1, description="frames the device computes at once (its cores: a "
-                             "Raspberry Pi 4 has 4 Cortex-A72 cores, see README)")
+                             "Raspberry Pi 4 has 4 Cortex-A72 cores, see docs/offloading.md)")
     edge_room: float = Field(0.5, gt=0, le=1, description="auto: the edge share grows only while the edge's "
                              "published queue delay + service is below this fraction of the deadline "
                              "and it turned nothing away")
@@ -42,3 +42,6 @@ class DeviceProfileSettings(BaseModel):
                                 description="the case (warrant) this device's frames and calls belong to "
                                 "(travels in the frame envelope / the audio's MQTT user property)")
     status_max_age_s: float = Field(5.0, gt=0, description="an edge status older than this counts as unknown")
+    status_wait_s: float = Field(3.0, ge=0, description="how long a device waits for its edge's first status "
+                                 "before it says so; `auto` then serves frames on the device until one arrives "
+                                 "(an edge that is down, or an ACL that withholds the status)")

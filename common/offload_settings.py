@@ -37,7 +37,7 @@ class OffloadSettings(BaseModel):
                                "workers that share the load")
     dc_max_batch: int = Field(16, ge=1, description="frames one DC worker serves in one batch")
 
-    # cost model (edge_agent/cost.py): prices are knobs, not measurements
+    # cost model (placement/cost.py): prices are knobs, not measurements
     edge_cost_per_s: float = Field(0.0000139, ge=0, description="cost of one second of the edge's worker "
                                    "(a 2-vCPU node at ~0.05/h)")
     dc_gpu_cost_per_s: float = Field(0.00083, ge=0, description="cost of one DC GPU second (~3/h for a "

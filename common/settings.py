@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -97,6 +97,18 @@ class KafkaSettings(BaseModel):
     sasl_password: SecretStr | None = Field(None, description="never logged")
 
 
+class FerCropSettings(BaseModel):
+    """How a detector box becomes the crop the FER network classifies (``models.fer_crop``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    refine: bool = Field(True, description="re-find the face with fer's own Haar cascade near the box and crop "
+                         "exactly as fer does (about 10-25 ms CPU per face); else the calibrated geometry")
+    scale: float = Field(1.265, gt=0, description="calibrated crop side / detector box side")
+    dx: float = Field(0.013, description="calibrated crop centre shift right, in box sides")
+    dy: float = Field(-0.06, description="calibrated crop centre shift down, in box sides (negative: up)")
+
+
 class VisionSettings(BaseModel):
     """Face detection + facial-expression recognition on camera frames."""
 
@@ -114,6 +126,7 @@ class VisionSettings(BaseModel):
     detect_min_neighbors: int = Field(5, ge=0)
     min_face_px: int = Field(36, ge=8, description="smallest face side in full-resolution pixels")
     max_faces: int = Field(16, ge=1)
+    fer_crop: FerCropSettings = Field(default_factory=FerCropSettings)
     preprocess_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1,
                                     description="frames of one batch decoded + searched in parallel")
     cv_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1,
@@ -145,7 +158,7 @@ class SpeechServiceConfig(BaseModel):
     segment_qos: int = Field(1, ge=0, le=1)
     asr_final_model: Literal["whisper_tiny_en", "whisper_base"] = Field(
         "whisper_base", description="Whisper weights of final segments (pinned artifact folder): the most "
-        "accurate that keeps 4 legs real time on 2 cores (README, bench.speech)")
+        "accurate that keeps 4 legs real time on 2 cores (docs/speech.md, bench.speech)")
     asr_partial_model: Literal["whisper_tiny_en", "whisper_base"] | None = Field(
         "whisper_tiny_en", description="Whisper weights of partials; None: the final model")
     asr_device: Literal["auto", "cpu", "cuda"] = Field(
@@ -168,7 +181,7 @@ class SpeechServiceConfig(BaseModel):
 
 
 class DeliverySettings(BaseModel):
-    """Delivery guarantees of the edge agent under faults (see README "Delivery guarantees")."""
+    """Delivery guarantees of the edge agent under faults (see docs/delivery.md)."""
 
     publish_deadline_s: float = Field(60.0, gt=0, description="longest wait for a result's PUBACK before "
                                       "the session is declared stuck and reconnected (inputs redelivered)")
@@ -300,7 +313,7 @@ def reference(model: type[BaseModel] | None = None, prefix: str = "") -> list[tu
 
 
 def reference_table() -> str:
-    """:func:`reference` as the Markdown table the README carries (a test keeps them equal)."""
+    """:func:`reference` as a Markdown table (the body of docs/settings.md, see common.settings_reference)."""
     lines = ["| variable | type | default | meaning |", "| --- | --- | --- | --- |"]
     for env, type_name, default, doc in reference():
         lines.append(f"| `{env}` | {type_name} | `{default}` | {doc} |".replace("`unset`", "unset"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from scipy.io import wavfile
 
 from common.mqtt_security import configure_paho
 from common.settings import MqttSettings
+from devices.acks import AckWatch, PublishRefused
 from devices.pcap import PcapRecord, read_pcap, write_pcap
 from topics import g711, names
 from topics.rtp import (
@@ -263,7 +265,8 @@ def stream_audio(host: str, port: int, *, device: str, conversation: str, legs: 
                  case_id: str | None = None) -> StreamReport:
     """Publish every leg's RTP packets on ``names.audio(device, conversation, leg)``, all legs
     interleaved on one connection. ``speed``: 1 = real time, 2 = twice as fast, 0 = no pacing.
-    Returns once every message is handed to the broker (QoS 1: acknowledged).
+    Returns once every message is handed to the broker (QoS 1: acknowledged); raises
+    :class:`~devices.acks.PublishRefused` when the broker refuses one (e.g. PUBACK 0x87: the ACL).
     ``security``: TLS and credentials (its host and port are not used). ``case_id``: the case (warrant)
     of the call, sent as the MQTT v5 user property ``names.CASE_PROPERTY`` of every packet."""
     if qos not in (0, 1):
@@ -315,6 +318,7 @@ def stream_audio(host: str, port: int, *, device: str, conversation: str, legs: 
     client.on_connect = on_connect
     if security is not None:
         configure_paho(client, security)
+    acks = AckWatch(client, security.username if security is not None else None)
     client.connect(host, port, keepalive=30)
     client.loop_start()
     try:
@@ -326,6 +330,7 @@ def stream_audio(host: str, port: int, *, device: str, conversation: str, legs: 
         for at, _, topic, data in timeline:
             if stop is not None and stop.is_set():
                 break
+            acks.check()
             if speed > 0:
                 delay = t0 + at / speed - time.monotonic()
                 if delay > 0:
@@ -333,10 +338,11 @@ def stream_audio(host: str, port: int, *, device: str, conversation: str, legs: 
                         stop.wait(delay)
                     else:
                         time.sleep(delay)  # pacing the media clock
-            infos.append(client.publish(topic, data, qos=qos, properties=props))
+            infos.append(acks.publish(topic, data, qos=qos, properties=props))
             by_topic[topic].sent += 1
         for info in infos:
             info.wait_for_publish(timeout=30)
+        acks.check()
         report.seconds = time.monotonic() - t0
     finally:
         client.disconnect()
@@ -388,11 +394,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error("give --leg NAME=WAV (one or more) or --pcap FILE")
     legs = pcap_legs(args.pcap) if args.pcap else [wav_leg(n, path, off) for n, path, off in args.leg]
     conversation = args.conversation or f"call-{random.Random(args.seed).getrandbits(32):08x}"
-    report = stream_audio(
-        args.host, args.port, device=args.device, conversation=conversation, legs=legs, codec=args.codec,
-        speed=args.speed, seed=args.seed, qos=args.qos, ntp=not args.no_ntp, dtx_dbfs=args.dtx_dbfs,
-        impairments=Impairments(loss=args.loss, reorder=args.reorder, reorder_max=args.reorder_max,
-                                jitter_ms=args.jitter_ms), security=settings.mqtt,
-        case_id=args.case)
+    try:
+        report = stream_audio(
+            args.host, args.port, device=args.device, conversation=conversation, legs=legs, codec=args.codec,
+            speed=args.speed, seed=args.seed, qos=args.qos, ntp=not args.no_ntp, dtx_dbfs=args.dtx_dbfs,
+            impairments=Impairments(loss=args.loss, reorder=args.reorder, reorder_max=args.reorder_max,
+                                    jitter_ms=args.jitter_ms), security=settings.mqtt,
+            case_id=args.case)
+    except PublishRefused as exc:
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
+        return 1
     print(report.as_json(), flush=True)
     return 0

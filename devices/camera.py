@@ -23,6 +23,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from common.mqtt_security import configure_paho
 from common.settings import MqttSettings
+from devices.acks import AckWatch, PublishRefused
 from devices.placer import DevicePlacer, Prepared
 from models.artifacts import path_of
 from topics import names
@@ -152,9 +153,11 @@ def run_camera(
 
     ``security``: TLS and credentials (its host and port are not used). Raises
     :class:`ConnectRefused` when the broker refuses the connection (e.g. not authorised)
-    or sends no CONNACK within ``connect_timeout_s``. ``placer``: offloading policy (``devices.placer``):
-    frames carry its deadline, each is sent whole, as crops, or served on the device and reported;
-    it reads the load of ``edge_node`` from that edge's retained status."""
+    or sends no CONNACK within ``connect_timeout_s``, and :class:`~devices.acks.PublishRefused` when it
+    refuses a publish (PUBACK >= 0x80, e.g. 0x87: the ACL denies the topic; QoS 1 only).
+    ``placer``: offloading policy (``devices.placer``): frames carry its deadline, each is sent whole,
+    as crops, or served on the device and reported; it reads the load of ``edge_node`` from that edge's
+    retained status, waiting up to the profile's ``status_wait_s`` for the first one before it starts."""
     if not images:
         raise ValueError("no images to send")
     if count is None and seconds is None:
@@ -167,6 +170,7 @@ def run_camera(
     client.max_queued_messages_set(0)
     if security is not None:
         configure_paho(client, security)
+    acks = AckWatch(client, security.username if security is not None else None)
     connack: list[ReasonCode] = []
     answered = threading.Event()
 
@@ -196,11 +200,13 @@ def run_camera(
                     placer.submit(back, "local", deliver)  # the edge handed it back: serve it here
 
             client.on_message = on_message
-            client.subscribe(names.edge_status(edge_node), qos=1)
             if placer.policy == "auto":  # shed replies cut the edge share ahead of the next status
                 client.subscribe(results_topic, qos=1)
                 client.subscribe(returns_topic, qos=1)
-        client.publish(twin_topic, twin_update({"status": "online", "fps": float(fps)}, now_ms()), qos=1)
+            client.subscribe(status_topic, qos=1)
+        acks.publish(twin_topic, twin_update({"status": "online", "fps": float(fps)}, now_ms()), qos=1)
+        if placer is not None:
+            placer.wait_status(status_topic)  # the edge's retained status, or a warning and a fallback
         period = 1.0 / fps if fps > 0 else 0.0
         t0 = time.monotonic()
         deadline = t0 + seconds if seconds is not None else float("inf")
@@ -211,11 +217,11 @@ def run_camera(
         def deliver(prep: Prepared) -> None:  # a device worker finished its part of a frame
             if prep.frame is not None:
                 payload = encode_frame(prep.frame)
-                info = client.publish(names.frames(device), payload, qos=qos)
+                info = acks.publish(names.frames(device), payload, qos=qos)
             else:
                 assert prep.result is not None
                 payload = b""  # served (or shed) on the device: only the report goes out
-                info = client.publish(names.vision_results(device), encode_result(prep.result), qos=qos)
+                info = acks.publish(names.vision_results(device), encode_result(prep.result), qos=qos)
             with sent_lock:
                 stats.bytes_sent += len(payload)
                 late_sends.append(info)
@@ -224,6 +230,7 @@ def run_camera(
         while (count is None or stats.frames_sent < count) and time.monotonic() < deadline:
             if stop is not None and stop.is_set():
                 break
+            acks.check()
             data = images[seq % len(images)]
             captured = now_ms()
             frame = Frame(device=device, seq=seq, captured_at_ms=captured, encoding="jpeg", data=data,
@@ -231,7 +238,7 @@ def run_camera(
             payload = b""
             if placer is None:
                 payload = encode_frame(frame)
-                last = client.publish(names.frames(device), payload, qos=qos)
+                last = acks.publish(names.frames(device), payload, qos=qos)
             else:
                 frame = dataclasses.replace(frame, deadline_ms=captured + placer.profile.deadline_ms)
                 placement = placer.place(frame)
@@ -240,7 +247,7 @@ def run_camera(
                     placer.sent_fallback(frame)
                 if placement == "edge":
                     payload = encode_frame(frame)
-                    last = client.publish(names.frames(device), payload, qos=qos)
+                    last = acks.publish(names.frames(device), payload, qos=qos)
                 else:  # the device's cores do their part off this loop: capture stays on schedule
                     placer.submit(frame, placement, deliver)
             stats.sent_at[seq] = captured
@@ -261,10 +268,14 @@ def run_camera(
             placer.drain()
         for info in [*late_sends, *([last] if last is not None else [])]:
             info.wait_for_publish(timeout=30)
+        acks.check()
         stats.seconds = time.monotonic() - t0
         status = {"status": "idle", "frames_sent": stats.frames_sent}
-        client.publish(twin_topic, twin_update(status, now_ms()), qos=1).wait_for_publish(timeout=10)
+        acks.publish(twin_topic, twin_update(status, now_ms()), qos=1).wait_for_publish(timeout=10)
+        acks.check()
     finally:
+        if placer is not None:
+            placer.drain()  # a refusal or an error left frames in the device's workers
         client.loop_stop()
         client.disconnect()
     return stats
@@ -305,5 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConnectRefused, OSError) as exc:
         print(f"edge-offload device camera: error: {exc}", file=sys.stderr)
         return 2
+    except PublishRefused as exc:
+        print(f"edge-offload device camera: error: {exc}", file=sys.stderr)
+        return 1
     print(f"sent {stats.frames_sent} frames ({stats.bytes_sent} bytes) in {stats.seconds:.1f}s")
     return 0

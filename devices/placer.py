@@ -1,4 +1,4 @@
-"""A camera device's offloading: picks a placement per frame (``devices.policy``) and does the
+"""A camera device's offloading: picks a placement per frame (``placement.device``) and does the
 device's share of the work - face detection for ``crops``, detection + FER for ``local``.
 
 Reads the edge's retained status (``topics.status``) for its load. A frame served on the device
@@ -14,11 +14,18 @@ would shed one for load hands it back (``topics.offload.FrameReturn``, not an ou
 device serves it here (:meth:`DevicePlacer.on_return`), so each frame still has one final outcome:
 the edge's, or the device's after a return. The device keeps each such frame until its outcome or
 its return arrives (:meth:`DevicePlacer.settle` waits for them).
+
+A device that hears no edge status within the profile's ``status_wait_s``
+(:meth:`DevicePlacer.wait_status`) says so in one warning; under ``auto`` it then serves every frame
+on the device (``local``, the placement that needs no edge) until a status arrives. Mosquitto grants
+the subscription even when its ACL withholds the status, so silence is the only sign. An edge whose
+status says it is offline (its will) is treated alike under ``auto``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from collections import Counter
@@ -31,16 +38,19 @@ import cv2
 import numpy as np
 
 from common.device_settings import DeviceProfileSettings
-from devices.policy import POLICIES, EdgeShare, Placement, choose
+from models.artifacts import path_of
 from models.blazeface import BlazeFaceDetector, load_blazeface
-from models.face_detect import crop_faces
+from models.fer_crop import FerCropper
 from models.fer_edge import FerClassifier, load_edge_fer, preprocess_faces
+from placement.device import POLICIES, EdgeShare, Placement, choose
 from topics.codec import ContractError, now_ms
 from topics.offload import decode_frame_return
 from topics.status import EdgeLoad, decode_status
 from topics.vision import EMOTIONS, Face, Frame, ModelRef, Timing, VisionResult, decode_result, shed_result
 
 __all__ = ["DevicePlacer", "Prepared"]
+
+log = logging.getLogger(__name__)
 
 _LOAD_SHEDS = frozenset({"deadline", "deadline_passed", "overload", "dc_timeout", "dc_failed"})
 
@@ -62,6 +72,7 @@ class PlacerStats:
     bad_status: int = 0
     device_busy: int = 0  # frames shed because the device could not compute them before their deadline
     returned: int = 0  # fallback frames the edge handed back (then served or shed here)
+    no_status: int = 0  # auto: frames served here because no edge status had been heard, or it said offline
 
 
 class DevicePlacer:
@@ -77,6 +88,7 @@ class DevicePlacer:
         self.policy = policy
         self.profile = profile
         self.cache_dir = cache_dir
+        self._fer_cropper: FerCropper | None = None
         self.node = node
         self.stats = PlacerStats()
         self._lock = threading.Lock()
@@ -94,9 +106,13 @@ class DevicePlacer:
         self.fallback = policy == "auto"  # mark edge-bound frames: the edge may hand them back
         self._awaiting: dict[int, Frame] = {}  # seq -> fallback frame sent, until its outcome or return
         self._settled = threading.Condition(self._lock)
+        self._heard = threading.Event()  # an edge status (any) arrived
+        self._status_missing = False  # wait_status ran out: auto serves on the device until one arrives
+        self._edge_offline = False  # the edge's last status says offline: auto serves on the device
 
     def on_status(self, payload: bytes) -> None:
-        """A retained edge status arrived: remember its load (an offline edge: unknown)."""
+        """A retained edge status arrived: remember its load. An edge that says it is offline gets no
+        frames under ``auto`` (they would wait for it with no outcome) until it is online again."""
         try:
             status = decode_status(payload)
         except ContractError:
@@ -106,6 +122,36 @@ class DevicePlacer:
             self._load = status.load if status.online else None
             self._load_at = time.monotonic()
             self._status_ms = status.at_ms
+            missing, self._status_missing = self._status_missing, False
+            was_offline, self._edge_offline = self._edge_offline, not status.online
+        self._heard.set()
+        if missing:
+            log.warning("device %s: edge status heard at last; policy %s again", self.node, self.policy)
+        if self.policy == "auto" and not status.online and not was_offline:
+            log.warning("device %s: edge %s is offline; serving frames on the device", self.node, status.node)
+        elif self.policy == "auto" and status.online and was_offline:
+            log.warning("device %s: edge %s is online again; policy auto again", self.node, status.node)
+
+    @property
+    def status_heard(self) -> bool:
+        """Whether an edge status has arrived."""
+        return self._heard.is_set()
+
+    def wait_status(self, topic: str, timeout_s: float | None = None) -> bool:
+        """Wait up to ``timeout_s`` (default: the profile's ``status_wait_s``) for the first edge status
+        on ``topic``. None: warn once; under ``auto``, serve frames on the device until one arrives."""
+        wait_s = self.profile.status_wait_s if timeout_s is None else timeout_s
+        if self._heard.wait(wait_s):
+            return True
+        with self._lock:
+            if self._heard.is_set():
+                return True
+            self._status_missing = True
+        fallback = "serving frames on the device until one arrives" if self.policy == "auto" else \
+            f"keeping policy {self.policy}"
+        log.warning("device %s: no edge status on %s within %.1f s (the edge is down, or the broker's ACL "
+                    "withholds it); %s", self.node, topic, wait_s, fallback)
+        return False
 
     def on_result(self, payload: bytes) -> None:
         """A result of one of this device's frames arrived: under ``auto``, an edge that shed it for
@@ -170,7 +216,13 @@ class DevicePlacer:
         :meth:`work` (or :meth:`submit`) does the device's part."""
         load = self.edge_load()
         queue_ms = self.device_queue_ms()
-        if self.policy == "auto":
+        with self._lock:
+            silent = self._status_missing or self._edge_offline
+        if self.policy == "auto" and silent:  # no (online) edge heard from: the placement that needs none
+            placement: Placement = "local"
+            with self._lock:
+                self.stats.no_status += 1
+        elif self.policy == "auto":
             placement = choose("auto", len(frame.data), load, self.profile, respect_overflow=False,
                                device_queue_ms=queue_ms)
             room_ms = self.profile.edge_room * self.profile.deadline_ms
@@ -303,7 +355,7 @@ class DevicePlacer:
         faces: tuple[Face, ...] = ()
         if boxes:  # local, or crops with... any faces to classify on the device
             gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-            probs = self._models()[1].predict(preprocess_faces(crop_faces(gray, boxes)))
+            probs = self._models()[1].predict(preprocess_faces(self._cropper().crops(gray, boxes)))
             faces = tuple(Face(tuple(int(v) for v in b), EMOTIONS[int(np.argmax(pr))],  # type: ignore[arg-type]
                                tuple(float(x) for x in pr)) for b, pr in zip(boxes, probs, strict=True))
         ms = (time.perf_counter() - t0) * 1000.0
@@ -317,6 +369,12 @@ class DevicePlacer:
     def _compute_j(self, t0: float) -> float:
         """Device energy of the compute since ``t0``: measured time here x the profile's slowdown x power."""
         return self.profile.active_power_w * (time.perf_counter() - t0) * self.profile.compute_slowdown
+
+    def _cropper(self) -> FerCropper:
+        """The edge's FER crop (fer's crop, refined with its cascade), so a device labels as the edge does."""
+        if self._fer_cropper is None:
+            self._fer_cropper = FerCropper(path_of("fer", "haarcascade_frontalface_default.xml", self.cache_dir))
+        return self._fer_cropper
 
     def _models(self) -> tuple[BlazeFaceDetector, FerClassifier]:
         if self._detector is None or self._fer is None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from common.component import Component, numbers, run_components
 from common.runtime import freeze_loaded_objects
 from common.settings import Settings
 from edge_agent.dc_spill import DcSpill
@@ -78,19 +79,20 @@ class EdgeNode:
         self.health = HealthServer(settings.edge.http_host, settings.edge.http_port,
                                    self.metrics.registry, self.ready, self.live)
         self.started = asyncio.Event()
+        self.components: list[Component] = []  # in start order; run together by run()
         self.frozen_objects = 0  # objects moved out of GC scans once the models are loaded
 
     def ready(self) -> bool:
-        vision_ok = self.vision is None or self.vision.ready()
-        speech_ok = self.speech is None or self.speech.ready.is_set()
-        return self.started.is_set() and vision_ok and speech_ok
+        """Started, and every component serves (those that need only Kafka always do)."""
+        return self.started.is_set() and all(c.ready() for c in self.components)
 
     def live(self) -> bool:
-        """Liveness: no enabled part is stuck with work pending (see ``delivery.liveness_stall_s``)."""
-        vision_ok = self.vision is None or self.vision.live()
-        speech_ok = (self.speech is None or self.speech.engine is None
-                     or self.speech.engine.live(self.settings.delivery.liveness_stall_s))
-        return vision_ok and speech_ok
+        """Liveness: no component is stuck with work pending (see ``delivery.liveness_stall_s``)."""
+        return all(c.live() for c in self.components)
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        """Every component's figures, by component name."""
+        return {c.name: numbers(c.stats) for c in self.components}
 
     def _mine(self, outcome: FrameOutcome) -> None:
         """Hand a published result to the miner, off the event loop (serial, never blocks it)."""
@@ -130,27 +132,27 @@ class EdgeNode:
             self.metrics.set_model(current.name, current.version)
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Build the components ``settings`` enables (models loaded), then run them all until ``stop``."""
         s = self.settings
         node = s.edge.node_name
         await self.health.start()
-        tasks: list[asyncio.Task[None]] = []
         handlers = self.handlers
+        components = self.components
         try:
             if s.mining.enabled:
                 self.outbox = Outbox(s.outbox)
                 self.reporter = HardExampleReporter(MiningPolicy(s.mining), self.outbox, node)
                 self.forwarder = KafkaForwarder(self.outbox, s.kafka, s.outbox)
-                tasks.append(asyncio.create_task(self.forwarder.run(stop), name="outbox"))
+                components.append(self.forwarder)
             if s.edge.vision:
                 pipeline = await asyncio.to_thread(build_vision_pipeline, s)
-                self.vision = VisionService(s, pipeline, self.metrics, on_outcome=self._mine)
                 if s.offload.dc_spill:  # frames that would miss their deadline go to the DC workers
                     self.dc_spill = DcSpill(s.kafka, s.offload, node)
-                    await self.dc_spill.start()
-                    self.vision.dc = self.dc_spill
+                    components.append(self.dc_spill)
+                self.vision = VisionService(s, pipeline, self.metrics, on_outcome=self._mine, dc=self.dc_spill)
                 handlers[pipeline.slot.current().name] = fer_handler(
                     pipeline.slot, s.edge.device, s.vision.max_batch_size)
-                tasks.append(asyncio.create_task(self.vision.run(stop), name="vision"))
+                components.append(self.vision)
             if s.edge.speech:
                 asr = (self._starting_asr if self._starting_asr is not None
                        else await asyncio.to_thread(default_asr, s.speech, s.cache_dir))
@@ -160,29 +162,26 @@ class EdgeNode:
                 handlers[vocab.name] = asr_handler(slot)
                 self.speech = SpeechService(s, asr=lambda: slot.current().model, on_utterance=self.mine_speech)
                 register_metrics(self.speech.counters, self.metrics.registry)
-                await self.speech.start()
+                await self.speech.load()
+                components.append(self.speech)
             self.export_models()
             if self.speech is not None and s.mining.enabled and s.speech.follow_revisions:
                 self.revisions = RevisionFollower(s.kafka, node, self.speech.publish_revision)
-                tasks.append(asyncio.create_task(self.revisions.run(stop), name="revisions"))
+                components.append(self.revisions)
             if s.updates.enabled and handlers:
                 self.updater = ModelUpdater(s.updates, s.kafka, node, handlers, on_refused=self._refused,
                                             on_applied=self._applied)
-                tasks.append(asyncio.create_task(self.updater.run(stop), name="updates"))
+                components.append(self.updater)
             self.frozen_objects = freeze_loaded_objects()  # models loaded: keep GC scans short
             self.started.set()
-            log.info("edge node %s up (vision=%s speech=%s mining=%s), http on %d",
-                     node, s.edge.vision, s.edge.speech, s.mining.enabled, self.health.port)
-            await stop.wait()
-            if tasks:
-                await asyncio.gather(*tasks)
+            log.info("edge node %s up (%s), http on %d", node, ", ".join(c.name for c in components),
+                     self.health.port)
+            await run_components(components, stop)
         finally:
             if self.speech is not None:
-                await self.speech.stop()
+                self.speech.close()  # done by its run; here too if it never ran
             if self.asr_slot is not None:  # every vocabulary version shares these Whisper threads
                 self.asr_slot.current().model.close()
-            if self.dc_spill is not None:
-                await self.dc_spill.stop()
             if self.vision is not None:
                 self.vision.pipeline.close()
             self._mining_pool.shutdown(wait=True)

@@ -215,7 +215,10 @@ class Outbox:
 
 
 class KafkaForwarder:
-    """Sends the outbox to Kafka (acks=all), deleting rows only after their acknowledgement."""
+    """Sends the outbox to Kafka (acks=all), deleting rows only after their acknowledgement; the
+    mining side's component (``run(stop)``)."""
+
+    name = "outbox"
 
     def __init__(self, outbox: Outbox, kafka: KafkaSettings, settings: OutboxSettings) -> None:
         self.outbox = outbox
@@ -228,6 +231,16 @@ class KafkaForwarder:
         self.connected = asyncio.Event()
         self._progress = asyncio.Condition()
         outbox.on_put(self.notify)
+
+    def ready(self) -> bool:
+        return True  # forwarding (the outbox stores meanwhile) is optional to the edge: it serves without Kafka
+
+    def live(self) -> bool:
+        return True
+
+    @property
+    def stats(self) -> OutboxStats:
+        return self.outbox.stats
 
     def notify(self) -> None:
         """Wake the forwarder (safe from any thread)."""
@@ -329,7 +342,7 @@ class KafkaForwarder:
         """Forward until ``stop`` is set; never raises for broker trouble."""
         self._loop = asyncio.get_running_loop()
         first_s = self.settings.backoff_initial_s
-        backoff = Backoff(first_s, max(self.settings.backoff_max_s, first_s))
+        backoff = Backoff(first_s, max(self.settings.backoff_max_s, first_s), jitter=0.5)
         stopper = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():

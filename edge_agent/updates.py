@@ -37,7 +37,7 @@ from common.files import write_private
 from common.kafka_admin import ensure_topics
 from common.kafka_clients import make_consumer
 from common.logs import RateLimitedLog
-from common.retry import Backoff
+from common.retry import Restarter
 from common.settings import KafkaSettings
 from inference.model_slot import Loaded, ModelSlot
 from topics.codec import ContractError, now_ms
@@ -107,7 +107,9 @@ def load_trusted_keys(settings: UpdateSettings) -> dict[str, bytes]:
 
 
 class ModelUpdater:
-    """Applies signed model updates to the edge's model slots."""
+    """Applies signed model updates to the edge's model slots; a component (``run(stop)``)."""
+
+    name = "updates"
 
     def __init__(self, settings: UpdateSettings, kafka: KafkaSettings, node: str,
                  handlers: dict[str, ModelHandler[Any]],
@@ -126,6 +128,12 @@ class ModelUpdater:
         self._changed = asyncio.Condition()
         self.serials: dict[str, int] = self._load_serials()
         self._log = RateLimitedLog(log, interval_s=30.0)  # a replay flood: counted, logged now and then
+
+    def ready(self) -> bool:
+        return True  # following updates is optional to the edge: it serves without Kafka
+
+    def live(self) -> bool:
+        return True
 
     def _load_serials(self) -> dict[str, int]:
         path = self.settings.state_file
@@ -264,9 +272,10 @@ class ModelUpdater:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow the model-updates topic from its start until ``stop`` is set."""
-        retry = Backoff(2.0, 2.0)
-        while not stop.is_set():
-            try:
+        restarter = Restarter("model updates", log, 2.0, 2.0, errors=(KafkaError, OSError))
+
+        async def follow() -> None:
+            while not stop.is_set():
                 await ensure_topics(self.kafka, [KAFKA_MODEL_UPDATES])
                 consumer = make_consumer(
                     self.kafka, KAFKA_MODEL_UPDATES,
@@ -277,16 +286,13 @@ class ModelUpdater:
                     metadata_max_age_ms=10_000,
                 )
                 await consumer.start()
-            except (KafkaError, OSError) as exc:
-                log.warning("model updates: Kafka unavailable (%s); retrying", exc)
-                await retry.wait(stop)  # fixed period
-                continue
-            try:
-                await self._follow(consumer, stop)
-            except (KafkaError, OSError) as exc:
-                log.warning("model updates: consumer failed (%s: %s); reconnecting", type(exc).__name__, exc)
-            finally:
-                await consumer.stop()
+                restarter.healthy()
+                try:
+                    await self._follow(consumer, stop)
+                finally:
+                    await consumer.stop()
+
+        await restarter.run(follow, stop)
 
     async def _follow(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         stopper = asyncio.ensure_future(stop.wait())

@@ -28,12 +28,13 @@ from inference.images import decode_bgr, decode_gray
 from inference.model_slot import Loaded, ModelSlot
 from models.artifacts import path_of
 from models.blazeface import load_blazeface
-from models.face_detect import BatchDetector, Box, FaceDetector, HaarBatchDetector, crop_faces
+from models.face_detect import BatchDetector, Box, FaceDetector, HaarBatchDetector
+from models.fer_crop import FerCropGeometry, FerCropper
 from models.fer_edge import FerClassifier, load_edge_fer, preprocess_faces, resolve_device
 from topics.codec import ContractError
 from topics.vision import EMOTIONS, Face, Frame, ModelRef, Timing, VisionResult
 
-__all__ = ["FrameJob", "FrameOutcome", "Preprocessed", "VisionPipeline", "build_vision_pipeline"]
+__all__ = ["FrameJob", "FrameOutcome", "Preprocessed", "VisionPipeline", "build_fer_cropper", "build_vision_pipeline"]
 
 
 @dataclass(slots=True)
@@ -82,8 +83,10 @@ class VisionPipeline:
         slot: ModelSlot[FerClassifier],
         settings: VisionSettings,
         node: str,
+        cropper: FerCropper,
     ) -> None:
         self.detector = detector
+        self.cropper = cropper
         self.slot = slot
         self.settings = settings
         self.node = node
@@ -126,7 +129,7 @@ class VisionPipeline:
         found = iter(self.detector.detect_prepared([d.prepared for d in ok]))
         detect_ms = (time.perf_counter() - t0) * 1e3
         boxes: list[list[Box]] = [next(found) if d.error is None else [] for d in decoded]
-        crops = [crop_faces(d.gray, b) if d.gray is not None else [] for d, b in zip(decoded, boxes)]
+        crops = [self.cropper.crops(d.gray, b) if d.gray is not None else [] for d, b in zip(decoded, boxes)]
         loaded = self.slot.current()  # this batch runs to its end on this version
         all_crops = [c for frame_crops in crops for c in frame_crops]
         t0 = time.perf_counter()
@@ -190,4 +193,11 @@ def build_vision_pipeline(settings: Settings) -> VisionPipeline:
 
     fer = load_edge_fer(settings.cache_dir, device=settings.edge.device)
     slot: ModelSlot[FerClassifier] = ModelSlot(Loaded(fer, fer.name, fer.version))
-    return VisionPipeline(detector, slot, v, settings.edge.node_name)
+    return VisionPipeline(detector, slot, v, settings.edge.node_name, build_fer_cropper(settings))
+
+
+def build_fer_cropper(settings: Settings) -> FerCropper:
+    """The FER crop of ``vision.fer_crop``, with fer's cascade from the artifact cache."""
+    c = settings.vision.fer_crop
+    cascade = path_of("fer", "haarcascade_frontalface_default.xml", settings.cache_dir) if c.refine else None
+    return FerCropper(cascade, FerCropGeometry(c.scale, c.dx, c.dy), refine=c.refine)

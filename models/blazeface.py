@@ -423,7 +423,7 @@ class PreparedFrame:
 class _Graphed:
     """One network replayed from CUDA graphs, one graph per power-of-two batch size (inputs
     are padded up to it): a few kernel launches instead of one per op. Measured on an H100:
-    see the README (batch 1 is where launches dominate)."""
+    see docs/vision.md (batch 1 is where launches dominate)."""
 
     def __init__(self, run: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], size: int,
                  device: torch.device, pool: Any) -> None:

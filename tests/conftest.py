@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli.brokers import MosquittoBroker, TansuBroker
+from cli.brokers import MosquittoBroker, SecureMosquitto, TansuBroker
 from common.settings import Settings, load_settings
 
 
@@ -33,6 +33,19 @@ def mosquitto() -> Iterator[MosquittoBroker]:
 def own_mosquitto() -> Iterator[MosquittoBroker]:
     """A Mosquitto of this test alone, free to stop and restart."""
     with MosquittoBroker() as broker:
+        yield broker
+
+
+# Device ids with a login on the session's secure broker (each logs in with its device id).
+SECURE_DEVICES = ("cam-a", "cam-b", "tap-a", "cam-sec-edge", "cam-sec-crops", "cam-sec-local", "cam-sec-auto",
+                  "cam-sec-quiet", "cam-sec-other")
+
+
+@pytest.fixture(scope="session")
+def secure_broker() -> Iterator[SecureMosquitto]:
+    """The production EventBus for the session: TLS, a password file, the shipped ACL file
+    (compose/mosquitto.acl); ``secure_broker.login(user)`` gives a client's settings."""
+    with SecureMosquitto(devices=SECURE_DEVICES) as broker:
         yield broker
 
 

@@ -1,11 +1,11 @@
-"""Unit tests of the load estimator and the admission decision (no timing assertions: fake clock)."""
+"""Unit tests of the load estimator and the edge's admission decision (no timing assertions: fake clock)."""
 
 from __future__ import annotations
 
 import pytest
 
-from edge_agent.admission import Decision, deadline_of, decide
-from edge_agent.load import LoadEstimator
+from placement.edge import Placement, Request, Serve, Shed, Spill, View, deadline_of, decide
+from placement.load import LoadEstimator
 
 
 class FakeClock:
@@ -60,21 +60,21 @@ def test_deadline_of_prefers_the_frame_then_the_default() -> None:
 
 
 @pytest.mark.parametrize(("now", "deadline", "edge", "dc", "want"), [
-    (0, None, 9e9, None, Decision("edge", predicted_ms=9e9)),
-    (0, 100, None, None, Decision("edge", None, None, 100)),
-    (0, 100, 50.0, None, Decision("edge", None, 50.0, 100)),
-    (0, 100, 150.0, 80.0, Decision("dc", None, 150.0, 100)),
-    (0, 100, 150.0, 120.0, Decision("shed", "deadline", 150.0, 100)),
-    (0, 100, 150.0, None, Decision("shed", "deadline", 150.0, 100)),
-    (200, 100, 1.0, 1.0, Decision("shed", "deadline_passed", 1.0, -100)),
+    (0, None, 9e9, None, Serve(9e9)),
+    (0, 100, None, None, Serve(None, 100)),
+    (0, 100, 50.0, None, Serve(50.0, 100)),
+    (0, 100, 150.0, 80.0, Spill(150.0, 100)),
+    (0, 100, 150.0, 120.0, Shed("deadline", 150.0, 100)),
+    (0, 100, 150.0, None, Shed("deadline", 150.0, 100)),
+    (200, 100, 1.0, 1.0, Shed("deadline_passed", 1.0, -100)),
 ])
-def test_decide(now: float, deadline: int | None, edge: float | None, dc: float | None, want: Decision) -> None:
-    assert decide(now, deadline, edge, dc) == want
+def test_decide(now: float, deadline: int | None, edge: float | None, dc: float | None, want: Placement) -> None:
+    assert decide(Request(deadline), View(edge, dc), now) == want
 
 
 def test_margin_pushes_a_tight_request_off_the_edge() -> None:
-    assert decide(0, 100, 96.0, None, margin_ms=5.0).placement == "shed"
-    assert decide(0, 100, 94.0, None, margin_ms=5.0).placement == "edge"
+    assert isinstance(decide(Request(100), View(96.0, None, margin_ms=5.0), 0), Shed)
+    assert isinstance(decide(Request(100), View(94.0, None, margin_ms=5.0), 0), Serve)
 
 
 def test_overflow_is_the_turned_away_fraction_of_the_window() -> None:

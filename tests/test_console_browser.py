@@ -134,22 +134,28 @@ async def test_console_in_a_real_browser(own_mosquitto: MosquittoBroker, own_kaf
         find("#password").send_keys(password)  # type: ignore[attr-defined]
         find("#login").click()  # type: ignore[attr-defined]
 
-    def text(css: str) -> str:
+    def text(css: str) -> str:  # "" while the element is missing or being replaced by a live reload
         try:
             return str(find(css).text)  # type: ignore[attr-defined]
+        except Exception:
+            return ""
+
+    def attr(css: str, name: str) -> str:
+        try:
+            return str(find(css).get_attribute(name))  # type: ignore[attr-defined]
         except Exception:
             return ""
 
     try:
         async with _task(archive.run), _task(reviser.run), _task(edge.follower.run):
             await asyncio.wait_for(archive.ready.wait(), 15)
-            await asyncio.wait_for(edge.follower.ready.wait(), 60)
+            await asyncio.wait_for(edge.follower.connected.wait(), 60)
             console = await start_console(settings, store)
             try:
                 await asyncio.wait_for(console.console.hub.ready.wait(), 15)
                 # ann logs in and opens the (still empty) conversation
                 await asyncio.to_thread(login, "ann", "ann-password-1")
-                assert "ann" in await asyncio.to_thread(text, "#who")
+                await _until(lambda: "ann" in text("#who"))
                 await asyncio.to_thread(d.get, f"{console.url}/conversations/{CONV}")  # type: ignore[attr-defined]
                 await _until(lambda: len(console.console.hub.viewers) == 1)  # the page's event stream is open
                 # a partial, then the final segment arrive live
@@ -161,7 +167,7 @@ async def test_console_in_a_real_browser(own_mosquitto: MosquittoBroker, own_kaf
                 edge.index.record(seg)
                 await edge.publish(names.transcript(CONV), encode_segment(seg))
                 await _until(lambda: TEXT in text("#seg-leg1-0 .text"))
-                assert "low" in find("#seg-leg1-0").get_attribute("class")  # type: ignore[attr-defined]
+                assert "low" in await asyncio.to_thread(attr, "#seg-leg1-0", "class")
                 # search finds it
                 await asyncio.to_thread(d.get, f"{console.url}/search")  # type: ignore[attr-defined]
                 await asyncio.to_thread(lambda: find("#search-q").send_keys("convoy harbour"))  # type: ignore
@@ -172,23 +178,32 @@ async def test_console_in_a_real_browser(own_mosquitto: MosquittoBroker, own_kaf
                 await asyncio.to_thread(d.get, f"{console.url}/conversations/{CONV}")  # type: ignore[attr-defined]
                 await _until(lambda: len(console.console.hub.viewers) >= 1)
 
-                def correct() -> None:
-                    box = find("#seg-leg1-0 form.label input[name=text]")
-                    box.clear()  # type: ignore[attr-defined]
-                    box.send_keys(FIXED)  # type: ignore[attr-defined]
-                    find("#seg-leg1-0 form.label button").click()  # type: ignore[attr-defined]
+                def correct() -> None:  # a live reload may replace the form before the box has focus
+                    from selenium.common.exceptions import StaleElementReferenceException
+
+                    for _ in range(10):
+                        try:
+                            box = find("#seg-leg1-0 form.label input[name=text]")
+                            box.click()  # type: ignore[attr-defined]
+                            box.clear()  # type: ignore[attr-defined]
+                            box.send_keys(FIXED)  # type: ignore[attr-defined]
+                            find("#seg-leg1-0 form.label button").click()  # type: ignore[attr-defined]
+                            return
+                        except StaleElementReferenceException:
+                            continue
+                    raise AssertionError("the label form kept being replaced")
 
                 await asyncio.to_thread(correct)
-                await _until(lambda: find("#seg-leg1-0").get_attribute("data-revision") == "2",  # type: ignore
-                             timeout_s=90)
+                await _until(lambda: attr("#seg-leg1-0", "data-revision") == "2", timeout_s=90)
                 assert FIXED in text("#seg-leg1-0 .text") and "r2 operator" in text("#seg-leg1-0 .rev")
                 await asyncio.to_thread(lambda: find("#seg-leg1-0 details summary").click())  # type: ignore
                 SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
                 assert await asyncio.to_thread(d.save_screenshot, str(SCREENSHOT))  # type: ignore[attr-defined]
                 # bob, of another case, sees and finds nothing
                 await asyncio.to_thread(lambda: find("nav form button").click())  # type: ignore[attr-defined]
+                await _until(lambda: str(d.current_url).endswith("/login"))  # type: ignore[attr-defined]
                 await asyncio.to_thread(login, "bob", "bob-password-1")
-                assert "bob" in await asyncio.to_thread(text, "#who")
+                await _until(lambda: "bob" in text("#who"))
                 assert CONV not in await asyncio.to_thread(text, "main")
                 await asyncio.to_thread(d.get, f"{console.url}/conversations/{CONV}")  # type: ignore[attr-defined]
                 assert "No segments" in await asyncio.to_thread(text, "#live")

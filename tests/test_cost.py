@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from common.offload_settings import OffloadSettings
-from edge_agent.cost import request_cost
+from placement.cost import request_cost
 
 
 def test_cost_terms_add_up() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from common.device_settings import DeviceProfileSettings
-from devices.policy import EdgeShare, choose, estimates
+from placement.device import EdgeShare, choose, estimates
 from topics.status import EdgeLoad
 
 PROFILE = DeviceProfileSettings()

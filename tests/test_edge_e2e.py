@@ -77,7 +77,7 @@ async def test_edge_node_serves_health_and_metrics(mosquitto: MosquittoBroker, k
         assert node.vision is not None and node.speech is not None
         assert node.frozen_objects > 10_000  # torch + the models: out of the GC's full scans
         await asyncio.wait_for(node.vision.connected.wait(), 15)
-        await asyncio.wait_for(node.speech.ready.wait(), 15)
+        await asyncio.wait_for(node.speech.connected.wait(), 15)
         assert (await loop.run_in_executor(None, get, "/healthz"))[0] == 200
         assert (await loop.run_in_executor(None, get, "/readyz"))[0] == 200
         status, body = await loop.run_in_executor(None, get, "/metrics")

@@ -57,7 +57,13 @@ async def test_auto_device_serves_what_the_edge_hands_back(mosquitto: MosquittoB
     dev = "cam-fallback"
     n = 6
     placer = DevicePlacer("auto", DeviceProfileSettings(deadline_ms=5_000), cache_dir, dev)
-    async with running_agent(settings) as agent, subscriber(mosquitto.port, names.vision_results(dev)) as sub:
+    async with running_agent(settings) as agent, subscriber(mosquitto.port, names.vision_results(dev)) as sub, \
+            aiomqtt.Client("127.0.0.1", mosquitto.port) as pub:
+        # one frame without a deadline first: the edge serves and times it, so it predicts (and hands
+        # back) every frame after it; an edge without a measurement admits every frame
+        await pub.publish(names.frames(dev), _frame(dev, 1000, photo_frames(cache_dir)[0]), qos=1)
+        warm = decode_result(bytes((await collect(sub, 1))[0].payload))  # type: ignore[arg-type]
+        assert (warm.seq, warm.outcome) == (1000, "served")
         loop = asyncio.get_running_loop()
         stats = await loop.run_in_executor(None, lambda: run_camera(
             "127.0.0.1", mosquitto.port, dev, photo_frames(cache_dir)[:2], fps=4, count=n, placer=placer,

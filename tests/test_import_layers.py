@@ -11,8 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # Bottom first, as in the README's package table: a package imports only packages before it.
-PACKAGES = ("topics", "common", "models", "inference", "devices", "edge_agent", "sim", "archive", "cloud_trainer",
-            "cli", "bench")
+PACKAGES = ("topics", "common", "placement", "models", "inference", "devices", "edge_agent", "sim", "archive",
+            "cloud_trainer", "cli", "bench")
 
 
 def _imported_packages(path: Path) -> set[str]:
@@ -86,10 +86,11 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 def test_bottom_packages_import_no_service_code() -> None:
     graph = package_graph()
     services = {"edge_agent", "cloud_trainer", "cli", "bench"}
-    for bottom in ("common", "topics", "devices", "models"):
+    for bottom in ("common", "topics", "placement", "devices", "models"):
         assert services.isdisjoint(graph[bottom]), f"{bottom} imports {sorted(services & set(graph[bottom]))}"
     assert set(graph["topics"]) == set(), "the contract imports nothing of ours"
     assert set(graph["common"]) <= {"topics"}, "the settings layer imports only the contract (model names)"
+    assert set(graph["placement"]) <= {"topics", "common"}, "placement decides; it runs nothing (no models, no I/O)"
 
 
 def test_the_product_does_not_import_bench() -> None:

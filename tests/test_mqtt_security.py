@@ -1,7 +1,7 @@
 """The production EventBus config against real clients: TLS, passwords, per-device ACLs.
 
-A real Mosquitto runs compose/mosquitto-secure.conf and compose/mosquitto.acl (see
-tests/secure_broker.py). Mosquitto 2.0.11 answers a refused login with CONNACK 0x87 "Not
+A real Mosquitto runs compose/mosquitto-secure.conf and compose/mosquitto.acl (the ``secure_broker``
+fixture, cli.brokers.SecureMosquitto). Mosquitto 2.0.11 answers a refused login with CONNACK 0x87 "Not
 authorized" and a publish the ACL denies with PUBACK 0x87; a subscription to a filter the user
 may not read is granted, but nothing it may not read is delivered.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiomqtt
@@ -19,13 +18,13 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from cli.brokers import SecureMosquitto
 from cli.pki import make_pki
 from cli.tail import tail
 from common.mqtt_security import aiomqtt_connection, configure_paho
 from common.settings import MqttSettings
 from devices.camera import photo_frames, run_camera
 from tests.edge_helpers import agent_settings, running_agent
-from tests.secure_broker import USERS, SecureMosquitto
 from topics import names
 
 pytestmark = pytest.mark.integration
@@ -33,17 +32,9 @@ pytestmark = pytest.mark.integration
 NOT_AUTHORIZED = 0x87
 
 
-@pytest.fixture(scope="module")
-def secure_broker() -> Iterator[SecureMosquitto]:
-    with SecureMosquitto() as broker:
-        yield broker
-
-
 def _creds(broker: SecureMosquitto, user: str, password: str | None = None, **kw: object) -> MqttSettings:
-    fields: dict[str, object] = {"host": "localhost", "port": broker.port, "client_id": f"t-{user}",
-                                 "username": user, "ca_file": broker.pki.ca_cert,
-                                 "password": password if password is not None else USERS[user]}
-    return MqttSettings.model_validate({**fields, **kw})
+    client_id = str(kw.pop("client_id", f"t-{user}"))
+    return broker.login(user, client_id=client_id, password=password, **{"host": "localhost", **kw})
 
 
 class PahoProbe:
@@ -121,7 +112,7 @@ async def test_wrong_password_anonymous_and_untrusted_ca_are_refused(secure_brok
         async with aiomqtt.Client(**aiomqtt_connection(untrusted), protocol=aiomqtt.ProtocolVersion.V5):
             pass
     plain = MqttSettings(host="localhost", port=secure_broker.port, username="operator",
-                         password=USERS["operator"])  # type: ignore[arg-type]
+                         password=secure_broker.users["operator"])  # type: ignore[arg-type]
     with pytest.raises(aiomqtt.MqttError):  # the listener speaks TLS only
         async with aiomqtt.Client(**aiomqtt_connection(plain), protocol=aiomqtt.ProtocolVersion.V5, timeout=5):
             pass
@@ -133,11 +124,14 @@ def test_device_cannot_publish_as_another_device(secure_broker: SecureMosquitto)
         assert cam_a.connack == 0
         assert cam_a.publish(names.frames("cam-b"), b"forged") == NOT_AUTHORIZED
         assert cam_a.publish(names.audio("cam-b", "call-1", "caller"), b"forged") == NOT_AUTHORIZED
-        assert cam_a.publish(names.vision_results("cam-a"), b"forged result") == NOT_AUTHORIZED
+        assert cam_a.publish(names.vision_results("cam-b"), b"forged result") == NOT_AUTHORIZED
+        assert cam_a.publish(names.frame_returns("cam-a"), b"forged return") == NOT_AUTHORIZED
+        assert cam_a.publish(names.edge_status("edge-node-1"), b"forged status") == NOT_AUTHORIZED
         assert cam_a.publish("$hw/events/device/default/cam-b/twin/update", b"{}") == NOT_AUTHORIZED
         # its own topics are allowed (0x10: accepted, nobody subscribed)
         assert cam_a.publish(names.frames("cam-a"), b"own") < 0x80
         assert cam_a.publish("$hw/events/device/default/cam-a/twin/update", b"{}") < 0x80
+        assert cam_a.publish(names.vision_results("cam-a"), b"served on the device") < 0x80
     finally:
         cam_a.close()
 

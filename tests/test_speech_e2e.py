@@ -227,8 +227,9 @@ async def test_service_transcribes_an_unseen_call_through_mosquitto(mosquitto: M
     cfg.mqtt.port = mosquitto.port
     cfg.mqtt.client_id = "speech-e2e"
     service = SpeechService(cfg, config=SpeechServiceConfig(idle_close_s=1.5), asr=asr, vad=vad, encoder=encoder)
-    await service.start()
-    await asyncio.wait_for(service.ready.wait(), 20)
+    stop_service = asyncio.Event()
+    running = asyncio.create_task(service.run(stop_service))
+    await asyncio.wait_for(service.connected.wait(), 20)
     assert service.engine is not None
 
     segments: list[TranscriptSegment] = []
@@ -271,7 +272,8 @@ async def test_service_transcribes_an_unseen_call_through_mosquitto(mosquitto: M
             await asyncio.wait_for(arrived.wait_for(lambda: len(segments) >= n_segments), 10)
         dl = await asyncio.wait_for(dead, 10)
         collector.cancel()
-    await service.stop()
+    stop_service.set()
+    await running
 
     assert dl.stage == "audio" and dl.topic == names.audio(device, conversation, "leg1")
     assert dl.payload == b"\x00\x01junk" and dl.reason

@@ -56,8 +56,8 @@ async def test_low_confidence_speech_comes_back_revised_by_the_dc(
     try:
         await asyncio.wait_for(node.started.wait(), 60)
         assert node.speech is not None and node.revisions is not None
-        await asyncio.wait_for(node.speech.ready.wait(), 20)
-        await asyncio.wait_for(node.revisions.ready.wait(), 30)
+        await asyncio.wait_for(node.speech.connected.wait(), 20)
+        await asyncio.wait_for(node.revisions.connected.wait(), 30)
         async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="rev-sub",
                                   protocol=aiomqtt.ProtocolVersion.V5) as sub:
             await sub.subscribe(names.transcript(conversation), qos=1)

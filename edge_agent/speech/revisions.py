@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaConsumer
 
 from common.kafka_admin import ensure_topics
 from common.kafka_clients import make_consumer
-from common.retry import Backoff
+from common.retry import Restarter
 from common.settings import KafkaSettings
 from topics.codec import ContractError
 from topics.names import KAFKA_SPEECH_REVISIONS
@@ -87,7 +87,9 @@ class FollowerStats:
 
 
 class RevisionFollower:
-    """This node's revisions from Kafka -> ``on_revision`` (awaited in order)."""
+    """This node's revisions from Kafka -> ``on_revision`` (awaited in order); a component."""
+
+    name = "revisions"
 
     def __init__(self, kafka: KafkaSettings, node: str,
                  on_revision: Callable[[SpeechRevision], Awaitable[object]]) -> None:
@@ -95,11 +97,21 @@ class RevisionFollower:
         self.node = node
         self.on_revision = on_revision
         self.stats = FollowerStats()
-        self.ready = asyncio.Event()
+        self.connected = asyncio.Event()  # set once the consumer has started
+
+    def ready(self) -> bool:
+        return True  # following revisions is optional to the edge: it serves without Kafka
+
+    def live(self) -> bool:
+        return True
 
     async def run(self, stop: asyncio.Event) -> None:
-        retry = Backoff(1.0, 1.0)
-        while not stop.is_set():
+        def counted(_: BaseException) -> None:
+            self.stats.restarts += 1
+
+        restarter = Restarter("revisions", log, 1.0, 1.0, on_restart=counted)  # Kafka trouble: rebuild, never crash
+
+        async def follow() -> None:
             consumer: AIOKafkaConsumer | None = None
             try:
                 await ensure_topics(self.kafka, [KAFKA_SPEECH_REVISIONS])
@@ -108,24 +120,21 @@ class RevisionFollower:
                     client_id=f"{self.kafka.client_id}-revisions", group_id=f"edge-revisions-{self.node}",
                     enable_auto_commit=True, auto_offset_reset="earliest", metadata_max_age_ms=5000)
                 await consumer.start()  # old revisions of unknown segments are ignored by the index
-                self.ready.set()
+                self.connected.set()
+                restarter.healthy()
                 while not stop.is_set():
                     batch = await consumer.getmany(timeout_ms=500)
                     for records in batch.values():
                         for r in records:
                             await self._handle(r.value)
-            except Exception as exc:  # Kafka trouble: rebuild, never crash
-                if stop.is_set():
-                    break
-                self.stats.restarts += 1
-                log.warning("revisions: %s: %s; restarting", type(exc).__name__, exc)
-                await retry.wait(stop)  # fixed period
             finally:
                 if consumer is not None:
                     try:
                         await asyncio.wait_for(consumer.stop(), 5.0)
                     except Exception:
                         pass
+
+        await restarter.run(follow, stop)
 
     async def _handle(self, value: bytes | None) -> None:
         self.stats.received += 1

@@ -27,7 +27,6 @@ Times: packets are stamped with ``clock()`` (Unix seconds) when they reach the e
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import logging
@@ -42,10 +41,10 @@ from typing import cast
 import aiomqtt
 import numpy as np
 
-from common.retry import Backoff
 from common.settings import Settings, SpeechServiceConfig
 from edge_agent.metrics import BucketCounts
 from edge_agent.mqtt import ArrivalQueue, MqttClient, case_property, make_client, publish_confirmed
+from edge_agent.mqtt_session import Connection, MqttSession
 from edge_agent.speech.diarize import Diarizer
 from edge_agent.speech.governor import LoadGovernor
 from edge_agent.speech.pipeline import ConversationTracker, LegStream, StepOutput, Utterance
@@ -475,7 +474,10 @@ def default_asr(config: SpeechServiceConfig, cache_dir: Path) -> EdgeAsr:
 
 
 class SpeechService:
-    """The engine behind MQTT. ``await start()``, later ``await stop()``; ``ready`` is set once subscribed."""
+    """The engine behind MQTT, a :class:`common.component.Component`: ``await run(stop)``;
+    ``connected`` is set once subscribed. :meth:`load` loads the models ahead of ``run`` (optional)."""
+
+    name = "speech"
 
     def __init__(self, settings: Settings, *, config: SpeechServiceConfig | None = None,
                  asr: EdgeAsr | AsrSource | None = None, vad: SileroVad | None = None,
@@ -491,15 +493,34 @@ class SpeechService:
         self._encoder = encoder
         self._on_utterance = on_utterance
         self.engine: SpeechEngine | None = None
-        self.ready = asyncio.Event()
-        self._client: MqttClient | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stop = asyncio.Event()
+
+        def lost(_: BaseException) -> None:
+            self.counters.reconnects += 1
+
+        self.session = MqttSession("speech MQTT session", lambda _on_unacked_drop, _will: self._make_client(),
+                                   [(names.AUDIO_FILTER, self.config.subscribe_qos)], manual_ack=False,
+                                   reconnect_s=(min(0.2, self.config.reconnect_max_s), self.config.reconnect_max_s),
+                                   on_reconnect=lost)
+        self.connected = self.session.connected
         self.published = SegmentIndex()  # what DC revisions refer to
         self._owned_asr: EdgeAsr | None = None
 
-    async def start(self) -> None:
-        """Load models (in a thread) and start consuming."""
+    def ready(self) -> bool:
+        return self.connected.is_set()
+
+    def live(self) -> bool:
+        """False when a leg's worker made no progress for ``delivery.liveness_stall_s`` with packets pending."""
+        return self.engine is None or self.engine.live(self.settings.delivery.liveness_stall_s)
+
+    @property
+    def stats(self) -> SpeechCounters:
+        return self.counters
+
+    async def load(self) -> None:
+        """Load the models (in a thread); ``run`` does it if not done."""
+        if self.engine is not None:
+            return
+
         def load() -> tuple[SileroVad, SpeakerEncoder, EdgeAsr | AsrSource]:
             return (self._vad or SileroVad(), self._encoder or SpeakerEncoder(self.config.device),
                     self._asr if self._asr is not None else default_asr(self.config, self.settings.cache_dir))
@@ -509,19 +530,46 @@ class SpeechService:
         self.engine = SpeechEngine(vad=vad, encoder=encoder, asr=asr, sink=self._publish, config=self.config,
                                    counters=self.counters,
                                    on_utterance=self._on_utterance)
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="speech-mqtt")
 
-    async def stop(self) -> None:
-        """Stop consuming, finish every leg, publish what is left, disconnect."""
-        self._stop.set()
-        if self.engine is not None:
-            await self.engine.close()
-        if self._owned_asr is not None:  # the Whisper batching threads this service started
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set; then finish every leg, publish what is left, disconnect."""
+        await self.load()
+        engine = self.engine
+        assert engine is not None
+        closed = False
+
+        async def serve(conn: Connection, stop: asyncio.Event) -> None:
+            nonlocal closed
+            messages = asyncio.create_task(self._consume(conn, engine))
+            stopping = asyncio.create_task(stop.wait())
+            try:
+                done, _ = await asyncio.wait({messages, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if messages in done:
+                    messages.result()  # raises the MqttError that ended the connection
+                    return
+                closed = True
+                await engine.close()  # still consuming and connected: what is left is published
+            finally:
+                messages.cancel()
+                stopping.cancel()
+
+        try:
+            await self.session.run(stop, serve)
+        finally:
+            if not closed:  # stopped while disconnected: finish the legs all the same (publishes counted lost)
+                await engine.close()
+            self.close()
+
+    async def _consume(self, conn: Connection, engine: SpeechEngine) -> None:
+        async for item in conn.client.messages:
+            arrival_s, message = cast(tuple[float, aiomqtt.Message], item)  # stamped by ArrivalQueue
+            engine.submit(message.topic.value, payload_bytes(message.payload), arrival_s, case_property(message))
+
+    def close(self) -> None:
+        """Release the Whisper batching threads this service started (idempotent; ``run`` calls it)."""
+        if self._owned_asr is not None:
             self._owned_asr.close()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._owned_asr = None
 
     def _make_client(self) -> MqttClient:
         m = self.settings.mqtt
@@ -539,28 +587,10 @@ class SpeechService:
                            queue_type=functools.partial(ArrivalQueue, on_drop=on_drop, on_arrival=on_arrival,
                                                         clock=engine.clock))
 
-    async def _run(self) -> None:
-        backoff = Backoff(min(0.2, self.config.reconnect_max_s), self.config.reconnect_max_s)
-        assert self.engine is not None
-        while not self._stop.is_set():
-            try:
-                async with self._make_client() as client:
-                    self._client = client
-                    await client.subscribe(names.AUDIO_FILTER, qos=self.config.subscribe_qos)
-                    self.ready.set()
-                    backoff.reset()
-                    async for item in client.messages:
-                        arrival_s, message = cast(tuple[float, aiomqtt.Message], item)  # stamped by ArrivalQueue
-                        self.engine.submit(message.topic.value, payload_bytes(message.payload), arrival_s,
-                                           case_property(message))
-            except aiomqtt.MqttError as exc:
-                self._client = None
-                self.ready.clear()
-                if self._stop.is_set():
-                    break
-                self.counters.reconnects += 1
-                log.warning("speech MQTT connection lost (%s); retrying in %.1fs", exc, backoff.delay_s)
-                await backoff.wait(self._stop)
+    @property
+    def _client(self) -> MqttClient | None:
+        conn = self.session.current
+        return None if conn is None else conn.client
 
     async def _publish(self, out: StepOutput, topic: str) -> None:
         client = self._client

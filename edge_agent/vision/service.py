@@ -19,22 +19,22 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import aiomqtt
 
 from common.logs import RateLimitedLog
-from common.retry import Backoff
 from common.settings import Settings
-from edge_agent.admission import DcPath, Decision, deadline_of, decide
 from edge_agent.batcher import DynamicBatcher, Overloaded
-from edge_agent.cost import request_cost
-from edge_agent.load import LoadEstimator
+from edge_agent.dc_spill import DcPath
 from edge_agent.metrics import EdgeMetrics
-from edge_agent.mqtt import InOrderAcker, MqttClient, SessionLost, make_client, publish_confirmed, session_gone
+from edge_agent.mqtt import SessionLost, make_client, publish_confirmed
+from edge_agent.mqtt_session import Connection, MqttSession, RedeliveryCache, Status
 from inference.vision import FrameJob, FrameOutcome, VisionPipeline
+from placement.cost import request_cost
+from placement.edge import Request, Return, Serve, Shed, Spill, View, deadline_of, decide, on_dc_failure, on_overload
+from placement.load import LoadEstimator
 from topics import names
 from topics.codec import ContractError, now_ms, payload_bytes
 from topics.deadletter import DeadLetter, encode_dead_letter
@@ -42,7 +42,7 @@ from topics.offload import FrameReturn, encode_frame_return
 from topics.status import EdgeLoad, EdgeStatus, encode_status
 from topics.vision import Frame, ModelRef, decode_frame, encode_result, shed_result
 
-__all__ = ["VisionService"]
+__all__ = ["VisionService", "VisionStats"]
 
 log = logging.getLogger("edge_agent")
 STAGE = "vision"
@@ -52,19 +52,12 @@ _SESSION_LOST = ContractError("session_lost", "the session of this frame ended b
 _SUPERSEDED = ContractError("superseded", "a newer latest-wins frame of this device arrived")
 
 
-@dataclass(eq=False)
-class _Session:
-    """One MQTT connection: its client, its acker, and ``broken``, set by a handler that
-    could not finish a message (its publish was not confirmed): the session then ends."""
-
-    client: MqttClient
-    acker: InOrderAcker
-    broken: asyncio.Event = field(default_factory=asyncio.Event)
-    ended: bool = False
-
-    @property
-    def live(self) -> bool:
-        return not self.ended and not session_gone(self.client)
+@dataclass(frozen=True, slots=True)
+class VisionStats:
+    connected: bool
+    queue_depth: int
+    in_flight: int  # messages being handled
+    unsent_results: int  # computed answers kept for their redelivered input
 
 
 @dataclass(slots=True)
@@ -78,7 +71,10 @@ class _Unsent:
 
 
 class VisionService:
-    """Runs until ``stop`` is set; reconnects to the broker with backoff, session kept."""
+    """Runs until ``stop`` is set; reconnects to the broker with backoff, session kept (a
+    :class:`common.component.Component`)."""
+
+    name = "vision"
 
     def __init__(
         self,
@@ -86,13 +82,25 @@ class VisionService:
         pipeline: VisionPipeline,
         metrics: EdgeMetrics | None = None,
         on_outcome: Callable[[FrameOutcome], None] | None = None,
+        dc: DcPath | None = None,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
         self.metrics = metrics or EdgeMetrics()
         self._flood_log = RateLimitedLog(log, interval_s=10.0)
         self.on_outcome = on_outcome
-        self.connected = asyncio.Event()
+        s, delivery = settings, settings.delivery
+        self.session = MqttSession(
+            "MQTT session",
+            lambda on_unacked_drop, will: make_client(
+                s.mqtt, will=will, on_drop=lambda: self.metrics.shed.labels(STAGE, "client_queue_full").inc(),
+                on_unacked_drop=on_unacked_drop),
+            [(names.shared(s.mqtt.share_group, names.FRAMES_FILTER), 1)], manual_ack=True,
+            status=Status(names.edge_status(s.edge.node_name), self._status), on_connected=self.metrics.connected.set)
+        self.connected = self.session.connected
+        # answers not confirmed, given again (not recomputed) when their input is redelivered
+        self.unsent: RedeliveryCache[_Unsent] = RedeliveryCache(
+            delivery.unsent_results, lambda: self.metrics.shed.labels(STAGE, "unsent_results_full").inc())
         v = settings.vision
         self.batcher: DynamicBatcher[FrameJob, FrameOutcome] = DynamicBatcher(
             self._run_batch,
@@ -103,14 +111,12 @@ class VisionService:
         self._tasks: set[asyncio.Task[None]] = set()
         # Our own bound on messages in the pipeline (see edge_agent.mqtt on Receive Maximum).
         self._in_flight = asyncio.Semaphore(settings.mqtt.receive_maximum)
-        self._session_now: _Session | None = None
-        self._job_session: dict[int, _Session] = {}  # id(FrameJob) -> its session, while queued
-        self._unsent: OrderedDict[bytes, _Unsent] = OrderedDict()
+        self._job_session: dict[int, Connection] = {}  # id(FrameJob) -> its connection, while queued
         self._batch_started_s: float | None = None  # set while a batch runs in the worker
         self._batch_ended_s = 0.0  # when the worker finished its last batch
         o = settings.offload
         self.load = LoadEstimator(o.load_alpha, o.load_window_s)  # measured load: admission + status
-        self.dc: DcPath | None = None  # set to spill frames that would miss their deadline to the DC
+        self.dc = dc  # given: frames that would miss their deadline here may be spilled to the DC
         self._latest_seq: dict[str, int] = {}  # device -> newest latest-wins seq received
         self._ahead = asyncio.Semaphore(v.max_batch_size)  # frames preprocessed before their batch
 
@@ -126,72 +132,45 @@ class VisionService:
         started = self._batch_started_s
         if started is not None and now - started > stall:
             return False
-        sess = self._session_now
-        if sess is not None and not sess.ended and sess.acker.in_flight > 0:
+        sess = self.session.current
+        if sess is not None and not sess.ended and sess.acker is not None and sess.acker.in_flight > 0:
             return now - sess.acker.last_progress_s <= stall
         return True
+
+    @property
+    def stats(self) -> VisionStats:
+        """Gauges of now (its counters are Prometheus metrics: ``self.metrics``)."""
+        return VisionStats(self.connected.is_set(), self.batcher.depth, len(self._tasks), len(self.unsent))
 
     async def run(self, stop: asyncio.Event) -> None:
         loaded = self.pipeline.slot.current()
         self.metrics.set_model(loaded.name, loaded.version)
         self.batcher.start()
-        backoff = Backoff(0.2, 5.0)
         try:
-            while not stop.is_set():
-                try:
-                    await self._session(stop)
-                    backoff.reset()
-                except aiomqtt.MqttError as exc:
-                    log.warning("MQTT connection lost (%s); reconnecting in %.1fs", exc, backoff.delay_s)
-                    await backoff.wait(stop)
+            await self.session.run(stop, self._serve)
         finally:
             await self.batcher.stop()
 
-    async def _session(self, stop: asyncio.Event) -> None:
+    def _status(self, online: bool) -> bytes:
         s = self.settings
-        offline = encode_status(EdgeStatus(s.edge.node_name, False, now_ms(), self._models()))
-        will = aiomqtt.Will(names.edge_status(s.edge.node_name), offline, qos=1, retain=True)
-        broken = asyncio.Event()  # a QoS 1 message the client queue refused is a hole in the window
-        client = make_client(s.mqtt, will=will,
-                             on_drop=lambda: self.metrics.shed.labels(STAGE, "client_queue_full").inc(),
-                             on_unacked_drop=broken.set)
-        sess = _Session(client, InOrderAcker(client), broken)
-        try:
-            async with client:
-                await client.subscribe(names.shared(s.mqtt.share_group, names.FRAMES_FILTER), qos=1)
-                online = EdgeStatus(s.edge.node_name, True, now_ms(), self._models())
-                await client.publish(names.edge_status(s.edge.node_name), encode_status(online), qos=1, retain=True)
-                self._session_now = sess
-                self.connected.set()
-                self.metrics.connected.set(1)
-                consume = asyncio.create_task(self._consume(sess))
-                reporting = asyncio.create_task(self._report_load(client))
-                stopping = asyncio.create_task(stop.wait())
-                breaking = asyncio.create_task(sess.broken.wait())
-                done, _ = await asyncio.wait({consume, stopping, breaking}, return_when=asyncio.FIRST_COMPLETED)
-                stopping.cancel()
-                breaking.cancel()
-                reporting.cancel()
-                if consume in done:
-                    consume.result()  # raises the MqttError that ended the session
-                    return
-                consume.cancel()
-                if breaking in done and not stopping.done():
-                    raise SessionLost("a publish was not confirmed or a QoS 1 message was refused; reconnecting")
-                await self._drain()
-                offline = encode_status(EdgeStatus(s.edge.node_name, False, now_ms(), self._models()))
-                await client.publish(names.edge_status(s.edge.node_name), offline, qos=1, retain=True)
-        finally:
-            self._end(sess)
+        return encode_status(EdgeStatus(s.edge.node_name, online, now_ms(), self._models()))
 
-    def _end(self, sess: _Session) -> None:
-        """Nothing more is acked on this session; its queued frames are skipped by the worker."""
-        sess.ended = True
-        sess.acker.close()
-        if self._session_now is sess:
-            self._session_now = None
-        self.connected.clear()
-        self.metrics.connected.set(0)
+    async def _serve(self, sess: Connection, stop: asyncio.Event) -> None:
+        """One connection: consume until it drops (raises) or ``stop``; then let in-flight messages finish."""
+        consume = asyncio.create_task(self._consume(sess))
+        reporting = asyncio.create_task(self._report_load(sess.client))
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            done, _ = await asyncio.wait({consume, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            reporting.cancel()
+            if consume in done:
+                consume.result()  # raises the MqttError that ended the connection
+                return
+            consume.cancel()
+            await self._drain()
+        finally:
+            for task in (consume, reporting, stopping):
+                task.cancel()
 
     async def _drain(self, timeout_s: float = 10.0) -> None:
         """Let in-flight messages finish (results published, inputs acked)."""
@@ -246,7 +225,7 @@ class VisionService:
 
     # -- per message -------------------------------------------------------------------
 
-    async def _consume(self, sess: _Session) -> None:
+    async def _consume(self, sess: Connection) -> None:
         messages = aiter(sess.client.messages)
         while True:
             await self._in_flight.acquire()  # released when the message is finished
@@ -257,13 +236,14 @@ class VisionService:
             except BaseException:
                 self._in_flight.release()
                 raise
+            assert sess.acker is not None  # a manual-ack session
             token = sess.acker.received(message)
             task = asyncio.create_task(self._handle(sess, token, message, time.monotonic()))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             task.add_done_callback(lambda _: self._in_flight.release())
 
-    async def _handle(self, sess: _Session, token: int, message: aiomqtt.Message, received_s: float) -> None:
+    async def _handle(self, sess: Connection, token: int, message: aiomqtt.Message, received_s: float) -> None:
         """Finish one message: ack it, or (its publish not confirmed) end the session, never neither."""
         try:
             await self._process(sess, message, received_s)
@@ -278,23 +258,24 @@ class VisionService:
             except aiomqtt.MqttError as exc2:
                 self._abandon(sess, exc2)
                 return
+        assert sess.acker is not None
         sess.acker.done(token)
 
-    def _abandon(self, sess: _Session, exc: BaseException) -> None:
+    def _abandon(self, sess: Connection, exc: BaseException) -> None:
         """Leave the input unacked and end the session: the broker redelivers it next session."""
         self.metrics.abandoned.labels(STAGE, "session_lost").inc()
         if not sess.broken.is_set():
             log.warning("publish not confirmed (%s): ending the session, inputs left for redelivery", exc)
         sess.broken.set()
 
-    async def _process(self, sess: _Session, message: aiomqtt.Message, received_s: float) -> None:
+    async def _process(self, sess: Connection, message: aiomqtt.Message, received_s: float) -> None:
         if not sess.live:
             raise SessionLost("session ended before this message was handled")
         topic = str(message.topic)
         payload = payload_bytes(message.payload)
         self.metrics.received.labels(STAGE).inc()
         key = hashlib.blake2b(topic.encode() + b"\0" + payload, digest_size=16).digest()
-        unsent = self._unsent.pop(key, None)
+        unsent = self.unsent.take(key)
         if unsent is not None:  # a redelivered input whose result was computed last session
             self.metrics.redelivered.labels(STAGE, "answered_from_unsent").inc()
             await self._publish_result(sess, key, unsent)
@@ -310,20 +291,19 @@ class VisionService:
         if frame.latest_wins and frame.seq > self._latest_seq.get(frame.device, -1):
             self._latest_seq[frame.device] = frame.seq
         o = self.settings.offload
-        deadline = deadline_of(frame.deadline_ms, frame.captured_at_ms, o.default_deadline_ms)
+        request = Request(deadline_of(frame.deadline_ms, frame.captured_at_ms, o.default_deadline_ms), frame.fallback)
         raw_s: float | None = None  # the model's predicted completion, before the bias correction
-        if o.admission and deadline is not None:
+        if o.admission and request.deadline_ms is not None:  # the placement decision (placement.edge)
             model = self.pipeline.slot.current().name
             raw_s = self.load.predict_s(model, self.batcher.depth, self.batcher.max_batch_size, corrected=False)
             predicted_s = None if raw_s is None else self.load.corrected(raw_s)
-            # a fallback frame is handed back rather than spilled: its device knows its own compute
-            # time, the DC's is an estimate over the WAN, and the device costs no DC time nor WAN bytes
-            dc_ms = None if self.dc is None or frame.fallback else self.dc.latency_ms()
-            decision = decide(time.time() * 1000.0, deadline, None if predicted_s is None else 1000.0 * predicted_s,
-                              dc_ms, o.margin_ms)
-            self.load.record_admission(decision.placement != "edge")
-            if decision.placement == "dc" and self.dc is not None:
-                served = await self.dc.submit(frame)
+            dc = self.dc
+            view = View(None if predicted_s is None else 1000.0 * predicted_s,
+                        None if dc is None or frame.fallback else dc.latency_ms(), o.margin_ms)
+            decision = decide(request, view, time.time() * 1000.0)
+            self.load.record_admission(not isinstance(decision, Serve))
+            if isinstance(decision, Spill) and dc is not None:
+                served = await dc.submit(frame)
                 if served is not None:
                     outcome = FrameOutcome(FrameJob(frame, received_s), served)
                     wan = len(payload) + len(encode_result(served))
@@ -333,12 +313,12 @@ class VisionService:
                     await self._publish_result(sess, key, _Unsent(names.vision_results(frame.device),
                                                                   encode_result(served), outcome))
                     return
-                decision = Decision("shed", "dc_failed", decision.predicted_ms, decision.budget_ms)
-            if decision.placement == "shed" and decision.reason == "deadline" and frame.fallback:
-                await self._return(sess, key, frame, "deadline")
+                decision = on_dc_failure(decision)
+            if isinstance(decision, Return):
+                await self._return(sess, key, frame, decision.reason)
                 return
-            if decision.placement == "shed":
-                await self._shed(sess, key, FrameJob(frame, received_s), decision.reason or "deadline")
+            if isinstance(decision, Shed):
+                await self._shed(sess, key, FrameJob(frame, received_s), decision.reason)
                 return
         job = FrameJob(frame, received_s)
         if raw_s is not None:
@@ -359,7 +339,7 @@ class VisionService:
         unsent = _Unsent(names.vision_results(frame.device), encode_result(result), batched)
         await self._publish_result(sess, key, unsent)
 
-    async def _through_batcher(self, sess: _Session, key: bytes, job: FrameJob, topic: str,
+    async def _through_batcher(self, sess: Connection, key: bytes, job: FrameJob, topic: str,
                                payload: bytes) -> FrameOutcome | None:
         """The frame's batch outcome; None when it was shed or returned (overload) or dead-lettered
         (bad image).
@@ -383,12 +363,13 @@ class VisionService:
                 future = self.batcher.submit_nowait(job)
             except Overloaded:
                 job.pre = None
-                if job.frame.fallback:
-                    await self._return(sess, key, job.frame, "overload")
+                decision = on_overload(Request(None, job.frame.fallback))
+                if isinstance(decision, Return):
+                    await self._return(sess, key, job.frame, decision.reason)
                     return None
                 self._flood_log.warning("shed", "overload: shed frame %s/%d (counted in edge_messages_shed)",
                                         job.frame.device, job.frame.seq)
-                await self._shed(sess, key, job, "overload")
+                await self._shed(sess, key, job, decision.reason)
                 return None
             self._job_session[id(job)] = sess
             try:
@@ -401,17 +382,12 @@ class VisionService:
             if ahead:
                 self._ahead.release()
 
-    async def _publish_result(self, sess: _Session, key: bytes, unsent: _Unsent) -> None:
+    async def _publish_result(self, sess: Connection, key: bytes, unsent: _Unsent) -> None:
         try:
             await publish_confirmed(sess.client, unsent.topic, unsent.payload,
                                     deadline_s=self.settings.delivery.publish_deadline_s)
         except aiomqtt.MqttError:
-            limit = self.settings.delivery.unsent_results
-            if limit > 0:  # kept: the redelivered input gets this result, not a recomputation
-                self._unsent[key] = unsent
-                while len(self._unsent) > limit:
-                    self._unsent.popitem(last=False)
-                    self.metrics.shed.labels(STAGE, "unsent_results_full").inc()
+            self.unsent.keep(key, unsent)  # the redelivered input gets this result, not a recomputation
             raise
         if unsent.outcome is None:  # a frame return: not an outcome
             return
@@ -433,7 +409,7 @@ class VisionService:
         if self.on_outcome is not None:
             self.on_outcome(unsent.outcome)
 
-    async def _shed(self, sess: _Session, key: bytes, job: FrameJob, reason: str) -> None:
+    async def _shed(self, sess: Connection, key: bytes, job: FrameJob, reason: str) -> None:
         """Not served: the request's outcome (shed, with its reason) is published on its result topic."""
         self.metrics.shed.labels(STAGE, reason).inc()
         loaded = self.pipeline.slot.current()
@@ -443,7 +419,7 @@ class VisionService:
         await self._publish_result(sess, key, _Unsent(names.vision_results(job.frame.device),
                                                       encode_result(result), FrameOutcome(job, result)))
 
-    async def _return(self, sess: _Session, key: bytes, frame: Frame, reason: str) -> None:
+    async def _return(self, sess: Connection, key: bytes, frame: Frame, reason: str) -> None:
         """A ``fallback`` frame the edge would shed goes back to its device, which serves it and
         publishes its outcome: the edge publishes none (a return is not an outcome). A return whose
         publish is not confirmed is kept like a result: the redelivered frame gets the same return,
@@ -453,7 +429,7 @@ class VisionService:
         await self._publish_result(sess, key, _Unsent(names.frame_returns(frame.device), encode_frame_return(ret),
                                                       None))
 
-    async def _dead_letter(self, sess: _Session, topic: str, payload: bytes, error: ContractError) -> None:
+    async def _dead_letter(self, sess: Connection, topic: str, payload: bytes, error: ContractError) -> None:
         self.metrics.rejected.labels(STAGE, error.reason).inc()
         log.info("dead-letter %s: %s", topic, error)
         record = DeadLetter(stage=STAGE, reason=error.reason, detail=error.detail, topic=topic,

@@ -163,14 +163,15 @@ async def test_audio_corpus_on_new_legs_opens_no_leg_and_costs_no_memory(mosquit
                             asr=load_edge_asr(cache_dir, "whisper_tiny_en", "whisper_tiny_en", device="cpu"),
                             vad=SileroVad(),
                             encoder=SpeakerEncoder("cpu"))
-    await service.start()
+    stop_service = asyncio.Event()
+    running = asyncio.create_task(service.run(stop_service))
     corpus = _audio_corpus()
     bad_topics = [("bad_leg_id", f"{names.ROOT}/audio/dev/conv/"),
                   ("bad_conversation_id", f"{names.ROOT}/audio/dev/c\u00f6nv/leg1"),
                   ("bad_device_id", f"{names.ROOT}/audio/{LONG_ID}/conv/leg1")]
     rounds, sent = 21, 0
     try:
-        await asyncio.wait_for(service.ready.wait(), 30)
+        await asyncio.wait_for(service.connected.wait(), 30)
         assert service.engine is not None
         async with _dead_letters(mosquitto.port, "audio") as (reasons, changed), \
                 aiomqtt.Client("127.0.0.1", mosquitto.port, protocol=aiomqtt.ProtocolVersion.V5) as pub:
@@ -187,7 +188,8 @@ async def test_audio_corpus_on_new_legs_opens_no_leg_and_costs_no_memory(mosquit
             growth = rss_mib() - rss0
         c = service.counters
     finally:
-        await service.stop()
+        stop_service.set()
+    await running
     expected = Counter([reason for reason, _ in corpus + bad_topics] * rounds)
     print(f"\naudio corpus: {sent} bad packets on {rounds * len(corpus)} new leg topics, legs opened "
           f"{c.legs_opened}, dead letters {len(reasons)}, RSS growth {growth:.1f} MiB")

@@ -11,7 +11,8 @@ from prometheus_client import CollectorRegistry
 from common.settings import DeliverySettings, Settings
 from edge_agent.health import HealthServer
 from edge_agent.mqtt import InOrderAcker
-from edge_agent.vision.service import VisionService, _Session
+from edge_agent.mqtt_session import Connection
+from edge_agent.vision.service import VisionService
 
 
 @dataclass
@@ -36,7 +37,7 @@ async def test_agent_is_not_live_when_acks_stall_with_work_pending() -> None:
     agent = VisionService(settings, pipeline=None)  # type: ignore[arg-type]  # the model is not needed here
     client = _Client()
     acker = InOrderAcker(client)  # type: ignore[arg-type]
-    agent._session_now = _Session(client, acker)  # type: ignore[arg-type]
+    agent.session.current = Connection(client, acker)  # type: ignore[arg-type]
     assert agent.live()  # nothing pending
     first = acker.received(_Msg(1))  # type: ignore[arg-type]
     second = acker.received(_Msg(2))  # type: ignore[arg-type]

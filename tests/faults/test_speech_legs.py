@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults,
               pytest.mark.skipif(not espeak_available(), reason="espeak-ng not installed")]
 
 LEGS = 100
-RSS_BOUND_MIB = 1536  # the documented bound for the agent process (README "Delivery guarantees")
+RSS_BOUND_MIB = 1536  # the documented bound for the agent process (docs/delivery.md)
 
 
 @pytest.mark.timeout(900)

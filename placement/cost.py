@@ -2,7 +2,7 @@
 
 Prices come from ``offload`` settings (knobs, not measurements); the quantities they multiply
 are measured (edge and DC busy seconds, bytes) or, for device energy, modelled from the device
-profile (``devices/policy.py``).
+profile (:mod:`placement.device`).
 """
 
 from __future__ import annotations

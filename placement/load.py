@@ -5,7 +5,7 @@ fitted per model by an exponentially weighted least-squares line through the mea
 (items, seconds) of recent batches; while the batch sizes seen do not spread enough to fit a
 line, the overhead is 0 and the cost per item is the EWMA of seconds / items.
 
-Fed by the batch worker (one call per batch) and read by admission control and the status
+Fed by the batch worker (one call per batch) and read by the placement decision and the status
 publisher. Thread-safe: batches are recorded from the worker thread, snapshots taken on the loop.
 """
 

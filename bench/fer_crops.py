@@ -1,0 +1,133 @@
+"""Edge FER against the reference pipeline on the real photo set: ``python -m bench.fer_crops --json``.
+
+Each photo of ``sim.photo_set`` goes through the agent's own ``run_batch`` (BlazeFace, the FER
+crop of ``vision.fer_crop``, the edge FER) and through the reference (``models.fer_reference``:
+``fer``'s ``detect_emotions``). A reference face (boxes listed as not faces excluded) is *found*
+when an edge face overlaps it (IoU >= 0.3, each edge face used once); a found face *agrees* when
+both give it the same label.
+
+- ``faces_found_reference``: found / reference faces; ``fer_agreement_reference``: agreeing /
+  found; ``reference_faces``: the set's face count; each also per split (``dev``: the crop was
+  calibrated on it; ``heldout``: scored only);
+- ``missed``: the reference faces not found, ``disagreed``: (photo, box, reference label, edge label);
+- ``crop``: the crop settings, and how many faces the cascade refined vs the calibrated geometry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+
+import cv2
+
+from common.settings import Settings, load_settings
+from inference.vision import FrameJob, build_vision_pipeline
+from models.fer_reference import FerReference
+from sim.photo_set import PHOTOS, REFERENCE_NOT_FACES, Photo, photos
+from topics.vision import EMOTIONS, Face, Frame
+
+__all__ = ["Match", "fer_crop_figures", "match_faces"]
+
+Box = tuple[int, int, int, int]
+
+
+def iou(a: Box, b: Box) -> float:
+    """Intersection over union of two (x, y, w, h) boxes."""
+    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union else 0.0
+
+
+@dataclass(frozen=True)
+class Match:
+    """One reference face and the edge face matched to it (None: not found)."""
+
+    photo: Photo
+    box: Box
+    reference_label: str
+    edge_label: str | None
+
+
+def match_faces(reference: list[tuple[Box, str]], edge: list[tuple[Box, str]],
+                min_iou: float = 0.3) -> list[tuple[Box, str, str | None]]:
+    """Greedy one-to-one matching by IoU, best pairs first: (reference box, its label, edge label or None)."""
+    pairs = sorted(((iou(r[0], e[0]), i, j) for i, r in enumerate(reference) for j, e in enumerate(edge)),
+                   reverse=True)
+    taken_r: dict[int, int] = {}
+    taken_e: set[int] = set()
+    for score, i, j in pairs:
+        if score < min_iou:
+            break
+        if i not in taken_r and j not in taken_e:
+            taken_r[i] = j
+            taken_e.add(j)
+    return [(box, label, edge[taken_r[i]][1] if i in taken_r else None)
+            for i, (box, label) in enumerate(reference)]
+
+
+def _is_face(photo: Photo, box: Box) -> bool:
+    return all(iou(box, nf) < 0.5 for nf in REFERENCE_NOT_FACES.get(photo.file, ()))
+
+
+def fer_crop_figures(settings: Settings) -> dict[str, object]:
+    """The figures above, for ``settings``' vision pipeline."""
+    pipeline = build_vision_pipeline(settings)
+    reference = FerReference(settings.cache_dir)
+    matches: list[Match] = []
+    try:
+        for i, (photo, bgr) in enumerate(photos(settings.cache_dir)):
+            ref = [(f.box, EMOTIONS[int(f.probs.argmax())]) for f in reference.detect_emotions(bgr)
+                   if _is_face(photo, f.box)]
+            frame = Frame("bench", i, 0, "png", cv2.imencode(".png", bgr)[1].tobytes())
+            outcome = pipeline.run_batch([FrameJob(frame, time.monotonic())])[0]
+            faces: tuple[Face, ...] = outcome.result.faces if outcome.result is not None else ()
+            edge = [(f.box, f.label) for f in faces]
+            matches += [Match(photo, box, rl, el) for box, rl, el in match_faces(ref, edge)]
+        cropper = pipeline.cropper
+    finally:
+        pipeline.close()
+
+    def split(ms: list[Match]) -> dict[str, object]:
+        found = [m for m in ms if m.edge_label is not None]
+        agree = [m for m in found if m.edge_label == m.reference_label]
+        return {"reference_faces": len(ms),
+                "faces_found_reference": round(len(found) / len(ms), 3) if ms else None,
+                "fer_agreement_reference": round(len(agree) / len(found), 3) if found else None,
+                "found": len(found), "agreeing": len(agree)}
+
+    out: dict[str, object] = dict(split(matches))
+    for part in ("dev", "heldout"):
+        out[part] = split([m for m in matches if m.photo.split == part])
+    out["photos"] = len(PHOTOS)
+    out["missed"] = [f"{m.photo.file} {list(m.box)}" for m in matches if m.edge_label is None]
+    out["disagreed"] = [f"{m.photo.file} {list(m.box)} {m.reference_label}->{m.edge_label}"
+                        for m in matches if m.edge_label is not None and m.edge_label != m.reference_label]
+    c = settings.vision.fer_crop
+    out["crop"] = {"refine": c.refine, "scale": c.scale, "dx": c.dx, "dy": c.dy,
+                   "refined": cropper.refined, "geometric": cropper.geometric}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.fer_crops", description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", action="store_true", help="print only the JSON object")
+    p.add_argument("--no-refine", action="store_true", help="calibrated geometry only (vision.fer_crop.refine off)")
+    args = p.parse_args(argv)
+    settings = load_settings()
+    if args.no_refine:
+        crop = settings.vision.fer_crop.model_copy(update={"refine": False})
+        settings = settings.model_copy(update={"vision": settings.vision.model_copy(update={"fer_crop": crop})})
+    out = fer_crop_figures(settings)
+    if not args.json:
+        print(__doc__)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
