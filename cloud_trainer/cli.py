@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaError
 from cloud_trainer.publish import announce_once, publish_labels
 from cloud_trainer.registry import Registry, RegistryError, Signer
 from cloud_trainer.store import open_store
+from common.logs import bind_context
 from common.settings import Settings, load_settings
 from common.trainer_settings import TrainerSettings
 from topics.codec import now_ms
@@ -57,6 +58,7 @@ def _cmd_dc_worker(args: argparse.Namespace) -> int:
     from cloud_trainer.dc_inference import run_dc_worker
 
     settings, _ = _settings()
+    bind_context(node=args.worker_id)  # every log line of this worker names it
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -71,8 +73,20 @@ def _cmd_dc_worker(args: argparse.Namespace) -> int:
 
 # --- label -----------------------------------------------------------------------------------
 
+def _missing_sqlite(url: str) -> Path | None:
+    """The SQLite file of a store URL when it does not exist (a read-only command then makes none)."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return None
+    path = Path(url.removeprefix("sqlite:///"))
+    return None if path.is_file() else path
+
+
 def _cmd_label_list(args: argparse.Namespace) -> int:
     _, trainer = _settings()
+    missing = _missing_sqlite(trainer.store_url)
+    if missing is not None:
+        print(f"edge-offload: no sample store at {missing} yet (the trainer makes it)", file=sys.stderr)
+        return 0
 
     async def main() -> None:
         store = await open_store(trainer.store_url, trainer.holdout_percent)
@@ -91,6 +105,10 @@ def _cmd_label_list(args: argparse.Namespace) -> int:
 
 def _cmd_label_export(args: argparse.Namespace) -> int:
     _, trainer = _settings()
+    missing = _missing_sqlite(trainer.store_url)
+    if missing is not None:
+        print(f"edge-offload: error: no sample store at {missing}", file=sys.stderr)
+        return 1
 
     async def main() -> int:
         store = await open_store(trainer.store_url, trainer.holdout_percent)
@@ -99,7 +117,7 @@ def _cmd_label_export(args: argparse.Namespace) -> int:
         finally:
             await store.close()
         if sample is None or sample.encoding != "pcm_s16le":
-            print(f"no audio sample {args.key!r}", file=sys.stderr)
+            print(f"edge-offload: error: no audio sample {args.key!r}", file=sys.stderr)
             return 1
         with wave.open(str(args.wav), "wb") as w:
             w.setnchannels(1)
@@ -117,12 +135,13 @@ def _cmd_label_set(args: argparse.Namespace) -> int:
     label = Label(key=args.key, text=args.text, source=f"operator:{args.operator}",
                   labelled_at_ms=now_ms())
     if args.key.count("|") != 4:
-        print(f"error: {args.key!r} is not a sample key (see `edge-offload label list`)", file=sys.stderr)
-        return 1
+        print(f"edge-offload: error: {args.key!r} is not a sample key (see `edge-offload label list`)",
+              file=sys.stderr)
+        return 2
     try:
         asyncio.run(publish_labels(settings.kafka, [label]))
     except (KafkaError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"edge-offload: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     print(f"labelled {args.key}")
     return 0
@@ -132,7 +151,13 @@ def _cmd_label_set(args: argparse.Namespace) -> int:
 
 def _cmd_models_list(args: argparse.Namespace) -> int:
     _, trainer = _settings()
-    registry = _registry(trainer)
+    registry = Registry.reader(trainer.registry_dir)  # read-only: no key made, no file created
+    if registry is None:
+        print(f"edge-offload: no model registry at {trainer.registry_dir} yet (the trainer makes it)",
+              file=sys.stderr)
+        if args.json:
+            print("[]")
+        return 0
     try:
         records = registry.versions(args.model)
         if args.json:
@@ -173,7 +198,7 @@ def _cmd_models_promote(args: argparse.Namespace) -> int:
         print(f"{args.model} {args.version} promoted and announced")
         return 0
     except (RegistryError, KafkaError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"edge-offload: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     finally:
         registry.close()
@@ -190,7 +215,7 @@ def _cmd_models_rollback(args: argparse.Namespace) -> int:
         print(f"{args.model} rolled back to {target.version} and announced")
         return 0
     except (RegistryError, KafkaError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"edge-offload: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     finally:
         registry.close()

@@ -19,7 +19,6 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from cloud_trainer.store import SampleStore
-from common.kafka_admin import ensure_topics
 from common.kafka_clients import make_consumer
 from common.retry import Restarter
 from common.settings import KafkaSettings
@@ -148,7 +147,6 @@ class SampleConsumer:
         async def consume() -> None:
             consumer: AIOKafkaConsumer | None = None
             try:
-                await ensure_topics(self.kafka, [KAFKA_HARD_EXAMPLES, KAFKA_LABELS])
                 consumer = self._consumer()
                 await consumer.start()
                 restarter.healthy()

@@ -17,11 +17,13 @@ import logging
 import time
 from dataclasses import dataclass
 
-from common.kafka_admin import ensure_topics
+from cloud_trainer.health import Progress, StatsCollector, health_server
+from common import tracing
 from common.kafka_clients import make_consumer, make_producer
 from common.retry import Restarter
 from common.runtime import freeze_loaded_objects
 from common.settings import KafkaSettings, Settings
+from common.tracing import kafka_headers
 from inference.vision import FrameJob, VisionPipeline
 from topics.codec import ContractError, now_ms
 from topics.deadletter import DeadLetter, encode_dead_letter
@@ -55,7 +57,8 @@ class DcInferenceWorker:
     """Serves spilled frames until ``stop`` is set; Kafka trouble rebuilds the clients."""
 
     def __init__(self, kafka: KafkaSettings, pipeline: VisionPipeline, worker_id: str, *,
-                 group_id: str = "dc-inference", partitions: int = 4, max_batch: int = 16) -> None:
+                 group_id: str = "dc-inference", partitions: int = 4, max_batch: int = 16,
+                 progress: Progress | None = None) -> None:
         self.kafka = kafka
         self.pipeline = pipeline
         self.worker_id = worker_id
@@ -64,6 +67,7 @@ class DcInferenceWorker:
         self.max_batch = max_batch
         self.stats = DcWorkerStats()
         self.ready = asyncio.Event()  # set once the worker has joined its group
+        self.progress = progress or Progress()  # steps of the poll loop: /healthz
 
     def serve(self, requests: list[DcRequest]) -> list[DcReply]:
         """One batch through the model (blocking: call it in a worker thread)."""
@@ -87,14 +91,13 @@ class DcInferenceWorker:
     async def run(self, stop: asyncio.Event) -> None:
         def counted(_: BaseException) -> None:
             self.stats.restarts += 1
+            self.progress.step()  # a reconnect attempt: the loop is not wedged
 
         restarter = Restarter(f"dc worker {self.worker_id}", log, 1.0, 1.0, on_restart=counted)
 
         async def serve() -> None:
             consumer = producer = None
             try:
-                await ensure_topics(self.kafka, [KAFKA_DC_FRAMES], partitions=self.partitions)
-                await ensure_topics(self.kafka, [KAFKA_DC_RESULTS, KAFKA_DC_DEAD_LETTERS])
                 producer = make_producer(self.kafka, client_id=f"{self.kafka.client_id}-{self.worker_id}",
                                          acks="all", enable_idempotence=self.kafka.enable_idempotence,
                                          max_request_size=MAX_DC_BYTES)
@@ -109,22 +112,31 @@ class DcInferenceWorker:
                     batch = await consumer.getmany(timeout_ms=200, max_records=self.max_batch)
                     self.ready.set()
                     restarter.healthy()
+                    self.progress.step()
                     records = [r for rs in batch.values() for r in rs]
                     if not records:
                         continue
-                    decoded = [(r.value, self._decode(r.value)) for r in records]
-                    requests = [req for _, req in decoded if isinstance(req, DcRequest)]
-                    sends = [await producer.send(KAFKA_DC_DEAD_LETTERS, self._dead_letter(value, err),
-                                                 key=self.worker_id.encode())
-                             for value, err in decoded if isinstance(err, ContractError)]
+                    decoded = [(r.value, self._decode(r.value), tracing.from_headers(r.headers)) for r in records]
+                    requests = [req for _, req, _ in decoded if isinstance(req, DcRequest)]
+                    traces = {req.request_id: trace for _, req, trace in decoded if isinstance(req, DcRequest)}
+                    sends = []
+                    for value, err, trace in decoded:
+                        if isinstance(err, ContractError):
+                            dead = self._dead_letter(value, err)
+                            sends.append(await producer.send(KAFKA_DC_DEAD_LETTERS, dead, key=self.worker_id.encode(),
+                                                             headers=kafka_headers(dead, tracing.child(trace))))
                     if requests:
                         replies = await asyncio.to_thread(self.serve, requests)
-                        sends += [await producer.send(KAFKA_DC_RESULTS, encode_dc_reply(rep), key=rep.reply_to.encode())
-                                  for rep in replies]
+                        for rep in replies:
+                            reply = encode_dc_reply(rep)
+                            trace = tracing.child(traces.get(rep.request_id))
+                            sends.append(await producer.send(KAFKA_DC_RESULTS, reply, key=rep.reply_to.encode(),
+                                                             headers=kafka_headers(reply, trace)))
                     for fut in sends:
                         await fut  # acks=all before the offsets move
                     await asyncio.wait_for(consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items() if rs}),
                                            30.0)
+                    self.progress.step()
             finally:
                 for client in (consumer, producer):
                     if client is not None:
@@ -153,17 +165,31 @@ class DcInferenceWorker:
 
 
 async def run_dc_worker(settings: Settings, worker_id: str, stop: asyncio.Event) -> DcWorkerStats:
-    """Load the edge's vision pipeline (same model version) and serve until ``stop``."""
+    """Load the edge's vision pipeline (same model version) and serve until ``stop``, with
+    /metrics, /healthz and /readyz on ``offload.dc_http_port`` from the start (ready once joined)."""
     # the edge's own pipeline builder
     from inference.vision import build_vision_pipeline
 
-    pipeline = await asyncio.to_thread(build_vision_pipeline, settings)
-    freeze_loaded_objects()  # model loaded: keep later GC scans short
     o = settings.offload
-    worker = DcInferenceWorker(settings.kafka, pipeline, worker_id, group_id=o.dc_group,
-                               partitions=o.dc_partitions, max_batch=o.dc_max_batch)
+    progress = Progress()
+    workers: list[DcInferenceWorker] = []
+    collector = StatsCollector("edge_offload_dc_worker", progress,
+                               lambda: dataclasses.asdict(workers[0].stats) if workers else {},
+                               {"worker": worker_id})
+    health = health_server(o.dc_http_host, o.dc_http_port, collector, progress, o.dc_liveness_stall_s,
+                           lambda: bool(workers) and workers[0].ready.is_set())
+    await health.start()
+    log.info("dc worker %s: /metrics, /healthz, /readyz on port %d", worker_id, health.port)
     try:
-        await worker.run(stop)
+        pipeline = await asyncio.to_thread(build_vision_pipeline, settings)
+        freeze_loaded_objects()  # model loaded: keep later GC scans short
+        worker = DcInferenceWorker(settings.kafka, pipeline, worker_id, group_id=o.dc_group,
+                                   partitions=o.dc_partitions, max_batch=o.dc_max_batch, progress=progress)
+        workers.append(worker)
+        try:
+            await worker.run(stop)
+        finally:
+            pipeline.close()
     finally:
-        pipeline.close()
+        await health.stop()
     return worker.stats

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 
-from common.kafka_admin import ensure_topics
 from common.kafka_clients import make_producer
 from common.settings import KafkaSettings
+from common.tracing import kafka_headers
 from topics.dc import MAX_MODEL_UPDATE_BYTES, Label, ModelUpdate, encode_label, encode_model_update
 from topics.names import KAFKA_LABELS, KAFKA_MODEL_UPDATES
 
@@ -26,7 +26,6 @@ class UpdatePublisher:
     async def start(self) -> None:
         if self._producer is not None:
             return
-        await ensure_topics(self.kafka, [KAFKA_MODEL_UPDATES])
         producer = make_producer(
             self.kafka, client_id=f"{self.kafka.client_id}-updates",
             acks="all", enable_idempotence=self.kafka.enable_idempotence,
@@ -47,8 +46,9 @@ class UpdatePublisher:
         """Publish one announcement; return its offset once Kafka acknowledged it."""
         if self._producer is None:
             raise RuntimeError("UpdatePublisher not started")
-        meta = await self._producer.send_and_wait(
-            KAFKA_MODEL_UPDATES, encode_model_update(update), key=update.name.encode())
+        payload = encode_model_update(update)
+        meta = await self._producer.send_and_wait(KAFKA_MODEL_UPDATES, payload, key=update.name.encode(),
+                                                  headers=kafka_headers(payload))
         return int(meta.offset)
 
 
@@ -64,12 +64,13 @@ async def announce_once(kafka: KafkaSettings, update: ModelUpdate) -> int:
 
 async def publish_labels(kafka: KafkaSettings, labels: Sequence[Label]) -> None:
     """Send operator labels to the labels topic (acks=all), keyed by sample key."""
-    await ensure_topics(kafka, [KAFKA_LABELS])
     producer = make_producer(kafka, client_id=f"{kafka.client_id}-labels",
                                 acks="all", enable_idempotence=kafka.enable_idempotence)
     await producer.start()
     try:
-        futures = [await producer.send(KAFKA_LABELS, encode_label(lb), key=lb.key.encode()) for lb in labels]
+        payloads = [(lb.key, encode_label(lb)) for lb in labels]
+        futures = [await producer.send(KAFKA_LABELS, p, key=key.encode(), headers=kafka_headers(p))
+                   for key, p in payloads]
         await asyncio.gather(*futures)  # raises unless every label was acknowledged
     finally:
         await producer.stop()

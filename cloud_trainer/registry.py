@@ -144,13 +144,33 @@ class Registry:
 
     def __init__(self, registry_dir: Path, signer: Signer) -> None:
         self.dir = registry_dir
-        self.signer = signer
+        self._signer: Signer | None = signer
         registry_dir.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(registry_dir / "registry.sqlite3", check_same_thread=False,
                                    isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
+
+    @classmethod
+    def reader(cls, registry_dir: Path) -> Registry | None:
+        """The registry opened read-only (no key, no file made); None if there is none yet."""
+        path = registry_dir / "registry.sqlite3"
+        if not path.is_file():
+            return None
+        self = cls.__new__(cls)
+        self.dir = registry_dir
+        self._signer = None
+        self._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False,
+                                   isolation_level=None, timeout=30)
+        self._lock = threading.Lock()
+        return self
+
+    @property
+    def signer(self) -> Signer:
+        if self._signer is None:
+            raise RegistryError("the registry was opened read-only")
+        return self._signer
 
     def close(self) -> None:
         with self._lock:

@@ -24,10 +24,11 @@ from aiokafka import AIOKafkaProducer
 
 from cloud_trainer.asr_adapt import pcm_to_float
 from cloud_trainer.speech_revise import SpeechReviser
-from common.kafka_admin import ensure_topics
+from common import tracing
 from common.kafka_clients import make_consumer, make_producer
 from common.retry import Restarter
 from common.settings import KafkaSettings
+from common.tracing import kafka_headers
 from models.whisper_asr import AsrResult
 from topics.codec import ContractError, now_ms
 from topics.dc import MAX_HARD_EXAMPLE_BYTES, HardExample, Label, decode_hard_example, decode_label, encode_label
@@ -82,9 +83,13 @@ class RevisionService:
         self.commit_timeout_s = commit_timeout_s
         self.stats = RevisionStats()
 
-    async def _batch(self, producer: AIOKafkaProducer, records: list[tuple[str, bytes | None]]) -> None:
+    async def _batch(self, producer: AIOKafkaProducer,
+                     records: list[tuple[str, bytes | None]] | list[tuple[str, bytes | None, str | None]]) -> None:
+        """Revise a batch of (topic, value[, traceparent]) records; each answer continues its record's trace."""
         sends = []
-        for topic, value in records:
+        for record in records:
+            topic, value = record[0], record[1]
+            trace = record[2] if len(record) > 2 else None
             self.stats.records += 1
             if topic == KAFKA_LABELS:
                 rev = self._operator_revision(value)
@@ -94,7 +99,8 @@ class RevisionService:
                     except (ContractError, ValueError):  # ids that are not ids
                         self.stats.bad += 1
                         continue
-                    sends.append(await producer.send(KAFKA_SPEECH_REVISIONS, payload, key=b""))
+                    sends.append(await producer.send(KAFKA_SPEECH_REVISIONS, payload, key=b"",
+                                                     headers=kafka_headers(payload, tracing.child(trace))))
                 continue
             try:
                 if value is None:
@@ -117,10 +123,13 @@ class RevisionService:
                 log.exception("reviser: decoding %s failed", ex.key)
                 continue
             self.stats.seconds += time.perf_counter() - t0
-            sends.append(await producer.send(KAFKA_SPEECH_REVISIONS, encode_revision(rev), key=rev.node.encode()))
+            payload = encode_revision(rev)
+            sends.append(await producer.send(KAFKA_SPEECH_REVISIONS, payload, key=rev.node.encode(),
+                                             headers=kafka_headers(payload, tracing.child(trace))))
             if rev.text:  # the DC transcript becomes training data (an operator's label still wins)
-                label = Label(rev.key, rev.text, f"dc:{rev.model.name}", rev.created_at_ms)
-                sends.append(await producer.send(KAFKA_LABELS, encode_label(label), key=rev.key.encode()))
+                label = encode_label(Label(rev.key, rev.text, f"dc:{rev.model.name}", rev.created_at_ms))
+                sends.append(await producer.send(KAFKA_LABELS, label, key=rev.key.encode(),
+                                                 headers=kafka_headers(label, tracing.child(trace))))
         for fut in sends:
             await fut  # acks=all before the offsets move
         self.stats.revised += sum(1 for f in sends if f.result().topic == KAFKA_SPEECH_REVISIONS)
@@ -153,7 +162,6 @@ class RevisionService:
         async def revise() -> None:
             consumer = producer = None
             try:
-                await ensure_topics(self.kafka, [KAFKA_HARD_EXAMPLES, KAFKA_LABELS, KAFKA_SPEECH_REVISIONS])
                 producer = make_producer(self.kafka, client_id=f"{self.kafka.client_id}-reviser", acks="all",
                                          enable_idempotence=self.kafka.enable_idempotence)
                 await producer.start()
@@ -169,7 +177,8 @@ class RevisionService:
                     records = [r for rs in batch.values() for r in rs]
                     if not records:
                         continue
-                    await self._batch(producer, [(r.topic, r.value) for r in records])
+                    await self._batch(producer, [(r.topic, r.value, tracing.from_headers(r.headers))
+                                                 for r in records])
                     offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items() if rs}
                     await asyncio.wait_for(consumer.commit(offsets), self.commit_timeout_s)
             finally:

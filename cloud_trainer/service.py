@@ -14,10 +14,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cloud_trainer.consumer import SampleConsumer
+from cloud_trainer.health import Progress, StatsCollector, health_server
 from cloud_trainer.labeler import FaceLabeler, ReplaySet
 from cloud_trainer.publish import UpdatePublisher
 from cloud_trainer.registry import Registry, Signer, VersionRecord
@@ -78,6 +79,7 @@ class Trainer:
         self._changed = asyncio.Condition()
         self.reviser: SpeechReviser | None = None  # DC advanced inference on speech (asr.revise)
         self.revisions: RevisionService | None = None
+        self.progress = Progress()  # passes of the main loop: /healthz
 
     # --- set-up -------------------------------------------------------------------------
 
@@ -261,6 +263,7 @@ class Trainer:
                 await asyncio.wait({waiter, stopper}, timeout=tick, return_when=asyncio.FIRST_COMPLETED)
                 waiter.cancel()
                 stopper.cancel()
+                self.progress.step()
         finally:
             await consumer_task
             if revision_task is not None:
@@ -289,4 +292,26 @@ async def run_trainer(settings: Settings, stop: asyncio.Event) -> None:
 
     trainer_settings = settings.trainer
     torch.set_num_threads(trainer_settings.torch_threads)
-    await Trainer(trainer_settings, settings.kafka, settings.cache_dir).run(stop)
+    trainer = Trainer(trainer_settings, settings.kafka, settings.cache_dir)
+    health = health_server(trainer_settings.http_host, trainer_settings.http_port, trainer_collector(trainer),
+                           trainer.progress, trainer_settings.liveness_stall_s, lambda: trainer.progress.steps > 0)
+    await health.start()
+    log.info("trainer: /metrics, /healthz, /readyz on port %d", health.port)
+    try:
+        await trainer.run(stop)
+    finally:
+        await health.stop()
+
+
+def trainer_collector(trainer: Trainer) -> StatsCollector:
+    """The trainer's metrics: its consumer's counters, rounds run and promoted, the loop's progress."""
+
+    def stats() -> dict[str, float]:
+        out: dict[str, float] = {}
+        if trainer.consumer is not None:
+            out.update({f"consumer_{k}": v for k, v in asdict(trainer.consumer.stats).items()})
+        out["rounds"] = len(trainer.records)
+        out["rounds_promoted"] = sum(r.promoted for r in trainer.records)
+        return out
+
+    return StatsCollector("edge_offload_trainer", trainer.progress, stats, {})

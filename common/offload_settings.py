@@ -36,6 +36,11 @@ class OffloadSettings(BaseModel):
     dc_partitions: int = Field(4, ge=1, description="partitions of offload.dc-frames: the most DC "
                                "workers that share the load")
     dc_max_batch: int = Field(16, ge=1, description="frames one DC worker serves in one batch")
+    dc_http_host: str = Field("0.0.0.0", description="interface of the DC worker's /metrics, /healthz, /readyz")
+    dc_http_port: int = Field(9110, ge=0, description="/metrics, /healthz, /readyz of `dc-worker`; 0 picks a "
+                              "free port")
+    dc_liveness_stall_s: float = Field(60.0, gt=0, description="/healthz of a DC worker fails when its poll "
+                                       "loop finished no step (poll, batch, reconnect attempt) for this long")
 
     # cost model (placement/cost.py): prices are knobs, not measurements
     edge_cost_per_s: float = Field(0.0000139, ge=0, description="cost of one second of the edge's worker "

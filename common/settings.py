@@ -36,6 +36,7 @@ __all__ = [
     "EdgeSettings",
     "DeliverySettings",
     "SpeechServiceConfig",
+    "LogSettings",
     "Settings",
     "ConfigError",
     "load_settings",
@@ -95,6 +96,11 @@ class KafkaSettings(BaseModel):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
     sasl_username: str | None = None
     sasl_password: SecretStr | None = Field(None, description="never logged")
+    partitions: int = Field(1, ge=1, description="kafka-init: partitions of hard-examples, labels and speech "
+                            "revisions (model updates and dc-results: 1; dc-frames: offload.dc_partitions)")
+    replication_factor: int = Field(1, ge=1, description="kafka-init: replicas of every topic (3 in production)")
+    min_insync_replicas: int = Field(2, ge=1, description="kafka-init: min.insync.replicas when replicated")
+    retention_days: int = Field(7, ge=1, description="kafka-init: retention of the non-compacted data topics")
 
 
 class FerCropSettings(BaseModel):
@@ -191,6 +197,14 @@ class DeliverySettings(BaseModel):
                                 "answered when their input is redelivered")
 
 
+class LogSettings(BaseModel):
+    """Logging of every ``edge-offload`` command (``--log-level`` / ``--log-format`` override these)."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    format: Literal["text", "json"] = Field("text", description="json: one object per line, context fields "
+                                            "(node, device, conversation) as keys")
+
+
 class EdgeSettings(BaseModel):
     """The edge agent process."""
 
@@ -212,6 +226,7 @@ class Settings(BaseSettings):
     )
 
     cache_dir: Path = Field(default_factory=_default_cache_dir)
+    log: LogSettings = LogSettings()
     mqtt: MqttSettings = MqttSettings()
     kafka: KafkaSettings = KafkaSettings()
     vision: VisionSettings = VisionSettings()

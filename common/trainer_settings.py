@@ -72,6 +72,10 @@ class TrainerSettings(BaseModel):
                             "(0.0.0.0 only behind a network policy)")
     serve_max_bytes: int = Field(256 << 20, ge=1, description="larger artifacts are not served (413)")
     serve_port: int | None = Field(None, ge=0, description="serve artifacts over HTTP (0: any free port)")
+    http_host: str = Field("0.0.0.0", description="interface of /metrics, /healthz, /readyz")
+    http_port: int = Field(9109, ge=0, description="/metrics, /healthz, /readyz of `trainer`; 0 picks a free port")
+    liveness_stall_s: float = Field(1800.0, gt=0, description="/healthz fails when the trainer loop finished "
+                                    "no pass for this long (longer than the longest round)")
     torch_threads: int = Field(2, ge=1)
     work_dir: Path = Field(Path("trainer-data/work"), description="scratch space of rounds")
     fer: FerTrainSettings = FerTrainSettings()

@@ -31,6 +31,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from scipy.io import wavfile
 
+from common.errors import BrokerUnreachable
 from common.mqtt_security import configure_paho
 from common.settings import MqttSettings
 from devices.acks import AckWatch, PublishRefused
@@ -402,7 +403,9 @@ def main(argv: list[str] | None = None) -> int:
                                     jitter_ms=args.jitter_ms), security=settings.mqtt,
             case_id=args.case)
     except PublishRefused as exc:
-        print(f"{p.prog}: error: {exc}", file=sys.stderr)
+        print(f"edge-offload: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # refused, unreachable, unknown host
+        raise BrokerUnreachable("mqtt", f"{args.host}:{args.port}", exc) from None
     print(report.as_json(), flush=True)
     return 0

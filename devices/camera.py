@@ -21,6 +21,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from common.errors import BrokerUnreachable
 from common.mqtt_security import configure_paho
 from common.settings import MqttSettings
 from devices.acks import AckWatch, PublishRefused
@@ -313,11 +314,10 @@ def main(argv: list[str] | None = None) -> int:
                            placer=None if args.policy is None else
                            DevicePlacer(args.policy, settings.device_profile, settings.cache_dir, args.device),
                            edge_node=args.edge_node, case_id=args.case)
-    except (ConnectRefused, OSError) as exc:
-        print(f"edge-offload device camera: error: {exc}", file=sys.stderr)
-        return 2
+    except (ConnectRefused, OSError) as exc:  # refused, unreachable, unknown host
+        raise BrokerUnreachable("mqtt", f"{args.host}:{args.port}", exc) from None
     except PublishRefused as exc:
-        print(f"edge-offload device camera: error: {exc}", file=sys.stderr)
+        print(f"edge-offload: error: {exc}", file=sys.stderr)
         return 1
     print(f"sent {stats.frames_sent} frames ({stats.bytes_sent} bytes) in {stats.seconds:.1f}s")
     return 0

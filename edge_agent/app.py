@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from common import tracing
 from common.component import Component, numbers, run_components
+from common.logs import bind_context
 from common.runtime import freeze_loaded_objects
 from common.settings import Settings
 from edge_agent.dc_spill import DcSpill
@@ -31,7 +34,7 @@ from edge_agent.model_handlers import asr_handler, fer_handler
 from edge_agent.outbox import KafkaForwarder, Outbox
 from edge_agent.speech.pipeline import Utterance
 from edge_agent.speech.revisions import RevisionFollower
-from edge_agent.speech.service import SpeechService, default_asr, register_metrics
+from edge_agent.speech.service import SpeechService, default_asr, register_metrics, segment_traceparent
 from edge_agent.speech.stream import SAMPLE_RATE
 from edge_agent.updates import ModelHandler, ModelUpdater, Refusal
 from edge_agent.vision.service import VisionService
@@ -97,7 +100,8 @@ class EdgeNode:
     def _mine(self, outcome: FrameOutcome) -> None:
         """Hand a published result to the miner, off the event loop (serial, never blocks it)."""
         if self.reporter is not None and outcome.result is not None and outcome.probs is not None:
-            self._mining_pool.submit(self.reporter.offer_faces, outcome.result, outcome.crops, outcome.probs)
+            self._mining_pool.submit(contextvars.copy_context().run,  # the frame's trace goes along
+                                     self.reporter.offer_faces, outcome.result, outcome.crops, outcome.probs)
 
     def mine_speech(self, topic: str, utterance: Utterance) -> None:
         """Judge one finished utterance by its calibrated confidence (called in a speech worker
@@ -112,7 +116,8 @@ class EdgeNode:
             seq=utterance.utterance, model=ASR_MODEL, model_version=utterance.model.version,
             pcm=pcm, sample_rate=SAMPLE_RATE, text=utterance.result.text,
             word_confidences=[utterance.result.confidence],
-            captured_at_ms=now_ms())
+            captured_at_ms=now_ms(),
+            traceparent=tracing.child(segment_traceparent(conversation, utterance.leg, utterance.utterance)))
 
     def _refused(self, refusal: Refusal) -> None:
         log.debug("model update refused: %s", refusal)  # ModelUpdater logs and counts it
@@ -135,6 +140,7 @@ class EdgeNode:
         """Build the components ``settings`` enables (models loaded), then run them all until ``stop``."""
         s = self.settings
         node = s.edge.node_name
+        bind_context(node=node)  # every task started below logs with node=...
         await self.health.start()
         handlers = self.handlers
         components = self.components

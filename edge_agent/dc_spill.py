@@ -19,11 +19,12 @@ from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from common.kafka_admin import ensure_topics
+from common import tracing
 from common.kafka_clients import make_consumer, make_producer
 from common.offload_settings import OffloadSettings
 from common.retry import Restarter
 from common.settings import KafkaSettings
+from common.tracing import kafka_headers
 from placement.dc import DcLatency
 from topics.codec import ContractError
 from topics.offload import (
@@ -122,8 +123,6 @@ class DcSpill:
         await self._consumer.position(tp)  # positioned before the first request goes out
 
     async def start(self) -> None:
-        await ensure_topics(self.kafka, [KAFKA_DC_FRAMES], partitions=self.settings.dc_partitions)
-        await ensure_topics(self.kafka, [KAFKA_DC_RESULTS])
         await self._producer.start()
         await self._open_replies()
         self._reader = asyncio.create_task(self.reader.run(self._read, self._stopping), name="dc-spill-replies")
@@ -148,8 +147,10 @@ class DcSpill:
         try:
             await asyncio.sleep(s.dc_wan_delay_ms / 1000.0)  # simulated WAN, edge -> DC
             req = DcRequest(request_id, self.node, int(time.time() * 1000), frame, frame.deadline_ms)
-            await asyncio.wait_for(self._producer.send_and_wait(KAFKA_DC_FRAMES, encode_dc_request(req),
-                                                                key=frame.device.encode()), s.dc_timeout_ms / 1000.0)
+            payload = encode_dc_request(req)
+            headers = kafka_headers(payload, tracing.child(tracing.current()))  # the frame's trace goes on
+            await asyncio.wait_for(self._producer.send_and_wait(KAFKA_DC_FRAMES, payload, key=frame.device.encode(),
+                                                                headers=headers), s.dc_timeout_ms / 1000.0)
             self.sent += 1
             remaining = s.dc_timeout_ms / 1000.0 - (time.monotonic() - started)
             reply = await asyncio.wait_for(future, max(remaining, 0.001))

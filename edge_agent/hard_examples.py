@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from common import tracing
 from edge_agent.mining import MiningPolicy
 from edge_agent.outbox import Outbox
 from topics.dc import HardExample, encode_hard_example
@@ -42,8 +43,9 @@ class HardExampleReporter:
         self.node = node
         self.errors = 0
 
-    def _put(self, ex: HardExample) -> bool:
-        return self.outbox.put(ex.key, KAFKA_HARD_EXAMPLES, encode_hard_example(ex), ex.device.encode())
+    def _put(self, ex: HardExample, traceparent: str | None = None) -> bool:
+        return self.outbox.put(ex.key, KAFKA_HARD_EXAMPLES, encode_hard_example(ex), ex.device.encode(),
+                               traceparent)
 
     def offer_faces(self, result: VisionResult, crops: Sequence[np.ndarray], probs: np.ndarray) -> int:
         """Mine every face of one vision result; return how many went to the outbox."""
@@ -63,15 +65,17 @@ class HardExampleReporter:
                 kind="face", seq=result.seq, item=item, encoding="png", data=data,
                 result=face.label, confidences=tuple(min(1.0, max(0.0, v)) for v in values),
                 reasons=reasons, node=self.node, captured_at_ms=result.captured_at_ms,
-            ))
+            ), tracing.child(tracing.current()))
         return sent
 
     def offer_speech(
         self, *, device: str, stream: str, seq: int, model: str, model_version: str,
         pcm: bytes, sample_rate: int, text: str, word_confidences: Sequence[float],
-        captured_at_ms: int,
+        captured_at_ms: int, traceparent: str | None = None,
     ) -> bool:
-        """Mine one recognised speech segment (mono s16le PCM); True if it went to the outbox."""
+        """Mine one recognised speech segment (mono s16le PCM); True if it went to the outbox.
+
+        ``traceparent``: the trace of the segment's MQTT output, carried on to the DC as a header."""
         values = [min(1.0, max(0.0, float(c))) for c in word_confidences]
         reasons = self.policy.judge(model, device, scores=values)
         if not reasons:
@@ -81,4 +85,4 @@ class HardExampleReporter:
             item=0, encoding="pcm_s16le", data=pcm, result=text, confidences=tuple(values),
             reasons=reasons, node=self.node, captured_at_ms=captured_at_ms, stream=stream,
             sample_rate=sample_rate,
-        ))
+        ), traceparent)

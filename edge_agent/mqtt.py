@@ -174,7 +174,7 @@ def session_gone(client: MqttClient) -> bool:
 
 
 async def publish_confirmed(client: MqttClient, topic: str, payload: bytes, *, qos: int = 1,
-                            deadline_s: float = 60.0) -> None:
+                            deadline_s: float = 60.0, properties: Properties | None = None) -> None:
     """Publish once and wait for the broker's PUBACK for as long as the session lives.
 
     aiomqtt's own publish gives up after 10 s although paho keeps the message in flight, which
@@ -185,7 +185,8 @@ async def publish_confirmed(client: MqttClient, topic: str, payload: bytes, *, q
     """
     if session_gone(client):
         raise SessionLost("session gone before publish")
-    publish = asyncio.ensure_future(client.publish(topic, payload, qos=qos, timeout=math.inf))
+    publish = asyncio.ensure_future(client.publish(topic, payload, qos=qos, timeout=math.inf,
+                                                   properties=properties))
     gone = client.disconnected
     try:
         done, _ = await asyncio.wait({publish, gone}, timeout=deadline_s, return_when=asyncio.FIRST_COMPLETED)

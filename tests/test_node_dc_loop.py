@@ -21,7 +21,7 @@ from common.dc_settings import (
     OutboxSettings,
     UpdateSettings,
 )
-from common.settings import KafkaSettings
+from common.settings import FerCropSettings, KafkaSettings
 from common.trainer_settings import AsrAdaptSettings, FerTrainSettings, TrainerSettings
 from devices.camera import run_camera
 from edge_agent.app import EdgeNode
@@ -61,6 +61,8 @@ async def test_edge_node_hot_swaps_a_version_the_dc_trained_from_its_hard_exampl
     # (bench.shifted_domain); with BlazeFace's boxes the gain on this 41-crop holdout was
     # +0.049 against the 0.05 margin. The loop's mechanics are what this test checks.
     settings.vision.detector = "haar"
+    # ... and their crops are the plain (square) Haar boxes: the same crop here, not fer's grown one
+    settings.vision.fer_crop = FerCropSettings(refine=False, scale=1.0, dx=0.0, dy=0.0)
     settings.mining = HardExampleSettings(models={FER: ModelMiningSettings(
         filters=[FilterSpec(kind="threshold", threshold=0.7), FilterSpec(kind="margin", threshold=0.3)],
         rate_per_device_s=500, burst_per_device=1000)}, rate_total_s=1000, burst_total=2000, seed=1)

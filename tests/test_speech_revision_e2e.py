@@ -1,6 +1,10 @@
 """A low-confidence utterance goes edge -> outbox -> Kafka -> DC (advanced inference) -> Kafka ->
 edge, and its revision appears on the conversation's MQTT transcript topic; an operator's
-label of it then overrides the DC's (revision 2) there and in the training data."""
+label of it then overrides the DC's (revision 2) there and in the training data.
+
+One W3C trace follows each segment the whole way: the edge's MQTT segment (user property
+``traceparent``), its hard-example record, the DC's revision and label records (Kafka headers,
+with ``schema`` and ``schema-version``) and the revised segment on MQTT share one trace id."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from bench.heldout_speech import HELDOUT, build_heldout_call, piper_available
 from cli.brokers import MosquittoBroker, TansuBroker
 from cloud_trainer.publish import publish_labels
 from cloud_trainer.service import Trainer
+from common import tracing
 from common.dc_settings import FilterSpec, HardExampleSettings, ModelMiningSettings
 from common.settings import EdgeSettings, MqttSettings, Settings
 from common.trainer_settings import AsrAdaptSettings, FerTrainSettings, TrainerSettings
@@ -23,7 +28,7 @@ from sim.scoring import wer
 from sim.speech_corpus import to_8k_int16
 from topics import names
 from topics.dc import Label
-from topics.names import ASR_MODEL
+from topics.names import ASR_MODEL, KAFKA_HARD_EXAMPLES, KAFKA_LABELS, KAFKA_SPEECH_REVISIONS
 from topics.transcript import TranscriptSegment, decode_segment
 
 pytestmark = [pytest.mark.integration,
@@ -52,6 +57,7 @@ async def test_low_confidence_speech_comes_back_revised_by_the_dc(
     stop = asyncio.Event()
     tasks = [asyncio.create_task(trainer.run(stop)), asyncio.create_task(node.run(stop))]
     seen: list[TranscriptSegment] = []
+    traces: dict[tuple[str, int, int], str | None] = {}  # (leg, utterance, revision) -> MQTT trace id
     arrived = asyncio.Condition()
     try:
         await asyncio.wait_for(node.started.wait(), 60)
@@ -65,7 +71,9 @@ async def test_low_confidence_speech_comes_back_revised_by_the_dc(
             async def collect() -> None:
                 async for m in sub.messages:
                     assert isinstance(m.payload, bytes)
-                    seen.append(decode_segment(m.payload))
+                    seg = decode_segment(m.payload)
+                    traces[(seg.leg, seg.utterance, seg.revision)] = tracing.trace_id(tracing.from_mqtt(m.properties))
+                    seen.append(seg)
                     async with arrived:
                         arrived.notify_all()
 
@@ -116,6 +124,46 @@ async def test_low_confidence_speech_comes_back_revised_by_the_dc(
     dc_text = " ".join(x.text for x in sorted(dc, key=lambda x: x.seq))
     assert wer([ref], [dc_text]) <= 0.2, dc_text
     assert node.speech is not None and node.speech.counters.revisions_published == len(dc) + len(op)
+
+    # The trace: MQTT segment -> hard example -> DC revision + label -> revised MQTT segment.
+    for rev in dc:
+        edge_trace = traces[(rev.leg, rev.utterance, 0)]
+        assert edge_trace is not None and traces[(rev.leg, rev.utterance, 1)] == edge_trace
+    records = await _records(own_kafka.bootstrap_servers, KAFKA_HARD_EXAMPLES, KAFKA_SPEECH_REVISIONS, KAFKA_LABELS)
+    for topic, schema in ((KAFKA_HARD_EXAMPLES, b"hard_example"), (KAFKA_SPEECH_REVISIONS, b"speech_revision"),
+                          (KAFKA_LABELS, b"label")):
+        assert records[topic] and all(h.get("schema") == schema and h.get("schema-version", b"").isdigit()
+                                      and tracing.valid(h.get("traceparent", b"").decode())
+                                      for h in records[topic]), (topic, records[topic][:1])
+    mqtt_traces = {t for (_, _, revision), t in traces.items() if revision == 0}
+    hard = [tracing.trace_id(h["traceparent"].decode()) for h in records[KAFKA_HARD_EXAMPLES]]
+    assert hard and set(hard) <= mqtt_traces  # each hard example continues its segment's trace
+    dc_revisions = [tracing.trace_id(h["traceparent"].decode()) for h in records[KAFKA_SPEECH_REVISIONS]]
+    assert set(hard) <= set(dc_revisions)  # ... and so does the DC's answer
+    spans = {h["traceparent"] for h in records[KAFKA_HARD_EXAMPLES] + records[KAFKA_SPEECH_REVISIONS]}
+    assert len(spans) == len(records[KAFKA_HARD_EXAMPLES]) + len(records[KAFKA_SPEECH_REVISIONS])  # new span per hop
+
+
+async def _records(bootstrap: str, *topics: str) -> dict[str, list[dict[str, bytes]]]:
+    """The headers of every record on ``topics`` (read from the start to the end, no group)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()  # metadata: the partitions of each topic
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        out: dict[str, list[dict[str, bytes]]] = {t: [] for t in topics}
+        while any([await consumer.position(tp) < offset for tp, offset in end.items()]):
+            batch = await consumer.getmany(timeout_ms=1000)
+            for tp, rs in batch.items():
+                out[tp.topic] += [dict(r.headers) for r in rs]
+    finally:
+        await consumer.stop()
+    return out
 
 
 def _kafka(broker: TansuBroker):

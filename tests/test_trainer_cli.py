@@ -62,7 +62,7 @@ async def test_label_set_publishes_a_label(cli_env: Path, own_kafka: TansuBroker
     key = "whisper-vocab|radio-1|conv-1.leg1|7|0"
     assert await asyncio.to_thread(_run, "label", "set", key, "convoy bravo report at checkpoint kilo",
                                    "--operator", "ana") == 0
-    assert await asyncio.to_thread(_run, "label", "set", "not-a-key", "x") == 1
+    assert await asyncio.to_thread(_run, "label", "set", "not-a-key", "x") == 2  # a usage error
     (payload,) = await read_topic(own_kafka.bootstrap_servers, KAFKA_LABELS, 1)
     label = decode_label(payload)
     assert (label.key, label.text, label.source) == (key, "convoy bravo report at checkpoint kilo", "operator:ana")

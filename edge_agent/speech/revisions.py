@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer
 
-from common.kafka_admin import ensure_topics
+from common import tracing
 from common.kafka_clients import make_consumer
 from common.retry import Restarter
 from common.settings import KafkaSettings
@@ -114,7 +114,6 @@ class RevisionFollower:
         async def follow() -> None:
             consumer: AIOKafkaConsumer | None = None
             try:
-                await ensure_topics(self.kafka, [KAFKA_SPEECH_REVISIONS])
                 consumer = make_consumer(
                     self.kafka, KAFKA_SPEECH_REVISIONS,
                     client_id=f"{self.kafka.client_id}-revisions", group_id=f"edge-revisions-{self.node}",
@@ -126,7 +125,8 @@ class RevisionFollower:
                     batch = await consumer.getmany(timeout_ms=500)
                     for records in batch.values():
                         for r in records:
-                            await self._handle(r.value)
+                            with tracing.use(tracing.from_headers(r.headers)):  # the DC's trace, back out
+                                await self._handle(r.value)
             finally:
                 if consumer is not None:
                     try:

@@ -41,6 +41,8 @@ from typing import cast
 import aiomqtt
 import numpy as np
 
+from common import tracing
+from common.logs import bind_context
 from common.settings import Settings, SpeechServiceConfig
 from edge_agent.metrics import BucketCounts
 from edge_agent.mqtt import ArrivalQueue, MqttClient, case_property, make_client, publish_confirmed
@@ -59,6 +61,7 @@ from topics.rtp import parse_rtp
 from topics.transcript import SpeechRevision, encode_partial, encode_segment
 
 __all__ = [
+    "segment_traceparent",
     "SpeechServiceConfig",
     "SpeechCounters",
     "SpeechEngine",
@@ -71,6 +74,12 @@ log = logging.getLogger(__name__)
 AsrSource = Callable[[], EdgeAsr]
 UtteranceHook = Callable[[str, Utterance], None]
 """Called in the worker thread with the leg's topic and each finished utterance (hard-example mining)."""
+
+
+def segment_traceparent(conversation: str, leg: str, utterance: int) -> str:
+    """The trace of one final segment: on its MQTT message (a user property) and, as a Kafka header,
+    on its hard example, the DC's revision of it and that revision's MQTT message."""
+    return tracing.derived("segment", conversation, leg, utterance)
 
 
 @dataclass
@@ -362,6 +371,7 @@ class SpeechEngine:
         return state
 
     async def _run_leg(self, state: _Leg) -> None:
+        bind_context(conversation=state.conversation, leg=state.leg)  # this leg's task logs with them
         loop = asyncio.get_running_loop()
         conv = self._conversations[state.conversation]
         cfg = self.config
@@ -607,7 +617,9 @@ class SpeechService:
                 c.partials_published += 1
             for s in out.segments:  # waited for through a broker stall, not given up after 10 s
                 await publish_confirmed(client, names.transcript(s.conversation), encode_segment(s),
-                                        qos=self.config.segment_qos, deadline_s=deadline)
+                                        qos=self.config.segment_qos, deadline_s=deadline,
+                                        properties=tracing.mqtt_properties(
+                                            segment_traceparent(s.conversation, s.leg, s.utterance)))
                 self.published.record(s)
                 c.segments_published += 1
                 done += 1
@@ -632,7 +644,9 @@ class SpeechService:
             self.counters.revisions_unknown += 1
             return False
         try:
-            await client.publish(names.transcript(seg.conversation), encode_segment(seg), qos=self.config.segment_qos)
+            trace = tracing.current()  # the DC's revision record's trace: back on the MQTT output
+            await client.publish(names.transcript(seg.conversation), encode_segment(seg), qos=self.config.segment_qos,
+                                 properties=tracing.mqtt_properties(tracing.child(trace) if trace else None))
         except aiomqtt.MqttError:
             self.counters.publish_errors += 1
             return False

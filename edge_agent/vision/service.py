@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import aiomqtt
 
-from common.logs import RateLimitedLog
+from common import tracing
+from common.logs import RateLimitedLog, bind_context
 from common.settings import Settings
 from edge_agent.batcher import DynamicBatcher, Overloaded
 from edge_agent.dc_spill import DcPath
@@ -46,6 +47,14 @@ __all__ = ["VisionService", "VisionStats"]
 
 log = logging.getLogger("edge_agent")
 STAGE = "vision"
+
+
+def _device_or_none(topic: str) -> str | None:
+    """The camera a frames topic names, None for a malformed topic (dead-lettered later)."""
+    try:
+        return names.device_of(topic)
+    except ValueError:
+        return None
 
 
 _SESSION_LOST = ContractError("session_lost", "the session of this frame ended before its batch ran")
@@ -245,6 +254,10 @@ class VisionService:
 
     async def _handle(self, sess: Connection, token: int, message: aiomqtt.Message, received_s: float) -> None:
         """Finish one message: ack it, or (its publish not confirmed) end the session, never neither."""
+        bind_context(device=_device_or_none(str(message.topic)))  # this task's log lines name the camera
+        # The frame's trace (the device's traceparent user property, else a new one): on its result,
+        # its spilled DC request and its hard examples.
+        tracing.bind(tracing.from_mqtt(message.properties) or tracing.new_traceparent())
         try:
             await self._process(sess, message, received_s)
         except aiomqtt.MqttError as exc:
@@ -385,7 +398,8 @@ class VisionService:
     async def _publish_result(self, sess: Connection, key: bytes, unsent: _Unsent) -> None:
         try:
             await publish_confirmed(sess.client, unsent.topic, unsent.payload,
-                                    deadline_s=self.settings.delivery.publish_deadline_s)
+                                    deadline_s=self.settings.delivery.publish_deadline_s,
+                                    properties=tracing.mqtt_properties(tracing.child(tracing.current())))
         except aiomqtt.MqttError:
             self.unsent.keep(key, unsent)  # the redelivered input gets this result, not a recomputation
             raise
