@@ -541,17 +541,30 @@ async def start_console(settings: Settings, store: Store, *, host: str = "127.0.
 
 
 def serve_console(settings: Settings, *, store_url: str, host: str, port: int) -> None:
-    """Run the console until SIGINT/SIGTERM (``edge-offload console``)."""
-    import uvicorn
+    """Run the console until SIGINT/SIGTERM (``edge-offload console``); exits cleanly on either."""
+    import signal
 
     a = settings.archive
     if (a.console_cert_file is None) != (a.console_key_file is None):
         raise ValueError("archive.console_cert_file and archive.console_key_file go together")
-    tls = a.console_cert_file is not None
-    store = open_store(store_url)
-    try:
-        console = Console(settings, store, secure_cookies=tls)
-        print(f"console on {'https' if tls else 'http'}://{host}:{port}", flush=True)
-        uvicorn.Server(_uvicorn_config(console.app, settings, host, port)).run()
-    finally:
-        store.close()
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        store = await asyncio.to_thread(open_store, store_url)
+        try:
+            running = await start_console(settings, store, host=host, port=port)
+            print(f"console on {running.url}", flush=True)
+            done = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({done, running.task}, return_when=asyncio.FIRST_COMPLETED)
+            done.cancel()
+            if running.task.done():
+                running.task.result()  # the server ended by itself: say why
+            else:
+                await running.stop()
+        finally:
+            store.close()
+
+    asyncio.run(run())

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from archive.cli import verify_password
 from archive.store import open_store
+from cli.brokers import MosquittoBroker, free_port
 from cli.main import main
 from topics.transcript import ModelRef, TranscriptSegment
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _fill(url: str) -> None:
@@ -65,3 +74,29 @@ def test_usage_and_runtime_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     with pytest.raises(SystemExit) as exit_:
         main(["search", "--since", "yesterday", "x", "--store", url])
     assert exit_.value.code == 2
+
+
+@pytest.mark.integration
+def test_archive_and_console_processes_serve_and_stop_cleanly(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    env = dict(os.environ, EDGE_OFFLOAD_MQTT__PORT=str(mosquitto.port), EDGE_OFFLOAD_ARCHIVE__HTTP_PORT="0",
+               EDGE_OFFLOAD_ARCHIVE__STORE_URL=f"sqlite:///{tmp_path}/a.sqlite3")
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "cli.main", "archive"], cwd=ROOT, env=env),
+             subprocess.Popen([sys.executable, "-m", "cli.main", "console", "--port", str(port)], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, text=True)]
+    try:
+        assert procs[1].stdout is not None
+        assert procs[1].stdout.readline().strip() == f"console on http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:  # the console answers once its live feed is subscribed
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "console not healthy"
+                time.sleep(0.2)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+    assert [p.wait(timeout=30) for p in procs] == [0, 0]
