@@ -293,13 +293,14 @@ async def test_service_transcribes_an_unseen_call_through_mosquitto(mosquitto: M
     assert all(s.model.version.endswith("+vocab.test-domain") and 0 < s.confidence <= 1 and s.words
                for s in segments)
     assert all(0 < s.latency_ms < 30_000 for s in segments)
-    # Partials: several per turn, ordered per leg, texts that grow into the final ones.
-    assert len(partials) >= len(conv.turns)
+    # Partials: ordered per leg; each one due was published or counted as thinned (finals first:
+    # on a loaded machine a partial waits while a final decodes, tests/test_speech_degradation.py).
+    assert partials and len(partials) + service.counters.partials_thinned >= len(conv.turns)
     for leg in ("leg1", "leg2"):
         seqs = [p.seq for p in partials if p.leg == leg]
         assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))
     assert all(p.provisional for p in partials)
-    assert {p.speaker for p in partials if p.leg == "leg2"} >= by_leg["leg2"]
+    assert {p.speaker for p in partials} <= {s.speaker for s in segments} | {"?"}
     counters = service.counters
     assert counters.segments_published == len(segments) and counters.dead_letters_published >= 1
     assert counters.packets_overload == 0 and counters.worker_errors == 0
