@@ -100,7 +100,7 @@ async def _task(run: Callable[[asyncio.Event], object]) -> AsyncIterator[None]:
         await asyncio.wait_for(task, 20)
 
 
-async def _until(what: Callable[[], object], timeout_s: float = 30.0) -> None:
+async def _until(what: Callable[[], object], timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not await asyncio.to_thread(what):
         if time.monotonic() > deadline:
