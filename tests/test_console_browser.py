@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable
@@ -168,6 +169,16 @@ async def test_console_in_a_real_browser(own_mosquitto: MosquittoBroker, own_kaf
                 await edge.publish(names.transcript(CONV), encode_segment(seg))
                 await _until(lambda: TEXT in text("#seg-leg1-0 .text"))
                 assert "low" in await asyncio.to_thread(attr, "#seg-leg1-0", "class")
+                # the other side answers (a confident segment: not shaded)
+                reply = dataclasses.replace(seg, leg="leg2", utterance=0, seq=1, speaker="S2", start_s=4.0, end_s=6.0,
+                                            text="copy that, convoy at noon", confidence=0.93, words=())
+                await edge.publish(names.transcript(CONV), encode_segment(reply))
+                await _until(lambda: "copy that" in text("#seg-leg2-0 .text"))
+                assert "low" not in await asyncio.to_thread(attr, "#seg-leg2-0", "class")
+                later = dataclasses.replace(seg, utterance=1, seq=2, start_s=7.0, end_s=9.0, words=(),
+                                            text="checkpoint alpha at twelve hundred", confidence=0.41)
+                await edge.publish(names.transcript(CONV), encode_segment(later))
+                await _until(lambda: "checkpoint alpha" in text("#seg-leg1-1 .text"))
                 # search finds it
                 await asyncio.to_thread(d.get, f"{console.url}/search")  # type: ignore[attr-defined]
                 await asyncio.to_thread(lambda: find("#search-q").send_keys("convoy harbour"))  # type: ignore
