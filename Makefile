@@ -14,13 +14,16 @@ PYTEST_ARGS ?=
 
 setup: $(STAMP) $(MODELS)
 
-# System packages: a real Mosquitto broker, espeak-ng + sox for synthetic speech.
+# System packages: a real Mosquitto broker, espeak-ng + sox for synthetic speech, headless Chromium and
+# its WebDriver for the console's browser test.
 $(SYSDEPS):
 	@missing=""; \
 	command -v mosquitto >/dev/null 2>&1 || missing="$$missing mosquitto"; \
 	command -v mosquitto_passwd >/dev/null 2>&1 || missing="$$missing mosquitto"; \
 	command -v espeak-ng >/dev/null 2>&1 || missing="$$missing espeak-ng"; \
 	command -v sox       >/dev/null 2>&1 || missing="$$missing sox"; \
+	command -v chromium  >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

@@ -28,7 +28,7 @@ __all__ = ["BrokerError", "free_port", "wait_for_port", "MosquittoBroker", "Secu
            "COMPOSE_DIR", "BROKER_ROLES"]
 
 COMPOSE_DIR = Path(__file__).resolve().parent.parent / "compose"
-BROKER_ROLES = ("edge-agent", "operator", "edgecore")  # the reserved users of compose/mosquitto.acl
+BROKER_ROLES = ("edge-agent", "operator", "archive", "edgecore")  # the reserved users of compose/mosquitto.acl
 
 
 class BrokerError(RuntimeError):

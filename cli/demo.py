@@ -7,7 +7,9 @@ and the shipped ACL file; each party logs in as its own user (``edge-agent``, ``
 device ids). A camera publishes the real photos under policy ``auto`` (it places each frame on
 the edge or on itself from the edge's published load); a field unit streams a two-voice radio
 conversation (espeak-ng, G.711 over RTP, 2 % packet loss); an operator follows the result topics;
-hard examples travel over Kafka into the trainer's sample store. Prints readable result lines
+hard examples travel over Kafka into the trainer's sample store. The archive (broker user
+``archive``) stores every result in a store that outlives the demo (``store_url``), and the
+operator console serves it (``console_url``). Prints readable result lines
 and ends with one JSON summary line (``broker_security``: ``tls+acl``, or ``none`` with
 ``secure=False``).
 """
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from archive.console import RunningConsole
 from cli.brokers import MosquittoBroker, SecureMosquitto, TansuBroker
 from cli.tail import format_line
 from cloud_trainer.service import Trainer
@@ -46,6 +49,54 @@ log = logging.getLogger("cli.demo")
 CAMERA = "cam-demo"
 FIELD_UNIT = "tap-demo"
 CONVERSATION = "call-demo"
+CASE = "case-demo"  # the case (warrant) the demo's camera and field unit belong to
+
+
+class _Archive:
+    """The demo's archive service and operator console (see docs/operator-console.md)."""
+
+    def __init__(self, s: Settings) -> None:
+        from archive.service import ArchiveService
+
+        store_path = s.cache_dir / "demo" / "archive.sqlite3"
+        for old in store_path.parent.glob(f"{store_path.name}*"):  # each demo starts a fresh store (kept after it)
+            old.unlink()
+        self.url = f"sqlite:///{store_path}"
+        self.service = ArchiveService(s, store_url=self.url)
+        self.stop = asyncio.Event()
+        self.task = asyncio.create_task(self.service.run(self.stop))
+        self.console: RunningConsole | None = None
+
+    async def start(self, s: Settings) -> None:
+        import secrets
+
+        from archive.cli import hash_password
+        from archive.console import start_console
+
+        await asyncio.wait_for(self.service.ready.wait(), 30)
+        password = secrets.token_urlsafe(9)
+        store = self.service.store()
+        await asyncio.to_thread(store.add_operator, "demo", hash_password(password), "operator", [CASE])
+        self.console = await start_console(s, store)
+        print(f"demo: console {self.console.url} (log in as demo / {password}); store {self.url}", flush=True)
+
+    async def finish(self, summary: DemoSummary, segments: int) -> None:
+        """Wait (30 s at most) until the store holds what the operator saw; fill the summary; stop."""
+        store = self.service.store()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            counts = await asyncio.to_thread(store.counts)
+            if counts["segments"] >= segments and counts["results"] >= summary.results:
+                break
+            await asyncio.sleep(0.1)
+        counts = await asyncio.to_thread(store.counts)
+        summary.store_url, summary.stored_segments, summary.stored_results = self.url, counts["segments"], counts[
+            "results"]
+        summary.console_url = self.console.url if self.console is not None else ""
+        if self.console is not None:
+            await self.console.stop()
+        self.stop.set()
+        await self.task
 
 
 @dataclass
@@ -67,6 +118,10 @@ class DemoSummary:
     dc_samples_stored: int = 0
     serving_versions: dict[str, str] = field(default_factory=dict)
     broker_security: str = "tls+acl"
+    store_url: str = ""
+    stored_segments: int = 0
+    stored_results: int = 0
+    console_url: str = ""
     seconds: float = 0.0
 
     def as_json(self) -> str:
@@ -132,6 +187,9 @@ async def run_demo(settings: Settings, seconds: float, fps: float = 10.0, show: 
             await asyncio.wait_for(node.speech.connected.wait(), 30)
         print(f"demo: mosquitto {broker.url} ({summary.broker_security}), kafka {kafka_broker.bootstrap_servers}; "
               f"edge node up (metrics http://127.0.0.1:{node.health.port}/metrics)", flush=True)
+        s_archive = s.model_copy(update={"mqtt": login("archive", "demo-archive")})
+        archive = _Archive(s_archive)
+        await archive.start(s_archive)
 
         script: list[str] = []
         legs: dict[str, np.ndarray] = {}
@@ -148,14 +206,15 @@ async def run_demo(settings: Settings, seconds: float, fps: float = 10.0, show: 
                 await operator.subscribe(topic, qos=1)
             camera = loop.run_in_executor(None, lambda: run_camera(
                 "127.0.0.1", broker.port, CAMERA, images, fps=fps, seconds=seconds,
-                security=login(CAMERA, f"camera-{CAMERA}"), placer=placer, edge_node=s.edge.node_name))
+                security=login(CAMERA, f"camera-{CAMERA}"), placer=placer, edge_node=s.edge.node_name,
+                case_id=CASE))
             field_unit = None
             if legs:
                 sources = [LegSource(name=leg, samples=audio) for leg, audio in legs.items()]
                 field_unit = loop.run_in_executor(None, lambda: stream_audio(
                     "127.0.0.1", broker.port, device=FIELD_UNIT, conversation=CONVERSATION, legs=sources,
                     speed=1.0, impairments=Impairments(loss=0.02), seed=1,
-                    security=login(FIELD_UNIT, f"audio-{FIELD_UNIT}")))
+                    security=login(FIELD_UNIT, f"audio-{FIELD_UNIT}"), case_id=CASE))
             conversation_done = (asyncio.ensure_future(node.speech.engine.conversation_closed())
                                  if node.speech is not None and node.speech.engine is not None else None)
             shown = Counter[str]()
@@ -226,6 +285,7 @@ async def run_demo(settings: Settings, seconds: float, fps: float = 10.0, show: 
         if node.asr_slot is not None:
             asr = node.asr_slot.current()
             summary.serving_versions[asr.name] = asr.version
+        await archive.finish(summary, len(segments))
         stop_node.set()
         await node_task
         await trainer_task

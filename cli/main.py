@@ -202,9 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tail", help="follow results, dead letters and status like mosquitto_sub "
                        "(see `tail --help`)", add_help=False)
     p.set_defaults(func=_tail)
+    from archive.cli import add_archive_commands
     from cloud_trainer.cli import add_trainer_commands
 
     add_trainer_commands(sub)
+    add_archive_commands(sub)
     return parser
 
 

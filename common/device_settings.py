@@ -38,6 +38,9 @@ class DeviceProfileSettings(BaseModel):
                              "and it turned nothing away")
     edge_share_start: float = Field(0.25, gt=0, le=1, description="auto: the edge share a device starts "
                                     "with (a fleet that starts together does not land on the edge all at once)")
+    case_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+                                description="the case (warrant) this device's frames and calls belong to "
+                                "(travels in the frame envelope / the audio's MQTT user property)")
     status_max_age_s: float = Field(5.0, gt=0, description="an edge status older than this counts as unknown")
     status_wait_s: float = Field(3.0, ge=0, description="how long a device waits for its edge's first status "
                                  "before it says so; `auto` then serves frames on the device until one arrives "

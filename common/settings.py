@@ -22,6 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from common.archive_settings import ArchiveSettings
 from common.dc_settings import HardExampleSettings, OutboxSettings, UpdateSettings
 from common.device_settings import DeviceProfileSettings
 from common.offload_settings import OffloadSettings
@@ -238,6 +239,7 @@ class Settings(BaseSettings):
     trainer: TrainerSettings = TrainerSettings()
     offload: OffloadSettings = OffloadSettings()
     device_profile: DeviceProfileSettings = DeviceProfileSettings()
+    archive: ArchiveSettings = ArchiveSettings()
 
     @classmethod
     def settings_customise_sources(

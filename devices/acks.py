@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 __all__ = ["AckWatch", "PublishRefused"]
@@ -45,9 +46,10 @@ class AckWatch:
         self.refusals = 0
         client.on_publish = self._on_publish
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> mqtt.MQTTMessageInfo:
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+                properties: Properties | None = None) -> mqtt.MQTTMessageInfo:
         """``client.publish``; a refusal of it is remembered (see :meth:`check`)."""
-        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if qos > 0:
             with self._lock:
                 if info.mid in self._early:

@@ -27,6 +27,8 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import soxr
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from scipy.io import wavfile
 
 from common.errors import BrokerUnreachable
@@ -260,18 +262,24 @@ def stream_audio(host: str, port: int, *, device: str, conversation: str, legs: 
                  codec: str = "pcmu", speed: float = 1.0, impairments: Impairments | None = None,
                  seed: int | None = None, qos: int = 1, ntp: bool = True, dtx_dbfs: float | None = None,
                  client_id: str | None = None, stop: threading.Event | None = None,
-                 connect_timeout_s: float = 10.0, security: MqttSettings | None = None) -> StreamReport:
+                 connect_timeout_s: float = 10.0, security: MqttSettings | None = None,
+                 case_id: str | None = None) -> StreamReport:
     """Publish every leg's RTP packets on ``names.audio(device, conversation, leg)``, all legs
     interleaved on one connection. ``speed``: 1 = real time, 2 = twice as fast, 0 = no pacing.
     Returns once every message is handed to the broker (QoS 1: acknowledged); raises
     :class:`~devices.acks.PublishRefused` when the broker refuses one (e.g. PUBACK 0x87: the ACL).
-    ``security``: TLS and credentials (its host and port are not used)."""
+    ``security``: TLS and credentials (its host and port are not used). ``case_id``: the case (warrant)
+    of the call, sent as the MQTT v5 user property ``names.CASE_PROPERTY`` of every packet."""
     if qos not in (0, 1):
         raise ValueError(f"qos {qos} not 0 or 1")
     if speed < 0:
         raise ValueError(f"speed {speed} < 0")
     if not legs or len({leg.name for leg in legs}) != len(legs):
         raise ValueError("give one or more legs with distinct names")
+    props: Properties | None = None
+    if case_id is not None:
+        props = Properties(PacketTypes.PUBLISH)
+        props.UserProperty = [(names.CASE_PROPERTY, names.check_id(case_id, "case_id"))]
     imp = impairments or Impairments()
     rng = random.Random(seed)
     start_unix = time.time()
@@ -331,7 +339,7 @@ def stream_audio(host: str, port: int, *, device: str, conversation: str, legs: 
                         stop.wait(delay)
                     else:
                         time.sleep(delay)  # pacing the media clock
-            infos.append(acks.publish(topic, data, qos=qos))
+            infos.append(acks.publish(topic, data, qos=qos, properties=props))
             by_topic[topic].sent += 1
         for info in infos:
             info.wait_for_publish(timeout=30)
@@ -380,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-ntp", action="store_true", help="leave out the NTP-64 header extension")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--qos", type=int, choices=(0, 1), default=1)
+    p.add_argument("--case", default=settings.device_profile.case_id,
+                   help="case (warrant) id of the call (default: device_profile.case_id)")
     args = p.parse_args(argv)
     if bool(args.leg) == bool(args.pcap):
         p.error("give --leg NAME=WAV (one or more) or --pcap FILE")
@@ -390,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
             args.host, args.port, device=args.device, conversation=conversation, legs=legs, codec=args.codec,
             speed=args.speed, seed=args.seed, qos=args.qos, ntp=not args.no_ntp, dtx_dbfs=args.dtx_dbfs,
             impairments=Impairments(loss=args.loss, reorder=args.reorder, reorder_max=args.reorder_max,
-                                    jitter_ms=args.jitter_ms), security=settings.mqtt)
+                                    jitter_ms=args.jitter_ms), security=settings.mqtt,
+            case_id=args.case)
     except PublishRefused as exc:
         print(f"{p.prog}: error: {exc}", file=sys.stderr)
         return 1

@@ -148,6 +148,7 @@ def run_camera(
     connect_timeout_s: float = 10.0,
     placer: DevicePlacer | None = None,
     edge_node: str = "edge-node-1",
+    case_id: str | None = None,
 ) -> CameraStats:
     """Publish frames until ``count`` frames or ``seconds`` pass (or ``stop``); fps <= 0: no pacing.
 
@@ -233,7 +234,8 @@ def run_camera(
             acks.check()
             data = images[seq % len(images)]
             captured = now_ms()
-            frame = Frame(device=device, seq=seq, captured_at_ms=captured, encoding="jpeg", data=data)
+            frame = Frame(device=device, seq=seq, captured_at_ms=captured, encoding="jpeg", data=data,
+                          case_id=case_id)
             payload = b""
             if placer is None:
                 payload = encode_frame(frame)
@@ -301,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="offloading: send the full frame, only face crops, run FER on the device, or choose "
                         "per frame from the edge's load, the link and the energy budget (default: plain frames)")
     p.add_argument("--edge-node", default=settings.edge.node_name, help="the edge whose status --policy reads")
+    p.add_argument("--case", default=settings.device_profile.case_id,
+                   help="case (warrant) id the frames belong to (default: device_profile.case_id)")
     args = p.parse_args(argv)
     images = load_folder(args.images) if args.images else photo_frames(settings.cache_dir)
     seconds = args.seconds if args.seconds is not None or args.count is not None else 10.0
@@ -309,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                            count=args.count, seconds=seconds, qos=args.qos, security=settings.mqtt,
                            placer=None if args.policy is None else
                            DevicePlacer(args.policy, settings.device_profile, settings.cache_dir, args.device),
-                           edge_node=args.edge_node)
+                           edge_node=args.edge_node, case_id=args.case)
     except (ConnectRefused, OSError) as exc:  # refused, unreachable, unknown host
         raise BrokerUnreachable("mqtt", f"{args.host}:{args.port}", exc) from None
     except PublishRefused as exc:

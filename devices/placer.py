@@ -349,7 +349,8 @@ class DevicePlacer:
             if ok:
                 energy = self._compute_j(t0) + p.radio_j_per_byte * len(jpeg)
                 sent = Frame(frame.device, frame.seq, frame.captured_at_ms, "jpeg", jpeg.tobytes(),
-                             crop.shape[1], crop.shape[0], frame.deadline_ms, frame.latest_wins, frame.fallback)
+                             crop.shape[1], crop.shape[0], frame.deadline_ms, frame.latest_wins, frame.fallback,
+                             frame.case_id)
                 return Prepared("crops", frame=sent, device_energy_j=energy)
         faces: tuple[Face, ...] = ()
         if boxes:  # local, or crops with... any faces to classify on the device
@@ -362,7 +363,7 @@ class DevicePlacer:
         fer = self._models()[1]
         result = VisionResult(frame.device, frame.seq, frame.captured_at_ms, self.node,
                               ModelRef(fer.name, fer.version), Timing(0.0, 1, 0.0, ms, ms), faces,
-                              served_by="device")
+                              served_by="device", case_id=frame.case_id)
         return Prepared(placement, result=result, device_energy_j=energy)
 
     def _compute_j(self, t0: float) -> float:

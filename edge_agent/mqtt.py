@@ -26,9 +26,19 @@ from paho.mqtt.properties import Properties
 
 from common.mqtt_security import aiomqtt_connection
 from common.settings import MqttSettings
+from topics.names import CASE_PROPERTY
 
 __all__ = ["MqttClient", "connect_properties", "make_client", "InOrderAcker", "CountingQueue", "ArrivalQueue",
-           "SessionLost", "publish_confirmed"]
+           "SessionLost", "publish_confirmed", "case_property"]
+
+
+def case_property(message: aiomqtt.Message) -> str | None:
+    """The case (warrant) id a publisher put in the MQTT v5 user property ``names.CASE_PROPERTY``."""
+    props = message.properties
+    for key, value in getattr(props, "UserProperty", None) or ():
+        if key == CASE_PROPERTY:
+            return str(value)
+    return None
 
 
 class CountingQueue(asyncio.Queue):

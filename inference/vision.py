@@ -163,7 +163,7 @@ class VisionPipeline:
             )
             result = VisionResult(
                 device=job.frame.device, seq=job.frame.seq, captured_at_ms=job.frame.captured_at_ms,
-                node=self.node, model=model, timing=timing, faces=faces,
+                node=self.node, model=model, timing=timing, faces=faces, case_id=job.frame.case_id,
             )
             outcomes.append(FrameOutcome(job=job, result=result, crops=frame_crops, probs=frame_probs))
         return outcomes

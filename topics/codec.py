@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import msgpack
 
-__all__ = ["ContractError", "pack", "unpack", "field", "opt_field", "now_ms", "payload_bytes"]
+__all__ = ["ContractError", "pack", "unpack", "field", "opt_field", "opt_case", "now_ms", "payload_bytes"]
 
 T = TypeVar("T")
 
@@ -76,6 +76,19 @@ def opt_field(obj: dict[str, Any], key: str, kind: type[T] | tuple[type, ...], d
     if obj.get(key) is None:
         return default
     return field(obj, key, kind)
+
+
+def opt_case(obj: dict[str, Any], key: str = "case_id") -> str | None:
+    """An optional id field (``case_id``; absent in older versions: None) that must be safe as a topic level."""
+    from topics.names import check_id
+
+    case = opt_field(obj, key, str, None)
+    if case is not None:
+        try:
+            check_id(case, key)
+        except ValueError as exc:
+            raise ContractError("bad_field", str(exc)) from None
+    return case
 
 
 def now_ms() -> int:

@@ -6,9 +6,10 @@ import json
 import uuid
 from collections.abc import Mapping
 
+from topics.codec import ContractError
 from topics.names import check_id
 
-__all__ = ["twin_update_topic", "device_data_topic", "twin_update", "device_data_update"]
+__all__ = ["twin_update_topic", "device_data_topic", "twin_update", "device_data_update", "decode_twin_update"]
 
 
 def twin_update_topic(namespace: str, name: str) -> str:
@@ -53,3 +54,23 @@ def device_data_update(values: Mapping[str, object], timestamp_ms: int) -> bytes
         {"event_id": str(uuid.uuid4()), "timestamp": timestamp_ms, "data": data},
         separators=(",", ":"),
     ).encode()
+
+
+def decode_twin_update(topic: str, payload: bytes) -> tuple[str, int, dict[str, str]]:
+    """A twin update -> (device, timestamp ms, each property's actual value as a string).
+
+    Raises :class:`~topics.codec.ContractError` for another topic or a malformed body."""
+    parts = topic.split("/")
+    if len(parts) != 7 or parts[:3] != ["$hw", "events", "device"] or parts[5:] != ["twin", "update"]:
+        raise ContractError("bad_topic", f"not a twin update topic: {topic[:120]!r}")
+    try:
+        device = check_id(parts[4], "device")
+        obj = json.loads(payload)
+        stamp = obj.get("timestamp")
+        twin = obj["twin"]
+        values = {str(k): str(v["actual"]["value"]) for k, v in twin.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ContractError("bad_twin_update", f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(stamp, int) or isinstance(stamp, bool):
+        raise ContractError("bad_twin_update", f"timestamp {stamp!r}")
+    return device, stamp, values

@@ -16,6 +16,11 @@ __all__ = [
     "FRAMES_FILTER",
     "AUDIO_FILTER",
     "RESULTS_FILTER",
+    "VISION_RESULTS_FILTER",
+    "TRANSCRIPT_FILTER",
+    "PARTIAL_FILTER",
+    "EDGE_STATUS_FILTER",
+    "TWIN_UPDATE_FILTER",
     "DEAD_LETTER_FILTER",
     "EDGECORE_FILTERS",
     "KAFKA_HARD_EXAMPLES",
@@ -23,6 +28,7 @@ __all__ = [
     "KAFKA_LABELS",
     "KAFKA_SPEECH_REVISIONS",
     "FER_MODEL",
+    "CASE_PROPERTY",
     "ASR_MODEL",
     "check_id",
     "frames",
@@ -45,12 +51,20 @@ ROOT = "offload/v1"
 FRAMES_FILTER = f"{ROOT}/frames/+"
 AUDIO_FILTER = f"{ROOT}/audio/+/+/+"
 RESULTS_FILTER = f"{ROOT}/results/#"
+VISION_RESULTS_FILTER = f"{ROOT}/results/vision/+"
+TRANSCRIPT_FILTER = f"{ROOT}/results/transcript/+"
+PARTIAL_FILTER = f"{ROOT}/results/partial/+"
+EDGE_STATUS_FILTER = f"{ROOT}/edge/+/status"
+TWIN_UPDATE_FILTER = "$hw/events/device/+/+/twin/update"  # KubeEdge twin updates (devices report status)
 DEAD_LETTER_FILTER = f"{ROOT}/deadletter/#"
 
 KAFKA_HARD_EXAMPLES = "offload.hard-examples"
 KAFKA_MODEL_UPDATES = "offload.model-updates"
 KAFKA_LABELS = "offload.labels"
 KAFKA_SPEECH_REVISIONS = "offload.speech-revisions"  # DC -> edge: re-decoded utterances
+
+# MQTT v5 user property that names the case (warrant) of raw media without an envelope (RTP audio).
+CASE_PROPERTY = "case_id"
 
 # Model names, as they appear in results, hard examples, model updates and settings keys.
 FER_MODEL = "fer-mini-xception"  # the edge facial-expression classifier

@@ -13,6 +13,10 @@ low-confidence utterance (:class:`SpeechRevision`, over Kafka), the edge publish
 segment again on the same topic with ``revision`` 1, ``source`` ``"dc"`` and the DC's model
 name and version. A higher revision of a segment replaces a lower one. Version 1 segments
 decode as revision 0 from the edge.
+
+Cases (segment v3, partial v2): ``case_id`` names the case (warrant) the conversation belongs to, set
+by the field unit's configuration (the audio's MQTT v5 user property :data:`topics.names.CASE_PROPERTY`);
+None: no case. ``device`` names the field unit whose audio it is. Older versions decode with both None.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from topics.codec import ContractError, field, pack, unpack
+from topics.codec import ContractError, field, opt_case, pack, unpack
 from topics.names import check_id
 from topics.vision import ModelRef
 
@@ -45,8 +49,8 @@ __all__ = [
     "decode_revision",
 ]
 
-PARTIAL_VERSION = 1
-SEGMENT_VERSION = 2
+PARTIAL_VERSION = 2
+SEGMENT_VERSION = 3
 REVISION_VERSION = 1
 SOURCES = ("edge", "dc", "operator")
 MAX_TEXT_CHARS = 8192
@@ -81,6 +85,8 @@ class PartialTranscript:
     text: str
     start_s: float
     updated_at_ms: int
+    case_id: str | None = None
+    device: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +109,8 @@ class TranscriptSegment:
     revision: int = 0
     source: str = "edge"
     utterance_start_s: float = 0.0  # the utterance's first sample (conversation clock)
+    case_id: str | None = None  # the case (warrant) of the conversation
+    device: str | None = None  # the field unit that sent the audio
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,11 +191,13 @@ def encode_partial(p: PartialTranscript) -> bytes:
         "text": p.text,
         "start_s": round(p.start_s, 3),
         "updated_at_ms": p.updated_at_ms,
+        "case_id": _case(p.case_id),
+        "device": _device(p.device),
     })
 
 
 def decode_partial(payload: bytes, max_bytes: int = _MAX_BYTES) -> PartialTranscript:
-    obj = unpack(payload, "partial_transcript", frozenset({PARTIAL_VERSION}), max_bytes)
+    obj = unpack(payload, "partial_transcript", frozenset({1, PARTIAL_VERSION}), max_bytes)
     conversation = field(obj, "conversation", str)
     leg = field(obj, "leg", str)
     _check_ids(conversation, leg)
@@ -201,6 +211,8 @@ def decode_partial(payload: bytes, max_bytes: int = _MAX_BYTES) -> PartialTransc
         text=_text(obj),
         start_s=_finite(obj, "start_s"),
         updated_at_ms=_nonneg_int(obj, "updated_at_ms"),
+        case_id=opt_case(obj),
+        device=opt_case(obj, "device"),
     )
 
 
@@ -226,6 +238,8 @@ def encode_segment(s: TranscriptSegment) -> bytes:
         "revision": s.revision,
         "source": s.source,
         "utterance_start_s": round(s.utterance_start_s, 3),
+        "case_id": _case(s.case_id),
+        "device": _device(s.device),
     })
 
 
@@ -245,7 +259,8 @@ def _word_from_wire(obj: Any) -> TranscriptWord:
 
 
 def decode_segment(payload: bytes, max_bytes: int = _MAX_BYTES) -> TranscriptSegment:
-    obj = unpack(payload, "transcript_segment", frozenset({1, SEGMENT_VERSION}), max_bytes)
+    obj = unpack(payload, "transcript_segment", frozenset({1, 2, SEGMENT_VERSION}), max_bytes)
+    v2 = obj.get("v", 1) >= 2
     conversation = field(obj, "conversation", str)
     leg = field(obj, "leg", str)
     _check_ids(conversation, leg)
@@ -273,10 +288,24 @@ def decode_segment(payload: bytes, max_bytes: int = _MAX_BYTES) -> TranscriptSeg
         words=tuple(_word_from_wire(w) for w in words),
         model=ModelRef(name=field(model, "name", str), version=field(model, "version", str)),
         latency_ms=latency,
-        revision=_nonneg_int(obj, "revision") if obj.get("v") == SEGMENT_VERSION else 0,
-        source=_source(obj) if obj.get("v") == SEGMENT_VERSION else "edge",
-        utterance_start_s=_finite(obj, "utterance_start_s") if obj.get("v") == SEGMENT_VERSION else start,
+        revision=_nonneg_int(obj, "revision") if v2 else 0,
+        source=_source(obj) if v2 else "edge",
+        utterance_start_s=_finite(obj, "utterance_start_s") if v2 else start,
+        case_id=opt_case(obj),
+        device=opt_case(obj, "device"),
     )
+
+
+def _case(case_id: str | None) -> str | None:
+    if case_id is not None:
+        check_id(case_id, "case_id")
+    return case_id
+
+
+def _device(device: str | None) -> str | None:
+    if device is not None:
+        check_id(device, "device")
+    return device
 
 
 def _source(obj: dict[str, Any]) -> str:

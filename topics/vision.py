@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from dataclasses import field as dc_field
 from typing import Any
 
-from topics.codec import ContractError, field, opt_field, pack, unpack
+from topics.codec import ContractError, field, opt_case, opt_field, pack, unpack
 from topics.names import check_id
 
 __all__ = [
@@ -28,12 +28,14 @@ __all__ = [
     "shed_result",
 ]
 
-# v2: optional ``deadline_ms`` and ``latest_wins``; v3: ``fallback`` (written only when set, so a
-# frame without it stays v2 for older edges); v1 and v2 still decode
-FRAME_VERSION = 3
-RESULT_VERSION = 2  # v2: ``outcome``, ``served_by``, ``shed_reason``; v1 decodes as served at the edge
-FRAME_VERSIONS = frozenset({1, 2, 3})
-RESULT_VERSIONS = frozenset({1, 2})
+# v2: optional ``deadline_ms`` and ``latest_wins``; v3: ``fallback``; v4: ``case_id`` (each written only
+# when set, so a frame without them stays v2 for older edges); v1..v3 still decode (case_id None)
+FRAME_VERSION = 4
+# v2: ``outcome``, ``served_by``, ``shed_reason``; v3: ``case_id`` (None: no case); v1 decodes as served at the
+# edge, v1 and v2 with case_id None
+RESULT_VERSION = 3
+FRAME_VERSIONS = frozenset({1, 2, 3, 4})
+RESULT_VERSIONS = frozenset({1, 2, 3})
 # Where a request was served; "none" only for a shed request.
 SERVED_BY: tuple[str, ...] = ("edge", "dc", "device", "none")
 OUTCOMES: tuple[str, ...] = ("served", "shed")
@@ -62,6 +64,8 @@ class Frame:
     # (``topics.offload.FrameReturn`` on ``names.frame_returns``) and publishes no outcome; the
     # device then serves it and publishes the one final outcome.
     fallback: bool = False
+    # The case (warrant) this camera belongs to, set by the device's configuration; None: no case.
+    case_id: str | None = None
 
     @property
     def size(self) -> int:
@@ -110,6 +114,7 @@ class VisionResult:
     outcome: str = "served"  # one of OUTCOMES: every request ends in exactly one published outcome
     served_by: str = "edge"  # one of SERVED_BY
     shed_reason: str | None = None  # set iff outcome == "shed" (e.g. "deadline", "superseded")
+    case_id: str | None = None  # the frame's case (warrant), carried through
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -125,8 +130,11 @@ class VisionResult:
 def encode_frame(frame: Frame) -> bytes:
     if frame.encoding not in ENCODINGS:
         raise ValueError(f"encoding {frame.encoding!r} not in {ENCODINGS}")
-    extra = {"fallback": True} if frame.fallback else {}
-    return pack("frame", FRAME_VERSION if frame.fallback else 2, {
+    extra: dict[str, Any] = {"fallback": True} if frame.fallback else {}
+    if frame.case_id is not None:
+        extra["case_id"] = check_id(frame.case_id, "case_id")
+    version = FRAME_VERSION if frame.case_id is not None else 3 if frame.fallback else 2
+    return pack("frame", version, {
         "device": check_id(frame.device, "device"),
         "seq": frame.seq,
         "captured_at_ms": frame.captured_at_ms,
@@ -173,6 +181,7 @@ def decode_frame(payload: bytes, max_bytes: int) -> Frame:
         deadline_ms=opt_field(obj, "deadline_ms", int, None),
         latest_wins=opt_field(obj, "latest_wins", bool, False),
         fallback=opt_field(obj, "fallback", bool, False),
+        case_id=opt_case(obj),
     )
 
 
@@ -214,6 +223,7 @@ def encode_result(result: VisionResult) -> bytes:
         "outcome": result.outcome,
         "served_by": result.served_by,
         "shed_reason": result.shed_reason,
+        "case_id": None if result.case_id is None else check_id(result.case_id, "case_id"),
     })
 
 
@@ -237,6 +247,7 @@ def decode_result(payload: bytes, max_bytes: int = 1 << 20) -> VisionResult:
         ),
         faces=tuple(_face_from_wire(f) for f in field(obj, "faces", list)),
         **_placement_from_wire(obj),
+        case_id=opt_case(obj),
     )
 
 
@@ -260,4 +271,4 @@ def shed_result(frame: Frame, node: str, model: ModelRef, reason: str, waited_ms
     """The published outcome of a request the edge did not serve (no faces, the reason named)."""
     return VisionResult(device=frame.device, seq=frame.seq, captured_at_ms=frame.captured_at_ms, node=node,
                         model=model, timing=Timing(waited_ms, 0, 0.0, 0.0, waited_ms),
-                        outcome="shed", served_by="none", shed_reason=reason)
+                        outcome="shed", served_by="none", shed_reason=reason, case_id=frame.case_id)

@@ -27,6 +27,7 @@ Times: packets are stamped with ``clock()`` (Unix seconds) when they reach the e
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -44,7 +45,7 @@ from common import tracing
 from common.logs import bind_context
 from common.settings import Settings, SpeechServiceConfig
 from edge_agent.metrics import BucketCounts
-from edge_agent.mqtt import ArrivalQueue, MqttClient, make_client, publish_confirmed
+from edge_agent.mqtt import ArrivalQueue, MqttClient, case_property, make_client, publish_confirmed
 from edge_agent.mqtt_session import Connection, MqttSession
 from edge_agent.speech.diarize import Diarizer
 from edge_agent.speech.governor import LoadGovernor
@@ -178,6 +179,7 @@ Sink = Callable[[StepOutput, str], Awaitable[None]]  # (output, audio topic it c
 class _Conversation:
     tracker: ConversationTracker
     legs: set[str] = field(default_factory=set)
+    case_id: str | None = None  # the case (warrant) its first leg's packets named
 
 
 @dataclass
@@ -189,6 +191,7 @@ class _Leg:
     last_arrival_s: float
     stream: LegStream | None = None
     task: asyncio.Task[None] | None = None
+    case_id: str | None = None
 
 
 class SpeechEngine:
@@ -247,8 +250,11 @@ class SpeechEngine:
         if state is not None and arrival_s > state.last_arrival_s:
             state.last_arrival_s = arrival_s
 
-    def submit(self, topic: str, payload: bytes, arrival_s: float | None = None) -> bool:
+    def submit(self, topic: str, payload: bytes, arrival_s: float | None = None,
+               case_id: str | None = None) -> bool:
         """Queue one MQTT message (one RTP packet). Never blocks; False if dropped (counted).
+        ``case_id``: the case its publisher named (:data:`topics.names.CASE_PROPERTY`); the first
+        leg of a conversation that names one sets it for the whole conversation.
 
         A packet of a leg not open yet must parse as RTP before the leg is opened; a rejected
         one is counted and dead-lettered, and no leg is opened for it."""
@@ -271,6 +277,11 @@ class SpeechEngine:
                 return False
             try:
                 parse_rtp(payload)  # validate before open: a bad packet costs no leg
+                if case_id is not None:
+                    try:
+                        names.check_id(case_id, "case_id")
+                    except ValueError as bad:
+                        raise ContractError("bad_case_id", str(bad)) from None
             except ContractError as exc:
                 self.reject(topic, payload, exc)
                 return False
@@ -283,7 +294,7 @@ class SpeechEngine:
                     "overloaded", f"speech lags {self.governor.lag_s:.2f} s behind its audio; open legs come first"))
                 return False
             self._refused.pop(key, None)
-            state = self._open_leg(conversation, leg, topic, arrival)
+            state = self._open_leg(conversation, leg, topic, arrival, case_id)
         if arrival > state.last_arrival_s:
             state.last_arrival_s = arrival
         try:
@@ -339,7 +350,8 @@ class SpeechEngine:
 
     # -- legs --------------------------------------------------------------------------
 
-    def _open_leg(self, conversation: str, leg: str, topic: str, arrival_s: float) -> _Leg:
+    def _open_leg(self, conversation: str, leg: str, topic: str, arrival_s: float,
+                  case_id: str | None = None) -> _Leg:
         conv = self._conversations.get(conversation)
         if conv is None:
             diarizer = Diarizer(self.encoder, self.pipeline.diarizer)
@@ -347,7 +359,10 @@ class SpeechEngine:
             self._conversations[conversation] = conv
             self.counters.conversations_opened += 1
         conv.legs.add(leg)
-        state = _Leg(conversation, leg, topic, asyncio.Queue(self.config.leg_queue_packets), arrival_s)
+        if conv.case_id is None:
+            conv.case_id = case_id
+        state = _Leg(conversation, leg, topic, asyncio.Queue(self.config.leg_queue_packets), arrival_s,
+                     case_id=conv.case_id)
         self._legs[(conversation, leg)] = state
         self._by_topic[topic] = state
         self.counters.legs_opened += 1
@@ -436,6 +451,10 @@ class SpeechEngine:
         c = self.counters
         for err, _ in out.rejected:
             c.packets_rejected[err.reason] = c.packets_rejected.get(err.reason, 0) + 1
+        if out.partials or out.segments:  # who sent the audio, and the case it belongs to
+            device = names.parse_audio(state.topic)[0]
+            out.partials = [dataclasses.replace(p, case_id=state.case_id, device=device) for p in out.partials]
+            out.segments = [dataclasses.replace(s, case_id=state.case_id, device=device) for s in out.segments]
         if out.segments:
             self.segments_by_conversation[state.conversation] = (
                 self.segments_by_conversation.get(state.conversation, 0) + len(out.segments))
@@ -554,7 +573,7 @@ class SpeechService:
     async def _consume(self, conn: Connection, engine: SpeechEngine) -> None:
         async for item in conn.client.messages:
             arrival_s, message = cast(tuple[float, aiomqtt.Message], item)  # stamped by ArrivalQueue
-            engine.submit(message.topic.value, payload_bytes(message.payload), arrival_s)
+            engine.submit(message.topic.value, payload_bytes(message.payload), arrival_s, case_property(message))
 
     def close(self) -> None:
         """Release the Whisper batching threads this service started (idempotent; ``run`` calls it)."""

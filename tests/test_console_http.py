@@ -1,0 +1,143 @@
+"""The console over plain HTTP: login failures, CSRF, case checks on labels, escaping, headers,
+and that every one of these lands in the audit log."""
+
+from __future__ import annotations
+
+import asyncio
+import http.cookiejar
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from archive.cli import hash_password
+from archive.console import RunningConsole, start_console
+from archive.store import Store, open_store
+from cli.brokers import MosquittoBroker
+from common.settings import MqttSettings, Settings
+from topics.dc import Label
+from topics.transcript import ModelRef, TranscriptSegment
+
+pytestmark = pytest.mark.integration
+
+
+class _Browser:
+    """A cookie-keeping HTTP client that does not follow redirects."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.jar = http.cookiejar.CookieJar()
+
+        class NoRedirect(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, *args: object, **kwargs: object) -> None:
+                return None
+
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar), NoRedirect)
+
+    def get(self, path: str) -> tuple[int, str, dict[str, str]]:
+        return self._open(urllib.request.Request(self.base + path))
+
+    def post(self, path: str, form: dict[str, str]) -> tuple[int, str, dict[str, str]]:
+        return self._open(urllib.request.Request(self.base + path, urllib.parse.urlencode(form).encode()))
+
+    def _open(self, request: urllib.request.Request) -> tuple[int, str, dict[str, str]]:
+        try:
+            with self.opener.open(request, timeout=10) as r:
+                return r.status, r.read().decode(), dict(r.headers)
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode(), dict(e.headers)
+
+    def login(self, name: str, password: str) -> int:
+        _, page, _ = self.get("/login")
+        token = re.search(r'name="csrf" value="([^"]+)"', page)
+        assert token is not None
+        return self.post("/login", {"username": name, "password": password, "csrf": token.group(1)})[0]
+
+
+@pytest.fixture()
+async def console(mosquitto: MosquittoBroker, tmp_path: Path) -> AsyncIterator[tuple[RunningConsole, Store,
+                                                                                    list[Label]]]:
+    store = open_store(f"sqlite:///{tmp_path}/c.sqlite3")
+    store.add_operator("ann", hash_password("ann-password-1"), "operator", ["case-a"])
+    for conv, case, text in (("call-a", "case-a", "<script>alert(1)</script> convoy"), ("call-b", "case-b", "x")):
+        store.put_segment(TranscriptSegment(
+            conversation=conv, leg="leg1", utterance=0, seq=0, speaker="S1", start_s=0.0, end_s=1.0, text=text,
+            confidence=0.9, words=(), model=ModelRef("w", "v"), latency_ms=1.0, case_id=case))
+    sent: list[Label] = []
+
+    async def send(label: Label) -> None:
+        sent.append(label)
+
+    running = await start_console(Settings(mqtt=MqttSettings(port=mosquitto.port)), store, send_label=send)
+    try:
+        yield running, store, sent
+    finally:
+        await running.stop()
+        store.close()
+
+
+async def test_login_csrf_case_checks_escaping_and_audit(
+        console: tuple[RunningConsole, Store, list[Label]]) -> None:
+    running, store, sent = console
+    b = _Browser(running.url)
+
+    def flow() -> None:
+        assert b.get("/conversations")[0] == 303  # not logged in
+        assert b.get("/events")[0] == 401
+        assert b.login("ann", "wrong-password") == 401
+        assert b.post("/login", {"username": "ann", "password": "ann-password-1", "csrf": "forged"})[0] == 403
+        assert b.login("ann", "ann-password-1") == 303
+        cookie = next(c for c in b.jar if c.name == "eo_session")
+        assert cookie.has_nonstandard_attr("HttpOnly") and cookie.get_nonstandard_attr("SameSite") == "strict"
+        status, page, headers = b.get("/conversations/call-a")
+        assert status == 200 and "<script>alert(1)</script>" not in page and "&lt;script&gt;" in page
+        nonce = re.search(r"'nonce-([^']+)'", headers["content-security-policy"])
+        assert nonce is not None and f'<script nonce="{nonce.group(1)}">' in page
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+        assert csrf is not None
+        label = {"conversation": "call-a", "leg": "leg1", "utterance": "0", "text": "convoy at nine"}
+        assert b.post("/label", label)[0] == 403  # no CSRF token
+        assert b.post("/label", {**label, "conversation": "call-b", "csrf": csrf.group(1)})[0] == 404  # case-b
+        assert "No segments" in b.get("/conversations/call-b")[1]
+        assert b.post("/label", {**label, "csrf": csrf.group(1)})[0] == 303
+
+    await asyncio.to_thread(flow)
+    assert [(lb.key, lb.text, lb.source) for lb in sent] == [
+        ("whisper-vocab|console|call-a.leg1|0|0", "convoy at nine", "operator:ann")]
+    actions = [(r.operator, r.action, r.target) for r in store.audit_log()]
+    assert actions == [("ann", "login_failed", ""), ("ann", "login_failed", ""), ("ann", "login", ""),
+                       ("ann", "view", "conversation:call-a"), ("ann", "label_denied", ""),
+                       ("ann", "label_denied", "call-b/leg1#0"), ("ann", "view", "conversation:call-b"),
+                       ("ann", "label", "call-a/leg1#0")]
+    assert all(r.remote == "127.0.0.1" for r in store.audit_log())
+
+
+async def test_tls_option_serves_https_with_secure_cookies(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    import ssl
+
+    from cli.pki import make_pki
+    from common.archive_settings import ArchiveSettings
+
+    pki = make_pki(tmp_path / "pki", ["127.0.0.1"], [])
+    settings = Settings(mqtt=MqttSettings(port=mosquitto.port),
+                        archive=ArchiveSettings(console_cert_file=pki.server_cert, console_key_file=pki.server_key))
+    store = open_store(f"sqlite:///{tmp_path}/c.sqlite3")
+    running = await start_console(settings, store)
+    try:
+        assert running.url.startswith("https://")
+        context = ssl.create_default_context(cafile=str(pki.ca_cert))
+
+        def fetch() -> str:
+            with urllib.request.urlopen(running.url + "/login", context=context, timeout=10) as r:
+                return str(r.headers["set-cookie"])
+
+        assert "secure" in (await asyncio.to_thread(fetch)).lower()
+        with pytest.raises(OSError):  # plain HTTP is not served (URLError, RemoteDisconnected)
+            await asyncio.to_thread(urllib.request.urlopen, running.url.replace("https", "http") + "/login", None, 5)
+    finally:
+        await running.stop()
+        store.close()
