@@ -190,7 +190,13 @@ def test_compose_wires_keys_volumes_and_health() -> None:
         assert e["EDGE_OFFLOAD_MQTT__PORT"] == "8883" and e["EDGE_OFFLOAD_MQTT__CA_FILE"] == "/pki/ca.crt"
         assert e["EDGE_OFFLOAD_MQTT__USERNAME"] and e["EDGE_OFFLOAD_MQTT__PASSWORD"]
     # start order by health, not by mere start
-    assert edge["depends_on"] == {s: {"condition": "service_healthy"} for s in ("mosquitto", "kafka", "trainer")}
+    assert edge["depends_on"] == {"mosquitto": {"condition": "service_healthy"},
+                                  "kafka-init": {"condition": "service_completed_successfully"},
+                                  "trainer": {"condition": "service_healthy"}}
+    # the topics exist before any edge or DC part starts: they create none
+    init = services["kafka-init"]
+    assert init["command"] == ["kafka-init"] and init["restart"] == "no"
+    assert services["trainer"]["depends_on"]["kafka-init"] == {"condition": "service_completed_successfully"}
     for name in ("mosquitto", "kafka", "trainer", "edge-agent"):
         assert "test" in services[name]["healthcheck"], name
     # the field unit speaks a capture made at start, nothing from outside the repository
