@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from cli.main import build_parser
+from common.kafka_admin import topic_plan
 from common.settings import Settings, _unknown_keys
 from tests.kubeedge_schemas import SCHEMAS
 
@@ -60,8 +61,15 @@ def render(overlay: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(run.stdout) if d]
 
 
+POD_KINDS = ("Deployment", "DaemonSet", "StatefulSet", "Job")
+GPU_PODS = {"trainer", "dc-worker"}  # overlays/gpu gives these a GPU, and nothing else
+
+
 def _pod_specs(docs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    return [(d, d["spec"]["template"]["spec"]) for d in docs if d["kind"] in ("Deployment", "DaemonSet")]
+    """(object, pod spec) of every workload: Deployments, DaemonSets, StatefulSets and Jobs (template.spec)."""
+    out = [(d, d["spec"]["template"]["spec"]) for d in docs if d["kind"] in POD_KINDS]
+    out += [(d, d["spec"]["jobTemplate"]["spec"]["template"]["spec"]) for d in docs if d["kind"] == "CronJob"]
+    return out
 
 
 def _check_env_name(name: str) -> None:
@@ -256,7 +264,7 @@ def test_manifests_validate_against_kubernetes_and_kubeedge_schemas() -> None:
         kinds.add(doc["kind"])
         _validate(doc)
     assert {"Namespace", "DaemonSet", "Secret", "ConfigMap", "Deployment", "Service",
-            "PersistentVolumeClaim", "Device", "DeviceModel", "ScaledObject", "TriggerAuthentication",
+            "PersistentVolumeClaim", "Job", "Device", "DeviceModel", "ScaledObject", "TriggerAuthentication",
             "ServiceMonitor"} <= kinds
     assert "Deployment" not in {d["kind"] for d in _docs(BASE / "edge-agent.yaml")}
 
@@ -382,7 +390,7 @@ def test_overlays_render_valid_objects_with_pinned_images(overlay: str) -> None:
     for doc in docs:
         _validate(doc)
     pods = _pod_specs(docs)
-    assert {d["metadata"]["name"] for d, _ in pods} == {"eventbus", "edge-agent", "trainer", "dc-worker"}
+    assert {d["metadata"]["name"] for d, _ in pods} == {"eventbus", "edge-agent", "kafka-init", "trainer", "dc-worker"}
     for d, pod in pods:
         for c in pod["containers"] + pod.get("initContainers", []):
             image = c["image"]
@@ -424,12 +432,15 @@ def test_gpu_overlay_requests_gpus_for_the_dc_and_cpu_overlay_none() -> None:
         for d, pod in _pod_specs(render(overlay)):
             limit = pod["containers"][0]["resources"].get("limits", {}).get("nvidia.com/gpu")
             dc = d["metadata"]["namespace"] == "edge-offload-dc"
-            assert limit == (want if dc else None), (overlay, d["metadata"]["name"])
+            gpu = d["metadata"]["name"] in GPU_PODS
+            assert limit == (want if gpu else None), (overlay, d["metadata"]["name"])
             if dc:
                 assert pod["nodeSelector"]["edge-offload.io/pool"] == "dc"
+                assert {"key": "edge-offload.io/pool", "operator": "Equal", "value": "dc",
+                        "effect": "NoSchedule"} in pod["tolerations"]
                 assert "node-role.kubernetes.io/control-plane" not in pod["nodeSelector"]
-                assert (overlay == "gpu") == ("nvidia.com/gpu.present" in pod["nodeSelector"])
-                assert (overlay == "gpu") == any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+                assert (overlay == "gpu" and gpu) == ("nvidia.com/gpu.present" in pod["nodeSelector"])
+                assert (overlay == "gpu" and gpu) == any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
 
 
 def test_dc_worker_scales_on_kafka_lag_and_every_metrics_port_is_monitored() -> None:
@@ -467,3 +478,47 @@ def test_dc_worker_scales_on_kafka_lag_and_every_metrics_port_is_monitored() -> 
         port = next(p for p in svc[0]["spec"]["ports"] if p["name"] == sm["spec"]["endpoints"][0]["port"])
         monitored.add((svc[0]["spec"]["selector"]["app"], port["port"]))
     assert monitored == {("edge-agent", 9108), ("trainer", 9109), ("dc-worker", 9110)}
+
+
+def _toml_of(docs: list[dict[str, Any]], configmap: str, key: str) -> dict[str, Any]:
+    return tomllib.loads(next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == configmap)
+                         ["data"][key])
+
+
+def _workload(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+def test_kafka_init_job_provisions_the_topics_as_the_trainer_reaches_kafka() -> None:
+    docs = render("cpu")
+    job = _workload(docs, "Job", "kafka-init")
+    assert job["metadata"]["namespace"] == "edge-offload-dc"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] in ("OnFailure", "Never") and job["spec"]["backoffLimit"] >= 1
+    container = pod["containers"][0]
+    assert container["args"] == ["kafka-init"] and container["args"][0] in _subcommands()
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    for env in container["env"]:
+        _check_env_name(env["name"])
+    trainer = _workload(docs, "Deployment", "trainer")["spec"]["template"]["spec"]
+    # the same Kafka credentials and CA as the trainer, from the same Secret
+    def secret_refs(p: dict[str, Any]) -> dict[str, Any]:
+        return {e["name"]: e["valueFrom"]["secretKeyRef"] for e in p["containers"][0]["env"]
+                if "secretKeyRef" in e.get("valueFrom", {}) and e["name"].startswith("EDGE_OFFLOAD_KAFKA__")}
+    assert secret_refs(pod) == secret_refs(trainer) and secret_refs(pod)
+    kafka_volume = next(v for v in pod["volumes"] if v["name"] == "kafka")
+    assert kafka_volume == next(v for v in trainer["volumes"] if v["name"] == "kafka")
+    assert pod["nodeSelector"] == trainer["nodeSelector"] and pod["tolerations"] == trainer["tolerations"]
+    toml = _toml_of(docs, "kafka-init-config", "kafka-init.toml")
+    assert not _unknown_keys(Settings, toml, "")
+    init = Settings(**toml)
+    reach = Settings(**_toml_of(docs, "trainer-config", "trainer.toml")).kafka
+    for field in ("bootstrap_servers", "security_protocol", "ssl_ca_file", "sasl_mechanism"):
+        assert getattr(init.kafka, field) == getattr(reach, field), field
+    assert init.kafka.replication_factor > init.kafka.min_insync_replicas >= 2  # production durability
+    # dc-frames gets as many partitions as the workers' settings and the scaler expect
+    worker = Settings(**_toml_of(docs, "dc-worker-config", "dc-worker.toml"))
+    scaled = next(d for d in docs if d["kind"] == "ScaledObject")
+    assert init.offload.dc_partitions == worker.offload.dc_partitions == scaled["spec"]["maxReplicaCount"]
+    plan = {spec.name: spec for spec in topic_plan(init)}
+    assert plan["offload.dc-frames"].partitions == worker.offload.dc_partitions
