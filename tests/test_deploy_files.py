@@ -390,7 +390,8 @@ def test_overlays_render_valid_objects_with_pinned_images(overlay: str) -> None:
     for doc in docs:
         _validate(doc)
     pods = _pod_specs(docs)
-    assert {d["metadata"]["name"] for d, _ in pods} == {"eventbus", "edge-agent", "kafka-init", "trainer", "dc-worker"}
+    assert {d["metadata"]["name"] for d, _ in pods} == {"eventbus", "edge-agent", "kafka-init", "trainer", "dc-worker",
+                                                        "archive", "console"}
     for d, pod in pods:
         for c in pod["containers"] + pod.get("initContainers", []):
             image = c["image"]
@@ -477,7 +478,7 @@ def test_dc_worker_scales_on_kafka_lag_and_every_metrics_port_is_monitored() -> 
         assert len(svc) == 1, sm["metadata"]["name"]
         port = next(p for p in svc[0]["spec"]["ports"] if p["name"] == sm["spec"]["endpoints"][0]["port"])
         monitored.add((svc[0]["spec"]["selector"]["app"], port["port"]))
-    assert monitored == {("edge-agent", 9108), ("trainer", 9109), ("dc-worker", 9110)}
+    assert monitored == {("edge-agent", 9108), ("trainer", 9109), ("dc-worker", 9110), ("archive", 9110)}
 
 
 def _toml_of(docs: list[dict[str, Any]], configmap: str, key: str) -> dict[str, Any]:
@@ -522,3 +523,102 @@ def test_kafka_init_job_provisions_the_topics_as_the_trainer_reaches_kafka() -> 
     assert init.offload.dc_partitions == worker.offload.dc_partitions == scaled["spec"]["maxReplicaCount"]
     plan = {spec.name: spec for spec in topic_plan(init)}
     assert plan["offload.dc-frames"].partitions == worker.offload.dc_partitions
+
+
+def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container["env"]}
+
+
+def _acl_users(acl: str) -> dict[str, list[str]]:
+    """ACL user -> its ``topic`` lines (compose/mosquitto.acl)."""
+    users: dict[str, list[str]] = {}
+    current = None
+    for line in (ln.strip() for ln in acl.splitlines()):
+        if line.startswith("user "):
+            current = line.split(None, 1)[1]
+            users[current] = []
+        elif line.startswith("pattern "):
+            current = None
+        elif line.startswith("topic ") and current:
+            users[current].append(line)
+    return users
+
+
+@pytest.mark.parametrize("name", ["archive", "console"])
+def test_archive_and_console_read_the_eventbus_as_the_archive_user(name: str) -> None:
+    docs = render("cpu")
+    deployment = _workload(docs, "Deployment", name)
+    assert deployment["metadata"]["namespace"] == "edge-offload-dc" and deployment["spec"]["replicas"] == 1
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["args"][0] == name and name in _subcommands()
+    env = _env(container)
+    for env_name in env:
+        _check_env_name(env_name)
+    toml = _toml_of(docs, "archive-config", "archive.toml")
+    assert not _unknown_keys(Settings, toml, "")
+    settings = Settings(**toml)
+    # the broker user of compose/mosquitto.acl that reads results and status, never frames or audio
+    assert settings.mqtt.username == "archive" and "EDGE_OFFLOAD_MQTT__USERNAME" not in env
+    grants = _acl_users((COMPOSE / "mosquitto.acl").read_text())["archive"]
+    assert "topic read offload/v1/results/#" in grants
+    assert not any("frames" in g or "audio" in g for g in grants)
+    assert settings.mqtt.use_tls and settings.mqtt.port == 8883
+    assert env["EDGE_OFFLOAD_MQTT__PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "edge-offload-archive",
+                                                                               "key": "mqtt-password"}
+    host = env["EDGE_OFFLOAD_MQTT__HOST"]["valueFrom"]["configMapKeyRef"]
+    assert host["name"].startswith("dc-endpoints-") and host["key"] == "eventbus-host"
+    # the store URL is a secret (it carries the database password), PostgreSQL in the template
+    store = env["EDGE_OFFLOAD_ARCHIVE__STORE_URL"]["valueFrom"]["secretKeyRef"]
+    secrets = {(d["metadata"]["namespace"], d["metadata"]["name"]): d for d in _docs(KUBEEDGE / "secrets.example.yaml")}
+    template = secrets[("edge-offload-dc", store["name"])]["stringData"]
+    assert template[store["key"]].startswith("postgresql://")
+    for vol in pod["volumes"]:  # every Secret it mounts has a template
+        if "secret" in vol:
+            assert ("edge-offload-dc", vol["secret"]["secretName"]) in secrets, vol
+            for item in vol["secret"].get("items", []):
+                assert item["key"] in secrets[("edge-offload-dc", vol["secret"]["secretName"])]["stringData"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert str(settings.mqtt.ca_file).startswith(next(p for p, v in mounts.items() if v == "mqtt"))
+    assert pod["nodeSelector"] == {"edge-offload.io/pool": "dc"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert "/tmp" in mounts
+    if name == "archive":  # /healthz, /readyz and /metrics on archive.http_port (common.health)
+        port = settings.archive.http_port
+        assert {"name": "metrics", "containerPort": port} in container["ports"]
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+        assert deployment["spec"]["strategy"]["type"] == "Recreate"  # never two sessions of one client id
+
+
+def test_console_serves_https_with_its_tls_secret() -> None:
+    docs = render("cpu")
+    pod = _workload(docs, "Deployment", "console")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    args = container["args"]
+    assert args[:3] == ["console", "--host", "0.0.0.0"]
+    port = int(args[args.index("--port") + 1])
+    parsed = build_parser().parse_args(args)
+    assert parsed.host == "0.0.0.0" and parsed.port == port
+    settings = Settings(**_toml_of(docs, "archive-config", "archive.toml"))
+    a = settings.archive
+    assert a.console_cert_file is not None and a.console_key_file is not None  # both set: HTTPS
+    tls = next(v for v in pod["volumes"] if v["name"] == "tls")
+    assert tls["secret"]["secretName"] == "edge-offload-console-tls"
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "tls")
+    assert mount["readOnly"] is True
+    paths = {f"{mount['mountPath']}/{item['path']}": item["key"] for item in tls["secret"]["items"]}
+    assert paths == {str(a.console_cert_file): "tls.crt", str(a.console_key_file): "tls.key"}
+    secret = next(d for d in _docs(KUBEEDGE / "secrets.example.yaml")
+                  if d["metadata"]["name"] == "edge-offload-console-tls")
+    assert secret["type"] == "kubernetes.io/tls"
+    assert {"name": "https", "containerPort": port} in container["ports"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "https", "scheme": "HTTPS"}
+    assert container["livenessProbe"]["tcpSocket"] == {"port": "https"}
+    # labels go to Kafka as the trainer's: the DC namespace's Kafka Secret
+    env = _env(container)
+    assert env["EDGE_OFFLOAD_KAFKA__SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "edge-offload-kafka"
+    assert settings.kafka.security_protocol == "SASL_SSL"
+    service = _workload(docs, "Service", "console")
+    assert service["spec"]["selector"] == {"app": "console"}
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(443, "https")]

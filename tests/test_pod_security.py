@@ -102,8 +102,9 @@ def test_every_pod_is_admitted_by_its_namespace_level(overlay: str) -> None:
     docs = render(overlay)
     namespaces = _levels(docs)
     pods = _pod_specs(docs)
-    assert {(d["kind"], d["metadata"]["name"]) for d, _ in pods} >= {("Job", "kafka-init"), ("Deployment", "trainer"),
-                                                                   ("DaemonSet", "edge-agent")}
+    expected = {("Job", "kafka-init"), ("Deployment", "trainer"), ("DaemonSet", "edge-agent"),
+                ("Deployment", "archive"), ("Deployment", "console")}
+    assert expected <= {(d["kind"], d["metadata"]["name"]) for d, _ in pods}
     for d, pod in pods:
         labels = namespaces[d["metadata"]["namespace"]]
         level = labels["pod-security.kubernetes.io/enforce"]
