@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vad-pad-s", type=float, default=None, help="override the VAD's speech padding")
     ap.add_argument("--min-silence-s", type=float, default=None, help="override the silence that ends speech")
     ap.add_argument("--context-s", type=float, default=None, help="override the previous-turn context window")
+    ap.add_argument("--merge-below-s", type=float, default=None, help="override: short utterances join the next")
     ap.add_argument("--asr-threads", type=int, default=2)
     ap.add_argument("--verbose", action="store_true", help="each leg's reference, edge and final text (stderr)")
     args = ap.parse_args(argv)
@@ -196,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         config = config.model_copy(update={"vad": config.vad.model_copy(update=vad_over)})
     if args.context_s is not None:
         config = config.model_copy(update={"context_s": args.context_s})
+    if args.merge_below_s is not None:
+        config = config.model_copy(update={"merge_below_s": args.merge_below_s})
     try:
         result = evaluate(vad, encoder, edge, reviser, splits=splits, mine_below=args.mine_below,
                           pad_s=args.pad_s, verbose=args.verbose, config=config)

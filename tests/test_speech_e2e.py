@@ -302,3 +302,25 @@ async def test_service_transcribes_an_unseen_call_through_mosquitto(mosquitto: M
     assert counters.segments_published == len(segments) and counters.dead_letters_published >= 1
     assert counters.packets_overload == 0 and counters.worker_errors == 0
     assert counters.legs_closed == counters.legs_opened == 2
+
+
+@needs_espeak
+@pytest.mark.parametrize("merge_below_s", [0.0, 1.2])
+def test_a_very_short_utterance_joins_the_next_one_when_asked(vad: SileroVad, asr: EdgeAsr,
+                                                               merge_below_s: float) -> None:
+    short = telephone(synthesize("yes", VOICES[0]))  # well under a second
+    longer = telephone(synthesize(SENTENCES[21], VOICES[0]))
+    gap = np.zeros(int(0.5 * SAMPLE_RATE), np.float32)  # longer than the VAD's 0.4 s of silence
+    x = np.concatenate([np.zeros(8000, np.float32), short, gap, longer, np.zeros(16000, np.float32)])
+    rec = LegRecognizer("a", vad, asr, PipelineConfig(merge_below_s=merge_below_s, merge_gap_s=0.8))
+    events: list[Partial | Utterance] = []
+    for k, chunk in enumerate(_chunks(x)):
+        events += rec.push(chunk, arrival_s=k * 0.02)
+    events += rec.close()
+    finals = [e for e in events if isinstance(e, Utterance)]
+    if merge_below_s == 0:
+        assert len(finals) == 2 and finals[0].end_s < finals[1].start_s
+    else:  # one utterance from the short one's start, holding both
+        assert len(finals) == 1 and finals[0].start_s == pytest.approx(0.5, abs=0.25)
+        assert finals[0].end_s >= (len(x) - 16000) / SAMPLE_RATE - 0.3
+    assert not rec.in_speech

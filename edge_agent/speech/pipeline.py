@@ -104,6 +104,7 @@ class LegRecognizer:
         self.discontinuities = 0
         self.last_arrival_s = 0.0
         self._context: tuple[str, int] = ("", 0)  # the leg's last final text and its end sample
+        self._held: tuple[int, int] | None = None  # a very short utterance waiting to join the next one
 
     # -- public ------------------------------------------------------------------------
 
@@ -116,6 +117,8 @@ class LegRecognizer:
         """No utterance this leg has yet to finish can start before this time (leg clock)."""
         if self._utt_start is not None:
             return self._utt_start / SAMPLE_RATE
+        if self._held is not None:
+            return self._held[0] / SAMPLE_RATE
         lookback = int(self.config.vad.speech_pad_s * SAMPLE_RATE) + WINDOW
         return max(0, self._vad.position - lookback) / SAMPLE_RATE
 
@@ -137,7 +140,8 @@ class LegRecognizer:
                 out += self._ingest(np.zeros(gap, dtype=np.float32), arrival_s)
             else:
                 self.discontinuities += 1
-                out += self._finish(self._vad.received, arrival_s)
+                out += self._finish(self._vad.received, arrival_s, final=True)
+                out += self._release_held(arrival_s)
                 self._vad.skip(gap)
                 self._jump(pos)
         elif gap < -tolerance:
@@ -149,8 +153,10 @@ class LegRecognizer:
     def close(self, arrival_s: float | None = None) -> list[Partial | Utterance]:
         """End of the leg: finish the utterance in progress."""
         out: list[Partial | Utterance] = []
+        arrival = arrival_s if arrival_s is not None else self.last_arrival_s
         for ev in self._vad.end():
-            out += self._finish(ev.sample, arrival_s if arrival_s is not None else self.last_arrival_s)
+            out += self._finish(ev.sample, arrival, final=True)
+        out += self._release_held(arrival)
         return out
 
     # -- internals -----------------------------------------------------------------------
@@ -166,9 +172,14 @@ class LegRecognizer:
         out: list[Partial | Utterance] = []
         for ev in self._vad.push(x):
             if ev.kind == "start":
+                if self._held is not None and ev.sample - self._held[1] > self.config.merge_gap_s * SAMPLE_RATE:
+                    out += self._release_held(arrival_s)
                 self._begin(ev.sample)
             else:
                 out += self._finish(ev.sample, arrival_s)
+        if self._held is not None and self._utt_start is None \
+                and self._vad.position - self._held[1] > self.config.merge_gap_s * SAMPLE_RATE:
+            out += self._release_held(arrival_s)
         if self._utt_start is not None:
             self._feed(self.received)
             base_s = self.config.partial_every_s
@@ -208,24 +219,45 @@ class LegRecognizer:
 
     def _trim(self) -> None:
         keep_from = self.received - int(self.config.keep_s * SAMPLE_RATE)
+        if self._held is not None:
+            keep_from = min(keep_from, self._held[0])
         while self._chunks and self._chunks[0][0] + len(self._chunks[0][1]) < keep_from:
             self._chunks.popleft()
 
     def _begin(self, sample: int) -> None:
         start = max(sample, self._chunks[0][0] if self._chunks else sample)
+        joined = self._held is not None and sample - self._held[1] <= self.config.merge_gap_s * SAMPLE_RATE
+        if joined and self._held is not None:
+            start = self._held[0]  # the short utterance before and this one are decoded as one
+        self._held = None
         self._utt_start = start
         self._fed_until = start
         self._last_partial_at = start
         self._last_due_at = start
-        self.utterances += 1
+        if not joined:
+            self.utterances += 1
+
+    def _release_held(self, arrival_s: float) -> list[Partial | Utterance]:
+        """Decode a held short utterance on its own (no speech followed it in time)."""
+        if self._held is None:
+            return []
+        start, end = self._held
+        self._held = None
+        self._utt_start = start
+        return self._finish(end, arrival_s, final=True)
 
     def _feed(self, until: int) -> None:
         self._fed_until = max(self._fed_until, until)
 
-    def _finish(self, end: int, arrival_s: float) -> list[Partial | Utterance]:
+    def _finish(self, end: int, arrival_s: float, final: bool = False) -> list[Partial | Utterance]:
         if self._utt_start is None:
             return []
         start = self._utt_start
+        if not final and 0 < end - start < self.config.merge_below_s * SAMPLE_RATE:
+            self._held = (start, end)  # very short: wait for the next utterance to join it
+            self._utt_start = None
+            self._feed(end)
+            return []
         self._feed(end)
         samples = self._slice(start, end)
         self._utt_start = None
