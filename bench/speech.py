@@ -18,7 +18,7 @@ pipeline the service runs (``LegDecoder`` -> VAD -> Whisper partials/finals -> d
   ``wer_heldout_edge_babble``: babble instead of hum; ``wer_heldout_espeak_edge``: four
   espeak-ng voices, clean G.711. ``der``: the held-out call, collar 0.25 s.
 - Field corpus (espeak-ng, two voices, the radio net's sentences as vocabulary prompt):
-  ``wer_field_prompt``, ``der_field``, ``der_one_leg`` (both voices on one leg).
+  ``wer_field_prompt``, ``der_field``, ``der_one_leg`` (both voices on one leg, marked shared).
 - Capacity: N legs (N/2 conversations of the held-out call) paced in real time through
   :class:`SpeechEngine` (the service minus MQTT) for ``--seconds``; N grows while the leg
   passes: partial-latency p95 <= ``--max-partial-ms``, final-latency p95 <=
@@ -45,6 +45,7 @@ from bench.heldout_speech import ESPEAK_VOICES, HELDOUT, PIPER, build_heldout_ca
 from bench.record import add_record_flag, finish, start
 from cloud_trainer.speech_revise import SpeechReviser
 from common.settings import load_settings
+from common.speech_settings import DiarizerConfig
 from devices.audio import packetize
 from edge_agent.speech.diarize import Diarizer
 from edge_agent.speech.pipeline import ConversationTracker, LegStream, PipelineConfig, StepOutput, Utterance
@@ -282,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     result["wer_field_prompt_loss5"] = round(_turn_wer(conv, segs), 4)
     result["der_field_loss5"] = round(_der(conv, segs), 4)
     one = build_conversation(SENTENCES[:min(12, n_field)], one_leg=True)
-    segs, _, _ = run_conversation(one, vad, encoder, field_asr)
+    shared = PipelineConfig(diarizer=DiarizerConfig(shared_legs=["leg1"]))  # two voices: a shared leg
+    segs, _, _ = run_conversation(one, vad, encoder, field_asr, config=shared)
     result["der_one_leg"] = round(_der(one, segs), 4)
     result["wer_one_leg"] = round(_turn_wer(one, segs), 4)
 

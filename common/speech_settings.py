@@ -61,8 +61,10 @@ class DiarizerConfig(BaseModel):
                                        "below this similarity to every voice of the leg")
     cross_leg_threshold: float = Field(0.90, description="similarity at which a voice joins a speaker "
                                        "first heard on another leg")
-    min_evidence_s: float = Field(1.0, ge=0, description="speech a segment needs to found a new speaker "
-                                  "or to join another leg's speaker")
+    min_evidence_s: float = Field(2.0, ge=0, description="speech a segment needs to be a new voice on a one-party "
+                                  "leg or to join another leg's speaker")
+    shared_min_evidence_s: float = Field(1.0, ge=0, description="speech a voice needs to found a new speaker "
+                                         "on a shared leg")
     shared_legs: list[str] = Field(["conf*", "bridge*"], description="leg ids (fnmatch patterns) "
                                          "that carry several voices")
     min_embed_s: float = Field(1.0, description="shorter segments take their leg's speaker, never move a centroid")

@@ -69,7 +69,7 @@ def _labels(diarizer: Diarizer, items: list[tuple[str, int, float]]) -> list[str
 
 def test_the_default_thresholds_are_ordered() -> None:
     assert CFG.new_voice_threshold < CFG.threshold < CFG.cross_leg_threshold
-    assert CFG.min_embed_s <= CFG.min_evidence_s
+    assert CFG.min_embed_s <= CFG.shared_min_evidence_s <= CFG.min_evidence_s
     assert CFG.new_voice_threshold < 0.62 and CFG.cross_leg_threshold > 0.86  # what the table assumes
 
 
@@ -136,7 +136,8 @@ def test_a_conference_leg_carries_several_voices() -> None:
 def test_a_conference_leg_recognises_a_voice_once_its_segments_add_up() -> None:
     """Re-clustering at every segment end: two short turns of a new voice, each too short to
     found a speaker, together are enough; the leg's first voice keeps its label throughout."""
-    d = Diarizer(TableEncoder(VOICES_TABLE), DiarizerConfig(min_evidence_s=2.0))  # type: ignore[arg-type]
+    cfg = DiarizerConfig(shared_min_evidence_s=2.0)
+    d = Diarizer(TableEncoder(VOICES_TABLE), cfg)  # type: ignore[arg-type]
     items = [(1, 3.0), (2, 1.5), (2, 1.5), (1, 2.0), (2, 1.2)]
     assert _labels(d, [("conf1", k, s) for k, s in items]) == ["S1", "S1", "S2", "S1", "S2"]
     assert np.allclose(d.clusters.centroid(0), _unit(0))  # the absorbed turn did not move S1

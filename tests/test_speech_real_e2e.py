@@ -97,6 +97,9 @@ async def test_a_real_call_is_never_made_worse_by_the_dc(
     edge = sorted((x for x in seen if x.revision == 0), key=lambda x: x.start_s)
     dc = [x for x in seen if x.revision == 1]
     assert {x.leg for x in edge} == set(call.legs)  # both parties were heard
+    # Speaker labels true to the call: each party one label, the two parties two labels.
+    labels = {leg: {x.speaker for x in edge if x.leg == leg} for leg in call.legs}
+    assert all(len(v) == 1 for v in labels.values()) and len(set().union(*labels.values())) == 2, labels
     assert all(any((e.leg, e.utterance) == (r.leg, r.utterance) for e in edge) for r in dc)
     latest = {(x.leg, x.utterance): x.text for x in sorted(edge + dc, key=lambda x: x.revision)}
     refs, edge_hyps, final_hyps = [], [], []

@@ -18,11 +18,13 @@ clearly that something else is going on before a leg's speech gets another label
 - Two legs share a label only on strong evidence: a voice joins a speaker first heard on
   another leg only at ``cross_leg_threshold`` or above, from a segment of ``min_evidence_s``.
 - Shared legs (ids matching ``shared_legs``, or marked with :meth:`Diarizer.mark_shared`)
-  carry several voices: a segment joins the nearest of the leg's speakers at ``threshold``
-  (the current one gets ``leg_bonus``), else founds a new one if it holds ``min_evidence_s``
-  of speech, else takes the nearest. Segments longer than ``split_above_s`` are looked at
-  window by window (1.6 s windows, 0.77 s apart) and split into turns where a run of at least
-  ``min_run_windows`` windows is another speaker.
+  carry several voices: at every segment end all the leg's segments are re-clustered (with
+  the leg's mean embedding removed, :meth:`Diarizer._recluster`) and the segment takes its
+  cluster's label; a cluster without a label founds a new speaker once it holds
+  ``shared_min_evidence_s`` of speech. Segments longer than ``split_above_s`` are looked at
+  window by window (1.6 s windows, 0.77 s apart; a window stays with one of the leg's speakers
+  at ``threshold``, the current one getting ``leg_bonus``) and split into turns where a run of
+  at least ``min_run_windows`` windows is another speaker.
 
 The embedding (the heavy part) runs outside the lock; only the clustering is serialised, so
 legs of one conversation may call :meth:`Diarizer.label` from different threads.
@@ -260,7 +262,7 @@ class Diarizer:
         ``recluster_threshold`` on what remains; two segments are compared as they are, at
         ``pair_threshold``. Clusters map one-to-one onto the labels already given (most speech
         in common). The segment takes its cluster's label; a cluster without one is a new voice
-        if it holds ``min_evidence_s`` of speech (None: found it), else the segment takes the
+        if it holds ``shared_min_evidence_s`` of speech (None: found it), else the segment takes the
         nearest of the leg's voices without moving its centroid. Returns ``(index, sure)``.
         """
         cfg = self.config
@@ -284,7 +286,7 @@ class Diarizer:
         mine = int(groups[-1])
         if mine in mapping:
             return mapping[mine], True
-        if float(seconds[groups == mine].sum()) >= cfg.min_evidence_s:
+        if float(seconds[groups == mine].sum()) >= cfg.shared_min_evidence_s:
             return None, True
         sims = self.clusters.similarities(embedding)
         return max(state.voices, key=lambda i: float(sims[i])), False
