@@ -58,8 +58,8 @@ async def test_a_real_call_is_never_made_worse_by_the_dc(
     try:
         await asyncio.wait_for(node.started.wait(), 60)
         assert node.speech is not None and node.revisions is not None
-        await asyncio.wait_for(node.speech.ready.wait(), 20)
-        await asyncio.wait_for(node.revisions.ready.wait(), 30)
+        await asyncio.wait_for(node.speech.connected.wait(), 20)
+        await asyncio.wait_for(node.revisions.connected.wait(), 30)
         service = trainer.revisions
         assert service is not None
         counters = node.speech.counters
