@@ -38,6 +38,7 @@ from archive.live import LiveHub
 from archive.store import Access, SearchQuery, SegmentRow, Store, open_store
 from common.kafka_clients import make_producer
 from common.settings import Settings
+from topics.clip import wav_bytes
 from topics.codec import now_ms
 from topics.dc import Label, encode_label, example_key
 from topics.names import ASR_MODEL, KAFKA_LABELS, check_id
@@ -154,6 +155,7 @@ class Console:
             Route("/logout", self.logout, methods=["POST"]),
             Route("/conversations", self.conversations), Route("/conversations/{cid}", self.conversation),
             Route("/conversations/{cid}/live", self.conversation_live),
+            Route("/conversations/{cid}/audio/{leg}/{utt:int}", self.audio),
             Route("/cameras", self.cameras), Route("/cameras/live", self.cameras_live),
             Route("/fleet", self.fleet), Route("/fleet/live", self.fleet_live),
             Route("/search", self.search), Route("/label", self.label, methods=["POST"]),
@@ -311,6 +313,7 @@ class Console:
         rows = await asyncio.to_thread(self.store.conversation, cid, session.access)
         if not rows:
             return "<p>No segments (or not a conversation of your cases).</p>"
+        clips = await asyncio.to_thread(self.store.clip_keys, cid, session.access)
         by_utt: dict[tuple[str, int], list[SegmentRow]] = {}
         for r in rows:
             by_utt.setdefault((r.leg, r.utterance), []).append(r)
@@ -331,11 +334,28 @@ class Console:
                      f'<input type="hidden" name="leg" value="{_esc(leg)}"><input type="hidden" name="utterance" '
                      f'value="{utt}"><input name="text" size="40" value="{_esc(last.text)}" '
                      f'aria-label="corrected transcript"><button>Label</button></form>')
+            audio = (f'<audio controls preload="none" class="clip" src="/conversations/{urllib.parse.quote(cid)}/audio/'
+                     f'{urllib.parse.quote(leg)}/{utt}"></audio>' if (leg, utt) in clips else "")
             out.append(f'<div class="seg{" low" if last.confidence < low else ""}" id="seg-{_esc(leg)}-{utt}" '
                        f'data-revision="{last.revision}"><span class="spk">{_esc(last.speaker)}</span>'
                        f'<small>{last.start_s:.1f}s {_esc(leg)} conf {last.confidence:.2f}</small>{badge}'
-                       f'<div class="text">{_esc(last.text)}</div>{history}{label}</div>')
+                       f'<div class="text">{_esc(last.text)}</div>{audio}{history}{label}</div>')
         return "".join(out)
+
+    async def audio(self, request: Request) -> Response:
+        """A segment's audio clip as WAV, to an operator of its case only (audited as ``play``)."""
+        session = self._session(request)
+        if session is None:
+            return PlainTextResponse("log in", 401)
+        cid, leg, utt = request.path_params["cid"], request.path_params["leg"], request.path_params["utt"]
+        target = f"{cid[:80]}/{leg[:64]}#{utt}"
+        clip = await asyncio.to_thread(self.store.clip, cid, leg, utt, session.access)
+        if clip is None:
+            await self._audit(request, session.operator, "play_denied", target)
+            return PlainTextResponse("no audio kept for this segment in your cases", 404)
+        await self._audit(request, session.operator, "play", target)
+        return Response(wav_bytes(clip.pcm, clip.sample_rate), media_type="audio/wav",
+                        headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
 
     # -- cameras and fleet -----------------------------------------------------------------------
     async def cameras(self, request: Request) -> Response:

@@ -1,11 +1,12 @@
 """``edge-offload archive``: results from MQTT into the store, nothing lost.
 
 The service holds a persistent MQTT v5 session (QoS 1, manual acks) on the vision result,
-transcript segment, edge status and device twin topics. Messages are handled one at a time:
-each is written to the store and only then acknowledged. A store write that fails ends the
-session without acknowledging, so the broker redelivers the message once the service is back;
-idempotent writes make the redelivery harmless. A message that breaks the contract is counted,
-dead-lettered (stage ``archive``) and acknowledged. A retention purge runs every
+transcript segment, audio clip (opt-in at the edge), edge status and device twin topics.
+Messages are handled one at a time: each is written to the store and only then acknowledged.
+A store write that fails ends the session without acknowledging, so the broker redelivers the
+message once the service is back; idempotent writes make the redelivery harmless. A message
+that breaks the contract is counted, dead-lettered (stage ``archive``) and acknowledged. A
+retention purge runs every
 ``archive.purge_every_s``, its deletions counted per data class.
 """
 
@@ -27,6 +28,7 @@ from common.retry import Backoff
 from common.settings import Settings
 from edge_agent.mqtt import MqttClient, make_client
 from topics import names
+from topics.clip import decode_clip
 from topics.codec import ContractError, now_ms, payload_bytes
 from topics.deadletter import DeadLetter, encode_dead_letter
 from topics.kubeedge import decode_twin_update
@@ -38,7 +40,7 @@ __all__ = ["ArchiveService", "ArchiveCounts", "SUBSCRIPTIONS"]
 
 log = logging.getLogger(__name__)
 
-SUBSCRIPTIONS = (names.VISION_RESULTS_FILTER, names.TRANSCRIPT_FILTER, names.EDGE_STATUS_FILTER,
+SUBSCRIPTIONS = (names.VISION_RESULTS_FILTER, names.TRANSCRIPT_FILTER, names.CLIPS_FILTER, names.EDGE_STATUS_FILTER,
                  names.TWIN_UPDATE_FILTER)
 
 
@@ -60,6 +62,8 @@ def _kind(topic: str) -> str:
         return "vision_result"
     if names.matches(names.TRANSCRIPT_FILTER, topic):
         return "segment"
+    if names.matches(names.CLIPS_FILTER, topic):
+        return "audio_clip"
     if names.matches(names.EDGE_STATUS_FILTER, topic):
         return "edge_status"
     if names.matches(names.TWIN_UPDATE_FILTER, topic):
@@ -200,6 +204,11 @@ class ArchiveService:
         if kind == "segment":
             segment = decode_segment(payload)
             return lambda s: s.put_segment(segment)
+        if kind == "audio_clip":
+            clip = decode_clip(payload)
+            if topic != names.audio_clip(clip.conversation):
+                raise ContractError("bad_topic", f"clip of {clip.conversation!r} on {topic[:120]!r}")
+            return lambda s: s.put_clip(clip)
         if kind == "edge_status":
             status = decode_status(payload)
             return lambda s: s.put_edge_status(status)

@@ -173,6 +173,9 @@ class SpeechServiceConfig(BaseModel):
     asr_max_batch: int = Field(8, ge=1, description="utterances of many legs decoded in one model call")
     corpus_path: Path | None = Field(None, description="domain sentences, one a line: the starting Whisper prompt")
     follow_revisions: bool = Field(True, description="publish the DC's revisions of mined segments")
+    publish_clips: bool = Field(False, description="publish each final segment's audio (16 kHz int16, topics.clip) "
+                                "for the archive, so operators can play it; off: no audio leaves the edge")
+    clip_max_s: float = Field(30.0, gt=0, le=30.0, description="longest clip published; longer utterances are cut")
     device: str = Field("cpu", description="speaker-embedding device: cpu, cuda")
     client_suffix: str = "-speech"
     reconnect_max_s: float = Field(10.0, gt=0)

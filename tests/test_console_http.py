@@ -19,6 +19,7 @@ from archive.console import RunningConsole, start_console
 from archive.store import Store, open_store
 from cli.brokers import MosquittoBroker
 from common.settings import MqttSettings, Settings
+from topics.clip import AudioClip, wav_bytes
 from topics.dc import Label
 from topics.transcript import ModelRef, TranscriptSegment
 
@@ -40,6 +41,13 @@ class _Browser:
 
     def get(self, path: str) -> tuple[int, str, dict[str, str]]:
         return self._open(urllib.request.Request(self.base + path))
+
+    def get_bytes(self, path: str) -> tuple[int, bytes, dict[str, str]]:
+        try:
+            with self.opener.open(urllib.request.Request(self.base + path), timeout=10) as r:
+                return r.status, r.read(), dict(r.headers)
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), dict(e.headers)
 
     def post(self, path: str, form: dict[str, str]) -> tuple[int, str, dict[str, str]]:
         return self._open(urllib.request.Request(self.base + path, urllib.parse.urlencode(form).encode()))
@@ -114,6 +122,29 @@ async def test_login_csrf_case_checks_escaping_and_audit(
                        ("ann", "label_denied", "call-b/leg1#0"), ("ann", "view", "conversation:call-b"),
                        ("ann", "label", "call-a/leg1#0")]
     assert all(r.remote == "127.0.0.1" for r in store.audit_log())
+
+
+async def test_a_kept_clip_plays_for_its_case_only_and_is_audited(
+        console: tuple[RunningConsole, Store, list[Label]]) -> None:
+    running, store, _ = console
+    pcm = b"\x10\x00\xf0\xff" * 800
+    store.put_clip(AudioClip("call-a", "leg1", 0, 0.0, 0.1, pcm, case_id="case-a", device="tap-1"))
+    store.put_clip(AudioClip("call-b", "leg1", 0, 0.0, 0.1, pcm, case_id="case-b", device="tap-2"))
+    b = _Browser(running.url)
+
+    def flow() -> None:
+        assert b.get_bytes("/conversations/call-a/audio/leg1/0")[0] == 401  # not logged in
+        assert b.login("ann", "ann-password-1") == 303
+        page = b.get("/conversations/call-a")[1]
+        assert '<audio controls preload="none" class="clip" src="/conversations/call-a/audio/leg1/0">' in page
+        status, body, headers = b.get_bytes("/conversations/call-a/audio/leg1/0")
+        assert status == 200 and headers["content-type"] == "audio/wav" and body == wav_bytes(pcm)
+        assert b.get_bytes("/conversations/call-b/audio/leg1/0")[0] == 404  # another case
+        assert b.get_bytes("/conversations/call-a/audio/leg1/7")[0] == 404  # none kept
+
+    await asyncio.to_thread(flow)
+    actions = [(r.action, r.target) for r in store.audit_log() if r.action.startswith("play")]
+    assert actions == [("play", "call-a/leg1#0"), ("play_denied", "call-b/leg1#0"), ("play_denied", "call-a/leg1#7")]
 
 
 async def test_tls_option_serves_https_with_secure_cookies(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
