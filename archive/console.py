@@ -157,6 +157,7 @@ class Console:
             Route("/conversations/{cid}/live", self.conversation_live),
             Route("/conversations/{cid}/audio/{leg}/{utt:int}", self.audio),
             Route("/cameras", self.cameras), Route("/cameras/live", self.cameras_live),
+            Route("/cameras/{device}/thumbnail/{seq:int}", self.thumbnail),
             Route("/fleet", self.fleet), Route("/fleet/live", self.fleet_live),
             Route("/search", self.search), Route("/label", self.label, methods=["POST"]),
             Route("/events", self.events), Route("/healthz", self.healthz),
@@ -375,17 +376,38 @@ class Console:
         rows = await asyncio.to_thread(self.store.latest_results, session.access)
         tiles = []
         for r in rows:
+            thumb = await asyncio.to_thread(self.store.thumbnail, r.device, r.seq, session.access)
             boxes = [f["box"] for f in r.faces]
             w = max([b[0] + b[2] for b in boxes] + [320])
             h = max([b[1] + b[3] for b in boxes] + [240])
+            image = ""
+            if thumb is not None:  # kept only when the edge publishes thumbnails (vision.publish_thumbnails)
+                w, h = thumb.frame_width, thumb.frame_height
+                image = (f'<image class="thumb" href="/cameras/{urllib.parse.quote(r.device)}/thumbnail/{r.seq}" '
+                         f'x="0" y="0" width="{w}" height="{h}" preserveAspectRatio="none"/>')
             svg = "".join(f'<rect x="{b[0]}" y="{b[1]}" width="{b[2]}" height="{b[3]}" fill="none" stroke="#e33" '
                           f'stroke-width="3"/><text x="{b[0]}" y="{max(12, b[1] - 4)}" fill="#e33" font-size="14">'
                           f'{_esc(f["label"])} {f["confidence"]:.2f}</text>' for b, f in zip(boxes, r.faces))
             tiles.append(f'<div class="tile"><b>{_esc(r.device)}</b> #{r.seq} {_esc(r.outcome)} by '
                          f'{_esc(r.served_by)}<br><svg width="240" height="180" viewBox="0 0 {w} {h}" '
-                         f'style="background:#333">{svg}</svg><br>{len(r.faces)} face(s), {_esc(_time(r.at_ms))}'
+                         f'style="background:#333">{image}{svg}</svg><br>{len(r.faces)} face(s), {_esc(_time(r.at_ms))}'
                          "</div>")
         return "".join(tiles) or "<p>No camera results yet.</p>"
+
+    async def thumbnail(self, request: Request) -> Response:
+        """A frame's thumbnail as JPEG, to an operator of its case only. Showing it is part of the
+        audited ``view cameras``; a request for one of another case (or none kept) is audited
+        ``thumbnail_denied``."""
+        session = self._session(request)
+        if session is None:
+            return PlainTextResponse("log in", 401)
+        device, seq = request.path_params["device"], request.path_params["seq"]
+        thumb = await asyncio.to_thread(self.store.thumbnail, device, seq, session.access)
+        if thumb is None:
+            await self._audit(request, session.operator, "thumbnail_denied", f"{device[:64]}#{seq}")
+            return PlainTextResponse("no thumbnail kept for this frame in your cases", 404)
+        return Response(thumb.jpeg, media_type="image/jpeg",
+                        headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
 
     async def fleet(self, request: Request) -> Response:
         session = self._session(request)

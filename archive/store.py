@@ -6,7 +6,7 @@ FTS5) or ``postgresql://...`` (psycopg 3, full text by a generated ``tsvector`` 
 index, ``simple`` configuration: words match as written, like FTS5's default tokenizer).
 
 Writes are idempotent: a segment is keyed by (conversation, leg, utterance, revision), a vision
-result by (device, seq), an audio clip by (conversation, leg, utterance), a status by
+result and a frame thumbnail by (device, seq), an audio clip by (conversation, leg, utterance), a status by
 (kind, name, at_ms); a redelivered message changes nothing.
 
 Access: every read takes an :data:`Access` - ``ALL`` (an administrator) or the set of case ids an
@@ -31,12 +31,13 @@ from typing import Any, Final
 
 from topics.clip import AudioClip
 from topics.status import EdgeStatus
+from topics.thumbnail import Thumbnail
 from topics.transcript import TranscriptSegment
 from topics.vision import VisionResult
 
 __all__ = ["ALL", "Access", "is_all", "SegmentRow", "ResultRow", "StatusRow", "AuditRow", "Operator", "SearchQuery",
-           "ClipRow", "Store", "SqliteStore", "PostgresStore", "StoreUnavailable", "open_store", "fts_words",
-           "DATA_CLASSES"]
+           "ClipRow", "ThumbnailRow", "Store", "SqliteStore", "PostgresStore", "StoreUnavailable", "open_store",
+           "fts_words", "DATA_CLASSES"]
 
 
 class _All:
@@ -53,7 +54,7 @@ Access = _All | frozenset[str]
 def is_all(access: Access) -> bool:
     """True for :data:`ALL` (every case)."""
     return isinstance(access, _All)
-DATA_CLASSES = ("transcripts", "face_results", "audio", "status")
+DATA_CLASSES = ("transcripts", "face_results", "audio", "thumbnails", "status")
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -126,6 +127,21 @@ class ClipRow:
 
 
 @dataclass(frozen=True, slots=True)
+class ThumbnailRow:
+    """A small JPEG of a camera frame whose result is stored (see :mod:`topics.thumbnail`)."""
+
+    device: str
+    seq: int
+    case_id: str | None
+    width: int
+    height: int
+    frame_width: int
+    frame_height: int
+    jpeg: bytes
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class StatusRow:
     kind: str  # "edge" or "device"
     name: str
@@ -194,6 +210,10 @@ _SCHEMA_COMMON = [
         served_by TEXT NOT NULL, faces TEXT NOT NULL, total_ms DOUBLE PRECISION NOT NULL, at_ms BIGINT NOT NULL,
         UNIQUE (device, seq))""",
     "CREATE INDEX IF NOT EXISTS results_case ON results (case_id, at_ms)",
+    """CREATE TABLE IF NOT EXISTS thumbnails (
+        id {id}, device TEXT NOT NULL, seq BIGINT NOT NULL, case_id TEXT, width INTEGER NOT NULL,
+        height INTEGER NOT NULL, frame_width INTEGER NOT NULL, frame_height INTEGER NOT NULL, jpeg {blob} NOT NULL,
+        at_ms BIGINT NOT NULL, UNIQUE (device, seq))""",
     """CREATE TABLE IF NOT EXISTS clips (
         id {id}, conversation TEXT NOT NULL, leg TEXT NOT NULL, utterance INTEGER NOT NULL, case_id TEXT,
         device TEXT, start_s DOUBLE PRECISION NOT NULL, end_s DOUBLE PRECISION NOT NULL,
@@ -299,6 +319,14 @@ class Store:
             (clip.conversation, clip.leg, clip.utterance, clip.case_id, clip.device, clip.start_s, clip.end_s,
              clip.sample_rate, clip.pcm, _now_ms() if at_ms is None else at_ms)) == 1
 
+    def put_thumbnail(self, t: Thumbnail, at_ms: int | None = None) -> bool:
+        """Store one frame thumbnail; False if (device, seq) has one already."""
+        return self._execute(
+            "INSERT INTO thumbnails (device, seq, case_id, width, height, frame_width, frame_height, jpeg, at_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, seq) DO NOTHING",
+            (t.device, t.seq, t.case_id, t.width, t.height, t.frame_width, t.frame_height, t.jpeg,
+             _now_ms() if at_ms is None else at_ms)) == 1
+
     def put_status(self, kind: str, name: str, online: bool, at_ms: int, detail: dict[str, Any]) -> bool:
         """Store one edge or device status (kept as history for the inventory)."""
         return self._execute(
@@ -340,7 +368,8 @@ class Store:
 
     def purge(self, older_than_ms: dict[str, int]) -> dict[str, int]:
         """Delete rows of each data class stored before its cut-off; rows deleted per class."""
-        tables = {"transcripts": "segments", "face_results": "results", "audio": "clips", "status": "status"}
+        tables = {"transcripts": "segments", "face_results": "results", "audio": "clips", "thumbnails": "thumbnails",
+                  "status": "status"}
         done: dict[str, int] = {}
         for data_class, cutoff in older_than_ms.items():
             if data_class not in DATA_CLASSES:
@@ -406,6 +435,17 @@ class Store:
         values[8] = bytes(values[8])
         return ClipRow(*values)
 
+    def thumbnail(self, device: str, seq: int, access: Access) -> ThumbnailRow | None:
+        """The thumbnail of one frame, or None (none kept, or not of ``access``'s cases)."""
+        cases, p = _cases_clause(access)
+        rows = self._query("SELECT device, seq, case_id, width, height, frame_width, frame_height, jpeg, at_ms "
+                           f"FROM thumbnails WHERE device = ? AND seq = ? AND {cases}", [device, seq, *p])
+        if not rows:
+            return None
+        values = list(rows[0])
+        values[7] = bytes(values[7])
+        return ThumbnailRow(*values)
+
     def clip_keys(self, conversation: str, access: Access) -> set[tuple[str, int]]:
         """(leg, utterance) of every clip kept of one conversation (of ``access``'s cases)."""
         cases, p = _cases_clause(access)
@@ -455,7 +495,7 @@ class Store:
     def counts(self) -> dict[str, int]:
         """Rows per table (for the demo summary and metrics)."""
         return {t: int(self._query(f"SELECT COUNT(*) FROM {t}")[0][0])
-                for t in ("segments", "results", "clips", "status", "audit")}
+                for t in ("segments", "results", "clips", "thumbnails", "status", "audit")}
 
 
 def _segment_row(r: Sequence[Any]) -> SegmentRow:

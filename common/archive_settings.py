@@ -22,6 +22,7 @@ class ArchiveSettings(BaseModel):
     keep_transcripts_days: float = Field(90.0, gt=0, description="transcript segments older than this are purged")
     keep_face_results_days: float = Field(30.0, gt=0, description="vision results older than this are purged")
     keep_audio_days: float = Field(7.0, gt=0, description="audio clips older than this are purged")
+    keep_thumbnails_days: float = Field(7.0, gt=0, description="camera thumbnails older than this are purged")
     keep_status_days: float = Field(7.0, gt=0, description="edge/device status history older than this is purged")
     purge_every_s: float = Field(3600.0, gt=0, description="how often the archive runs the retention purge")
     http_port: int = Field(9110, ge=0, description="archive /metrics, /healthz; 0 picks a free port")

@@ -133,6 +133,9 @@ class VisionSettings(BaseModel):
     min_face_px: int = Field(36, ge=8, description="smallest face side in full-resolution pixels")
     max_faces: int = Field(16, ge=1)
     fer_crop: FerCropSettings = Field(default_factory=FerCropSettings)
+    publish_thumbnails: bool = Field(False, description="publish a small JPEG of each served frame (topics.thumbnail) "
+                                     "for the archive's camera tiles; off: no image leaves the edge")
+    thumbnail_max_side: int = Field(160, ge=16, le=640, description="longest side of a thumbnail, pixels")
     preprocess_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1,
                                     description="frames of one batch decoded + searched in parallel")
     cv_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1,

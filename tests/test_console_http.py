@@ -21,7 +21,9 @@ from cli.brokers import MosquittoBroker
 from common.settings import MqttSettings, Settings
 from topics.clip import AudioClip, wav_bytes
 from topics.dc import Label
+from topics.thumbnail import Thumbnail
 from topics.transcript import ModelRef, TranscriptSegment
+from topics.vision import Face, Timing, VisionResult
 
 pytestmark = pytest.mark.integration
 
@@ -145,6 +147,35 @@ async def test_a_kept_clip_plays_for_its_case_only_and_is_audited(
     await asyncio.to_thread(flow)
     actions = [(r.action, r.target) for r in store.audit_log() if r.action.startswith("play")]
     assert actions == [("play", "call-a/leg1#0"), ("play_denied", "call-b/leg1#0"), ("play_denied", "call-a/leg1#7")]
+
+
+async def test_a_kept_thumbnail_shows_on_its_tile_for_its_case_only(
+        console: tuple[RunningConsole, Store, list[Label]]) -> None:
+    running, store, _ = console
+    jpeg = b"\xff\xd8\xff" + b"\x07" * 300
+    for device, case in (("cam-a", "case-a"), ("cam-b", "case-b")):
+        store.put_result(VisionResult(device=device, seq=5, captured_at_ms=1, node="edge-1", model=ModelRef("fer", "v"),
+                                      timing=Timing(1.0, 1, 1.0, 1.0, 3.0), case_id=case,
+                                      faces=(Face((10, 20, 30, 40), "happy", (0, 0, 0, 1.0, 0, 0, 0)),)))
+        store.put_thumbnail(Thumbnail(device, 5, 160, 120, 640, 480, jpeg, case_id=case))
+    store.put_result(VisionResult(device="cam-a2", seq=1, captured_at_ms=1, node="edge-1", model=ModelRef("fer", "v"),
+                                  timing=Timing(1.0, 1, 1.0, 1.0, 3.0), case_id="case-a"))  # no thumbnail kept
+    b = _Browser(running.url)
+
+    def flow() -> None:
+        assert b.get_bytes("/cameras/cam-a/thumbnail/5")[0] == 401
+        assert b.login("ann", "ann-password-1") == 303
+        page = b.get("/cameras")[1]
+        assert page.count('<image class="thumb"') == 1 and 'href="/cameras/cam-a/thumbnail/5"' in page
+        assert 'viewBox="0 0 640 480"' in page and "cam-b" not in page
+        status, body, headers = b.get_bytes("/cameras/cam-a/thumbnail/5")
+        assert status == 200 and headers["content-type"] == "image/jpeg" and body == jpeg
+        assert b.get_bytes("/cameras/cam-b/thumbnail/5")[0] == 404  # another case
+        assert b.get_bytes("/cameras/cam-a2/thumbnail/1")[0] == 404  # none kept
+
+    await asyncio.to_thread(flow)
+    assert [(r.action, r.target) for r in store.audit_log() if r.action != "login"] == [
+        ("view", "cameras"), ("thumbnail_denied", "cam-b#5"), ("thumbnail_denied", "cam-a2#1")]
 
 
 async def test_tls_option_serves_https_with_secure_cookies(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
