@@ -28,6 +28,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
@@ -36,6 +38,7 @@ from starlette.routing import Route
 from archive.cli import parse_time_ms, verify_password
 from archive.live import LiveHub
 from archive.store import Access, SearchQuery, SegmentRow, Store, open_store
+from archive.throttle import LoginThrottle
 from common.kafka_clients import make_producer
 from common.settings import Settings
 from topics.clip import wav_bytes
@@ -149,6 +152,11 @@ class Console:
         self.send_label = send_label or kafka_label_sender(settings)
         self.secure_cookies = secure_cookies
         self.sessions: dict[str, Session] = {}
+        a = settings.archive
+        self.throttle = LoginThrottle(a.login_max_failures, a.login_window_s)
+        self.registry = CollectorRegistry()
+        self._m_logins = Counter("edge_offload_console_logins", "console login attempts by outcome (ok, failed, "
+                                 "csrf, throttled_name, throttled_address)", ["outcome"], registry=self.registry)
         self._stop = asyncio.Event()
         self.app = Starlette(routes=[
             Route("/", self.home), Route("/login", self.login, methods=["GET", "POST"]),
@@ -160,7 +168,7 @@ class Console:
             Route("/cameras/{device}/thumbnail/{seq:int}", self.thumbnail),
             Route("/fleet", self.fleet), Route("/fleet/live", self.fleet_live),
             Route("/search", self.search), Route("/label", self.label, methods=["POST"]),
-            Route("/events", self.events), Route("/healthz", self.healthz),
+            Route("/events", self.events), Route("/healthz", self.healthz), Route("/metrics", self.metrics),
         ], lifespan=self._lifespan)
 
     @contextlib.asynccontextmanager
@@ -233,13 +241,27 @@ class Console:
         token = request.cookies.get(LOGIN_COOKIE, "")
         name = form.get("username", "")[:64]
         if not token or not hmac.compare_digest(form.get("csrf", ""), token):
+            self._m_logins.labels("csrf").inc()
             await self._audit(request, name or "-", "login_failed", detail="csrf")
             return self._login_page("The form expired; try again.", 403)
+        remote = request.client.host if request.client is not None else ""
+        blocked = self.throttle.retry_after_s(name, remote)
+        if blocked is not None:  # refused before the password is checked: no argon2 work for a locked key
+            what, wait_s = blocked
+            self._m_logins.labels(f"throttled_{what}").inc()
+            await self._audit(request, name or "-", "login_throttled", detail=f"too many failures by {what}")
+            response = self._login_page("Too many failed logins; try again later.", 429)
+            response.headers["Retry-After"] = str(max(1, int(wait_s + 0.999)))
+            return response
         op = await asyncio.to_thread(self.store.operator, name)
         ok = op is not None and await asyncio.to_thread(verify_password, op.password_hash, form.get("password", ""))
         if not ok or op is None:
+            self.throttle.failed(name, remote)
+            self._m_logins.labels("failed").inc()
             await self._audit(request, name or "-", "login_failed")
             return self._login_page("Wrong name or password.", 401)
+        self.throttle.succeeded(name)
+        self._m_logins.labels("ok").inc()
         sid = secrets.token_urlsafe(32)
         self.sessions[sid] = Session(op.name, op.role, op.access, secrets.token_urlsafe(24),
                                      time.time() + self.settings.archive.session_hours * 3600)
@@ -522,6 +544,10 @@ class Console:
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    async def metrics(self, _request: Request) -> Response:
+        """Prometheus metrics of the console (login outcomes; no case data)."""
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def healthz(self, _request: Request) -> Response:
         return PlainTextResponse("ok\n" if self.hub.ready.is_set() else "live feed down\n",

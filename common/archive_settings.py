@@ -31,4 +31,7 @@ class ArchiveSettings(BaseModel):
     console_cert_file: Path | None = Field(None, description="TLS certificate (PEM) of the console; with key: HTTPS")
     console_key_file: Path | None = Field(None, description="TLS private key (PEM) of console_cert_file")
     session_hours: float = Field(8.0, gt=0, description="an operator's console session expires after this")
+    login_max_failures: int = Field(5, ge=1, description="failed console logins per username, and per remote "
+                                    "address, within login_window_s before further logins are refused (HTTP 429)")
+    login_window_s: float = Field(300.0, gt=0, description="sliding window of login_max_failures")
     low_confidence: float = Field(0.6, ge=0, le=1, description="segments below this confidence are shaded")

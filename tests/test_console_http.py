@@ -4,6 +4,8 @@ and that every one of these lands in the audit log."""
 from __future__ import annotations
 
 import asyncio
+import functools
+import http.client
 import http.cookiejar
 import re
 import urllib.error
@@ -31,7 +33,7 @@ pytestmark = pytest.mark.integration
 class _Browser:
     """A cookie-keeping HTTP client that does not follow redirects."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, source: str | None = None) -> None:
         self.base = base
         self.jar = http.cookiejar.CookieJar()
 
@@ -39,7 +41,14 @@ class _Browser:
             def redirect_request(self, *args: object, **kwargs: object) -> None:
                 return None
 
-        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar), NoRedirect)
+        class FromSource(urllib.request.HTTPHandler):  # another loopback address: another remote client
+            def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+                return self.do_open(functools.partial(http.client.HTTPConnection, source_address=(source, 0)), req)
+
+        handlers: list[urllib.request.BaseHandler] = [urllib.request.HTTPCookieProcessor(self.jar), NoRedirect()]
+        if source is not None:
+            handlers.append(FromSource())
+        self.opener = urllib.request.build_opener(*handlers)
 
     def get(self, path: str) -> tuple[int, str, dict[str, str]]:
         return self._open(urllib.request.Request(self.base + path))
@@ -176,6 +185,48 @@ async def test_a_kept_thumbnail_shows_on_its_tile_for_its_case_only(
     await asyncio.to_thread(flow)
     assert [(r.action, r.target) for r in store.audit_log() if r.action != "login"] == [
         ("view", "cameras"), ("thumbnail_denied", "cam-b#5"), ("thumbnail_denied", "cam-a2#1")]
+
+
+async def test_failed_logins_are_rate_limited_per_name_and_per_address(mosquitto: MosquittoBroker,
+                                                                      tmp_path: Path) -> None:
+    from common.archive_settings import ArchiveSettings
+
+    store = open_store(f"sqlite:///{tmp_path}/c.sqlite3")
+    store.add_operator("ann", hash_password("ann-password-1"), "operator", ["case-a"])
+    store.add_operator("bob", hash_password("bob-password-1"), "operator", ["case-b"])
+    settings = Settings(mqtt=MqttSettings(port=mosquitto.port),
+                        archive=ArchiveSettings(login_max_failures=3, login_window_s=600))
+    running = await start_console(settings, store)
+    here, there = _Browser(running.url), _Browser(running.url, source="127.0.0.2")
+
+    def flow() -> None:
+        assert [here.login("ann", "guess") for _ in range(3)] == [401, 401, 401]
+        _, page, _ = here.get("/login")
+        token = re.search(r'name="csrf" value="([^"]+)"', page)
+        assert token is not None
+        status, page, headers = here.post("/login", {"username": "ann", "password": "ann-password-1",
+                                                     "csrf": token.group(1)})
+        assert status == 429 and "Too many failed logins" in page and 590 <= int(headers["retry-after"]) <= 600
+        assert there.login("ann", "ann-password-1") == 429  # the name is locked, from any address
+        assert there.login("bob", "bob-password-1") == 303  # another name from another address: fine
+        assert here.login("bob", "bob-password-1") == 429  # but this address is locked, for every name
+        assert "eo_session" not in {c.name for c in here.jar}
+        metrics = here.get("/metrics")[1]
+        assert 'edge_offload_console_logins_total{outcome="throttled_name"} 2.0' in metrics
+        assert 'edge_offload_console_logins_total{outcome="throttled_address"} 1.0' in metrics
+        assert 'edge_offload_console_logins_total{outcome="failed"} 3.0' in metrics
+
+    try:
+        await asyncio.to_thread(flow)
+    finally:
+        await running.stop()
+    assert [(r.operator, r.action, r.remote, r.detail) for r in store.audit_log()] == [
+        *[("ann", "login_failed", "127.0.0.1", "")] * 3,
+        ("ann", "login_throttled", "127.0.0.1", "too many failures by name"),
+        ("ann", "login_throttled", "127.0.0.2", "too many failures by name"),
+        ("bob", "login", "127.0.0.2", ""),
+        ("bob", "login_throttled", "127.0.0.1", "too many failures by address")]
+    store.close()
 
 
 async def test_tls_option_serves_https_with_secure_cookies(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
