@@ -88,6 +88,7 @@ padding:0 .4em;border-radius:3px;margin-left:.5em}.rev.operator{background:#bde5
 .partial{color:#777;font-style:italic}.tile{display:inline-block;background:#fff;margin:.5em;padding:.5em;
 vertical-align:top}del{background:#f6c6c6}ins{background:#c6f6c6;text-decoration:none}
 .on{color:#185}.off{color:#a22}form.inline{display:inline}.err{color:#a22}
+audio.clip{display:block;height:2.2em;margin:.2em 0}
 """
 
 # The store is the record: a live event only tells a page to reload its fragment from the store.

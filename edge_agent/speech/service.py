@@ -625,6 +625,11 @@ class SpeechService:
                 await client.publish(names.partial_transcript(p.conversation), encode_partial(p),
                                      qos=self.config.partial_qos)
                 c.partials_published += 1
+            for clip in out.clips:  # before the segments: a console reloading on a segment finds its clip stored
+                await publish_confirmed(client, names.audio_clip(clip.conversation), encode_clip(clip),
+                                        qos=self.config.segment_qos, deadline_s=deadline)
+                c.clips_published += 1
+                done += 1
             for s in out.segments:  # waited for through a broker stall, not given up after 10 s
                 await publish_confirmed(client, names.transcript(s.conversation), encode_segment(s),
                                         qos=self.config.segment_qos, deadline_s=deadline,
@@ -632,11 +637,6 @@ class SpeechService:
                                             segment_traceparent(s.conversation, s.leg, s.utterance)))
                 self.published.record(s)
                 c.segments_published += 1
-                done += 1
-            for clip in out.clips:
-                await publish_confirmed(client, names.audio_clip(clip.conversation), encode_clip(clip),
-                                        qos=self.config.segment_qos, deadline_s=deadline)
-                c.clips_published += 1
                 done += 1
             for err, payload in out.rejected:
                 dl = DeadLetter(stage="audio", reason=err.reason, detail=err.detail, topic=topic, payload=payload,
