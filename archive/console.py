@@ -28,6 +28,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
@@ -36,8 +38,10 @@ from starlette.routing import Route
 from archive.cli import parse_time_ms, verify_password
 from archive.live import LiveHub
 from archive.store import Access, SearchQuery, SegmentRow, Store, open_store
+from archive.throttle import LoginThrottle
 from common.kafka_clients import make_producer
 from common.settings import Settings
+from topics.clip import wav_bytes
 from topics.codec import now_ms
 from topics.dc import Label, encode_label, example_key
 from topics.names import ASR_MODEL, KAFKA_LABELS, check_id
@@ -84,6 +88,7 @@ padding:0 .4em;border-radius:3px;margin-left:.5em}.rev.operator{background:#bde5
 .partial{color:#777;font-style:italic}.tile{display:inline-block;background:#fff;margin:.5em;padding:.5em;
 vertical-align:top}del{background:#f6c6c6}ins{background:#c6f6c6;text-decoration:none}
 .on{color:#185}.off{color:#a22}form.inline{display:inline}.err{color:#a22}
+audio.clip{display:block;height:2.2em;margin:.2em 0}
 """
 
 # The store is the record: a live event only tells a page to reload its fragment from the store.
@@ -148,16 +153,23 @@ class Console:
         self.send_label = send_label or kafka_label_sender(settings)
         self.secure_cookies = secure_cookies
         self.sessions: dict[str, Session] = {}
+        a = settings.archive
+        self.throttle = LoginThrottle(a.login_max_failures, a.login_window_s)
+        self.registry = CollectorRegistry()
+        self._m_logins = Counter("edge_offload_console_logins", "console login attempts by outcome (ok, failed, "
+                                 "csrf, throttled_name, throttled_address)", ["outcome"], registry=self.registry)
         self._stop = asyncio.Event()
         self.app = Starlette(routes=[
             Route("/", self.home), Route("/login", self.login, methods=["GET", "POST"]),
             Route("/logout", self.logout, methods=["POST"]),
             Route("/conversations", self.conversations), Route("/conversations/{cid}", self.conversation),
             Route("/conversations/{cid}/live", self.conversation_live),
+            Route("/conversations/{cid}/audio/{leg}/{utt:int}", self.audio),
             Route("/cameras", self.cameras), Route("/cameras/live", self.cameras_live),
+            Route("/cameras/{device}/thumbnail/{seq:int}", self.thumbnail),
             Route("/fleet", self.fleet), Route("/fleet/live", self.fleet_live),
             Route("/search", self.search), Route("/label", self.label, methods=["POST"]),
-            Route("/events", self.events), Route("/healthz", self.healthz),
+            Route("/events", self.events), Route("/healthz", self.healthz), Route("/metrics", self.metrics),
         ], lifespan=self._lifespan)
 
     @contextlib.asynccontextmanager
@@ -230,13 +242,27 @@ class Console:
         token = request.cookies.get(LOGIN_COOKIE, "")
         name = form.get("username", "")[:64]
         if not token or not hmac.compare_digest(form.get("csrf", ""), token):
+            self._m_logins.labels("csrf").inc()
             await self._audit(request, name or "-", "login_failed", detail="csrf")
             return self._login_page("The form expired; try again.", 403)
+        remote = request.client.host if request.client is not None else ""
+        blocked = self.throttle.retry_after_s(name, remote)
+        if blocked is not None:  # refused before the password is checked: no argon2 work for a locked key
+            what, wait_s = blocked
+            self._m_logins.labels(f"throttled_{what}").inc()
+            await self._audit(request, name or "-", "login_throttled", detail=f"too many failures by {what}")
+            response = self._login_page("Too many failed logins; try again later.", 429)
+            response.headers["Retry-After"] = str(max(1, int(wait_s + 0.999)))
+            return response
         op = await asyncio.to_thread(self.store.operator, name)
         ok = op is not None and await asyncio.to_thread(verify_password, op.password_hash, form.get("password", ""))
         if not ok or op is None:
+            self.throttle.failed(name, remote)
+            self._m_logins.labels("failed").inc()
             await self._audit(request, name or "-", "login_failed")
             return self._login_page("Wrong name or password.", 401)
+        self.throttle.succeeded(name)
+        self._m_logins.labels("ok").inc()
         sid = secrets.token_urlsafe(32)
         self.sessions[sid] = Session(op.name, op.role, op.access, secrets.token_urlsafe(24),
                                      time.time() + self.settings.archive.session_hours * 3600)
@@ -311,6 +337,7 @@ class Console:
         rows = await asyncio.to_thread(self.store.conversation, cid, session.access)
         if not rows:
             return "<p>No segments (or not a conversation of your cases).</p>"
+        clips = await asyncio.to_thread(self.store.clip_keys, cid, session.access)
         by_utt: dict[tuple[str, int], list[SegmentRow]] = {}
         for r in rows:
             by_utt.setdefault((r.leg, r.utterance), []).append(r)
@@ -331,11 +358,28 @@ class Console:
                      f'<input type="hidden" name="leg" value="{_esc(leg)}"><input type="hidden" name="utterance" '
                      f'value="{utt}"><input name="text" size="40" value="{_esc(last.text)}" '
                      f'aria-label="corrected transcript"><button>Label</button></form>')
+            audio = (f'<audio controls preload="none" class="clip" src="/conversations/{urllib.parse.quote(cid)}/audio/'
+                     f'{urllib.parse.quote(leg)}/{utt}"></audio>' if (leg, utt) in clips else "")
             out.append(f'<div class="seg{" low" if last.confidence < low else ""}" id="seg-{_esc(leg)}-{utt}" '
                        f'data-revision="{last.revision}"><span class="spk">{_esc(last.speaker)}</span>'
                        f'<small>{last.start_s:.1f}s {_esc(leg)} conf {last.confidence:.2f}</small>{badge}'
-                       f'<div class="text">{_esc(last.text)}</div>{history}{label}</div>')
+                       f'<div class="text">{_esc(last.text)}</div>{audio}{history}{label}</div>')
         return "".join(out)
+
+    async def audio(self, request: Request) -> Response:
+        """A segment's audio clip as WAV, to an operator of its case only (audited as ``play``)."""
+        session = self._session(request)
+        if session is None:
+            return PlainTextResponse("log in", 401)
+        cid, leg, utt = request.path_params["cid"], request.path_params["leg"], request.path_params["utt"]
+        target = f"{cid[:80]}/{leg[:64]}#{utt}"
+        clip = await asyncio.to_thread(self.store.clip, cid, leg, utt, session.access)
+        if clip is None:
+            await self._audit(request, session.operator, "play_denied", target)
+            return PlainTextResponse("no audio kept for this segment in your cases", 404)
+        await self._audit(request, session.operator, "play", target)
+        return Response(wav_bytes(clip.pcm, clip.sample_rate), media_type="audio/wav",
+                        headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
 
     # -- cameras and fleet -----------------------------------------------------------------------
     async def cameras(self, request: Request) -> Response:
@@ -355,17 +399,38 @@ class Console:
         rows = await asyncio.to_thread(self.store.latest_results, session.access)
         tiles = []
         for r in rows:
+            thumb = await asyncio.to_thread(self.store.thumbnail, r.device, r.seq, session.access)
             boxes = [f["box"] for f in r.faces]
             w = max([b[0] + b[2] for b in boxes] + [320])
             h = max([b[1] + b[3] for b in boxes] + [240])
+            image = ""
+            if thumb is not None:  # kept only when the edge publishes thumbnails (vision.publish_thumbnails)
+                w, h = thumb.frame_width, thumb.frame_height
+                image = (f'<image class="thumb" href="/cameras/{urllib.parse.quote(r.device)}/thumbnail/{r.seq}" '
+                         f'x="0" y="0" width="{w}" height="{h}" preserveAspectRatio="none"/>')
             svg = "".join(f'<rect x="{b[0]}" y="{b[1]}" width="{b[2]}" height="{b[3]}" fill="none" stroke="#e33" '
                           f'stroke-width="3"/><text x="{b[0]}" y="{max(12, b[1] - 4)}" fill="#e33" font-size="14">'
                           f'{_esc(f["label"])} {f["confidence"]:.2f}</text>' for b, f in zip(boxes, r.faces))
             tiles.append(f'<div class="tile"><b>{_esc(r.device)}</b> #{r.seq} {_esc(r.outcome)} by '
                          f'{_esc(r.served_by)}<br><svg width="240" height="180" viewBox="0 0 {w} {h}" '
-                         f'style="background:#333">{svg}</svg><br>{len(r.faces)} face(s), {_esc(_time(r.at_ms))}'
+                         f'style="background:#333">{image}{svg}</svg><br>{len(r.faces)} face(s), {_esc(_time(r.at_ms))}'
                          "</div>")
         return "".join(tiles) or "<p>No camera results yet.</p>"
+
+    async def thumbnail(self, request: Request) -> Response:
+        """A frame's thumbnail as JPEG, to an operator of its case only. Showing it is part of the
+        audited ``view cameras``; a request for one of another case (or none kept) is audited
+        ``thumbnail_denied``."""
+        session = self._session(request)
+        if session is None:
+            return PlainTextResponse("log in", 401)
+        device, seq = request.path_params["device"], request.path_params["seq"]
+        thumb = await asyncio.to_thread(self.store.thumbnail, device, seq, session.access)
+        if thumb is None:
+            await self._audit(request, session.operator, "thumbnail_denied", f"{device[:64]}#{seq}")
+            return PlainTextResponse("no thumbnail kept for this frame in your cases", 404)
+        return Response(thumb.jpeg, media_type="image/jpeg",
+                        headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
 
     async def fleet(self, request: Request) -> Response:
         session = self._session(request)
@@ -480,6 +545,10 @@ class Console:
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    async def metrics(self, _request: Request) -> Response:
+        """Prometheus metrics of the console (login outcomes; no case data)."""
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def healthz(self, _request: Request) -> Response:
         return PlainTextResponse("ok\n" if self.hub.ready.is_set() else "live feed down\n",

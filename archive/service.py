@@ -1,11 +1,12 @@
 """``edge-offload archive``: results from MQTT into the store, nothing lost.
 
 The service holds a persistent MQTT v5 session (QoS 1, manual acks) on the vision result,
-transcript segment, edge status and device twin topics. Messages are handled one at a time:
-each is written to the store and only then acknowledged. A store write that fails ends the
-session without acknowledging, so the broker redelivers the message once the service is back;
-idempotent writes make the redelivery harmless. A message that breaks the contract is counted,
-dead-lettered (stage ``archive``) and acknowledged. A retention purge runs every
+transcript segment, audio clip and thumbnail (both opt-in at the edge), edge status and device
+twin topics. Messages are handled one at a time: each is written to the store and only then
+acknowledged. A store write that fails ends the session without acknowledging, so the broker
+redelivers the message once the service is back; idempotent writes make the redelivery
+harmless. A message that breaks the contract is counted, dead-lettered (stage ``archive``) and
+acknowledged. A retention purge runs every
 ``archive.purge_every_s``, its deletions counted per data class.
 """
 
@@ -27,10 +28,12 @@ from common.retry import Backoff
 from common.settings import Settings
 from edge_agent.mqtt import MqttClient, make_client
 from topics import names
+from topics.clip import decode_clip
 from topics.codec import ContractError, now_ms, payload_bytes
 from topics.deadletter import DeadLetter, encode_dead_letter
 from topics.kubeedge import decode_twin_update
 from topics.status import decode_status
+from topics.thumbnail import decode_thumbnail
 from topics.transcript import decode_segment
 from topics.vision import decode_result
 
@@ -38,8 +41,8 @@ __all__ = ["ArchiveService", "ArchiveCounts", "SUBSCRIPTIONS"]
 
 log = logging.getLogger(__name__)
 
-SUBSCRIPTIONS = (names.VISION_RESULTS_FILTER, names.TRANSCRIPT_FILTER, names.EDGE_STATUS_FILTER,
-                 names.TWIN_UPDATE_FILTER)
+SUBSCRIPTIONS = (names.VISION_RESULTS_FILTER, names.TRANSCRIPT_FILTER, names.CLIPS_FILTER, names.THUMBNAILS_FILTER,
+                 names.EDGE_STATUS_FILTER, names.TWIN_UPDATE_FILTER)
 
 
 @dataclass
@@ -60,6 +63,10 @@ def _kind(topic: str) -> str:
         return "vision_result"
     if names.matches(names.TRANSCRIPT_FILTER, topic):
         return "segment"
+    if names.matches(names.CLIPS_FILTER, topic):
+        return "audio_clip"
+    if names.matches(names.THUMBNAILS_FILTER, topic):
+        return "thumbnail"
     if names.matches(names.EDGE_STATUS_FILTER, topic):
         return "edge_status"
     if names.matches(names.TWIN_UPDATE_FILTER, topic):
@@ -200,6 +207,16 @@ class ArchiveService:
         if kind == "segment":
             segment = decode_segment(payload)
             return lambda s: s.put_segment(segment)
+        if kind == "audio_clip":
+            clip = decode_clip(payload)
+            if topic != names.audio_clip(clip.conversation):
+                raise ContractError("bad_topic", f"clip of {clip.conversation!r} on {topic[:120]!r}")
+            return lambda s: s.put_clip(clip)
+        if kind == "thumbnail":
+            thumb = decode_thumbnail(payload)
+            if topic != names.thumbnail(thumb.device):
+                raise ContractError("device_mismatch", f"thumbnail of {thumb.device!r} on {topic[:120]!r}")
+            return lambda s: s.put_thumbnail(thumb)
         if kind == "edge_status":
             status = decode_status(payload)
             return lambda s: s.put_edge_status(status)
@@ -224,6 +241,7 @@ class ArchiveService:
         cutoffs = {"transcripts": now - int(a.keep_transcripts_days * day_ms),
                    "face_results": now - int(a.keep_face_results_days * day_ms),
                    "audio": now - int(a.keep_audio_days * day_ms),
+                   "thumbnails": now - int(a.keep_thumbnails_days * day_ms),
                    "status": now - int(a.keep_status_days * day_ms)}
         done = await asyncio.to_thread(self.store().purge, cutoffs)
         for data_class, n in done.items():

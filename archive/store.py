@@ -6,7 +6,8 @@ FTS5) or ``postgresql://...`` (psycopg 3, full text by a generated ``tsvector`` 
 index, ``simple`` configuration: words match as written, like FTS5's default tokenizer).
 
 Writes are idempotent: a segment is keyed by (conversation, leg, utterance, revision), a vision
-result by (device, seq), a status by (kind, name, at_ms); a redelivered message changes nothing.
+result and a frame thumbnail by (device, seq), an audio clip by (conversation, leg, utterance), a status by
+(kind, name, at_ms); a redelivered message changes nothing.
 
 Access: every read takes an :data:`Access` - ``ALL`` (an administrator) or the set of case ids an
 operator is assigned to. The SQL itself filters on ``case_id``, so an operator's query can never
@@ -28,12 +29,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from topics.clip import AudioClip
 from topics.status import EdgeStatus
+from topics.thumbnail import Thumbnail
 from topics.transcript import TranscriptSegment
 from topics.vision import VisionResult
 
 __all__ = ["ALL", "Access", "is_all", "SegmentRow", "ResultRow", "StatusRow", "AuditRow", "Operator", "SearchQuery",
-           "Store", "SqliteStore", "PostgresStore", "StoreUnavailable", "open_store", "fts_words", "DATA_CLASSES"]
+           "ClipRow", "ThumbnailRow", "Store", "SqliteStore", "PostgresStore", "StoreUnavailable", "open_store",
+           "fts_words", "DATA_CLASSES"]
 
 
 class _All:
@@ -50,7 +54,7 @@ Access = _All | frozenset[str]
 def is_all(access: Access) -> bool:
     """True for :data:`ALL` (every case)."""
     return isinstance(access, _All)
-DATA_CLASSES = ("transcripts", "face_results", "audio", "status")
+DATA_CLASSES = ("transcripts", "face_results", "audio", "thumbnails", "status")
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -104,6 +108,37 @@ class ResultRow:
 
     def as_dict(self) -> dict[str, Any]:
         return {"kind": "vision_result", **asdict(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class ClipRow:
+    """A segment's audio (``pcm``: 16 kHz mono int16 little-endian, see :mod:`topics.clip`)."""
+
+    conversation: str
+    leg: str
+    utterance: int
+    case_id: str | None
+    device: str | None
+    start_s: float
+    end_s: float
+    sample_rate: int
+    pcm: bytes
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ThumbnailRow:
+    """A small JPEG of a camera frame whose result is stored (see :mod:`topics.thumbnail`)."""
+
+    device: str
+    seq: int
+    case_id: str | None
+    width: int
+    height: int
+    frame_width: int
+    frame_height: int
+    jpeg: bytes
+    at_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +210,15 @@ _SCHEMA_COMMON = [
         served_by TEXT NOT NULL, faces TEXT NOT NULL, total_ms DOUBLE PRECISION NOT NULL, at_ms BIGINT NOT NULL,
         UNIQUE (device, seq))""",
     "CREATE INDEX IF NOT EXISTS results_case ON results (case_id, at_ms)",
+    """CREATE TABLE IF NOT EXISTS thumbnails (
+        id {id}, device TEXT NOT NULL, seq BIGINT NOT NULL, case_id TEXT, width INTEGER NOT NULL,
+        height INTEGER NOT NULL, frame_width INTEGER NOT NULL, frame_height INTEGER NOT NULL, jpeg {blob} NOT NULL,
+        at_ms BIGINT NOT NULL, UNIQUE (device, seq))""",
+    """CREATE TABLE IF NOT EXISTS clips (
+        id {id}, conversation TEXT NOT NULL, leg TEXT NOT NULL, utterance INTEGER NOT NULL, case_id TEXT,
+        device TEXT, start_s DOUBLE PRECISION NOT NULL, end_s DOUBLE PRECISION NOT NULL,
+        sample_rate INTEGER NOT NULL, pcm {blob} NOT NULL, at_ms BIGINT NOT NULL,
+        UNIQUE (conversation, leg, utterance))""",
     """CREATE TABLE IF NOT EXISTS status (
         id {id}, kind TEXT NOT NULL, name TEXT NOT NULL, online BOOLEAN NOT NULL, at_ms BIGINT NOT NULL,
         detail TEXT NOT NULL, UNIQUE (kind, name, at_ms))""",
@@ -267,6 +311,22 @@ class Store:
             (res.device, res.seq, res.case_id, res.node, res.captured_at_ms, res.model.name, res.model.version,
              res.outcome, res.served_by, faces, res.timing.total_ms, _now_ms() if at_ms is None else at_ms)) == 1
 
+    def put_clip(self, clip: AudioClip, at_ms: int | None = None) -> bool:
+        """Store one segment's audio clip; False if (conversation, leg, utterance) has one already."""
+        return self._execute(
+            "INSERT INTO clips (conversation, leg, utterance, case_id, device, start_s, end_s, sample_rate, pcm, "
+            "at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (conversation, leg, utterance) DO NOTHING",
+            (clip.conversation, clip.leg, clip.utterance, clip.case_id, clip.device, clip.start_s, clip.end_s,
+             clip.sample_rate, clip.pcm, _now_ms() if at_ms is None else at_ms)) == 1
+
+    def put_thumbnail(self, t: Thumbnail, at_ms: int | None = None) -> bool:
+        """Store one frame thumbnail; False if (device, seq) has one already."""
+        return self._execute(
+            "INSERT INTO thumbnails (device, seq, case_id, width, height, frame_width, frame_height, jpeg, at_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, seq) DO NOTHING",
+            (t.device, t.seq, t.case_id, t.width, t.height, t.frame_width, t.frame_height, t.jpeg,
+             _now_ms() if at_ms is None else at_ms)) == 1
+
     def put_status(self, kind: str, name: str, online: bool, at_ms: int, detail: dict[str, Any]) -> bool:
         """Store one edge or device status (kept as history for the inventory)."""
         return self._execute(
@@ -308,14 +368,13 @@ class Store:
 
     def purge(self, older_than_ms: dict[str, int]) -> dict[str, int]:
         """Delete rows of each data class stored before its cut-off; rows deleted per class."""
-        tables = {"transcripts": "segments", "face_results": "results", "status": "status"}
+        tables = {"transcripts": "segments", "face_results": "results", "audio": "clips", "thumbnails": "thumbnails",
+                  "status": "status"}
         done: dict[str, int] = {}
         for data_class, cutoff in older_than_ms.items():
             if data_class not in DATA_CLASSES:
                 raise ValueError(f"data class {data_class!r} not in {DATA_CLASSES}")
-            table = tables.get(data_class)  # audio clips are not stored (yet): nothing to purge
-            done[data_class] = 0 if table is None else self._execute(f"DELETE FROM {table} WHERE at_ms < ?",
-                                                                     (cutoff,))
+            done[data_class] = self._execute(f"DELETE FROM {tables[data_class]} WHERE at_ms < ?", (cutoff,))
         return done
 
     # -- reads -----------------------------------------------------------------------------------
@@ -364,6 +423,35 @@ class Store:
                            "ORDER BY start_s, leg, utterance, revision", [conversation, *p])
         return [_segment_row(r) for r in rows]
 
+    def clip(self, conversation: str, leg: str, utterance: int, access: Access) -> ClipRow | None:
+        """One segment's audio clip, or None (none kept, or not of ``access``'s cases)."""
+        cases, p = _cases_clause(access)
+        rows = self._query("SELECT conversation, leg, utterance, case_id, device, start_s, end_s, sample_rate, pcm, "
+                           f"at_ms FROM clips WHERE conversation = ? AND leg = ? AND utterance = ? AND {cases}",
+                           [conversation, leg, utterance, *p])
+        if not rows:
+            return None
+        values = list(rows[0])
+        values[8] = bytes(values[8])
+        return ClipRow(*values)
+
+    def thumbnail(self, device: str, seq: int, access: Access) -> ThumbnailRow | None:
+        """The thumbnail of one frame, or None (none kept, or not of ``access``'s cases)."""
+        cases, p = _cases_clause(access)
+        rows = self._query("SELECT device, seq, case_id, width, height, frame_width, frame_height, jpeg, at_ms "
+                           f"FROM thumbnails WHERE device = ? AND seq = ? AND {cases}", [device, seq, *p])
+        if not rows:
+            return None
+        values = list(rows[0])
+        values[7] = bytes(values[7])
+        return ThumbnailRow(*values)
+
+    def clip_keys(self, conversation: str, access: Access) -> set[tuple[str, int]]:
+        """(leg, utterance) of every clip kept of one conversation (of ``access``'s cases)."""
+        cases, p = _cases_clause(access)
+        return {(r[0], int(r[1])) for r in self._query(
+            f"SELECT leg, utterance FROM clips WHERE conversation = ? AND {cases}", [conversation, *p])}
+
     def conversations(self, access: Access, limit: int = 200) -> list[dict[str, Any]]:
         """The operator's conversations, most recent first: id, case, segments, last stored."""
         cases, p = _cases_clause(access)
@@ -407,7 +495,7 @@ class Store:
     def counts(self) -> dict[str, int]:
         """Rows per table (for the demo summary and metrics)."""
         return {t: int(self._query(f"SELECT COUNT(*) FROM {t}")[0][0])
-                for t in ("segments", "results", "status", "audit")}
+                for t in ("segments", "results", "clips", "thumbnails", "status", "audit")}
 
 
 def _segment_row(r: Sequence[Any]) -> SegmentRow:
@@ -435,7 +523,7 @@ class SqliteStore(Store):
         self._db.execute("PRAGMA synchronous=NORMAL")
         with self._lock:
             for sql in _SCHEMA_COMMON:
-                self._db.execute(sql.format(id="INTEGER PRIMARY KEY AUTOINCREMENT", tsv=""))
+                self._db.execute(sql.format(id="INTEGER PRIMARY KEY AUTOINCREMENT", tsv="", blob="BLOB"))
             for sql in _SQLITE_EXTRA:
                 self._db.execute(sql)
 
@@ -471,7 +559,7 @@ class PostgresStore(Store):
         with self._lock:
             for sql in _SCHEMA_COMMON:
                 self._db.execute(sql.format(
-                    id="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+                    id="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", blob="BYTEA",
                     tsv=", tsv tsvector GENERATED ALWAYS AS (to_tsvector('simple', text)) STORED"))
             for sql in _PG_EXTRA:
                 self._db.execute(sql)

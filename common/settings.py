@@ -133,6 +133,9 @@ class VisionSettings(BaseModel):
     min_face_px: int = Field(36, ge=8, description="smallest face side in full-resolution pixels")
     max_faces: int = Field(16, ge=1)
     fer_crop: FerCropSettings = Field(default_factory=FerCropSettings)
+    publish_thumbnails: bool = Field(False, description="publish a small JPEG of each served frame (topics.thumbnail) "
+                                     "for the archive's camera tiles; off: no image leaves the edge")
+    thumbnail_max_side: int = Field(160, ge=16, le=640, description="longest side of a thumbnail, pixels")
     preprocess_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1,
                                     description="frames of one batch decoded + searched in parallel")
     cv_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1,
@@ -173,6 +176,9 @@ class SpeechServiceConfig(BaseModel):
     asr_max_batch: int = Field(8, ge=1, description="utterances of many legs decoded in one model call")
     corpus_path: Path | None = Field(None, description="domain sentences, one a line: the starting Whisper prompt")
     follow_revisions: bool = Field(True, description="publish the DC's revisions of mined segments")
+    publish_clips: bool = Field(False, description="publish each final segment's audio (16 kHz int16, topics.clip) "
+                                "for the archive, so operators can play it; off: no audio leaves the edge")
+    clip_max_s: float = Field(30.0, gt=0, le=30.0, description="longest clip published; longer utterances are cut")
     device: str = Field("cpu", description="speaker-embedding device: cpu, cuda")
     client_suffix: str = "-speech"
     reconnect_max_s: float = Field(10.0, gt=0)

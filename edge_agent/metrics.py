@@ -41,6 +41,8 @@ class EdgeMetrics:
         self.redelivered = Counter("edge_messages_redelivered", "redelivered inputs answered without "
                                    "recomputation", ["stage", "outcome"], registry=r)
         self.published = Counter("edge_results_published", "results published", ["stage"], registry=r)
+        self.thumbnails = Counter("edge_thumbnails_published", "frame thumbnails published for the archive "
+                                  "(vision.publish_thumbnails)", registry=r)
         self.wan_bytes = Counter("edge_offload_wan_bytes", "bytes of spilled frames and their results over "
                                  "the WAN to the DC", registry=r)
         self.offload_cost = Counter("edge_offload_cost", "cost of requests by where they were served (cost "

@@ -14,7 +14,7 @@ import numpy as np
 
 from topics.codec import ContractError
 
-__all__ = ["image_size", "decode_bgr", "decode_gray"]
+__all__ = ["image_size", "decode_bgr", "decode_gray", "thumbnail_jpeg"]
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -85,3 +85,17 @@ def decode_gray(data: bytes, encoding: str, max_pixels: int) -> np.ndarray:
 def decode_bgr(data: bytes, encoding: str, max_pixels: int) -> np.ndarray:
     """Decode to a uint8 (H, W, 3) BGR array (gray images are expanded), same checks."""
     return _decode(data, encoding, max_pixels, cv2.IMREAD_COLOR)
+
+
+def thumbnail_jpeg(data: bytes, encoding: str, max_pixels: int, max_side: int,
+                   quality: int = 70) -> tuple[bytes, int, int, int, int]:
+    """A small JPEG of an image: (jpeg, width, height, full width, full height), no side above ``max_side``."""
+    image = decode_bgr(data, encoding, max_pixels)
+    full_h, full_w = image.shape[:2]
+    scale = min(1.0, max_side / max(full_w, full_h))
+    w, h = max(1, round(full_w * scale)), max(1, round(full_h * scale))
+    small = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA) if scale < 1.0 else image
+    ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ContractError("bad_image", "thumbnail did not encode")
+    return buf.tobytes(), w, h, full_w, full_h

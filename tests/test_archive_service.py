@@ -21,9 +21,11 @@ from common.archive_settings import ArchiveSettings
 from common.settings import MqttSettings, Settings
 from tests.faults.helpers import shipped_persistence
 from topics import names
+from topics.clip import AudioClip, encode_clip
 from topics.deadletter import decode_dead_letter
 from topics.kubeedge import twin_update, twin_update_topic
 from topics.status import EdgeStatus, encode_status
+from topics.thumbnail import Thumbnail, encode_thumbnail
 from topics.transcript import ModelRef, TranscriptSegment, encode_segment
 from topics.vision import Timing, VisionResult, encode_result
 
@@ -46,6 +48,9 @@ def _result(i: int) -> bytes:
     return encode_result(VisionResult(device="cam-1", seq=i, captured_at_ms=i, node="edge-1",
                                       model=ModelRef("fer", "v1"), timing=Timing(1.0, 1, 1.0, 1.0, 3.0),
                                       case_id="case-a"))
+
+
+_THUMB = Thumbnail("cam-1", 1, 4, 3, 640, 480, b"\xff\xd8\xff" + b"\x01" * 100, case_id="case-a")
 
 
 async def _publish(port: int, items: list[tuple[str, bytes]]) -> None:
@@ -98,20 +103,31 @@ async def test_every_kind_is_stored_and_bad_input_is_dead_lettered(own_mosquitto
                 (names.edge_status("edge-1"), encode_status(EdgeStatus("edge-1", True, 1234))),
                 (twin_update_topic("default", "cam-1"), twin_update({"status": "online"}, 99)),
                 (names.transcript("call-9"), b"\x93not a segment"),
+                (names.audio_clip("call-0"), encode_clip(AudioClip("call-0", "leg1", 0, 0.0, 0.5, b"\x01\x00" * 8000,
+                                                                   case_id="case-a", device="tap-1"))),
+                (names.audio_clip("call-1"), encode_clip(AudioClip("call-0", "leg1", 1, 0.0, 0.5, b"\x01\x00",
+                                                                   case_id="case-a"))),  # on another's topic
+                (names.thumbnail("cam-1"), encode_thumbnail(_THUMB)),
+                (names.thumbnail("cam-2"), encode_thumbnail(_THUMB)),  # another camera's topic
             ])
-            await _until(lambda: sum(service.counts.received.values()) == 8)
+            await _until(lambda: sum(service.counts.received.values()) == 12)
             message = await asyncio.wait_for(anext(aiter(dl.messages)), 10)
     assert decode_dead_letter(bytes(message.payload)).stage == "archive"  # type: ignore[arg-type]
     c = service.counts
-    assert c.stored == {"segment": 3, "vision_result": 1, "edge_status": 1, "device_status": 1}
+    assert c.stored == {"segment": 3, "vision_result": 1, "edge_status": 1, "device_status": 1, "audio_clip": 1,
+                        "thumbnail": 1}
     assert c.duplicates == {"segment": 1}
-    assert sum(c.rejected.values()) == 1
+    assert c.rejected == {"invalid_msgpack": 1, "bad_topic": 1, "device_mismatch": 1}
     with open_store(url) as store:
         assert len(store.search(SearchQuery("convoy"), ALL)) == 3
         assert store.search(SearchQuery("convoy"), ALL)[0].case_id == "case-a"
         assert [(s.kind, s.name, s.online) for s in store.inventory()] == [("device", "cam-1", True),
                                                                            ("edge", "edge-1", True)]
         assert [r.device for r in store.latest_results(frozenset({"case-a"}))] == ["cam-1"]
+        clip = store.clip("call-0", "leg1", 0, frozenset({"case-a"}))
+        assert clip is not None and clip.pcm == b"\x01\x00" * 8000 and clip.device == "tap-1"
+        thumb = store.thumbnail("cam-1", 1, frozenset({"case-a"}))
+        assert thumb is not None and thumb.jpeg == _THUMB.jpeg
 
 
 class _FlakyStore(SqliteStore):

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from archive.store import ALL, SearchQuery, Store, open_store
+from topics.clip import AudioClip
 from topics.status import EdgeLoad, EdgeStatus
+from topics.thumbnail import Thumbnail
 from topics.transcript import ModelRef, TranscriptSegment, TranscriptWord
 from topics.vision import Face, Timing, VisionResult
 
@@ -123,8 +125,38 @@ def test_operators_audit_status_and_retention(store: Store) -> None:
     store.put_segment(_seg(1, "old words"), at_ms=1000)
     store.put_segment(_seg(2, "new words"), at_ms=5000)
     store.put_result(_result("cam-1", 1, "case-a"), at_ms=1000)
-    assert store.purge({"transcripts": 2000, "face_results": 2000, "audio": 2000}) == {
-        "transcripts": 1, "face_results": 1, "audio": 0}
+    store.put_clip(AudioClip("call-1", "leg1", 1, 1.0, 2.0, b"\x01\x00" * 4, case_id="case-a"), at_ms=1000)
+    store.put_clip(AudioClip("call-1", "leg1", 2, 2.0, 3.0, b"\x01\x00" * 4, case_id="case-a"), at_ms=5000)
+    store.put_thumbnail(Thumbnail("cam-1", 1, 4, 4, 8, 8, b"\xff\xd8\xff", case_id="case-a"), at_ms=1000)
+    assert store.purge({"transcripts": 2000, "face_results": 2000, "audio": 2000, "thumbnails": 2000}) == {
+        "transcripts": 1, "face_results": 1, "audio": 1, "thumbnails": 1}
+    assert store.clip_keys("call-1", ALL) == {("leg1", 2)}
     assert store.counts()["results"] == 1  # the newer case-b result stays
     assert [h.text for h in store.search(SearchQuery("words"), ALL)] == ["new words"]  # FTS index follows
     assert len(list(store.audit_log())) == 2
+
+
+def test_audio_clips_are_idempotent_and_case_scoped(store: Store) -> None:
+    pcm = bytes(range(256)) * 4
+    clip = AudioClip("call-1", "caller", 0, 1.0, 1.032, pcm, case_id="case-a", device="tap-1")
+    assert store.put_clip(clip)
+    assert not store.put_clip(clip)  # redelivered
+    store.put_clip(AudioClip("call-1", "callee", 0, 1.0, 1.001, b"\x00\x00" * 16))  # no case: admins only
+    row = store.clip("call-1", "caller", 0, frozenset({"case-a"}))
+    assert row is not None and row.pcm == pcm and row.case_id == "case-a" and row.sample_rate == 16000
+    assert store.clip("call-1", "caller", 0, frozenset({"case-b"})) is None
+    assert store.clip("call-1", "caller", 1, ALL) is None
+    assert store.clip_keys("call-1", frozenset({"case-a"})) == {("caller", 0)}
+    assert store.clip_keys("call-1", ALL) == {("caller", 0), ("callee", 0)}
+    assert store.counts()["clips"] == 2
+
+
+def test_thumbnails_are_idempotent_and_case_scoped(store: Store) -> None:
+    t = Thumbnail("cam-1", 3, 160, 90, 1280, 720, b"\xff\xd8\xff" + bytes(range(256)), case_id="case-a")
+    assert store.put_thumbnail(t)
+    assert not store.put_thumbnail(t)  # redelivered
+    row = store.thumbnail("cam-1", 3, frozenset({"case-a"}))
+    assert row is not None and row.jpeg == t.jpeg and (row.frame_width, row.frame_height) == (1280, 720)
+    assert store.thumbnail("cam-1", 3, frozenset({"case-b"})) is None
+    assert store.thumbnail("cam-1", 4, ALL) is None
+    assert store.counts()["thumbnails"] == 1

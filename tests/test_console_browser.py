@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiomqtt
+import numpy as np
 import pytest
 
 from archive.cli import hash_password
@@ -28,6 +29,7 @@ from common.archive_settings import ArchiveSettings
 from common.settings import KafkaSettings, MqttSettings, Settings
 from edge_agent.speech.revisions import RevisionFollower, SegmentIndex
 from topics import names
+from topics.clip import clip_from_samples, encode_clip
 from topics.transcript import (
     ModelRef,
     PartialTranscript,
@@ -177,8 +179,20 @@ async def test_console_in_a_real_browser(own_mosquitto: MosquittoBroker, own_kaf
                 assert "low" not in await asyncio.to_thread(attr, "#seg-leg2-0", "class")
                 later = dataclasses.replace(seg, utterance=1, seq=2, start_s=7.0, end_s=9.0, words=(),
                                             text="checkpoint alpha at twelve hundred", confidence=0.41)
+                # its audio was kept (speech.publish_clips): the segment plays in the browser
+                tone = (np.sin(np.arange(16000) * 2 * np.pi * 440 / 16000) * 0.3).astype(np.float32)
+                await edge.publish(names.audio_clip(CONV), encode_clip(clip_from_samples(
+                    CONV, LEG, 1, 7.0, tone, case_id="case-a", device="tap-1")))
                 await edge.publish(names.transcript(CONV), encode_segment(later))
                 await _until(lambda: "checkpoint alpha" in text("#seg-leg1-1 .text"))
+                await _until(lambda: attr("#seg-leg1-1 audio", "src").endswith(f"/conversations/{CONV}/audio/leg1/1"))
+                await asyncio.to_thread(d.execute_script,  # type: ignore[attr-defined]
+                                        "document.querySelector('#seg-leg1-1 audio').load()")
+                await _until(lambda: d.execute_script(  # type: ignore[attr-defined]
+                    "const a=document.querySelector('#seg-leg1-1 audio'); return a && a.readyState>=1 && a.duration"))
+                duration = await asyncio.to_thread(d.execute_script,  # type: ignore[attr-defined]
+                                                   "return document.querySelector('#seg-leg1-1 audio').duration")
+                assert abs(float(duration) - 1.0) < 0.01, duration  # Chromium decoded the 1 s WAV
                 # search finds it
                 await asyncio.to_thread(d.get, f"{console.url}/search")  # type: ignore[attr-defined]
                 await asyncio.to_thread(lambda: find("#search-q").send_keys("convoy harbour"))  # type: ignore
@@ -227,7 +241,8 @@ async def test_console_in_a_real_browser(own_mosquitto: MosquittoBroker, own_kaf
     rows = [(r.operator, r.action, r.target) for r in store.audit_log()]
     store.close()
     for step in [("ann", "login", ""), ("ann", "view", f"conversation:{CONV}"), ("ann", "search", "convoy harbour"),
-                 ("ann", "label", f"{CONV}/{LEG}#0"), ("ann", "logout", ""), ("bob", "login", ""),
+                 ("ann", "play", f"{CONV}/{LEG}#1"), ("ann", "label", f"{CONV}/{LEG}#0"), ("ann", "logout", ""),
+                 ("bob", "login", ""),
                  ("bob", "view", f"conversation:{CONV}"), ("bob", "search", "convoy")]:
         assert step in rows, step
     assert [s.revision for s in edge.published] == [2]

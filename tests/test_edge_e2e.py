@@ -17,6 +17,7 @@ from edge_agent.app import EdgeNode
 from tests.edge_helpers import agent_settings, collect, running_agent, subscriber
 from topics import names
 from topics.kubeedge import twin_update_topic
+from topics.thumbnail import decode_thumbnail
 from topics.vision import EMOTIONS, decode_result
 
 pytestmark = pytest.mark.integration
@@ -143,3 +144,23 @@ async def test_a_backlog_larger_than_every_bound_is_served_without_shedding(
     assert sorted(decode_result(bytes(m.payload)).seq for m in messages) == list(range(n))
     assert agent.metrics.value("edge_messages_shed_total", stage="vision", reason="overload") == 0
     assert agent.batcher.stats.overloaded == 0
+
+
+async def test_thumbnails_of_served_frames_only_when_enabled(mosquitto: MosquittoBroker, cache_dir: Path) -> None:
+    """vision.publish_thumbnails: after each served result, a small JPEG of its frame with its case."""
+    images = photo_frames(cache_dir)[:2]
+    settings = agent_settings(mosquitto.port, "thumb-agent", group="thumb",
+                              vision=VisionSettings(publish_thumbnails=True, thumbnail_max_side=96))
+    async with running_agent(settings) as agent, \
+            subscriber(mosquitto.port, names.vision_results("cam-th"), names.thumbnail("cam-th")) as sub:
+        await asyncio.get_running_loop().run_in_executor(None, lambda: run_camera(
+            "127.0.0.1", mosquitto.port, "cam-th", images, fps=0, count=2, case_id="case-t"))
+        messages = await collect(sub, 4)
+    thumbs = [decode_thumbnail(bytes(m.payload)) for m in messages if str(m.topic) == names.thumbnail("cam-th")]
+    results = {r.seq: r for r in (decode_result(bytes(m.payload)) for m in messages
+                                  if str(m.topic) == names.vision_results("cam-th"))}
+    assert sorted(t.seq for t in thumbs) == sorted(results) == [0, 1]
+    for t in thumbs:
+        assert t.case_id == "case-t" and max(t.width, t.height) == 96 and max(t.frame_width, t.frame_height) > 96
+        assert all(f.box[0] + f.box[2] <= t.frame_width + 1 for f in results[t.seq].faces)  # boxes fit the frame
+    assert agent.metrics.value("edge_thumbnails_published_total") == 2

@@ -161,3 +161,32 @@ async def test_operator_cannot_read_audio_or_frames_nor_publish(secure_broker: S
         assert operator_probe.publish(names.frames("cam-a"), b"forged") == NOT_AUTHORIZED
     finally:
         operator_probe.close()
+
+
+@pytest.mark.parametrize("media_filter, media_topic", [(names.CLIPS_FILTER, names.audio_clip("call-9")),
+                                                      (names.THUMBNAILS_FILTER, names.thumbnail("tap-a"))])
+async def test_clips_and_thumbnails_only_from_the_edge_agent_only_to_the_archive(
+        secure_broker: SecureMosquitto, media_filter: str, media_topic: str) -> None:
+    """Segments' audio clips and frame thumbnails (opt-in at the edge): the edge agent may write them and the
+    archive read them; a device cannot forge one and an operator (``tail``) never receives one, though
+    subscribed."""
+    async with aiomqtt.Client(**aiomqtt_connection(_creds(secure_broker, "operator")), identifier="t-op-clips",
+                              protocol=aiomqtt.ProtocolVersion.V5) as operator, \
+            aiomqtt.Client(**aiomqtt_connection(_creds(secure_broker, "archive")), identifier="t-archive-clips",
+                           protocol=aiomqtt.ProtocolVersion.V5) as archive:
+        for client in (operator, archive):
+            await client.subscribe(media_filter, qos=1)
+            await client.subscribe(names.TRANSCRIPT_FILTER, qos=1)
+        tap = PahoProbe(_creds(secure_broker, "tap-a"))
+        agent = PahoProbe(_creds(secure_broker, "edge-agent"))
+        try:
+            assert tap.publish(media_topic, b"forged") == NOT_AUTHORIZED
+            assert agent.publish(media_topic, b"media") < 0x80
+            assert agent.publish(names.transcript("call-9"), b"result") < 0x80
+        finally:
+            tap.close()
+            agent.close()
+        first = await asyncio.wait_for(anext(aiter(archive.messages)), 10)
+        assert (str(first.topic), first.payload) == (media_topic, b"media")
+        first = await asyncio.wait_for(anext(aiter(operator.messages)), 10)
+        assert str(first.topic) == names.transcript("call-9")

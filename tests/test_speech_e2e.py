@@ -35,6 +35,7 @@ from models.whisper_asr import AsrResult, Word
 from sim.scoring import der, wer
 from sim.speech_corpus import SENTENCES, VOICES, espeak_available, synthesize, telephone, to_8k_int16
 from topics import names
+from topics.clip import AudioClip, decode_clip
 from topics.deadletter import decode_dead_letter
 from topics.transcript import ModelRef, PartialTranscript, TranscriptSegment, decode_partial, decode_segment
 
@@ -188,12 +189,12 @@ async def test_idle_legs_close_and_flush_their_speech(vad: SileroVad, encoder: S
         outputs.append(out)
 
     engine = SpeechEngine(vad=vad, encoder=encoder, asr=asr, sink=sink, clock=lambda: now[0],
-                          config=SpeechServiceConfig(idle_close_s=5.0, tick_s=0.02))
+                          config=SpeechServiceConfig(idle_close_s=5.0, tick_s=0.02, publish_clips=True))
     # Speech that stops without trailing silence: only closing the leg can finish it.
     audio = telephone(np.concatenate([np.zeros(4000, np.float32), synthesize(SENTENCES[22], VOICES[1])]))
     topic = names.audio("dev", "idle-call", "leg1")
     for t, data in packetize(to_8k_int16(audio), rng=random.Random(2), ntp_origin_s=now[0]):
-        assert engine.submit(topic, data, now[0] + t)
+        assert engine.submit(topic, data, now[0] + t, case_id="case-7")
     now[0] += 3.0  # not idle yet
     closed = asyncio.ensure_future(engine.conversation_closed())
     done, _ = await asyncio.wait({closed}, timeout=0.5)
@@ -203,6 +204,12 @@ async def test_idle_legs_close_and_flush_their_speech(vad: SileroVad, encoder: S
     assert conversation == "idle-call" and n_segments == 1 and engine.open_legs == 0
     segments = [s for o in outputs for s in o.segments]
     assert len(segments) == 1 and wer([SENTENCES[22]], [segments[0].text]) <= 0.35
+    # speech.publish_clips: the utterance's audio, keyed and placed like its segment, with its case
+    clips = [c for o in outputs for c in o.clips]
+    assert [(c.conversation, c.leg, c.utterance, c.case_id, c.device) for c in clips] == [
+        ("idle-call", "leg1", segments[0].utterance, "case-7", "dev")]
+    assert abs(clips[0].start_s - segments[0].start_s) < 0.5 and abs(clips[0].end_s - segments[0].end_s) < 0.5
+    assert np.abs(np.frombuffer(clips[0].pcm, "<i2")).max() > 1000  # speech, not silence
     assert engine.counters.legs_closed == 1 and engine.counters.conversations_closed == 1
     registry = CollectorRegistry()
     register_metrics(engine.counters, registry)
@@ -226,7 +233,8 @@ async def test_service_transcribes_an_unseen_call_through_mosquitto(mosquitto: M
     cfg = settings.model_copy(deep=True)
     cfg.mqtt.port = mosquitto.port
     cfg.mqtt.client_id = "speech-e2e"
-    service = SpeechService(cfg, config=SpeechServiceConfig(idle_close_s=1.5), asr=asr, vad=vad, encoder=encoder)
+    service = SpeechService(cfg, config=SpeechServiceConfig(idle_close_s=1.5, publish_clips=True), asr=asr, vad=vad,
+                            encoder=encoder)
     stop_service = asyncio.Event()
     running = asyncio.create_task(service.run(stop_service))
     await asyncio.wait_for(service.connected.wait(), 20)
@@ -234,6 +242,7 @@ async def test_service_transcribes_an_unseen_call_through_mosquitto(mosquitto: M
 
     segments: list[TranscriptSegment] = []
     partials: list[PartialTranscript] = []
+    clips: list[AudioClip] = []
     dead = asyncio.get_running_loop().create_future()
     arrived = asyncio.Condition()
 
@@ -242,6 +251,7 @@ async def test_service_transcribes_an_unseen_call_through_mosquitto(mosquitto: M
         await sub.subscribe(names.transcript(conversation), qos=1)
         await sub.subscribe(names.partial_transcript(conversation), qos=0)
         await sub.subscribe(names.dead_letter("audio"), qos=1)
+        await sub.subscribe(names.audio_clip(conversation), qos=1)
 
         async def collect() -> None:
             async for m in sub.messages:
@@ -250,6 +260,8 @@ async def test_service_transcribes_an_unseen_call_through_mosquitto(mosquitto: M
                     segments.append(decode_segment(m.payload))
                 elif m.topic.matches(names.partial_transcript(conversation)):
                     partials.append(decode_partial(m.payload))
+                elif m.topic.matches(names.audio_clip(conversation)):
+                    clips.append(decode_clip(m.payload))
                 elif not dead.done():
                     dead.set_result(decode_dead_letter(m.payload))
                 async with arrived:
@@ -269,7 +281,8 @@ async def test_service_transcribes_an_unseen_call_through_mosquitto(mosquitto: M
         name, n_segments = await asyncio.wait_for(closed, 60)
         assert name == conversation
         async with arrived:
-            await asyncio.wait_for(arrived.wait_for(lambda: len(segments) >= n_segments), 10)
+            await asyncio.wait_for(arrived.wait_for(lambda: len(segments) >= n_segments and len(clips) >= n_segments),
+                                   10)
         dl = await asyncio.wait_for(dead, 10)
         collector.cancel()
     stop_service.set()
@@ -293,6 +306,10 @@ async def test_service_transcribes_an_unseen_call_through_mosquitto(mosquitto: M
     assert all(s.model.version.endswith("+vocab.test-domain") and 0 < s.confidence <= 1 and s.words
                for s in segments)
     assert all(0 < s.latency_ms < 30_000 for s in segments)
+    # speech.publish_clips: one clip per segment, same key, from the device that sent the audio
+    assert sorted((c.leg, c.utterance) for c in clips) == sorted((s.leg, s.utterance) for s in segments)
+    assert all(c.device == device and c.duration_s > 0.3 for c in clips)
+    assert service.counters.clips_published == len(clips)
     # Partials: ordered per leg; each one due was published or counted as thinned (finals first:
     # on a loaded machine a partial waits while a final decodes, tests/test_speech_degradation.py).
     assert partials and len(partials) + service.counters.partials_thinned >= len(conv.turns)

@@ -22,6 +22,8 @@ __all__ = [
     "EDGE_STATUS_FILTER",
     "TWIN_UPDATE_FILTER",
     "DEAD_LETTER_FILTER",
+    "CLIPS_FILTER",
+    "THUMBNAILS_FILTER",
     "EDGECORE_FILTERS",
     "KAFKA_HARD_EXAMPLES",
     "KAFKA_MODEL_UPDATES",
@@ -37,6 +39,8 @@ __all__ = [
     "frame_returns",
     "transcript",
     "partial_transcript",
+    "audio_clip",
+    "thumbnail",
     "dead_letter",
     "edge_status",
     "shared",
@@ -57,6 +61,8 @@ PARTIAL_FILTER = f"{ROOT}/results/partial/+"
 EDGE_STATUS_FILTER = f"{ROOT}/edge/+/status"
 TWIN_UPDATE_FILTER = "$hw/events/device/+/+/twin/update"  # KubeEdge twin updates (devices report status)
 DEAD_LETTER_FILTER = f"{ROOT}/deadletter/#"
+CLIPS_FILTER = f"{ROOT}/clips/+"  # audio clips of segments (sensitive media: not under results/)
+THUMBNAILS_FILTER = f"{ROOT}/thumbs/+"  # camera thumbnails (sensitive media: not under results/)
 
 KAFKA_HARD_EXAMPLES = "offload.hard-examples"
 KAFKA_MODEL_UPDATES = "offload.model-updates"
@@ -120,6 +126,18 @@ def transcript(conversation: str) -> str:
 def partial_transcript(conversation: str) -> str:
     """Live partial hypotheses of one conversation."""
     return f"{ROOT}/results/partial/{check_id(conversation, 'conversation')}"
+
+
+def audio_clip(conversation: str) -> str:
+    """Audio clips of one conversation's final segments (opt-in at the edge; see :mod:`topics.clip`).
+    Outside ``results/``: result readers never receive the audio."""
+    return f"{ROOT}/clips/{check_id(conversation, 'conversation')}"
+
+
+def thumbnail(device: str) -> str:
+    """Thumbnails of one camera's served frames (opt-in at the edge; see :mod:`topics.thumbnail`).
+    Outside ``results/``: result readers never receive an image."""
+    return f"{ROOT}/thumbs/{check_id(device, 'device')}"
 
 
 def dead_letter(stage: str) -> str:

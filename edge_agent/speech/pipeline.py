@@ -40,6 +40,7 @@ from edge_agent.speech.stream import LegDecoder, PcmChunk
 from models.edge_asr import EdgeAsr
 from models.vad import SAMPLE_RATE, WINDOW, SileroVad
 from models.whisper_asr import AsrResult, segment_confidence
+from topics.clip import AudioClip
 from topics.rtp import RtpError
 from topics.transcript import ModelRef, PartialTranscript, TranscriptSegment, TranscriptWord
 
@@ -435,6 +436,7 @@ class StepOutput:
     segments: list[TranscriptSegment] = field(default_factory=list)
     rejected: list[tuple[RtpError, bytes]] = field(default_factory=list)
     utterances: list[Utterance] = field(default_factory=list)
+    clips: list[AudioClip] = field(default_factory=list)  # set by the engine when clips are published
 
     def extend(self, other: StepOutput) -> None:
         self.partials += other.partials
@@ -442,6 +444,7 @@ class StepOutput:
         self.segments += other.segments
         self.rejected += other.rejected
         self.utterances += other.utterances
+        self.clips += other.clips
 
 
 class LegStream:

@@ -55,6 +55,7 @@ from models.edge_asr import AsrVocabulary, EdgeAsr, load_edge_asr, prompt_from_s
 from models.speaker import SpeakerEncoder
 from models.vad import SileroVad
 from topics import names
+from topics.clip import clip_from_samples, encode_clip
 from topics.codec import ContractError, now_ms, payload_bytes
 from topics.deadletter import DeadLetter, encode_dead_letter
 from topics.rtp import parse_rtp
@@ -103,6 +104,7 @@ class SpeechCounters:
     conversations_closed: int = 0
     partials_published: int = 0
     segments_published: int = 0
+    clips_published: int = 0
     dead_letters_published: int = 0
     dead_letters_shed: int = 0
     publish_errors: int = 0
@@ -145,6 +147,7 @@ def register_metrics(counters: SpeechCounters, registry: object) -> None:
                 ("conversations_closed", c.conversations_closed, "conversations closed"),
                 ("partials_published", c.partials_published, "partial transcripts published"),
                 ("segments_published", c.segments_published, "final segments published"),
+                ("clips_published", c.clips_published, "audio clips of final segments published"),
                 ("dead_letters_published", c.dead_letters_published, "rejected packets dead-lettered"),
                 ("dead_letters_shed", c.dead_letters_shed, "rejections counted but not dead-lettered: "
                  "too many dead letters in flight"),
@@ -455,10 +458,17 @@ class SpeechEngine:
             device = names.parse_audio(state.topic)[0]
             out.partials = [dataclasses.replace(p, case_id=state.case_id, device=device) for p in out.partials]
             out.segments = [dataclasses.replace(s, case_id=state.case_id, device=device) for s in out.segments]
+        if out.utterances and self.config.publish_clips:  # opt-in: the audio, for operators to play
+            conv = self._conversations.get(state.conversation)
+            offset = conv.tracker.offset_s(state.leg) if conv is not None else 0.0
+            device = names.parse_audio(state.topic)[0]
+            out.clips = [clip_from_samples(state.conversation, state.leg, u.utterance, offset + u.start_s, u.samples,
+                                           case_id=state.case_id, device=device, max_s=self.config.clip_max_s)
+                         for u in out.utterances if len(u.samples)]
         if out.segments:
             self.segments_by_conversation[state.conversation] = (
                 self.segments_by_conversation.get(state.conversation, 0) + len(out.segments))
-        if out.partials or out.segments or out.rejected:
+        if out.partials or out.segments or out.rejected or out.clips:
             await self.sink(out, state.topic)
         now = self.clock()
         partial_s = [max(0.0, now - a) for a in out.partial_arrivals_s]
@@ -606,7 +616,7 @@ class SpeechService:
         client = self._client
         c = self.counters
         if client is None:
-            c.publish_errors += len(out.partials) + len(out.segments) + len(out.rejected)
+            c.publish_errors += len(out.partials) + len(out.segments) + len(out.rejected) + len(out.clips)
             return
         deadline = self.settings.delivery.publish_deadline_s
         done = 0
@@ -615,6 +625,11 @@ class SpeechService:
                 await client.publish(names.partial_transcript(p.conversation), encode_partial(p),
                                      qos=self.config.partial_qos)
                 c.partials_published += 1
+            for clip in out.clips:  # before the segments: a console reloading on a segment finds its clip stored
+                await publish_confirmed(client, names.audio_clip(clip.conversation), encode_clip(clip),
+                                        qos=self.config.segment_qos, deadline_s=deadline)
+                c.clips_published += 1
+                done += 1
             for s in out.segments:  # waited for through a broker stall, not given up after 10 s
                 await publish_confirmed(client, names.transcript(s.conversation), encode_segment(s),
                                         qos=self.config.segment_qos, deadline_s=deadline,
@@ -631,7 +646,8 @@ class SpeechService:
                 c.dead_letters_published += 1
                 done += 1
         except aiomqtt.MqttError:
-            c.publish_errors += len(out.partials) + len(out.segments) + len(out.rejected) - done  # each one lost
+            c.publish_errors += (len(out.partials) + len(out.segments) + len(out.rejected) + len(out.clips)
+                                 - done)  # each one lost
 
     async def publish_revision(self, rev: SpeechRevision) -> bool:
         """Publish a DC revision of a segment this edge published, on the same transcript topic."""

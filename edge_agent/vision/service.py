@@ -32,6 +32,7 @@ from edge_agent.dc_spill import DcPath
 from edge_agent.metrics import EdgeMetrics
 from edge_agent.mqtt import SessionLost, make_client, publish_confirmed
 from edge_agent.mqtt_session import Connection, MqttSession, RedeliveryCache, Status
+from inference.images import thumbnail_jpeg
 from inference.vision import FrameJob, FrameOutcome, VisionPipeline
 from placement.cost import request_cost
 from placement.edge import Request, Return, Serve, Shed, Spill, View, deadline_of, decide, on_dc_failure, on_overload
@@ -41,6 +42,7 @@ from topics.codec import ContractError, now_ms, payload_bytes
 from topics.deadletter import DeadLetter, encode_dead_letter
 from topics.offload import FrameReturn, encode_frame_return
 from topics.status import EdgeLoad, EdgeStatus, encode_status
+from topics.thumbnail import Thumbnail, encode_thumbnail
 from topics.vision import Frame, ModelRef, decode_frame, encode_result, shed_result
 
 __all__ = ["VisionService", "VisionStats"]
@@ -407,6 +409,8 @@ class VisionService:
             return
         result = unsent.outcome.result
         assert result is not None
+        if self.settings.vision.publish_thumbnails and result.outcome == "served":
+            await self._publish_thumbnail(sess, unsent.outcome.job.frame)
         m = self.metrics
         m.published.labels(STAGE).inc()
         m.outcomes.labels(STAGE, result.outcome, result.served_by).inc()
@@ -422,6 +426,21 @@ class VisionService:
             m.faces.labels(face.label).inc()
         if self.on_outcome is not None:
             self.on_outcome(unsent.outcome)
+
+    async def _publish_thumbnail(self, sess: Connection, frame: Frame) -> None:
+        """Opt-in: a small JPEG of a served frame for the archive's camera tile (topics.thumbnail)."""
+        v = self.settings.vision
+        try:
+            jpeg, w, h, fw, fh = await asyncio.get_running_loop().run_in_executor(
+                self.pipeline.pool, thumbnail_jpeg, frame.data, frame.encoding, v.max_image_pixels,
+                v.thumbnail_max_side)
+        except ContractError as exc:  # the frame was served, so it decodes; counted if not
+            self.metrics.rejected.labels("thumbnail", exc.reason).inc()
+            return
+        await publish_confirmed(sess.client, names.thumbnail(frame.device), encode_thumbnail(Thumbnail(
+            frame.device, frame.seq, w, h, fw, fh, jpeg, case_id=frame.case_id)),
+            deadline_s=self.settings.delivery.publish_deadline_s)
+        self.metrics.thumbnails.inc()
 
     async def _shed(self, sess: Connection, key: bytes, job: FrameJob, reason: str) -> None:
         """Not served: the request's outcome (shed, with its reason) is published on its result topic."""
