@@ -42,7 +42,7 @@ from models.artifacts import path_of
 from models.blazeface import BlazeFaceDetector, load_blazeface
 from models.fer_crop import FerCropper
 from models.fer_edge import FerClassifier, load_edge_fer, preprocess_faces
-from placement.device import POLICIES, EdgeShare, Placement, choose
+from placement.device import POLICIES, DevicePlacement, EdgeShare, choose
 from topics.codec import ContractError, now_ms
 from topics.offload import decode_frame_return
 from topics.status import EdgeLoad, decode_status
@@ -59,7 +59,7 @@ _LOAD_SHEDS = frozenset({"deadline", "deadline_passed", "overload", "dc_timeout"
 class Prepared:
     """What the device does with one frame: send ``frame`` (full or crops) or report ``result``."""
 
-    placement: Placement
+    placement: DevicePlacement
     frame: Frame | None = None
     result: VisionResult | None = None
     device_energy_j: float = 0.0
@@ -211,7 +211,7 @@ class DevicePlacer:
             waiting = self._pending - self.profile.parallelism + 1
             return max(waiting, 0) * self._compute_ms / self.profile.parallelism
 
-    def place(self, frame: Frame) -> Placement:
+    def place(self, frame: Frame) -> DevicePlacement:
         """Where ``frame`` goes (fast: no compute). ``edge``: send it as it is; otherwise
         :meth:`work` (or :meth:`submit`) does the device's part."""
         load = self.edge_load()
@@ -245,7 +245,7 @@ class DevicePlacer:
             return Prepared("edge", frame=frame, device_energy_j=self.profile.radio_j_per_byte * len(frame.data))
         return self.work(frame, placement)
 
-    def submit(self, frame: Frame, placement: Placement, done: Callable[[Prepared], None]) -> None:
+    def submit(self, frame: Frame, placement: DevicePlacement, done: Callable[[Prepared], None]) -> None:
         """Do the device's part of ``frame`` in the device's workers, then ``done(prepared)``."""
         with self._lock:
             if self._pool is None:
@@ -269,7 +269,7 @@ class DevicePlacer:
         if pool is not None:
             pool.shutdown(wait=True)
 
-    def work(self, frame: Frame, placement: Placement) -> Prepared:
+    def work(self, frame: Frame, placement: DevicePlacement) -> Prepared:
         """The device's part of ``frame`` (detection for ``crops``, detection + FER for ``local``),
         or a ``device_busy`` shed when it could not end before the frame's deadline."""
         p = self.profile
@@ -306,7 +306,7 @@ class DevicePlacer:
                     with _MODELS_LOCK:
                         self._memo[(data, placement)] = done
 
-    def _simulated(self, frame: Frame, placement: Placement) -> Prepared:
+    def _simulated(self, frame: Frame, placement: DevicePlacement) -> Prepared:
         key = (frame.data, placement)
         with _MODELS_LOCK:
             done = self._memo.get(key)
@@ -331,7 +331,7 @@ class DevicePlacer:
                                      timing=Timing(0.0, 1, 0.0, ms, ms))
         return Prepared(done.placement, result=result, device_energy_j=energy)
 
-    def _compute(self, frame: Frame, placement: Placement) -> Prepared:
+    def _compute(self, frame: Frame, placement: DevicePlacement) -> Prepared:
         p = self.profile
         t0 = time.perf_counter()
         image = cv2.imdecode(np.frombuffer(frame.data, np.uint8), cv2.IMREAD_COLOR)

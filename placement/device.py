@@ -24,16 +24,16 @@ from typing import Literal
 from common.device_settings import DeviceProfileSettings
 from topics.status import EdgeLoad
 
-__all__ = ["PLACEMENTS", "POLICIES", "EdgeShare", "Estimate", "Placement", "choose", "estimates"]
+__all__ = ["PLACEMENTS", "POLICIES", "EdgeShare", "Estimate", "DevicePlacement", "choose", "estimates"]
 
-Placement = Literal["edge", "crops", "local"]
-PLACEMENTS: tuple[Placement, ...] = ("edge", "crops", "local")
+DevicePlacement = Literal["edge", "crops", "local"]
+PLACEMENTS: tuple[DevicePlacement, ...] = ("edge", "crops", "local")
 POLICIES: tuple[str, ...] = ("edge", "crops", "local", "auto")
 
 
 @dataclass(frozen=True, slots=True)
 class Estimate:
-    placement: Placement
+    placement: DevicePlacement
     latency_ms: float
     energy_j: float
     bytes_sent: int
@@ -98,7 +98,7 @@ def choose(
     faces: int = 1,
     respect_overflow: bool = True,
     device_queue_ms: float = 0.0,
-) -> Placement:
+) -> DevicePlacement:
     """The placement of one frame under ``policy`` (a fixed placement, or ``auto``: the rule above)."""
     if policy != "auto":
         if policy not in PLACEMENTS:
