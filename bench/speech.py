@@ -1,5 +1,10 @@
 """Speech path benchmark: ``python -m bench.speech --json`` prints one JSON object.
 
+First the real recordings (:mod:`bench.real_speech`, :mod:`sim.real_speech`): ``wer_real_edge``,
+``wer_real_final`` (after the DC's revisions), ``wer_real_call_*``, ``wer_real_conference_*``,
+``wer_real_read_*`` on the dev part, the same keys with ``_heldout`` on the held-out part, and
+the speaker figures of ``bench.real_speech.SPEAKER_HOOKS``. Synthetic voices come after.
+
 All calls go as 20 ms RTP G.711 packets (``devices.audio.packetize``) into the same per-leg
 pipeline the service runs (``LegDecoder`` -> VAD -> Whisper partials/finals -> diarization
 -> ordered transcript). WER is :func:`models.text.wer` (one normalisation on both sides).
@@ -68,12 +73,14 @@ def _packets(conv: Conversation, loss: float, seed: int, origin: float) -> list[
 
 
 def run_conversation(conv: Conversation, vad: SileroVad, encoder: SpeakerEncoder, asr: EdgeAsr, *,
-                     loss: float = 0.0, seed: int = 1, conversation: str = "bench"
+                     loss: float = 0.0, seed: int = 1, conversation: str = "bench",
+                     config: PipelineConfig | None = None
                      ) -> tuple[list[TranscriptSegment], float, list[Utterance]]:
     """Decode a conversation in process (simulated clock); return its segments, CPU seconds
     and the finished utterances (with their audio)."""
     origin = 1_700_000_000.0
-    tracker = ConversationTracker(conversation, Diarizer(encoder), PipelineConfig(), clock=lambda: origin)
+    config = config or PipelineConfig()
+    tracker = ConversationTracker(conversation, Diarizer(encoder, config.diarizer), config, clock=lambda: origin)
     streams = {leg: LegStream(conversation, leg, vad, asr, tracker) for leg in conv.legs}
     out = StepOutput()
     t0 = time.process_time()
@@ -208,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--mine-below", type=float, default=0.75, help="segments below this confidence go to the DC")
     ap.add_argument("--quick", action="store_true", help="fewer sentences, capacity trials at 4 streams only")
+    ap.add_argument("--no-real", action="store_true", help="skip the real recordings (wer_real_*)")
     add_record_flag(ap)
     args = ap.parse_args(argv)
     run = start("bench.speech", argv) if args.record else None
@@ -222,9 +230,17 @@ def main(argv: list[str] | None = None) -> int:
     encoder = SpeakerEncoder("cpu")
     edge = load_edge_asr(cache, args.final_model, args.partial_model, device=args.device,
                          cpu_threads=args.asr_threads)
-    result: dict[str, object] = {"asr_final": f"{edge.final.name}/{edge.final.version}",
-                                 "asr_partial": f"{edge.partial.name}" if edge.partial else None,
-                                 "asr_device": f"{edge.final.asr.device}/{edge.final.asr.compute_type}"}
+    dc_models = [load_whisper(cache, "whisper_base", device=args.device, cpu_threads=args.asr_threads),
+                 edge.final.asr if edge.final.name == "whisper-tiny.en" else
+                 load_whisper(cache, "whisper_tiny_en", device=args.device, cpu_threads=args.asr_threads)]
+    result: dict[str, object] = {}
+    if not args.no_real:  # real recordings first (bench.real_speech): dev, then the held-out part
+        from bench.real_speech import evaluate
+
+        result.update(evaluate(vad, encoder, edge, SpeechReviser(dc_models), mine_below=args.mine_below))
+    result.update({"asr_final": f"{edge.final.name}/{edge.final.version}",
+                   "asr_partial": f"{edge.partial.name}" if edge.partial else None,
+                   "asr_device": f"{edge.final.asr.device}/{edge.final.asr.compute_type}"})
 
     # Held-out: natural voice, 10 dB background noise, G.711, 2 % loss.
     held = build_heldout_call(HELDOUT[:n_held], (PIPER, PIPER), snr_db=10.0, noise="background")
@@ -233,9 +249,6 @@ def main(argv: list[str] | None = None) -> int:
     result["der"] = round(_der(held, segs), 4)
     result["rtf"] = round(cpu / (held.duration_s * len(held.legs)), 4)
     result.update(_confidence_check(segs, held))
-    dc_models = [load_whisper(cache, "whisper_base", device=args.device, cpu_threads=args.asr_threads),
-                 edge.final.asr if edge.final.name == "whisper-tiny.en" else
-                 load_whisper(cache, "whisper_tiny_en", device=args.device, cpu_threads=args.asr_threads)]
     reviser = SpeechReviser(dc_models)
     texts, revised, dc_s = _dc_revised(segs, utts, reviser, args.mine_below)
     result["wer_heldout_dc"] = round(wer([" ".join(t.text for t in held.turns)], [" ".join(texts)]), 4)

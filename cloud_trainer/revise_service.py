@@ -2,8 +2,9 @@
 
 Its own consumer group on the hard-examples topic takes every audio hard example of the
 edge ASR (:data:`topics.names.ASR_MODEL`), re-decodes it with
-:class:`~cloud_trainer.speech_revise.SpeechReviser` (in a worker thread) and sends a
-:class:`~topics.transcript.SpeechRevision` to :data:`topics.names.KAFKA_SPEECH_REVISIONS`
+:class:`~cloud_trainer.speech_revise.SpeechReviser` (in a worker thread) and, when the reviser's
+never-worse rule publishes it, sends a :class:`~topics.transcript.SpeechRevision` to
+:data:`topics.names.KAFKA_SPEECH_REVISIONS`
 (acks=all), keyed by the edge node, and the revised text as a ``dc:<model>`` label of the
 sample (training data for vocabulary adaptation; the store never lets it replace an
 operator's label). An operator's label of a speech sample (``edge-offload label``, on the
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
@@ -50,18 +52,22 @@ class RevisionStats:
     skipped: int = 0  # not speech of the edge ASR
     bad: int = 0  # undecodable record or stream name
     errors: int = 0  # decoding raised
+    kept: int = 0  # the edge's hypothesis stood: nothing published
     restarts: int = 0
     seconds: float = 0.0
 
 
-def revision_of(example: HardExample, reviser: SpeechReviser) -> SpeechRevision:
-    """Re-decode one speech hard example (blocking: run it in a thread)."""
+def revision_of(example: HardExample, reviser: SpeechReviser) -> SpeechRevision | None:
+    """Re-decode one speech hard example (blocking: run it in a thread); None when the edge's
+    hypothesis stands (the reviser's never-worse rule publishes nothing then)."""
     conversation, _, leg = (example.stream or "").rpartition(".")
     if not conversation or not leg:
         raise ContractError("bad_field", f"stream {example.stream!r} is not conversation.leg")
     clip = pcm_to_float(example.data)
     edge = AsrResult(example.result, (), min(example.confidences, default=0.0))
     rev = reviser.revise(conversation, clip, edge)
+    if not rev.published:
+        return None
     r = rev.result
     return SpeechRevision(
         key=example.key, node=example.node, conversation=conversation, leg=leg, utterance=example.seq,
@@ -82,6 +88,12 @@ class RevisionService:
         self.model = model
         self.commit_timeout_s = commit_timeout_s
         self.stats = RevisionStats()
+        self._progress = asyncio.Condition()
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Return once ``predicate()`` holds; re-checked after every batch of records."""
+        async with self._progress:
+            await self._progress.wait_for(predicate)
 
     async def _batch(self, producer: AIOKafkaProducer,
                      records: list[tuple[str, bytes | None]] | list[tuple[str, bytes | None, str | None]]) -> None:
@@ -123,6 +135,9 @@ class RevisionService:
                 log.exception("reviser: decoding %s failed", ex.key)
                 continue
             self.stats.seconds += time.perf_counter() - t0
+            if rev is None:
+                self.stats.kept += 1
+                continue
             payload = encode_revision(rev)
             sends.append(await producer.send(KAFKA_SPEECH_REVISIONS, payload, key=rev.node.encode(),
                                              headers=kafka_headers(payload, tracing.child(trace))))
@@ -179,6 +194,8 @@ class RevisionService:
                         continue
                     await self._batch(producer, [(r.topic, r.value, tracing.from_headers(r.headers))
                                                  for r in records])
+                    async with self._progress:
+                        self._progress.notify_all()
                     offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items() if rs}
                     await asyncio.wait_for(consumer.commit(offsets), self.commit_timeout_s)
             finally:

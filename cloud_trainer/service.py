@@ -25,7 +25,7 @@ from cloud_trainer.registry import Registry, Signer, VersionRecord
 from cloud_trainer.revise_service import RevisionService
 from cloud_trainer.rounds import AsrRound, FerRound, ModelRound
 from cloud_trainer.serve import ArtifactServer
-from cloud_trainer.speech_revise import SpeechReviser
+from cloud_trainer.speech_revise import ReviseRule, SpeechReviser
 from cloud_trainer.store import SampleStore, open_store
 from common.retry import Restarter
 from common.settings import KafkaSettings, Settings
@@ -128,7 +128,8 @@ class Trainer:
             prompt = ""
             if current is not None:
                 prompt = vocabulary_from_bytes(self.registry.artifact(current), asr.model, current.version).prompt
-            self.reviser = SpeechReviser(models, vocabulary_prompt=prompt)
+            self.reviser = SpeechReviser(models, vocabulary_prompt=prompt,
+                                         rule=ReviseRule(min_gain=asr.revise_min_gain))
             self.revisions = RevisionService(self.kafka, self.reviser, group_id=f"{self.settings.group_id}-reviser",
                                              model=asr.model)
 

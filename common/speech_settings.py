@@ -44,16 +44,32 @@ class JitterConfig(BaseModel):
 
 
 class DiarizerConfig(BaseModel):
-    """Online speaker clustering of finished segments."""
+    """Online speaker clustering of finished segments, with the leg rule: on a leg-separated
+    call a leg's speech is its party's unless the audio shows otherwise; legs matching
+    ``shared_legs`` (conference bridges, speakerphones) carry several voices."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    threshold: float = Field(0.82, description="cosine similarity that joins an existing speaker")
-    short_threshold: float = Field(0.70, description="similarity for short segments on a leg without a speaker")
+    threshold: float = Field(0.82, description="on a shared leg: cosine similarity of a 1.6 s window to "
+                             "one of the leg's speakers that keeps it in a long segment's turn")
+    recluster_threshold: float = Field(0.0, description="on a shared leg: average cosine similarity, with the "
+                                       "leg's mean embedding removed, at which segments cluster as one voice "
+                                       "(all the leg's segments are re-clustered at every segment)")
+    pair_threshold: float = Field(0.80, description="on a shared leg with one segment so far: similarity at "
+                                  "which the next is the same voice")
+    new_voice_threshold: float = Field(0.55, description="on a one-party leg: a segment is a new voice only "
+                                       "below this similarity to every voice of the leg")
+    cross_leg_threshold: float = Field(0.90, description="similarity at which a voice joins a speaker "
+                                       "first heard on another leg")
+    min_evidence_s: float = Field(1.0, ge=0, description="speech a segment needs to found a new speaker "
+                                  "or to join another leg's speaker")
+    shared_legs: list[str] = Field(["conf*", "bridge*"], description="leg ids (fnmatch patterns) "
+                                         "that carry several voices")
     min_embed_s: float = Field(1.0, description="shorter segments take their leg's speaker, never move a centroid")
-    split_above_s: float = Field(5.0, description="longer segments are split into turns window by window")
+    split_above_s: float = Field(5.0, description="longer segments on a shared leg are split into turns "
+                                 "window by window")
     min_run_windows: int = Field(3, description="windows of another speaker in a row that split a segment")
-    leg_bonus: float = Field(0.04, description="similarity added for the leg's current speaker")
+    leg_bonus: float = Field(0.04, description="on a shared leg: similarity added for the leg's current speaker")
     max_speakers: int = Field(32, description="speakers per conversation at most")
 
 
@@ -86,5 +102,7 @@ class PipelineConfig(BaseModel):
     max_gap_s: float = Field(1.0, description="a gap in a leg's audio up to this is filled with silence")
     hold_max_s: float = Field(2.0, description="a final segment waits at most this long for the other legs to catch up")
     keep_s: float = Field(1.0, description="audio kept behind the newest sample for an utterance's start")
+    context_s: float = Field(0.0, ge=0, description="a leg's previous final, if it ended at most this long before "
+                             "an utterance starts, is the ASR's previous text for it (0: no context)")
     vad: VadConfig = VadConfig()
     diarizer: DiarizerConfig = DiarizerConfig()

@@ -48,7 +48,11 @@ class AsrAdaptSettings(BaseModel):
     min_holdout: int = Field(2, ge=1)
     revise: bool = Field(True, description="re-decode speech hard examples and send revised segments to the edge")
     revise_models: list[str] = Field(default_factory=lambda: ["whisper_base", "whisper_tiny_en"],
-                                     description="Whisper models of the DC's advanced inference")
+                                     description="Whisper models of the DC's advanced inference: artifact "
+                                     "names, size names (tiny.en, base; small, medium, large-v3 from "
+                                     "cache_dir/whisper/<size>) or CTranslate2 Whisper directories")
+    revise_min_gain: float = Field(0.05, ge=0, le=1, description="a DC revision is published only when its "
+                                   "confidence beats the edge's by this much (never-worse rule)")
 
 
 class TrainerSettings(BaseModel):

@@ -403,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
                                     jitter_ms=args.jitter_ms), security=settings.mqtt,
             case_id=args.case)
     except PublishRefused as exc:
-        print(f"edge-offload: error: {exc}", file=sys.stderr)
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # refused, unreachable, unknown host
         raise BrokerUnreachable("mqtt", f"{args.host}:{args.port}", exc) from None

@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConnectRefused, OSError) as exc:  # refused, unreachable, unknown host
         raise BrokerUnreachable("mqtt", f"{args.host}:{args.port}", exc) from None
     except PublishRefused as exc:
-        print(f"edge-offload: error: {exc}", file=sys.stderr)
+        print(f"edge-offload device camera: error: {exc}", file=sys.stderr)
         return 1
     print(f"sent {stats.frames_sent} frames ({stats.bytes_sent} bytes) in {stats.seconds:.1f}s")
     return 0

@@ -29,6 +29,8 @@ from topics.names import ASR_MODEL
 __all__ = [
     "VOCAB_FORMAT",
     "WHISPER_MODELS",
+    "WHISPER_SIZES",
+    "whisper_folder",
     "AsrVocabulary",
     "EdgeAsr",
     "load_whisper",
@@ -101,14 +103,37 @@ def vocabulary_from_bytes(data: bytes, name: str, version: str) -> AsrVocabulary
     return AsrVocabulary(name=name, version=version, prompt=prompt, words=tuple(words))
 
 
-def load_whisper(cache_dir: Path, model: str, *, device: str = "auto", cpu_threads: int = 2) -> WhisperAsr:
-    """Load one pinned Whisper folder (``whisper_tiny_en`` / ``whisper_base``) from the cache."""
+# Whisper size names an operator may give; the two shipped ones map to their pinned artifacts.
+WHISPER_SIZES: dict[str, str] = {"tiny.en": "whisper_tiny_en", "base": "whisper_base"}
+
+
+def whisper_folder(cache_dir: Path, model: str) -> tuple[Path, str, str]:
+    """Where Whisper ``model`` lies: (folder, wire name, version).
+
+    ``model`` is a pinned artifact (``whisper_tiny_en``, ``whisper_base``), a size name
+    (``tiny.en``, ``base``: the artifacts; any other size such as ``small``, ``medium`` or
+    ``large-v3`` is looked for in ``cache_dir/whisper/<size>``) or the path of a CTranslate2
+    Whisper directory (``model.bin``, ``config.json``, ``tokenizer.json``), e.g. the output of
+    ``ct2-transformers-converter --model openai/whisper-large-v3``."""
     from models.artifacts import path_of
 
-    if model not in WHISPER_MODELS:
-        raise ValueError(f"unknown Whisper model {model!r}: one of {sorted(WHISPER_MODELS)}")
-    folder = path_of(model, "model.bin", cache_dir).parent
-    name, version = WHISPER_MODELS[model]
+    model = WHISPER_SIZES.get(model, model)
+    if model in WHISPER_MODELS:
+        name, version = WHISPER_MODELS[model]
+        return path_of(model, "model.bin", cache_dir).parent, name, version
+    looks_like_path = "/" in model or model.startswith(".")
+    folder = Path(model).expanduser() if looks_like_path else cache_dir / "whisper" / model
+    missing = [f for f in ("model.bin", "config.json", "tokenizer.json") if not (folder / f).is_file()]
+    if missing:
+        raise ValueError(f"Whisper model {model!r}: {folder} lacks {', '.join(missing)} (give "
+                         f"{sorted(WHISPER_MODELS)}, a size name, or a CTranslate2 Whisper directory)")
+    stat = (folder / "model.bin").stat()
+    return folder, f"whisper-{folder.name}", f"local-{stat.st_size}"
+
+
+def load_whisper(cache_dir: Path, model: str, *, device: str = "auto", cpu_threads: int = 2) -> WhisperAsr:
+    """Load Whisper ``model`` (see :func:`whisper_folder`: artifact, size name or directory)."""
+    folder, name, version = whisper_folder(cache_dir, model)
     return WhisperAsr(folder, name, version, device=device, cpu_threads=cpu_threads)
 
 
@@ -134,9 +159,11 @@ class EdgeAsr:
     def with_vocabulary(self, vocabulary: AsrVocabulary) -> EdgeAsr:
         return dataclasses.replace(self, vocabulary=vocabulary)
 
-    def decode_final(self, samples: np.ndarray) -> AsrResult:
-        """The final hypothesis of one utterance (at most 30 s) with words and confidence."""
-        return self.final.transcribe(samples, self.final_options, self.vocabulary.prompt or None)
+    def decode_final(self, samples: np.ndarray, context: str = "") -> AsrResult:
+        """The final hypothesis of one utterance (at most 30 s) with words and confidence;
+        ``context`` (the leg's previous turn) follows the vocabulary prompt as previous text."""
+        prompt = " ".join(p for p in (self.vocabulary.prompt, context.strip()) if p)
+        return self.final.transcribe(samples, self.final_options, prompt or None)
 
     def decode_partial(self, samples: np.ndarray) -> str:
         """A quick hypothesis of the utterance so far."""

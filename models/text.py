@@ -3,7 +3,9 @@
 :func:`normalize` puts references and hypotheses in the same form before they are compared:
 lower case, punctuation dropped (apostrophes kept inside words), common contractions
 expanded, British spellings mapped to American (a small table plus ``-our`` -> ``-or``
-words), numbers written as words ("14:30" -> "fourteen thirty", "40%" -> "forty percent").
+words), numbers written as words ("14:30" -> "fourteen thirty", "40%" -> "forty percent", "21st" ->
+"twenty first"), hesitations dropped ("uh", "um", "hmm"), informal forms spelled out ("gonna" ->
+"going to", "y'know" -> "you know", "alright" -> "all right"), hyphenated words split.
 :func:`wer` is ``jiwer``'s word error rate over a corpus of (reference, hypothesis) pairs
 after :func:`normalize` on both sides.
 """
@@ -39,6 +41,15 @@ _CONTRACTIONS = {
     "they'll": "they will", "it's": "it is", "that's": "that is", "there's": "there is",
     "let's": "let us", "he's": "he is", "she's": "she is", "what's": "what is",
 }
+# Hesitations carry no words: a transcript that writes them and one that drops them score alike.
+_HESITATIONS = frozenset({"uh", "um", "uhm", "umm", "hm", "hmm", "mm", "mhm", "er", "erm", "ah", "eh", "uh-huh"})
+_INFORMAL = {"gonna": "going to", "wanna": "want to", "gotta": "got to", "yknow": "you know",
+             "y'know": "you know", "alright": "all right", "kinda": "kind of", "sorta": "sort of",
+             "mr": "mister", "mrs": "missus", "dr": "doctor", "lemme": "let me", "gimme": "give me",
+             "cause": "because", "'cause": "because"}
+_ORDINALS = {"one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth",
+             "nine": "ninth", "twelve": "twelfth"}
+_ORD = re.compile(r"\b(\d+)(?:st|nd|rd|th)\b")
 _NUM = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?")
 
 
@@ -67,18 +78,28 @@ def _number(match: re.Match[str]) -> str:
     return f" {number_to_words(int(token))} "
 
 
+def _ordinal(match: re.Match[str]) -> str:
+    words = number_to_words(int(match.group(1))).split()
+    last = words[-1]
+    words[-1] = _ORDINALS.get(last, last[:-1] + "ieth" if last.endswith("y") else last + "th")
+    return " " + " ".join(words) + " "
+
+
 def normalize(text: str) -> str:
     """The one normal form WER is scored on (see the module doc)."""
     s = text.lower().replace("’", "'").replace("%", " percent ")
     s = re.sub(r"(\d):(\d)", r"\1 \2", s)
     s = re.sub(r"(\d)-(?=\d)", r"\1 ", s)
+    s = re.sub(r"\buh-huh\b", " ", s)
+    s = _ORD.sub(_ordinal, s)
     s = _NUM.sub(_number, s)
     s = re.sub(r"[^a-z0-9' ]+", " ", s)
     words: list[str] = []
     for w in s.split():
-        w = w.strip("'")
-        if not w:
+        w = _INFORMAL.get(w, w).strip("'")
+        if not w or w in _HESITATIONS:
             continue
+        w = _INFORMAL.get(w, w)
         w = _CONTRACTIONS.get(w, w)
         for part in w.split():
             part = _CONTRACTIONS.get(part, part)

@@ -1,4 +1,5 @@
-"""Scoring: word error rate (the product's one WER, :func:`models.text.wer`) and diarization error rate."""
+"""Scoring: word error rate (the product's one WER, :func:`models.text.wer`), diarization error
+rate and the speaker error of leg-separated calls."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from scipy.optimize import linear_sum_assignment
 
 from models.text import wer
 
-__all__ = ["wer", "der"]
+__all__ = ["wer", "der", "speaker_error", "segment_parties"]
 
 
 def der(
@@ -62,3 +63,47 @@ def der(
     matched = int(overlap[rows, cols].sum())
     confusion = int(np.sum(both)) - matched
     return (missed + false_alarm + confusion) / ref_speech
+
+
+def speaker_error(pairs: Iterable[tuple[str, str]]) -> float:
+    """Fraction of segments whose label is not their party's, under the best one-to-one mapping.
+
+    ``pairs`` holds one ``(party, label)`` per transcript segment. Labels are mapped to parties
+    one-to-one so as to maximise the segments that agree (Hungarian); a label left without a
+    party (one party split in two, say) is wrong on every segment it carries.
+    """
+    items = list(pairs)
+    if not items:
+        return 0.0
+    parties = sorted({p for p, _ in items})
+    labels = sorted({h for _, h in items})
+    counts = np.zeros((len(parties), len(labels)), dtype=np.int64)
+    for p, h in items:
+        counts[parties.index(p), labels.index(h)] += 1
+    rows, cols = linear_sum_assignment(-counts)
+    return 1.0 - float(counts[rows, cols].sum()) / len(items)
+
+
+def segment_parties(
+    reference: Iterable[tuple[str, str, float, float]],
+    segments: Iterable[tuple[str, float, float]],
+) -> list[str | None]:
+    """The party of each hypothesis segment ``(leg, start_s, end_s)``: the reference speaker
+    ``(speaker, leg, start_s, end_s)`` talking longest within it on its leg, else the nearest
+    in time on its leg (None for a leg without reference speech)."""
+    ref = list(reference)
+    out: list[str | None] = []
+    for leg, a, b in segments:
+        mine = [(s, ra, rb) for s, rleg, ra, rb in ref if rleg == leg]
+        if not mine:
+            out.append(None)
+            continue
+        talk: dict[str, float] = {}
+        for s, ra, rb in mine:
+            talk[s] = talk.get(s, 0.0) + max(0.0, min(b, rb) - max(a, ra))
+        best = max(talk, key=lambda s: talk[s])
+        if talk[best] > 0.0:
+            out.append(best)
+        else:
+            out.append(min(mine, key=lambda t: max(t[1] - b, a - t[2]))[0])
+    return out

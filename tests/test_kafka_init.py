@@ -71,7 +71,8 @@ async def test_kafka_init_creates_every_topic_with_partitions_and_configs(bare_k
 def test_no_product_module_creates_topics() -> None:
     """Only common/kafka_admin.py talks CreateTopics; only kafka-init and the test broker call it."""
     callers: dict[str, set[str]] = {}
-    for package in ("common", "edge_agent", "cloud_trainer", "inference", "devices", "sim", "topics", "models", "cli"):
+    for package in ("common", "edge_agent", "cloud_trainer", "inference", "devices", "sim", "topics", "models", "cli",
+                    "placement"):
         for path in (ROOT / package).rglob("*.py"):
             tree = ast.parse(path.read_text())
             for node in ast.walk(tree):

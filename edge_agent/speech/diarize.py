@@ -1,36 +1,42 @@
 """Online speaker diarization of one conversation: who spoke each speech segment.
 
-Each finished speech segment is embedded (Resemblyzer, :mod:`models.speaker`) and compared
-by cosine similarity with the running-mean centroid of every speaker heard so far in the
-conversation; it joins the most similar speaker at or above ``threshold``, else it founds a
-new one. Labels (``S1``, ``S2``, ...) are handed out in order of first appearance and never
-change, and they are shared by all legs of the conversation.
+Each finished speech segment is embedded (Resemblyzer, :mod:`models.speaker`) and compared by
+cosine similarity with the running-mean centroids of the speakers heard so far. Labels
+(``S1``, ``S2``, ...) are handed out in order of first appearance, never change once given,
+and are shared by all legs of the conversation.
 
-Threshold, measured on G.711 (8 kHz mu-law) espeak-ng speech, segments of 1.9-4 s: a
-segment vs. the centroid of its own voice 0.88-0.96, vs. the other voice's centroid
-0.72-0.79; pairwise same voice >= 0.84, different <= 0.78. Default 0.82. (Wideband audio
-separates more: 0.94-0.98 vs. 0.60-0.64.)
+**The leg rule.** On a leg-separated call a leg carries one party, and real voices through
+G.711 vary a lot from one turn to the next (see docs/speakers.md), so the audio has to show
+clearly that something else is going on before a leg's speech gets another label:
 
-- Segments shorter than ``min_embed_s`` give unreliable embeddings: they take their leg's
-  current speaker, or failing that the nearest speaker at ``short_threshold``, and never move
-  a centroid.
-- Segments longer than ``split_above_s`` are looked at window by window (1.6 s windows,
-  0.77 s apart): each window goes to the nearest known speaker, or to a speaker new to the
-  segment; a run of at least ``min_run_windows`` windows of another speaker splits the
-  segment into turns.
-- A leg usually carries one person: similarity to the leg's current speaker gets
-  ``leg_bonus`` added.
+- A segment shorter than ``min_embed_s`` takes its leg's current speaker (on a leg with no
+  speaker yet it founds the leg's speaker, with a weak vote); it never moves a centroid.
+- On a one-party leg, a segment is a new voice only when its similarity to every voice of the
+  leg is below ``new_voice_threshold`` and it holds at least ``min_evidence_s`` of speech
+  (several people on one handset). One voice on one leg keeps one label. A segment unlike
+  the leg's voices but too short to tell takes the nearest of them without moving its centroid.
+- Two legs share a label only on strong evidence: a voice joins a speaker first heard on
+  another leg only at ``cross_leg_threshold`` or above, from a segment of ``min_evidence_s``.
+- Shared legs (ids matching ``shared_legs``, or marked with :meth:`Diarizer.mark_shared`)
+  carry several voices: a segment joins the nearest of the leg's speakers at ``threshold``
+  (the current one gets ``leg_bonus``), else founds a new one if it holds ``min_evidence_s``
+  of speech, else takes the nearest. Segments longer than ``split_above_s`` are looked at
+  window by window (1.6 s windows, 0.77 s apart) and split into turns where a run of at least
+  ``min_run_windows`` windows is another speaker.
 
-The embedding (the heavy part) runs outside the lock; only the clustering is serialised,
-so legs of one conversation may call :meth:`Diarizer.label` from different threads.
+The embedding (the heavy part) runs outside the lock; only the clustering is serialised, so
+legs of one conversation may call :meth:`Diarizer.label` from different threads.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.optimize import linear_sum_assignment
 
 from common.speech_settings import DiarizerConfig
 from models.speaker import SAMPLE_RATE, WINDOW_S, SpeakerEncoder
@@ -93,10 +99,29 @@ class SpeakerClusters:
         self._weights.append(weight)
         return len(self._sums) - 1
 
+    def replace(self, index: int, embedding: np.ndarray, weight: float = 1.0) -> None:
+        """Start speaker ``index``'s centroid afresh from ``embedding``."""
+        self._sums[index] = np.asarray(embedding, dtype=np.float64) * max(weight, 1e-6)
+        self._weights[index] = weight
+
     def update(self, index: int, embedding: np.ndarray, weight: float = 1.0) -> None:
         if weight > 0:
             self._sums[index] = self._sums[index] + np.asarray(embedding, dtype=np.float64) * weight
             self._weights[index] += weight
+
+
+@dataclass
+class _LegVoices:
+    """What the diarizer knows of one leg: its voices in order of appearance, the current one."""
+
+    shared: bool
+    voices: list[int] = field(default_factory=list)
+    current: int | None = None
+    # Shared legs: (unit embedding, seconds, label given) of the segments embedded so far.
+    history: list[tuple[np.ndarray, float, int]] = field(default_factory=list)
+
+
+HISTORY = 256  # segments a shared leg re-clusters at most (the newest)
 
 
 class Diarizer:
@@ -106,13 +131,27 @@ class Diarizer:
         self.encoder = encoder
         self.config = config or DiarizerConfig()
         self.clusters = SpeakerClusters(self.config.max_speakers)
-        self._leg_speaker: dict[str, int] = {}
+        self._legs: dict[str, _LegVoices] = {}
+        self._evidence: list[float] = []  # per speaker: seconds of speech embedded into it
+        self._marked: set[str] = set()
         self._lock = threading.Lock()
+
+    def mark_shared(self, leg: str) -> None:
+        """``leg`` carries several voices (a conference bridge, a speakerphone)."""
+        with self._lock:
+            self._marked.add(leg)
+            if leg in self._legs:
+                self._legs[leg].shared = True
+
+    def is_shared(self, leg: str) -> bool:
+        with self._lock:
+            return self._is_shared(leg)
 
     def leg_speaker(self, leg: str) -> str | None:
         """The label of the last speaker heard on ``leg`` (None before the first segment)."""
         with self._lock:
-            index = self._leg_speaker.get(leg)
+            state = self._legs.get(leg)
+            index = None if state is None else state.current
         return None if index is None else SpeakerClusters.label_of(index)
 
     @property
@@ -127,64 +166,163 @@ class Diarizer:
         cfg = self.config
         if duration < cfg.min_embed_s:
             return [self._short(leg, samples, start_s, end_s)]
-        if duration <= cfg.split_above_s:
-            embedding = self.encoder.embed(samples)
-            with self._lock:
-                index, sim, new = self._assign(leg, embedding, duration)
-            return [SpeakerTurn(SpeakerClusters.label_of(index), start_s, end_s, sim, new)]
-        return self._windowed(leg, samples, start_s, end_s)
+        if duration > cfg.split_above_s and self.is_shared(leg):
+            return self._windowed(leg, samples, start_s, end_s)
+        embedding = self.encoder.embed(samples)
+        with self._lock:
+            index, sim, new = self._assign(leg, embedding, duration)
+        return [SpeakerTurn(SpeakerClusters.label_of(index), start_s, end_s, sim, new)]
 
-    # -- internals (the _assign family runs under the lock) ---------------------------
+    # -- internals (everything below runs under the lock) -------------------------------
 
-    def _bonus(self, leg: str) -> dict[int, float]:
-        current = self._leg_speaker.get(leg)
-        return {} if current is None else {current: self.config.leg_bonus}
+    def _is_shared(self, leg: str) -> bool:
+        state = self._legs.get(leg)
+        if state is not None:
+            return state.shared
+        return leg in self._marked or any(fnmatch.fnmatchcase(leg, p) for p in self.config.shared_legs)
 
-    def _assign(self, leg: str, embedding: np.ndarray, weight: float) -> tuple[int, float, bool]:
-        index, sim = self.clusters.nearest(embedding, self._bonus(leg))
-        if index is not None and sim >= self.config.threshold:
-            self.clusters.update(index, embedding, weight)
-            new = False
+    def _leg(self, leg: str) -> _LegVoices:
+        state = self._legs.get(leg)
+        if state is None:
+            state = self._legs[leg] = _LegVoices(shared=self._is_shared(leg))
+        return state
+
+    def _found(self, state: _LegVoices, embedding: np.ndarray, evidence_s: float) -> int:
+        before = len(self.clusters)
+        index = self.clusters.add(embedding, max(evidence_s, 0.25))
+        if len(self.clusters) > before:
+            self._evidence.append(evidence_s)
         else:
+            self._evidence[index] += evidence_s
+        if index not in state.voices:
+            state.voices.append(index)
+        return index
+
+    def _join(self, state: _LegVoices, index: int, embedding: np.ndarray, evidence_s: float) -> None:
+        if self._evidence[index] <= 0.0:  # founded by a short turn: its centroid was a guess
+            self.clusters.replace(index, embedding, evidence_s)
+        else:
+            self.clusters.update(index, embedding, evidence_s)
+        self._evidence[index] += evidence_s
+        if index not in state.voices:
+            state.voices.append(index)
+
+    def _other_leg_match(self, state: _LegVoices, embedding: np.ndarray) -> tuple[int | None, float]:
+        """The nearest speaker not yet heard on this leg, if at ``cross_leg_threshold``."""
+        sims = self.clusters.similarities(embedding)
+        best, best_sim = None, -1.0
+        for i, s in enumerate(sims):
+            if i not in state.voices and self._evidence[i] > 0.0 and s > best_sim:
+                best, best_sim = i, float(s)
+        if best is not None and best_sim >= self.config.cross_leg_threshold:
+            return best, best_sim
+        return None, best_sim
+
+    def _assign(self, leg: str, embedding: np.ndarray, duration: float) -> tuple[int, float, bool]:
+        """The speaker of a segment of ``duration`` s (>= ``min_embed_s``) with ``embedding``."""
+        cfg = self.config
+        state = self._leg(leg)
+        sims = self.clusters.similarities(embedding)
+        evidence = duration >= cfg.min_evidence_s
+        index: int | None = None
+        sure = True  # the segment's voice is clear enough to move its speaker's centroid
+        if state.voices and all(self._evidence[i] <= 0.0 for i in state.voices):
+            index = state.current  # only short turns so far: this is the voice they guessed at
+        elif state.shared and state.history:
+            index, sure = self._recluster(state, embedding, duration)
+        elif state.voices:
+            best = max(state.voices, key=lambda i: float(sims[i]))
+            if float(sims[best]) >= cfg.new_voice_threshold:
+                index = best
+            elif not evidence:  # unlike the leg's voices, but too little speech to tell
+                index, sure = best, False
+        if index is None and evidence:
+            index, _ = self._other_leg_match(state, embedding)
+        new = False
+        if index is None:
             before = len(self.clusters)
-            index = self.clusters.add(embedding, weight)
+            index = self._found(state, embedding, duration)
             new = len(self.clusters) > before
-        self._leg_speaker[leg] = index
-        return index, sim, new
+        elif sure:
+            self._join(state, index, embedding, duration)
+        if state.shared:
+            state.history.append((embedding / (np.linalg.norm(embedding) + 1e-12), duration, index))
+            del state.history[:-HISTORY]
+        state.current = index
+        return index, float(sims[index]) if index < len(sims) else float(max(sims, default=0.0)), new
+
+    def _recluster(self, state: _LegVoices, embedding: np.ndarray, duration: float) -> tuple[int | None, bool]:
+        """A shared leg's segment, by re-clustering all the leg's segments with it.
+
+        Resemblyzer embeddings of real voices through G.711 share a large common part (two
+        different speakers often score 0.7-0.8, see docs/speakers.md), so from three segments on
+        the leg's mean embedding is removed first and average-linkage clustering is cut at
+        ``recluster_threshold`` on what remains; two segments are compared as they are, at
+        ``pair_threshold``. Clusters map one-to-one onto the labels already given (most speech
+        in common). The segment takes its cluster's label; a cluster without one is a new voice
+        if it holds ``min_evidence_s`` of speech (None: found it), else the segment takes the
+        nearest of the leg's voices without moving its centroid. Returns ``(index, sure)``.
+        """
+        cfg = self.config
+        e = embedding / (np.linalg.norm(embedding) + 1e-12)
+        points = np.array([h[0] for h in state.history] + [e], dtype=np.float64)
+        seconds = np.array([h[1] for h in state.history] + [duration])
+        if len(points) >= 3:  # compare what sets the voices apart: the leg's mean voice removed
+            points = points - points.mean(axis=0)
+            points = points / (np.linalg.norm(points, axis=1, keepdims=True) + 1e-12)
+            cut = cfg.recluster_threshold
+        else:  # two segments have no mean to remove
+            cut = cfg.pair_threshold
+        tree = linkage(points, method="average", metric="cosine")
+        groups = fcluster(tree, t=1.0 - cut, criterion="distance") - 1
+        given = sorted({h[2] for h in state.history})
+        overlap = np.zeros((int(groups.max()) + 1, len(given)))
+        for (_, w, label), g in zip(state.history, groups[:-1]):
+            overlap[g, given.index(label)] += w
+        rows, cols = linear_sum_assignment(-overlap)
+        mapping = {int(r): given[int(c)] for r, c in zip(rows, cols) if overlap[r, c] > 0}
+        mine = int(groups[-1])
+        if mine in mapping:
+            return mapping[mine], True
+        if float(seconds[groups == mine].sum()) >= cfg.min_evidence_s:
+            return None, True
+        sims = self.clusters.similarities(embedding)
+        return max(state.voices, key=lambda i: float(sims[i])), False
 
     def _short(self, leg: str, samples: np.ndarray, start_s: float, end_s: float) -> SpeakerTurn:
         with self._lock:
-            current = self._leg_speaker.get(leg)
-        if current is not None:
-            return SpeakerTurn(SpeakerClusters.label_of(current), start_s, end_s, 0.0)
+            state = self._leg(leg)
+            if state.current is not None:
+                return SpeakerTurn(SpeakerClusters.label_of(state.current), start_s, end_s, 0.0)
         embedding = self.encoder.embed(samples)
         with self._lock:
-            index, sim = self.clusters.nearest(embedding)
-            new = False
-            if index is None or sim < self.config.short_threshold:
-                before = len(self.clusters)
-                index = self.clusters.add(embedding, weight=0.25)  # a weak founding vote
-                new = len(self.clusters) > before
-            self._leg_speaker[leg] = index
-        return SpeakerTurn(SpeakerClusters.label_of(index), start_s, end_s, sim, new)
+            state = self._leg(leg)
+            if state.current is not None:  # another thread labelled this leg meanwhile
+                return SpeakerTurn(SpeakerClusters.label_of(state.current), start_s, end_s, 0.0)
+            before = len(self.clusters)
+            index = self._found(state, embedding, 0.0)  # a weak vote, replaced by the first real one
+            state.current = index
+            return SpeakerTurn(SpeakerClusters.label_of(index), start_s, end_s, 0.0, len(self.clusters) > before)
 
     def _windowed(self, leg: str, samples: np.ndarray, start_s: float, end_s: float) -> list[SpeakerTurn]:
         windows = self.encoder.embed_windows(samples)
         embs, starts = windows.embeddings, windows.starts_s
         cfg = self.config
         with self._lock:
-            # Provisional label per window: the nearest known speaker if close enough, else a
-            # negative id from clustering the unknown windows of this segment among themselves.
+            state = self._leg(leg)
+            # Provisional label per window: the nearest of the leg's speakers if close enough,
+            # else a negative id from clustering the unknown windows of this segment among themselves.
             labels: list[int] = []
             unknown: list[np.ndarray] = []  # sums of this segment's unknown-speaker windows
             for e in embs:
-                index, sim = self.clusters.nearest(e, self._bonus(leg))
-                if index is not None and sim >= cfg.threshold:
-                    labels.append(index)
+                sims = self.clusters.similarities(e)
+                own = [(float(sims[i]) + (cfg.leg_bonus if i == state.current else 0.0), i) for i in state.voices]
+                if own and max(own)[0] >= cfg.threshold:
+                    labels.append(max(own)[1])
                     continue
-                sims = [float(np.dot(u / np.linalg.norm(u), e) / (np.linalg.norm(e) + 1e-12)) for u in unknown]
-                k = int(np.argmax(sims)) if sims else -1
-                if k < 0 or sims[k] < cfg.threshold:
+                usims = [float(np.dot(u / np.linalg.norm(u), e) / (np.linalg.norm(e) + 1e-12)) for u in unknown]
+                k = int(np.argmax(usims)) if usims else -1
+                if k < 0 or usims[k] < cfg.threshold:
                     unknown.append(np.asarray(e, dtype=np.float64).copy())
                     k = len(unknown) - 1
                 else:
@@ -201,7 +339,7 @@ class Diarizer:
                 mean = embs[lo:hi].mean(axis=0)
                 t0 = start_s if k == 0 else boundary(lo)
                 t1 = end_s if k == len(runs) - 1 else boundary(hi)
-                index, sim, new = self._assign(leg, mean, weight=t1 - t0)
+                index, sim, new = self._assign(leg, mean, t1 - t0)
                 if turns and SpeakerClusters.label_of(index) == turns[-1].speaker:
                     last = turns.pop()
                     turns.append(SpeakerTurn(last.speaker, last.start_s, t1, max(last.similarity, sim),
@@ -249,3 +387,4 @@ def _runs(labels: list[int], min_len: int) -> list[tuple[int, int, int]]:
                 changed = True
                 break
     return [(lo, hi, label) for lo, hi, label in runs]
+

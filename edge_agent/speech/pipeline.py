@@ -103,6 +103,7 @@ class LegRecognizer:
         self.gaps_filled = 0
         self.discontinuities = 0
         self.last_arrival_s = 0.0
+        self._context: tuple[str, int] = ("", 0)  # the leg's last final text and its end sample
 
     # -- public ------------------------------------------------------------------------
 
@@ -232,7 +233,11 @@ class LegRecognizer:
             self.dropped_utterances += 1
             self._trim()
             return []
-        result = self._asr.decode_final(samples)
+        text, ended = self._context
+        context = text if text and start - ended <= self.config.context_s * SAMPLE_RATE else ""
+        result = self._asr.decode_final(samples, context) if context else self._asr.decode_final(samples)
+        if result.text:
+            self._context = (result.text, end)
         pad = int(self.config.vad.speech_pad_s * SAMPLE_RATE)
         end_arrival = self._arrival_of(max(start, end - pad))
         self._trim()
