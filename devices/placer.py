@@ -219,7 +219,7 @@ class DevicePlacer:
         with self._lock:
             silent = self._status_missing or self._edge_offline
         if self.policy == "auto" and silent:  # no (online) edge heard from: the placement that needs none
-            placement: Placement = "local"
+            placement: DevicePlacement = "local"
             with self._lock:
                 self.stats.no_status += 1
         elif self.policy == "auto":
