@@ -59,13 +59,14 @@ class RevisionStats:
 
 def revision_of(example: HardExample, reviser: SpeechReviser) -> SpeechRevision | None:
     """Re-decode one speech hard example (blocking: run it in a thread); None when the edge's
-    hypothesis stands (the reviser's never-worse rule publishes nothing then)."""
+    hypothesis stands (the reviser's never-worse rule publishes nothing then). The example's
+    lead/tail audio is decoded with it; only words within the utterance are kept."""
     conversation, _, leg = (example.stream or "").rpartition(".")
     if not conversation or not leg:
         raise ContractError("bad_field", f"stream {example.stream!r} is not conversation.leg")
     clip = pcm_to_float(example.data)
     edge = AsrResult(example.result, (), min(example.confidences, default=0.0))
-    rev = reviser.revise(conversation, clip, edge)
+    rev = reviser.revise(conversation, clip, edge, lead_s=example.lead_s, tail_s=example.tail_s)
     if not rev.published:
         return None
     r = rev.result
