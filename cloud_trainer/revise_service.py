@@ -53,6 +53,7 @@ class RevisionStats:
     bad: int = 0  # undecodable record or stream name
     errors: int = 0  # decoding raised
     kept: int = 0  # the edge's hypothesis stood: nothing published
+    with_context: int = 0  # speech examples that carried neighbouring audio (hard example v2 lead_s/tail_s)
     restarts: int = 0
     seconds: float = 0.0
 
@@ -125,6 +126,8 @@ class RevisionService:
             if ex.kind != "audio" or ex.model != self.model:
                 self.stats.skipped += 1
                 continue
+            if ex.lead_s > 0 or ex.tail_s > 0:
+                self.stats.with_context += 1
             t0 = time.perf_counter()
             try:
                 rev = await asyncio.to_thread(revision_of, ex, self.reviser)
