@@ -5,7 +5,9 @@ through the per-leg pipeline the service runs (``bench.speech.run_conversation``
 final segments are scored, then the same transcript after the DC: every segment whose
 confidence is below ``mine_below`` goes to :class:`~cloud_trainer.speech_revise.SpeechReviser`
 with ``pad_s`` of the leg's neighbouring audio either side, and its text is replaced only when
-the reviser publishes a revision.
+the reviser publishes a revision. ``--live``: instead, each segment goes as the running edge sends
+it: the hard example the edge builds (its audio with the lead/tail audio the leg had at hand,
+``speech.pipeline.example_context_s``) through the DC service's ``revision_of``.
 
 WER is :func:`models.text.wer` (one normalisation both sides), per leg: a leg's reference
 turns in order against its segments in order, summed over the legs of a category. Keys:
@@ -67,10 +69,26 @@ def _leg_clip(audio: np.ndarray, start_s: float, end_s: float, pad_s: float) -> 
     return audio[lo:hi], start_s - lo / SAMPLE_RATE, hi / SAMPLE_RATE - end_s
 
 
+def _live_revision(sc: RealScenario, seg: TranscriptSegment, utt: Utterance, reviser: SpeechReviser) -> str | None:
+    """The DC's text of one segment sent as the running edge sends it (None: nothing published)."""
+    from cloud_trainer.revise_service import revision_of
+    from edge_agent.hard_examples import speech_pcm
+    from topics.dc import HardExample
+
+    pcm, lead_s, tail_s = speech_pcm(utt.samples, utt.lead, utt.tail, SAMPLE_RATE)
+    ex = HardExample(device="bench", model="asr", model_version=utt.model.version, kind="audio",
+                     seq=utt.utterance, item=0, encoding="pcm_s16le", data=pcm, result=utt.result.text,
+                     confidences=(utt.result.confidence,), reasons=("threshold",), node="bench", captured_at_ms=0,
+                     stream=f"{sc.name}.{seg.leg}", sample_rate=SAMPLE_RATE, lead_s=lead_s, tail_s=tail_s)
+    rev = revision_of(ex, reviser)
+    return None if rev is None else rev.text
+
+
 def run_scenario(sc: RealScenario, vad: SileroVad, encoder: SpeakerEncoder, edge: EdgeAsr,
                  reviser: SpeechReviser | None, *, mine_below: float = 0.75, pad_s: float = 1.0,
-                 seed: int = 7, config: PipelineConfig | None = None) -> ScenarioRun:
-    """The scenario through the edge, then the DC on its low-confidence segments."""
+                 seed: int = 7, config: PipelineConfig | None = None, live: bool = False) -> ScenarioRun:
+    """The scenario through the edge, then the DC on its low-confidence segments (``live``: as
+    the running system sends them, see the module doc)."""
     from bench.speech import run_conversation
     from sim.speech_corpus import telephone
 
@@ -87,6 +105,12 @@ def run_scenario(sc: RealScenario, vad: SileroVad, encoder: SpeakerEncoder, edge
         if utt is None or seg.confidence >= mine_below:
             continue
         run.revised += 1
+        if live:
+            text = _live_revision(sc, seg, utt, reviser)
+            if text is not None:
+                run.published += 1
+                run.final_texts[i] = text
+            continue
         if pad_s > 0:
             clip, lead, tail = _leg_clip(phone[seg.leg], utt.start_s, utt.end_s, pad_s)
         else:
@@ -135,7 +159,7 @@ def real_speech_figures(runs: list[ScenarioRun], suffix: str = "") -> dict[str, 
 
 def evaluate(vad: SileroVad, encoder: SpeakerEncoder, edge: EdgeAsr, reviser: SpeechReviser | None, *,
              splits: tuple[str, ...] = ("dev", "heldout"), mine_below: float = 0.75, pad_s: float = 1.0,
-             verbose: bool = False, config: PipelineConfig | None = None) -> dict[str, object]:
+             verbose: bool = False, config: PipelineConfig | None = None, live: bool = False) -> dict[str, object]:
     """Real-speech figures of ``splits`` (dev first, then the held-out part) plus the speaker hooks."""
     from common.settings import load_settings
 
@@ -143,7 +167,8 @@ def evaluate(vad: SileroVad, encoder: SpeakerEncoder, edge: EdgeAsr, reviser: Sp
     clips = load_clips(cache)
     result: dict[str, object] = {}
     for split in splits:
-        runs = [run_scenario(sc, vad, encoder, edge, reviser, mine_below=mine_below, pad_s=pad_s, config=config)
+        runs = [run_scenario(sc, vad, encoder, edge, reviser, mine_below=mine_below, pad_s=pad_s, config=config,
+                             live=live)
                 for sc in build_set(split, cache, clips=clips)]
         if verbose:
             for r in runs:
@@ -165,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-dc", action="store_true", help="edge figures only")
     ap.add_argument("--mine-below", type=float, default=0.75, help="segments below this confidence go to the DC")
     ap.add_argument("--pad-s", type=float, default=1.0, help="neighbouring audio the DC decodes with")
+    ap.add_argument("--live", action="store_true",
+                    help="the DC gets each segment's hard example as the running edge builds it (ignores --pad-s)")
+    ap.add_argument("--example-context-s", type=float, default=None,
+                    help="override the audio around an utterance its hard example carries (with --live)")
     ap.add_argument("--min-gain", type=float, default=ReviseRule().min_gain, help="the reviser's never-worse margin")
     ap.add_argument("--vad-threshold", type=float, default=None, help="override the VAD's start threshold")
     ap.add_argument("--vad-pad-s", type=float, default=None, help="override the VAD's speech padding")
@@ -199,9 +228,11 @@ def main(argv: list[str] | None = None) -> int:
         config = config.model_copy(update={"context_s": args.context_s})
     if args.merge_below_s is not None:
         config = config.model_copy(update={"merge_below_s": args.merge_below_s})
+    if args.example_context_s is not None:
+        config = config.model_copy(update={"example_context_s": args.example_context_s})
     try:
         result = evaluate(vad, encoder, edge, reviser, splits=splits, mine_below=args.mine_below,
-                          pad_s=args.pad_s, verbose=args.verbose, config=config)
+                          pad_s=args.pad_s, verbose=args.verbose, config=config, live=args.live)
     finally:
         edge.close()
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))

@@ -53,19 +53,21 @@ class RevisionStats:
     bad: int = 0  # undecodable record or stream name
     errors: int = 0  # decoding raised
     kept: int = 0  # the edge's hypothesis stood: nothing published
+    with_context: int = 0  # speech examples that carried neighbouring audio (hard example v2 lead_s/tail_s)
     restarts: int = 0
     seconds: float = 0.0
 
 
 def revision_of(example: HardExample, reviser: SpeechReviser) -> SpeechRevision | None:
     """Re-decode one speech hard example (blocking: run it in a thread); None when the edge's
-    hypothesis stands (the reviser's never-worse rule publishes nothing then)."""
+    hypothesis stands (the reviser's never-worse rule publishes nothing then). The example's
+    lead/tail audio is decoded with it; only words within the utterance are kept."""
     conversation, _, leg = (example.stream or "").rpartition(".")
     if not conversation or not leg:
         raise ContractError("bad_field", f"stream {example.stream!r} is not conversation.leg")
     clip = pcm_to_float(example.data)
     edge = AsrResult(example.result, (), min(example.confidences, default=0.0))
-    rev = reviser.revise(conversation, clip, edge)
+    rev = reviser.revise(conversation, clip, edge, lead_s=example.lead_s, tail_s=example.tail_s)
     if not rev.published:
         return None
     r = rev.result
@@ -124,6 +126,8 @@ class RevisionService:
             if ex.kind != "audio" or ex.model != self.model:
                 self.stats.skipped += 1
                 continue
+            if ex.lead_s > 0 or ex.tail_s > 0:
+                self.stats.with_context += 1
             t0 = time.perf_counter()
             try:
                 rev = await asyncio.to_thread(revision_of, ex, self.reviser)

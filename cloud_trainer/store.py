@@ -85,7 +85,7 @@ class StoredSample:
 
 def _row(ex: HardExample, received_at_ms: int, holdout_percent: int) -> tuple[Any, ...]:
     return (ex.key, ex.model, ex.device, ex.stream, ex.seq, ex.item, ex.kind, ex.encoding,
-            ex.sample_rate, ex.data, ex.result, ex.model_version, json.dumps(list(ex.confidences)),
+            ex.sample_rate, ex.utterance_data, ex.result, ex.model_version, json.dumps(list(ex.confidences)),
             json.dumps(list(ex.reasons)), ex.node, ex.captured_at_ms, received_at_ms,
             split_of(ex.key, holdout_percent))
 

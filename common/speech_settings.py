@@ -109,5 +109,8 @@ class PipelineConfig(BaseModel):
     merge_gap_s: float = Field(0.6, ge=0, description="how long a short utterance waits for the next one")
     context_s: float = Field(0.0, ge=0, description="a leg's previous final, if it ended at most this long before "
                              "an utterance starts, is the ASR's previous text for it (0: no context)")
+    example_context_s: float = Field(1.0, ge=0, le=5.0, description="a hard example carries up to this much of "
+                                     "its leg's audio before the utterance and what has already arrived after it "
+                                     "(for the DC's decode; the leg keeps this much more audio)")
     vad: VadConfig = VadConfig()
     diarizer: DiarizerConfig = DiarizerConfig()

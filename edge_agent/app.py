@@ -18,15 +18,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
-
 from common import tracing
 from common.component import Component, numbers, run_components
 from common.logs import bind_context
 from common.runtime import freeze_loaded_objects
 from common.settings import Settings
 from edge_agent.dc_spill import DcSpill
-from edge_agent.hard_examples import HardExampleReporter
+from edge_agent.hard_examples import HardExampleReporter, speech_pcm
 from edge_agent.health import HealthServer
 from edge_agent.metrics import EdgeMetrics, NodeCollector
 from edge_agent.mining import MiningPolicy
@@ -105,18 +103,19 @@ class EdgeNode:
 
     def mine_speech(self, topic: str, utterance: Utterance) -> None:
         """Judge one finished utterance by its calibrated confidence (called in a speech worker
-        thread). A hard example carries the audio, the edge hypothesis, the stream
+        thread). A hard example carries the audio (with the neighbouring audio the leg had at
+        hand: ``Utterance.lead``/``tail``), the edge hypothesis, the stream
         ``conversation.leg``, the utterance number and the serving model's name/version."""
         if self.reporter is None or not utterance.result.words:
             return
-        pcm = (np.clip(utterance.samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+        pcm, lead_s, tail_s = speech_pcm(utterance.samples, utterance.lead, utterance.tail, SAMPLE_RATE)
         device, conversation, _ = names.parse_audio(topic)
         self.reporter.offer_speech(
             device=device, stream=f"{conversation}.{utterance.leg}",
             seq=utterance.utterance, model=ASR_MODEL, model_version=utterance.model.version,
             pcm=pcm, sample_rate=SAMPLE_RATE, text=utterance.result.text,
             word_confidences=[utterance.result.confidence],
-            captured_at_ms=now_ms(),
+            captured_at_ms=now_ms(), lead_s=lead_s, tail_s=tail_s,
             traceparent=tracing.child(segment_traceparent(conversation, utterance.leg, utterance.utterance)))
 
     def _refused(self, refusal: Refusal) -> None:

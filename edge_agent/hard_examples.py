@@ -14,11 +14,31 @@ import numpy as np
 from common import tracing
 from edge_agent.mining import MiningPolicy
 from edge_agent.outbox import Outbox
-from topics.dc import HardExample, encode_hard_example
+from topics.dc import MAX_HARD_EXAMPLE_BYTES, HardExample, encode_hard_example
 from topics.names import KAFKA_HARD_EXAMPLES
 from topics.vision import VisionResult
 
-__all__ = ["HardExampleReporter", "encode_crop"]
+__all__ = ["HardExampleReporter", "encode_crop", "speech_pcm", "MAX_SPEECH_PCM_BYTES"]
+
+# the audio of one hard example, leaving room for the rest of the record under the Kafka limit
+MAX_SPEECH_PCM_BYTES = MAX_HARD_EXAMPLE_BYTES - (64 << 10)
+
+
+def _s16(x: np.ndarray) -> bytes:
+    return (np.clip(x, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+
+
+def speech_pcm(samples: np.ndarray, lead: np.ndarray, tail: np.ndarray, sample_rate: int,
+               max_bytes: int = MAX_SPEECH_PCM_BYTES) -> tuple[bytes, float, float]:
+    """s16le PCM of an utterance with its ``lead``/``tail`` audio, and their seconds.
+
+    The lead and tail are shortened (each to at most half of what is left) so the PCM stays
+    within ``max_bytes``; the utterance itself is never cut."""
+    room = max(0, max_bytes // 2 - len(samples))  # samples left for the context
+    n_lead = min(len(lead), max(room // 2, room - len(tail)))
+    n_tail = min(len(tail), room - n_lead)
+    lead, tail = lead[len(lead) - n_lead:], tail[:n_tail]
+    return _s16(np.concatenate([lead, samples, tail])), n_lead / sample_rate, n_tail / sample_rate
 
 
 def encode_crop(crop: np.ndarray, max_side: int) -> bytes:
@@ -71,10 +91,11 @@ class HardExampleReporter:
     def offer_speech(
         self, *, device: str, stream: str, seq: int, model: str, model_version: str,
         pcm: bytes, sample_rate: int, text: str, word_confidences: Sequence[float],
-        captured_at_ms: int, traceparent: str | None = None,
+        captured_at_ms: int, traceparent: str | None = None, lead_s: float = 0.0, tail_s: float = 0.0,
     ) -> bool:
         """Mine one recognised speech segment (mono s16le PCM); True if it went to the outbox.
 
+        ``pcm`` may hold ``lead_s``/``tail_s`` of the leg's audio around the utterance.
         ``traceparent``: the trace of the segment's MQTT output, carried on to the DC as a header."""
         values = [min(1.0, max(0.0, float(c))) for c in word_confidences]
         reasons = self.policy.judge(model, device, scores=values)
@@ -84,5 +105,5 @@ class HardExampleReporter:
             device=device, model=model, model_version=model_version, kind="audio", seq=seq,
             item=0, encoding="pcm_s16le", data=pcm, result=text, confidences=tuple(values),
             reasons=reasons, node=self.node, captured_at_ms=captured_at_ms, stream=stream,
-            sample_rate=sample_rate,
+            sample_rate=sample_rate, lead_s=lead_s, tail_s=tail_s,
         ), traceparent)

@@ -9,6 +9,7 @@ import pytest
 
 from topics import names
 from topics.codec import ContractError
+from topics.dc import HardExample, decode_hard_example, encode_hard_example
 from topics.deadletter import DeadLetter, decode_dead_letter, encode_dead_letter
 from topics.kubeedge import device_data_topic, device_data_update, twin_update, twin_update_topic
 from topics.status import EdgeStatus, decode_status, encode_status
@@ -132,3 +133,39 @@ def test_audio_topics_are_built_and_parsed_in_names() -> None:
         with pytest.raises(ContractError) as err:
             names.parse_audio(bad)
         assert err.value.reason == reason
+
+
+def _audio_example(**kw: object) -> HardExample:
+    base: dict[str, object] = dict(
+        device="tap-1", model="whisper-vocab", model_version="v1", kind="audio", seq=3, item=0,
+        encoding="pcm_s16le", data=bytes(range(256)) * 250, result="neither did i", confidences=(0.4,),
+        reasons=("low_confidence",), node="node-1", captured_at_ms=5, stream="call-7.a", sample_rate=16000)
+    base.update(kw)
+    return HardExample(**base)  # type: ignore[arg-type]
+
+
+def test_hard_example_carries_its_lead_and_tail_audio() -> None:
+    ex = _audio_example(lead_s=0.5, tail_s=0.25)  # 64000 bytes: 2 s, 0.5 s before, 0.25 s after
+    back = decode_hard_example(encode_hard_example(ex))
+    assert back == ex and (back.lead_s, back.tail_s) == (0.5, 0.25)
+    assert back.utterance_data == ex.data[16000:-8000]
+    assert _audio_example().utterance_data == _audio_example().data  # no context: the data itself
+    with pytest.raises(ValueError):  # the context leaves no utterance
+        encode_hard_example(_audio_example(lead_s=1.0, tail_s=1.0))
+    with pytest.raises(ValueError):
+        encode_hard_example(_audio_example(lead_s=-0.1))
+    with pytest.raises(ValueError):  # a face crop has no neighbouring audio
+        encode_hard_example(_audio_example(kind="face", encoding="png", sample_rate=None, lead_s=0.1))
+    obj = msgpack.unpackb(encode_hard_example(ex), raw=False)
+    for bad in ({"lead_s": -1.0}, {"tail_s": "x"}, {"lead_s": 1.5, "tail_s": 0.6}, {"tail_s": float("nan")}):
+        with pytest.raises(ContractError):
+            decode_hard_example(msgpack.packb({**obj, **bad}, use_bin_type=True))
+
+
+def test_hard_example_v1_still_decodes_without_context() -> None:
+    obj = msgpack.unpackb(encode_hard_example(_audio_example()), raw=False)
+    del obj["lead_s"], obj["tail_s"]
+    v1 = decode_hard_example(msgpack.packb({**obj, "v": 1}, use_bin_type=True))
+    assert v1 == _audio_example() and (v1.lead_s, v1.tail_s) == (0.0, 0.0)
+    with pytest.raises(ContractError):
+        decode_hard_example(msgpack.packb({**obj, "v": 3}, use_bin_type=True))

@@ -160,6 +160,24 @@ def test_leg_recognizer_partials_and_final(vad: SileroVad, asr: EdgeAsr) -> None
 
 
 @needs_espeak
+def test_a_final_carries_the_legs_audio_around_it_for_its_hard_example(vad: SileroVad, asr: EdgeAsr) -> None:
+    speech = telephone(synthesize(SENTENCES[7], VOICES[0]))
+    hiss = (np.random.default_rng(3).standard_normal(3 * SAMPLE_RATE) * 1e-3).astype(np.float32)
+    x = np.concatenate([hiss[:2 * SAMPLE_RATE], speech, hiss[2 * SAMPLE_RATE:]])  # 2 s before, 1 s after
+    for context_s in (1.0, 0.0):
+        rec = LegRecognizer("a", vad, asr, PipelineConfig(example_context_s=context_s))
+        finals = [e for k, c in enumerate(_chunks(x)) for e in rec.push(c, k * 0.02) if isinstance(e, Utterance)]
+        assert len(finals) == 1
+        u = finals[0]
+        start, end = round(u.start_s * SAMPLE_RATE), round(u.end_s * SAMPLE_RATE)
+        assert len(u.lead) == int(context_s * SAMPLE_RATE)  # the whole second, though keep_s alone is shorter
+        assert np.array_equal(u.lead, x[start - len(u.lead):start])
+        assert np.array_equal(u.tail, x[end:end + len(u.tail)])
+        # after it: only what had arrived when the VAD closed the utterance (the final is not delayed)
+        assert (0 < len(u.tail) < 0.6 * SAMPLE_RATE) if context_s else len(u.tail) == 0
+
+
+@needs_espeak
 def test_leg_recognizer_bridges_small_gaps_and_cuts_at_big_ones(vad: SileroVad, asr: EdgeAsr) -> None:
     speech = telephone(synthesize(SENTENCES[21], VOICES[0]))  # "radio check how do you read me"
     chunks = _chunks(np.concatenate([np.zeros(4000, np.float32), speech]))

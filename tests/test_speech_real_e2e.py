@@ -85,6 +85,8 @@ async def test_a_real_call_is_never_made_worse_by_the_dc(
                 lambda: counters.legs_closed >= 2
                 and service.stats.revised + service.stats.kept >= counters.segments_published > 0), 240)
             published = service.stats.revised
+            # every hard example carried the leg's audio around its utterance (hard example v2)
+            assert service.stats.with_context == service.stats.revised + service.stats.kept
             async with arrived:
                 await asyncio.wait_for(arrived.wait_for(
                     lambda: sum(x.revision == 0 for x in seen) >= counters.segments_published

@@ -3,12 +3,16 @@ model-update announcements (DC -> edge).
 
 A hard example is identified by :attr:`HardExample.key` (model, device, stream, seq, item):
 the outbox deduplicates on it and the trainer's sample store is idempotent on it.
+
+Hard example v2 adds ``lead_s``/``tail_s``: an audio example may carry some of its leg's audio
+before and after the utterance (the DC decodes the utterance with it; v1: 0 and 0).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from dataclasses import field as dc_field
+from math import isfinite
 from typing import Any
 
 from topics.codec import ContractError, field, opt_field, pack, unpack
@@ -36,7 +40,8 @@ __all__ = [
     "decode_model_update",
 ]
 
-HARD_EXAMPLE_VERSION = 1
+HARD_EXAMPLE_VERSION = 2  # v2: lead_s, tail_s (v1 still decodes: 0, 0)
+_HARD_EXAMPLE_VERSIONS = frozenset({1, 2})
 LABEL_VERSION = 1
 MODEL_UPDATE_VERSION = 1
 MAX_HARD_EXAMPLE_BYTES = 1 << 20
@@ -60,6 +65,8 @@ class HardExample:
     ``seq`` is the source's sequence number (frame seq, speech-segment seq), ``item`` the
     index inside it (face number), ``stream`` a sub-source (``conversation.leg``; ``""`` for
     cameras). ``confidences`` are class probabilities (face) or word confidences (audio).
+    ``lead_s``/``tail_s``: seconds of the leg's audio before/after the utterance that ``data``
+    (audio) carries as well; :attr:`utterance_data` is the utterance alone.
     """
 
     device: str
@@ -77,10 +84,39 @@ class HardExample:
     captured_at_ms: int
     stream: str = ""
     sample_rate: int | None = None
+    lead_s: float = 0.0
+    tail_s: float = 0.0
 
     @property
     def key(self) -> str:
         return example_key(self.model, self.device, self.stream, self.seq, self.item)
+
+    @property
+    def utterance_data(self) -> bytes:
+        """``data`` without the lead and tail audio (``data`` itself when there is none)."""
+        if self.encoding != "pcm_s16le" or not self.sample_rate or (self.lead_s <= 0 and self.tail_s <= 0):
+            return self.data
+        lo, hi = _context_bytes(self.lead_s, self.tail_s, self.sample_rate)
+        return self.data[lo:len(self.data) - hi]
+
+
+def _context_bytes(lead_s: float, tail_s: float, sample_rate: int) -> tuple[int, int]:
+    """Bytes of s16le PCM that ``lead_s`` and ``tail_s`` take."""
+    return 2 * round(lead_s * sample_rate), 2 * round(tail_s * sample_rate)
+
+
+def _context_error(encoding: str, data: bytes, sample_rate: int | None, lead_s: float, tail_s: float) -> str | None:
+    """Why ``lead_s``/``tail_s`` do not fit the example, or None."""
+    if not (isfinite(lead_s) and isfinite(tail_s)) or lead_s < 0 or tail_s < 0:
+        return f"lead_s {lead_s} / tail_s {tail_s} must be finite and >= 0"
+    if lead_s == 0 and tail_s == 0:
+        return None
+    if encoding != "pcm_s16le" or not sample_rate:
+        return "lead_s/tail_s only for pcm_s16le audio"
+    lo, hi = _context_bytes(lead_s, tail_s, sample_rate)
+    if lo + hi >= len(data):
+        return f"lead_s {lead_s} + tail_s {tail_s} leave no utterance in {len(data)} bytes"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +174,9 @@ def encode_hard_example(ex: HardExample) -> bytes:
         raise ValueError("pcm_s16le needs a sample_rate")
     if ex.stream:
         check_id(ex.stream, "stream")
+    why = _context_error(ex.encoding, ex.data, ex.sample_rate, ex.lead_s, ex.tail_s)
+    if why:
+        raise ValueError(why)
     return pack("hard_example", HARD_EXAMPLE_VERSION, {
         "device": check_id(ex.device, "device"),
         "model": check_id(ex.model, "model"),
@@ -154,11 +193,13 @@ def encode_hard_example(ex: HardExample) -> bytes:
         "reasons": list(ex.reasons),
         "node": ex.node,
         "captured_at_ms": ex.captured_at_ms,
+        "lead_s": float(ex.lead_s),
+        "tail_s": float(ex.tail_s),
     })
 
 
 def decode_hard_example(payload: bytes, max_bytes: int = MAX_HARD_EXAMPLE_BYTES) -> HardExample:
-    obj = unpack(payload, "hard_example", frozenset({HARD_EXAMPLE_VERSION}), max_bytes)
+    obj = unpack(payload, "hard_example", _HARD_EXAMPLE_VERSIONS, max_bytes)
     kind = field(obj, "kind", str)
     if kind not in KINDS:
         raise ContractError("bad_field", f"kind {kind!r}")
@@ -186,6 +227,11 @@ def decode_hard_example(payload: bytes, max_bytes: int = MAX_HARD_EXAMPLE_BYTES)
     reasons = field(obj, "reasons", list)
     if not all(isinstance(r, str) for r in reasons):
         raise ContractError("bad_field", "reasons must be strings")
+    lead_s = float(opt_field(obj, "lead_s", (int, float), 0.0))  # absent in v1
+    tail_s = float(opt_field(obj, "tail_s", (int, float), 0.0))
+    why = _context_error(encoding, data, sample_rate, lead_s, tail_s)
+    if why:
+        raise ContractError("bad_field", why)
     return HardExample(
         device=_checked_id(obj, "device"),
         model=_checked_id(obj, "model"),
@@ -202,6 +248,8 @@ def decode_hard_example(payload: bytes, max_bytes: int = MAX_HARD_EXAMPLE_BYTES)
         captured_at_ms=field(obj, "captured_at_ms", int),
         stream=stream,
         sample_rate=sample_rate,
+        lead_s=lead_s,
+        tail_s=tail_s,
     )
 
 

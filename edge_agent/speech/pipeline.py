@@ -69,7 +69,9 @@ class Partial:
 
 @dataclass(frozen=True, slots=True)
 class Utterance:
-    """A finished utterance on the leg clock; ``samples`` is its audio, ``start_s`` its first sample."""
+    """A finished utterance on the leg clock; ``samples`` is its audio, ``start_s`` its first sample.
+    ``lead``/``tail``: up to ``example_context_s`` of the leg's audio right before and after it that
+    was at hand when it finished (for its hard example)."""
 
     leg: str
     utterance: int
@@ -79,6 +81,8 @@ class Utterance:
     samples: np.ndarray
     end_arrival_s: float  # arrival of its last speech sample
     model: ModelRef
+    lead: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    tail: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
 
 
 class LegRecognizer:
@@ -219,7 +223,7 @@ class LegRecognizer:
         return self.last_arrival_s
 
     def _trim(self) -> None:
-        keep_from = self.received - int(self.config.keep_s * SAMPLE_RATE)
+        keep_from = self.received - int((self.config.keep_s + self.config.example_context_s) * SAMPLE_RATE)
         if self._held is not None:
             keep_from = min(keep_from, self._held[0])
         while self._chunks and self._chunks[0][0] + len(self._chunks[0][1]) < keep_from:
@@ -273,12 +277,15 @@ class LegRecognizer:
             self._context = (result.text, end)
         pad = int(self.config.vad.speech_pad_s * SAMPLE_RATE)
         end_arrival = self._arrival_of(max(start, end - pad))
+        ctx = int(self.config.example_context_s * SAMPLE_RATE)
+        lead = self._slice(start - ctx, start)  # what is still buffered before it
+        tail = self._slice(end, min(self.received, end + ctx))  # what has arrived after it: never waited for
         self._trim()
         if not result.words or (end - start) < self.config.min_utterance_s * SAMPLE_RATE:
             self.dropped_utterances += 1
             return []
         return [Utterance(self.leg, self.utterances, start / SAMPLE_RATE, end / SAMPLE_RATE, result,
-                          samples, end_arrival, self.model_ref)]
+                          samples, end_arrival, self.model_ref, lead, tail)]
 
 
 # ------------------------------------------------------------------------------ tracker
