@@ -20,7 +20,7 @@ import aiomqtt
 
 from archive.store import Access, is_all
 from common.mqtt_security import aiomqtt_connection
-from common.retry import Backoff
+from common.retry import Restarter
 from common.settings import MqttSettings
 from topics import names
 from topics.codec import ContractError, payload_bytes
@@ -100,8 +100,9 @@ class LiveHub:
                 v.dropped += 1
 
     async def run(self, stop: asyncio.Event) -> None:
-        backoff = Backoff(0.2, 5.0)
-        while not stop.is_set():
+        restarter = Restarter("console live feed", log, 0.2, 5.0, errors=(aiomqtt.MqttError,))
+
+        async def session() -> None:
             try:
                 async with aiomqtt.Client(**aiomqtt_connection(self.mqtt), identifier=self.client_id,
                                           protocol=aiomqtt.ProtocolVersion.V5,
@@ -109,7 +110,7 @@ class LiveHub:
                     for f in _FILTERS:
                         await client.subscribe(f, qos=0)
                     self.ready.set()
-                    backoff.reset()
+                    restarter.healthy()
                     reader = asyncio.ensure_future(self._read(client))
                     stopping = asyncio.ensure_future(stop.wait())
                     try:
@@ -121,12 +122,12 @@ class LiveHub:
                                 await task
                     if reader.done() and not reader.cancelled() and reader.exception() is not None:
                         raise reader.exception()  # type: ignore[misc]
-            except aiomqtt.MqttError as exc:
-                log.warning("console live feed: %s; reconnecting", exc)
+                    if not stop.is_set():
+                        raise aiomqtt.MqttError("the live feed's messages ended")
             finally:
                 self.ready.clear()
-            if not stop.is_set():
-                await backoff.wait(stop)
+
+        await restarter.run(session, stop)
 
     async def _read(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:

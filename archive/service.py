@@ -24,7 +24,7 @@ import aiomqtt
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from archive.store import Store, open_store
-from common.retry import Backoff
+from common.retry import Restarter
 from common.settings import Settings
 from edge_agent.mqtt import MqttClient, make_client
 from topics import names
@@ -83,6 +83,7 @@ class ArchiveService:
         self.store_url = store_url or settings.archive.store_url
         self.counts = ArchiveCounts()
         self.ready = asyncio.Event()
+        self._handled = asyncio.Condition()  # notified after each message (wait_until)
         self._store_factory = store_factory
         self._store: Store | None = None
         self._last_purge = 0.0
@@ -118,8 +119,14 @@ class ArchiveService:
 
     async def run(self, stop: asyncio.Event) -> None:
         a = self.settings.archive
-        backoff = Backoff(0.2, 5.0)
-        while not stop.is_set():
+
+        def restarted(exc: BaseException) -> None:
+            if not isinstance(exc, aiomqtt.MqttError):  # a failed write (redelivered) or a store that won't open
+                self._drop_store()
+
+        restarter = Restarter("archive", log, 0.2, 5.0, on_restart=restarted)
+
+        async def session() -> None:
             try:
                 await asyncio.to_thread(self.store)
                 client = make_client(self.settings.mqtt, client_id=a.client_id, persistent=True, manual_ack=True)
@@ -129,22 +136,21 @@ class ArchiveService:
                         await client.subscribe(topic_filter, qos=a.subscribe_qos)
                     self.ready.set()
                     self._m_ready.set(1)
-                    backoff.reset()
+                    restarter.healthy()
                     await self._consume(client, stop)
-            except aiomqtt.MqttError as exc:
-                log.warning("archive: MQTT session ended (%s); reconnecting in %.1fs", exc, backoff.delay_s)
-            except _StoreFailed as exc:
-                log.warning("archive: store write failed (%s); the broker will redeliver", exc)
-                self._drop_store()
-            except Exception as exc:  # the store could not be opened
-                log.warning("archive: store %s unavailable (%s: %s)", self.store_url, type(exc).__name__, exc)
-                self._drop_store()
             finally:
                 self.ready.clear()
                 self._m_ready.set(0)
-            if not stop.is_set():
-                await backoff.wait(stop)
-        self._drop_store()
+
+        try:
+            await restarter.run(session, stop)
+        finally:
+            self._drop_store()
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Return once ``predicate()`` holds; re-checked after every handled message."""
+        async with self._handled:
+            await self._handled.wait_for(predicate)
 
     async def _consume(self, client: MqttClient, stop: asyncio.Event) -> None:
         messages = client.messages.__aiter__()
@@ -159,6 +165,8 @@ class ArchiveService:
                 if nxt in done:
                     message, nxt = nxt.result(), None
                     await self._handle(client, message)
+                    async with self._handled:
+                        self._handled.notify_all()
                 await self._maybe_purge()
         finally:
             stopping.cancel()

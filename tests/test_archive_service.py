@@ -64,12 +64,8 @@ def _segments(ids: range) -> list[tuple[str, bytes]]:
     return [(names.transcript(f"call-{i % 3}"), _segment(i)) for i in ids]
 
 
-async def _until(what: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not what():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+async def _until(service: ArchiveService, what: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    await asyncio.wait_for(service.wait_until(what), timeout_s)
 
 
 @contextlib.asynccontextmanager
@@ -110,7 +106,7 @@ async def test_every_kind_is_stored_and_bad_input_is_dead_lettered(own_mosquitto
                 (names.thumbnail("cam-1"), encode_thumbnail(_THUMB)),
                 (names.thumbnail("cam-2"), encode_thumbnail(_THUMB)),  # another camera's topic
             ])
-            await _until(lambda: sum(service.counts.received.values()) == 12)
+            await _until(service, lambda: sum(service.counts.received.values()) == 12)
             message = await asyncio.wait_for(anext(aiter(dl.messages)), 10)
     assert decode_dead_letter(bytes(message.payload)).stage == "archive"  # type: ignore[arg-type]
     c = service.counts
@@ -149,25 +145,25 @@ async def test_store_restart_store_outage_and_broker_restart_lose_nothing(tmp_pa
         service = ArchiveService(_settings(port, url))
         async with _running(service):
             await _publish(port, _segments(range(0, 50)))
-            await _until(lambda: service.counts.stored.get("segment", 0) == 50)
+            await _until(service, lambda: service.counts.stored.get("segment", 0) == 50)
         # the archive (and its store) is down: the broker keeps its session's messages
         await _publish(port, _segments(range(50, 100)))
         assert _stored(url) == 50
         service = ArchiveService(_settings(port, url))
         async with _running(service):
-            await _until(lambda: _stored(url) == 100)
+            await _until(service, lambda: _stored(url) == 100)
         # a store that fails: the session ends unacknowledged and the broker redelivers
         flaky = ArchiveService(_settings(port, url), store_factory=lambda u: _FlakyStore(u[len("sqlite:///"):]))
         async with _running(flaky):
             await _publish(port, _segments(range(100, 150)))
-            await _until(lambda: _stored(url) == 150)
+            await _until(flaky, lambda: _stored(url) == 150)
             assert flaky.counts.store_errors == 3 and flaky.counts.sessions >= 2
             # the broker restarts (SIGTERM: it saves its store); what it acknowledged survives
             await _publish(port, _segments(range(150, 200)))
             broker.send_signal(signal.SIGTERM)
             broker.start()
             await _publish(port, _segments(range(200, 250)))
-            await _until(lambda: _stored(url) == 250, timeout_s=60)
+            await _until(flaky, lambda: _stored(url) == 250, timeout_s=60)
     with open_store(url) as store:
         stored = {h.utterance for h in store.search(SearchQuery(limit=1000), ALL)}
     assert stored == set(range(250))
