@@ -25,6 +25,7 @@ import cv2
 
 from common.settings import Settings, load_settings
 from inference.vision import FrameJob, build_vision_pipeline
+from models.fer_crop import iou
 from models.fer_reference import FerReference
 from sim.photo_set import PHOTOS, REFERENCE_NOT_FACES, Photo, photos
 from topics.vision import EMOTIONS, Face, Frame
@@ -32,15 +33,6 @@ from topics.vision import EMOTIONS, Face, Frame
 __all__ = ["Match", "fer_crop_figures", "match_faces"]
 
 Box = tuple[int, int, int, int]
-
-
-def iou(a: Box, b: Box) -> float:
-    """Intersection over union of two (x, y, w, h) boxes."""
-    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union else 0.0
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["FER_MIN_FACE_PX", "FerCropGeometry", "FerCropper", "fer_reference_crop", "pad_like_fer", "to_square"]
+__all__ = ["FER_MIN_FACE_PX", "FerCropGeometry", "FerCropper", "fer_reference_crop", "iou", "pad_like_fer",
+           "to_square"]
 
 Box = tuple[int, int, int, int]  # x, y, w, h
 
@@ -83,7 +84,8 @@ def fer_reference_crop(padded: np.ndarray, box: Box, pad: int = FER_PADDING) -> 
     return crop
 
 
-def _iou(a: Box, b: Box) -> float:
+def iou(a: Box, b: Box) -> float:
+    """Intersection over union of two (x, y, w, h) boxes."""
     ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
     iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
     inter = ix * iy
@@ -142,8 +144,8 @@ class FerCropper:
             minSize=(int(lo * f),) * 2, maxSize=(int(hi * f),) * 2)
         candidates = [(int(round(cx / f)) + x0, int(round(cy / f)) + y0, int(round(cw / f)), int(round(ch / f)))
                       for cx, cy, cw, ch in found]
-        best = max(candidates, key=lambda c: _iou(c, box), default=None)
-        return best if best is not None and _iou(best, box) >= self.min_iou else None
+        best = max(candidates, key=lambda c: iou(c, box), default=None)
+        return best if best is not None and iou(best, box) >= self.min_iou else None
 
     def geometric_crop(self, padded: np.ndarray, box: Box, pad: int) -> np.ndarray:
         """The calibrated square crop of ``box`` from an image padded by ``pad`` px."""

@@ -8,11 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.fer_crops import iou, match_faces
+from bench.fer_crops import match_faces
 from common.settings import Settings
 from inference.vision import FrameJob, build_vision_pipeline
 from models.artifacts import path_of
-from models.fer_crop import FerCropGeometry, FerCropper, fer_reference_crop, pad_like_fer, to_square
+from models.fer_crop import FerCropGeometry, FerCropper, fer_reference_crop, iou, pad_like_fer, to_square
 from models.fer_edge import preprocess_faces
 from models.fer_reference import FerReference
 from sim.photo_set import PHOTOS, REFERENCE_NOT_FACES, load_photo
