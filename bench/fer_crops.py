@@ -25,6 +25,7 @@ import cv2
 
 from common.settings import Settings, load_settings
 from inference.vision import FrameJob, build_vision_pipeline
+from models.face_detect import Box
 from models.fer_crop import iou
 from models.fer_reference import FerReference
 from sim.photo_set import PHOTOS, REFERENCE_NOT_FACES, Photo, photos
@@ -32,7 +33,6 @@ from topics.vision import EMOTIONS, Face, Frame
 
 __all__ = ["Match", "fer_crop_figures", "match_faces"]
 
-Box = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True)

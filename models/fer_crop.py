@@ -30,10 +30,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from models.face_detect import Box
+
 __all__ = ["FER_MIN_FACE_PX", "FerCropGeometry", "FerCropper", "fer_reference_crop", "iou", "pad_like_fer",
            "to_square"]
 
-Box = tuple[int, int, int, int]  # x, y, w, h
 
 FER_PADDING = 40  # fer.fer.PADDING
 FER_OFFSETS = (10, 10)  # fer.FER(offsets=...)
