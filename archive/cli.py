@@ -69,6 +69,7 @@ def _archive(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         health = HealthServer("0.0.0.0", settings.archive.http_port, service.registry, service.ready.is_set)
         await health.start()
+        print(f"archive: health and metrics on port {health.port}", flush=True)  # signals are handled from here
         try:
             await service.run(stop)
         finally:

@@ -81,11 +81,13 @@ def test_archive_and_console_processes_serve_and_stop_cleanly(mosquitto: Mosquit
     env = dict(os.environ, EDGE_OFFLOAD_MQTT__PORT=str(mosquitto.port), EDGE_OFFLOAD_ARCHIVE__HTTP_PORT="0",
                EDGE_OFFLOAD_ARCHIVE__STORE_URL=f"sqlite:///{tmp_path}/a.sqlite3")
     port = free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "cli.main", "archive"], cwd=ROOT, env=env),
+    procs = [subprocess.Popen([sys.executable, "-m", "cli.main", "archive"], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, text=True),
              subprocess.Popen([sys.executable, "-m", "cli.main", "console", "--port", str(port)], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, text=True)]
     try:
-        assert procs[1].stdout is not None
+        assert procs[0].stdout is not None and procs[1].stdout is not None
+        assert procs[0].stdout.readline().startswith("archive: health and metrics on port ")  # SIGTERM handled
         assert procs[1].stdout.readline().strip() == f"console on http://127.0.0.1:{port}"
         deadline = time.monotonic() + 90  # a loaded CI box
         while True:  # the console answers once its live feed is subscribed
