@@ -176,3 +176,17 @@ def test_a_decoding_loop_is_kept_once_and_short_repeats_stay() -> None:
     assert [w.word for w in collapse_repeats(_words("no, no, I said thank you thank you"))] == \
         ["no,", "no,", "I", "said", "thank", "you", "thank", "you"]
     assert collapse_repeats(()) == ()
+
+
+def test_log_mel_features_are_faster_whispers_numbers() -> None:
+    from faster_whisper.feature_extractor import FeatureExtractor
+
+    from models.whisper_asr import LogMel
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((2, 5 * SAMPLE_RATE)) * 0.1).astype(np.float32)
+    x[1, 2 * SAMPLE_RATE:] = 0.0  # padded with silence, as a short clip in a batch is
+    reference = np.stack([FeatureExtractor(feature_size=80)(row, padding=0)[:, :500] for row in x])
+    ours = LogMel(80)(x)[:, :, :500]
+    assert ours.shape == reference.shape == (2, 80, 500)
+    assert np.abs(ours - reference).max() < 1e-4
