@@ -49,7 +49,7 @@ from common.speech_settings import DiarizerConfig
 from devices.audio import packetize
 from edge_agent.speech.diarize import Diarizer
 from edge_agent.speech.pipeline import ConversationTracker, LegStream, PipelineConfig, StepOutput, Utterance
-from edge_agent.speech.service import SpeechEngine, SpeechServiceConfig
+from edge_agent.speech.service import SpeechEngine, SpeechServiceConfig, warm_up
 from models.edge_asr import AsrVocabulary, EdgeAsr, load_edge_asr, load_whisper, prompt_from_sentences
 from models.speaker import SpeakerEncoder
 from models.vad import SileroVad
@@ -101,6 +101,7 @@ async def _capacity(n: int, seconds: float, conv: Conversation, vad: SileroVad, 
     async def sink(out: StepOutput, topic: str) -> None:
         sent.append(len(out.partials) + len(out.segments))
 
+    warm_up(vad, encoder, asr)  # as the service does at load: no first-call set-up in the figures
     engine = SpeechEngine(vad=vad, encoder=encoder, asr=asr, sink=sink,
                           config=SpeechServiceConfig(worker_threads=threads, idle_close_s=1.0))
     # Each conversation starts at another point of the script, so utterances do not line up.

@@ -170,6 +170,12 @@ class EdgeAsr:
         batcher = self.partial or self.final
         return batcher.transcribe(samples, self.partial_options, self.vocabulary.prompt or None).text
 
+    def warm_up(self) -> None:
+        """Warm the final and the partial model (see :meth:`WhisperAsr.warm_up`)."""
+        self.final.asr.warm_up()
+        if self.partial is not None and self.partial is not self.final:
+            self.partial.asr.warm_up()
+
     @property
     def finals_pending(self) -> int:
         """Final decodes queued or running on their own model (0 when partials share the final's model:

@@ -68,6 +68,11 @@ class SpeakerEncoder:
         # the segment comes from a VAD already.
         return self._normalize(wav, -30, increase_only=True).astype(np.float32)
 
+    def warm_up(self) -> None:
+        """One embedding of 2 s of noise: the LSTM's first call in a process costs about 2 s of
+        set-up that would otherwise land on the first speaker label."""
+        self.embed((np.random.default_rng(0).standard_normal(2 * SAMPLE_RATE) * 0.01).astype(np.float32))
+
     def embed(self, samples: np.ndarray) -> np.ndarray:
         """One L2-normalised embedding of a 16 kHz segment (mean of its 1.6 s windows)."""
         import torch

@@ -48,6 +48,11 @@ class SileroVad:
         self._net = wrapper._model
         self._net.eval()
 
+    def warm_up(self) -> None:
+        """Score a few windows of noise, so the network's first-call set-up is done before traffic."""
+        windows = (np.random.default_rng(0).standard_normal((4, _CONTEXT + WINDOW)) * 0.01).astype(np.float32)
+        self.probs(windows, torch.zeros((2, 1, 128), dtype=torch.float32))
+
     def new_stream(self, config: VadConfig | None = None) -> VadStream:
         return VadStream(self, config or VadConfig())
 

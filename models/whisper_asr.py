@@ -209,6 +209,13 @@ class WhisperAsr:
         feats = np.ascontiguousarray(self._mel(x)[:, :, : n // _HOP])
         return feats, feats.shape[-1]
 
+    def warm_up(self) -> None:
+        """Decode 1 s of noise with and without word timing, so the first call's set-up (kernel
+        selection, allocations) is done before traffic."""
+        noise = (np.random.default_rng(0).standard_normal(SAMPLE_RATE) * 0.01).astype(np.float32)
+        for words in (True, False):
+            self.transcribe([noise], DecodeOptions(words=words, max_new_tokens=8))
+
     # -- decoding ------------------------------------------------------------------------
 
     def _prompt(self, prompt: str | None) -> list[int]:
