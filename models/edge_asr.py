@@ -163,7 +163,7 @@ class EdgeAsr:
         """The final hypothesis of one utterance (at most 30 s) with words and confidence;
         ``context`` (the leg's previous turn) follows the vocabulary prompt as previous text."""
         prompt = " ".join(p for p in (self.vocabulary.prompt, context.strip()) if p)
-        return self.final.transcribe(samples, self.final_options, prompt or None)
+        return self.final.transcribe(samples, self.final_options, prompt or None, urgent=True)
 
     def decode_partial(self, samples: np.ndarray) -> str:
         """A quick hypothesis of the utterance so far."""
@@ -178,11 +178,8 @@ class EdgeAsr:
 
     @property
     def finals_pending(self) -> int:
-        """Final decodes queued or running on their own model (0 when partials share the final's model:
-        then they share its queue too)."""
-        if self.partial is None or self.partial is self.final:
-            return 0
-        return self.final.pending
+        """Final decodes queued or running (on a model shared with partials they also go first in its queue)."""
+        return self.final.urgent_pending
 
     def close(self) -> None:
         self.final.close()

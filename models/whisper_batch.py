@@ -4,7 +4,8 @@ Leg workers call :meth:`WhisperBatcher.transcribe` (blocking, from their own thr
 inference thread takes every request waiting at that moment (up to ``max_batch``, same
 decode options and prompt) and runs them as one batch. While the model is busy, new requests queue up
 and form the next batch, so batches grow with load and a lone request waits for nothing.
-The queue is bounded by the callers: each caller waits for its own answer.
+The queue is bounded by the callers: each caller waits for its own answer. ``urgent`` requests
+(finals) are taken before the others (partials) when a model serves both.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class _Request:
     options: DecodeOptions
     prompt: str | None
     future: Future[AsrResult]
+    urgent: bool = False
 
 
 class WhisperBatcher:
@@ -55,6 +57,7 @@ class WhisperBatcher:
         self._queue: deque[_Request] = deque()
         self._cv = threading.Condition()
         self._in_flight = 0  # submitted and not answered yet
+        self._urgent_in_flight = 0
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"whisper-{asr.name}", daemon=True)
         self._thread.start()
@@ -72,21 +75,29 @@ class WhisperBatcher:
         """Utterances submitted and not answered yet (queued or decoding)."""
         return self._in_flight
 
-    def submit(self, clip: np.ndarray, options: DecodeOptions, prompt: str | None = None) -> Future[AsrResult]:
-        """Queue one utterance; the future resolves with its result (or the model's exception)."""
+    @property
+    def urgent_pending(self) -> int:
+        """Urgent utterances (finals) submitted and not answered yet."""
+        return self._urgent_in_flight
+
+    def submit(self, clip: np.ndarray, options: DecodeOptions, prompt: str | None = None, *,
+               urgent: bool = False) -> Future[AsrResult]:
+        """Queue one utterance; the future resolves with its result (or the model's exception).
+        ``urgent`` ones go before every request that is not."""
         fut: Future[AsrResult] = Future()
         with self._cv:
             if self._closed:
                 raise RuntimeError("WhisperBatcher is closed")
-            self._queue.append(_Request(np.asarray(clip, dtype=np.float32), options, prompt, fut))
+            self._queue.append(_Request(np.asarray(clip, dtype=np.float32), options, prompt, fut, urgent))
             self._in_flight += 1
+            self._urgent_in_flight += urgent
             self._cv.notify()
         return fut
 
     def transcribe(self, clip: np.ndarray, options: DecodeOptions, prompt: str | None = None,
-                   timeout_s: float = 120.0) -> AsrResult:
+                   timeout_s: float = 120.0, *, urgent: bool = False) -> AsrResult:
         """:meth:`submit` and wait (bounded) for the answer."""
-        return self.submit(clip, options, prompt).result(timeout=timeout_s)
+        return self.submit(clip, options, prompt, urgent=urgent).result(timeout=timeout_s)
 
     def close(self) -> None:
         with self._cv:
@@ -100,12 +111,15 @@ class WhisperBatcher:
                 self._cv.wait()
             if not self._queue:
                 return None
-            first = self._queue.popleft()
+            at = next((i for i, r in enumerate(self._queue) if r.urgent), 0)
+            first = self._queue[at]
+            del self._queue[at]
             batch = [first]
             rest: deque[_Request] = deque()
             while self._queue and len(batch) < self.max_batch:
                 r = self._queue.popleft()
-                same = r.options == first.options and r.prompt == first.prompt  # one model call
+                same = (r.options == first.options and r.prompt == first.prompt  # one model call
+                        and r.urgent == first.urgent)
                 (batch if same else rest).append(r)
             self._queue.extendleft(reversed(rest))
             return batch
@@ -120,7 +134,7 @@ class WhisperBatcher:
                                               prompts=[r.prompt for r in batch])
             except Exception as exc:
                 self.stats.errors += 1
-                self._answered(len(batch))
+                self._answered(batch)
                 for r in batch:
                     r.future.set_exception(exc)
                 continue
@@ -130,10 +144,11 @@ class WhisperBatcher:
             s.sizes.append(len(batch))
             s.audio_s += sum(len(r.clip) for r in batch) / 16000
             s.busy_s += time.perf_counter() - t0
-            self._answered(len(batch))
+            self._answered(batch)
             for r, res in zip(batch, results, strict=True):
                 r.future.set_result(res)
 
-    def _answered(self, n: int) -> None:
+    def _answered(self, batch: list[_Request]) -> None:
         with self._cv:
-            self._in_flight -= n
+            self._in_flight -= len(batch)
+            self._urgent_in_flight -= sum(r.urgent for r in batch)

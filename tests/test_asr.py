@@ -159,6 +159,28 @@ def test_the_batcher_decodes_waiting_legs_in_one_call_and_keeps_prompts_apart(ti
     assert mixed[0].text == alone[0] and wer([texts[1]], [mixed[1].text]) <= 0.35
 
 
+def test_the_batcher_takes_finals_before_partials_queued_earlier(tiny: WhisperAsr) -> None:
+    from models.whisper_batch import WhisperBatcher
+
+    clip = telephone(synthesize("the courier will cross the border at dawn", VOICES[0]))
+    batcher = WhisperBatcher(tiny, max_batch=8)
+    done: list[str] = []
+    try:
+        with batcher._cv:  # queue everything before the inference thread looks
+            partials = [batcher.submit(clip, DecodeOptions(words=False)) for _ in range(2)]
+            final = batcher.submit(clip, DecodeOptions(words=True), urgent=True)
+            assert batcher.urgent_pending == 1 and batcher.pending == 3
+            for name, fut in [("partial", partials[0]), ("partial", partials[1]), ("final", final)]:
+                fut.add_done_callback(lambda _, name=name: done.append(name))
+        assert final.result(timeout=60).words
+        for p in partials:
+            assert p.result(timeout=60).text
+    finally:
+        batcher.close()
+    assert done == ["final", "partial", "partial"]
+    assert list(batcher.stats.sizes) == [1, 2] and batcher.urgent_pending == 0 and batcher.pending == 0
+
+
 def _words(text: str) -> tuple[Word, ...]:
     return tuple(Word(w, i * 0.3, i * 0.3 + 0.25, 0.9) for i, w in enumerate(text.split()))
 
