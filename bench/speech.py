@@ -95,7 +95,7 @@ def run_conversation(conv: Conversation, vad: SileroVad, encoder: SpeakerEncoder
 
 
 async def _capacity(n: int, seconds: float, conv: Conversation, vad: SileroVad, encoder: SpeakerEncoder,
-                    asr: EdgeAsr, threads: int) -> dict[str, object]:
+                    asr: EdgeAsr, threads: int, pipeline: PipelineConfig | None) -> dict[str, object]:
     sent: list[int] = []
 
     async def sink(out: StepOutput, topic: str) -> None:
@@ -103,7 +103,8 @@ async def _capacity(n: int, seconds: float, conv: Conversation, vad: SileroVad, 
 
     warm_up(vad, encoder, asr)  # as the service does at load: no first-call set-up in the figures
     engine = SpeechEngine(vad=vad, encoder=encoder, asr=asr, sink=sink,
-                          config=SpeechServiceConfig(worker_threads=threads, idle_close_s=1.0))
+                          config=SpeechServiceConfig(worker_threads=threads, idle_close_s=1.0,
+                                                     pipeline=pipeline or PipelineConfig()))
     # Each conversation starts at another point of the script, so utterances do not line up.
     legs = []
     total = int(seconds / 0.02)
@@ -137,9 +138,10 @@ async def _capacity(n: int, seconds: float, conv: Conversation, vad: SileroVad, 
 
 
 def capacity_trial(n: int, seconds: float, conv: Conversation, vad: SileroVad, encoder: SpeakerEncoder,
-                   asr: EdgeAsr, threads: int = 8) -> dict[str, object]:
-    """N legs in real time for ``seconds``; latency percentiles and drops."""
-    return asyncio.run(_capacity(n, seconds, conv, vad, encoder, asr, threads))
+                   asr: EdgeAsr, threads: int = 8, pipeline: PipelineConfig | None = None) -> dict[str, object]:
+    """N legs in real time for ``seconds``; latency percentiles and drops (``pipeline``: the
+    service's default pipeline settings when None)."""
+    return asyncio.run(_capacity(n, seconds, conv, vad, encoder, asr, threads, pipeline))
 
 
 def _turn_wer(conv: Conversation, segments: list[TranscriptSegment]) -> float:

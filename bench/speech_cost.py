@@ -29,6 +29,7 @@ import time
 from bench.heldout_speech import HELDOUT, PIPER, build_heldout_call
 from bench.speech import run_conversation
 from common.settings import load_settings
+from common.speech_settings import PipelineConfig
 from models.edge_asr import load_edge_asr
 from models.speaker import SpeakerEncoder
 from models.vad import SileroVad
@@ -65,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--asr-threads", type=int, default=2, help="CPU threads of each Whisper model")
     ap.add_argument("--final-model", default="whisper_base", choices=["whisper_tiny_en", "whisper_base"])
     ap.add_argument("--partial-model", default="whisper_tiny_en", choices=["whisper_tiny_en", "whisper_base"])
+    ap.add_argument("--partial-every-s", type=float, default=None,
+                    help="speech between partials (default: the pipeline's setting)")
     args = ap.parse_args(argv)
 
     import torch
@@ -74,12 +77,16 @@ def main(argv: list[str] | None = None) -> int:
     vad = SileroVad()
     encoder = SpeakerEncoder("cpu")
     edge = load_edge_asr(cache, args.final_model, args.partial_model, device="cpu", cpu_threads=args.asr_threads)
+    pipeline = PipelineConfig()
+    if args.partial_every_s is not None:
+        pipeline = pipeline.model_copy(update={"partial_every_s": args.partial_every_s})
     call = build_heldout_call(HELDOUT[:args.sentences], (PIPER, PIPER), snr_db=10.0, noise="background")
-    run_conversation(call, vad, encoder, edge, loss=0.02, seed=3)  # warm-up: first calls pay lazy init
-    _, plain_cpu_s, _ = run_conversation(call, vad, encoder, edge, loss=0.02, seed=3)  # without the profiler
+    run_conversation(call, vad, encoder, edge, loss=0.02, seed=3, config=pipeline)  # warm-up: first calls pay lazy init
+    # without the profiler:
+    _, plain_cpu_s, _ = run_conversation(call, vad, encoder, edge, loss=0.02, seed=3, config=pipeline)
     profile = cProfile.Profile(time.process_time)
     profile.enable()
-    segments, cpu_s, _ = run_conversation(call, vad, encoder, edge, loss=0.02, seed=3)
+    segments, cpu_s, _ = run_conversation(call, vad, encoder, edge, loss=0.02, seed=3, config=pipeline)
     profile.disable()
     t0 = time.process_time()
     # What one publish of each output costs in this process: the contract encoding.
@@ -101,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         "asr_final": args.final_model,
         "asr_partial": args.partial_model,
         "asr_threads": args.asr_threads,
+        "partial_every_s": pipeline.partial_every_s,
         "cpus": os.cpu_count(),
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }

@@ -16,6 +16,7 @@ import sys
 from bench.heldout_speech import HELDOUT, PIPER, build_heldout_call
 from bench.speech import capacity_trial
 from common.settings import load_settings
+from common.speech_settings import PipelineConfig
 from models.edge_asr import load_edge_asr
 from models.speaker import SpeakerEncoder
 from models.vad import SileroVad
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--asr-threads", type=int, default=2, help="CPU threads of each Whisper model")
     ap.add_argument("--final-model", default="whisper_base", choices=["whisper_tiny_en", "whisper_base"])
     ap.add_argument("--partial-model", default="whisper_tiny_en", choices=["whisper_tiny_en", "whisper_base"])
+    ap.add_argument("--partial-every-s", type=float, default=None,
+                    help="speech between partials (default: the pipeline's setting)")
     args = ap.parse_args(argv)
 
     import torch
@@ -41,13 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     vad, encoder = SileroVad(), SpeakerEncoder("cpu")
     edge = load_edge_asr(cache, args.final_model, args.partial_model, device="cpu", cpu_threads=args.asr_threads)
     held = build_heldout_call(HELDOUT, (PIPER, PIPER), snr_db=10.0, noise="background")
+    pipeline = PipelineConfig()
+    if args.partial_every_s is not None:
+        pipeline = pipeline.model_copy(update={"partial_every_s": args.partial_every_s})
     curve = []
     for n in (int(x) for x in args.legs.split(",")):
-        trial = capacity_trial(n, args.seconds, held, vad, encoder, edge, args.threads)
+        trial = capacity_trial(n, args.seconds, held, vad, encoder, edge, args.threads, pipeline)
         curve.append(trial)
         if not args.json:
             print(json.dumps(trial), file=sys.stderr)
     result = {"curve": curve, "asr_final": args.final_model, "asr_partial": args.partial_model,
+              "partial_every_s": pipeline.partial_every_s,
               "trial_seconds": args.seconds, "cpus": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2)}
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     edge.close()
