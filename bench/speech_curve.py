@@ -2,8 +2,9 @@
 
 Runs ``bench.speech``'s capacity trial (N legs of the held-out call paced in real time through
 :class:`~edge_agent.speech.service.SpeechEngine`) at every N of ``--legs`` without stopping at
-the first failure, and prints per N: partial and final latency p95, backlog, partials thinned
-and legs refused (see ``edge_agent.speech.governor`` for the order things are given up in).
+the first failure, and prints per N: partial and final latency p95, backlog, partials thinned,
+legs refused and ``ok`` (the trial kept up: ``bench.speech.trial_ok``); see
+``edge_agent.speech.governor`` for the order things are given up in.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import sys
 
 from bench.heldout_speech import HELDOUT, PIPER, build_heldout_call
-from bench.speech import capacity_trial
+from bench.speech import capacity_trial, trial_ok
 from common.settings import load_settings
 from common.speech_settings import PipelineConfig
 from models.edge_asr import load_edge_asr
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     curve = []
     for n in (int(x) for x in args.legs.split(",")):
         trial = capacity_trial(n, args.seconds, held, vad, encoder, edge, args.threads, pipeline)
+        trial["ok"] = trial_ok(trial)
         curve.append(trial)
         if not args.json:
             print(json.dumps(trial), file=sys.stderr)
