@@ -86,6 +86,9 @@ class DegradationConfig(BaseModel):
     refuse_legs_above_s: float = Field(1.0, gt=0, description="lag above which new legs are refused "
                                        "(reason overloaded); open legs carry on")
     smoothing: float = Field(0.2, gt=0, le=1, description="weight of the newest step's lag in the smoothed lag")
+    stale_partial_s: float = Field(0.5, gt=0, description="a partial whose newest audio waited longer than this "
+                                   "before its worker step is not decoded: it would show old text, and the leg "
+                                   "is behind (counted as thinned)")
 
     @model_validator(mode="after")
     def _in_order(self) -> DegradationConfig:

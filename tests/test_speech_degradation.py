@@ -42,6 +42,7 @@ def test_the_governor_gives_up_partials_before_it_refuses_legs() -> None:
     assert not gov.admits_new_leg() and gov.peak_lag_s == 2.0
     gov.observe(0.0)  # recovered
     assert gov.partial_every_s(0.5) == 0.5 and gov.admits_new_leg()
+    assert gov.partial_is_stale(gov.config.stale_partial_s + 0.01) and not gov.partial_is_stale(0.05)
 
 
 def test_the_smoothed_lag_follows_a_sustained_lag_not_one_late_step() -> None:
@@ -74,14 +75,15 @@ def _two_sentences() -> list[tuple[float, bytes]]:
     return packetize(to_8k_int16(audio), rng=random.Random(2), ntp_origin_s=1000.0)
 
 
-def _decode(asr: EdgeAsr, vad: SileroVad, governor: LoadGovernor | None) -> StepOutput:
-    """One leg through the per-leg pipeline the engine runs, packet by packet."""
+def _decode(asr: EdgeAsr, vad: SileroVad, governor: LoadGovernor | None, waited_s: float = 0.0) -> StepOutput:
+    """One leg through the per-leg pipeline the engine runs, packet by packet; each packet's step
+    begins ``waited_s`` after it arrived."""
     tracker = ConversationTracker("busy-call", Diarizer(SpeakerEncoder("cpu")), PipelineConfig(), clock=lambda: 0.0)
     stream = LegStream("busy-call", "leg1", vad, asr, tracker, governor=governor)
     out = StepOutput()
     packets = _two_sentences()
     for t, data in packets:
-        out.extend(stream.push([(data, 1000.0 + t)], 1000.0 + t))
+        out.extend(stream.push([(data, 1000.0 + t)], 1000.0 + t + waited_s))
     end = 1000.0 + packets[-1][0] + 1.0
     out.extend(stream.close(end))
     out.segments += tracker.flush(end)
@@ -164,3 +166,15 @@ def test_partials_wait_while_finals_are_pending_and_finals_are_never_skipped(asr
     out = _decode(_FinalsAlwaysBusy(asr), SileroVad(), governor)  # type: ignore[arg-type]
     assert out.partials == [] and governor.partials_thinned >= 4
     assert len(out.segments) == 2
+
+
+@needs_espeak
+def test_a_leg_behind_decodes_no_partial_of_old_audio_and_keeps_its_finals(asr: EdgeAsr) -> None:
+    vad = SileroVad()
+    calm_governor, behind_governor = _lagging(0.0), _lagging(0.0)  # no smoothed lag: only the step's own wait
+    stale = DegradationConfig().stale_partial_s
+    calm = _decode(asr, vad, calm_governor, waited_s=stale / 2)
+    behind = _decode(asr, vad, behind_governor, waited_s=stale * 2)
+    assert len(calm.partials) >= 4 and calm_governor.partials_thinned == 0
+    assert behind.partials == [] and behind_governor.partials_thinned >= len(calm.partials)
+    assert [s.text for s in behind.segments] == [s.text for s in calm.segments] and len(calm.segments) == 2

@@ -8,8 +8,9 @@ As lag grows, the engine gives up work in this order (``DegradationConfig``):
 
 1. **partials thin out**: a partial waits while a final is queued or decoding (finals first), and
    with lag above ``thin_above_s`` the speech between two partials grows in proportion; above
-   ``partials_off_above_s`` partials stop. Each partial due and not decoded is counted
-   (``partials_thinned``);
+   ``partials_off_above_s`` partials stop. A partial whose own audio has waited more than
+   ``stale_partial_s`` is not decoded either (a step behind shows no old text, at once, before
+   the smoothed lag has grown). Each partial due and not decoded is counted (``partials_thinned``);
 2. **finals wait**: an admitted leg's finals are always decoded and published; under load they
    come later, within their bound as long as partials have freed the CPU;
 3. **new legs are refused** (lag above ``refuse_legs_above_s``) with the reason ``overloaded``,
@@ -62,6 +63,10 @@ class LoadGovernor:
             return math.inf
         share = (lag - c.thin_above_s) / (c.partials_off_above_s - c.thin_above_s)
         return base_s * (1.0 + 3.0 * share)
+
+    def partial_is_stale(self, waited_s: float) -> bool:
+        """A partial whose newest audio has waited ``waited_s`` is not worth decoding."""
+        return waited_s > self.config.stale_partial_s
 
     def note_thinned(self) -> None:
         """A partial due at the base cadence was not decoded."""

@@ -110,6 +110,7 @@ class LegRecognizer:
         self.last_arrival_s = 0.0
         self._context: tuple[str, int] = ("", 0)  # the leg's last final text and its end sample
         self._held: tuple[int, int] | None = None  # a very short utterance waiting to join the next one
+        self._now_s: float | None = None  # start of the step in progress (see push)
 
     # -- public ------------------------------------------------------------------------
 
@@ -127,9 +128,12 @@ class LegRecognizer:
         lookback = int(self.config.vad.speech_pad_s * SAMPLE_RATE) + WINDOW
         return max(0, self._vad.position - lookback) / SAMPLE_RATE
 
-    def push(self, chunk: PcmChunk, arrival_s: float) -> list[Partial | Utterance]:
-        """Consume one chunk; return the partials and finished utterances it produced."""
+    def push(self, chunk: PcmChunk, arrival_s: float, now_s: float | None = None) -> list[Partial | Utterance]:
+        """Consume one chunk; return the partials and finished utterances it produced. ``now_s``:
+        when the step handling it began (with a governor, a partial of audio that waited longer
+        than its ``stale_partial_s`` is not decoded)."""
         self.last_arrival_s = arrival_s
+        self._now_s = now_s
         pos = int(round(chunk.start_s * SAMPLE_RATE))
         x = np.asarray(chunk.samples, dtype=np.float32)
         out: list[Partial | Utterance] = []
@@ -195,6 +199,9 @@ class LegRecognizer:
             ready = self._fed_until - self._last_partial_at >= every_s * SAMPLE_RATE
             if ready and self._governor is not None and self._asr.finals_pending:
                 ready = False  # finals first: this partial waits until no final is queued or decoding
+            if ready and self._governor is not None and self._now_s is not None \
+                    and self._governor.partial_is_stale(self._now_s - arrival_s):
+                ready = False  # the leg is behind: catch up rather than show old text
             if not ready:
                 if due and self._governor is not None:
                     self._governor.note_thinned()
@@ -500,7 +507,7 @@ class LegStream:
             if not self._opened:
                 self.tracker.open_leg(self.leg, chunk.origin_s)
                 self._opened = True
-            self._handle(self.recognizer.push(chunk, arrival), now_s, out)
+            self._handle(self.recognizer.push(chunk, arrival, now_s), now_s, out)
         if self._opened:
             out.segments += self.tracker.progress(self.leg, self.recognizer.safe_until_s, now_s)
 
