@@ -178,7 +178,7 @@ def build_vision_pipeline(settings: Settings) -> VisionPipeline:
         ranges = ("full", "short") if v.blazeface_short_range else ("full",)
         detector = load_blazeface(settings.cache_dir, device=resolve_device(settings.edge.device),
                                   ranges=ranges, min_face_px=v.min_face_px, max_faces=v.max_faces,
-                                  workers=v.detect_workers)
+                                  workers=v.detect_workers, tiles=v.blazeface_tiles)
         if detector.device.type == "cuda":
             detector.warm_up(v.max_batch_size)
     else:
