@@ -79,14 +79,14 @@ def _detect_ms(pipeline: VisionPipeline, images: list[np.ndarray], reps: int = 3
     """The detector's CPU time per frame (prepare + detect + cascade fallback, one frame a batch), mean over the
     photos of each photo's best of ``reps`` (the best: the machine is shared)."""
     det, fallback = pipeline.detector, pipeline.fallback
-    det.detect_prepared([det.prepare(images[0])])  # warm-up
+    det.detect_prepared([det.prepare(images[0] if det.color else cv2.cvtColor(images[0], cv2.COLOR_BGR2GRAY))])
     per: list[float] = []
     for img in images:
         gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)  # made for the FER crops anyway
         times = []
         for _ in range(reps):
             t0 = time.perf_counter()
-            (found,) = det.detect_prepared([det.prepare(img)])
+            (found,) = det.detect_prepared([det.prepare(img if det.color else gray)])
             if fallback is not None:
                 fallback.find(img, gray, found)
             times.append(time.perf_counter() - t0)
