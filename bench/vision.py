@@ -251,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     out.update(measure(settings, images, args.frames, args.latency_seconds))
     ref = fer_crop_figures(settings)
     out.update({k: ref[k] for k in ("fer_agreement_reference", "faces_found_reference", "reference_faces")})
-    out["fer_reference"] = {k: ref[k] for k in ("dev", "heldout", "missed", "disagreed", "crop")}
+    out["fer_reference"] = {k: ref[k] for k in ("dev", "heldout", "missed", "disagreed", "crop", "false_detections",
+                                                "unreferenced_faces")}
     gain, r1, rb = batching_gain(settings, images)
     if not args.no_compare:
         other = "haar" if main_detector == "blazeface" else "blazeface"

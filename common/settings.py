@@ -127,6 +127,13 @@ class VisionSettings(BaseModel):
         "blazeface", description="blazeface: torch BlazeFace full + short range, batched; haar: OpenCV cascade")
     blazeface_short_range: bool = Field(
         True, description="also run the short-range model (faces filling the frame); merged by NMS")
+    blazeface_tiles: bool = Field(
+        False, description="also run a frame far from square (long side >= 1.25 x short) as square tiles of its "
+        "short side (faces small relative to the frame); each tile costs as much as a frame")
+    cascade_fallback: bool = Field(
+        False, description="blazeface: fer's Haar cascade also looks at each frame; a face it finds that BlazeFace "
+        "did not is kept if BlazeFace's short-range model confirms it on its surroundings (models.face_fallback); "
+        "the cascade costs tens to hundreds of ms a frame")
     detect_max_side: int = Field(400, ge=32, description="haar: faces are found on a copy no larger than this")
     detect_scale_factor: float = Field(1.2, gt=1.0)
     detect_min_neighbors: int = Field(5, ge=0)

@@ -29,6 +29,7 @@ from inference.model_slot import Loaded, ModelSlot
 from models.artifacts import path_of
 from models.blazeface import load_blazeface
 from models.face_detect import BatchDetector, Box, FaceDetector, HaarBatchDetector
+from models.face_fallback import CascadeFallback
 from models.fer_crop import FerCropGeometry, FerCropper
 from models.fer_edge import FerClassifier, load_edge_fer, preprocess_faces, resolve_device
 from topics.codec import ContractError
@@ -46,6 +47,7 @@ class Preprocessed:
     gray: np.ndarray | None
     ms: float
     error: ContractError | None = None
+    image: np.ndarray | None = None  # the decoded BGR image, kept only for the cascade fallback
 
 
 @dataclass(slots=True)
@@ -84,8 +86,10 @@ class VisionPipeline:
         settings: VisionSettings,
         node: str,
         cropper: FerCropper,
+        fallback: CascadeFallback | None = None,
     ) -> None:
         self.detector = detector
+        self.fallback = fallback
         self.cropper = cropper
         self.slot = slot
         self.settings = settings
@@ -113,7 +117,8 @@ class VisionPipeline:
             prepared = self.detector.prepare(image)
         except ContractError as exc:
             return Preprocessed(None, None, (time.perf_counter() - t0) * 1e3, exc)
-        return Preprocessed(prepared, gray, (time.perf_counter() - t0) * 1e3)
+        return Preprocessed(prepared, gray, (time.perf_counter() - t0) * 1e3,
+                            image=image if self.fallback is not None else None)
 
     def run_batch(self, jobs: Sequence[FrameJob]) -> list[FrameOutcome]:
         """Process a batch of frames; one outcome per job, in order."""
@@ -127,8 +132,12 @@ class VisionPipeline:
         t0 = time.perf_counter()
         ok = [d for d in decoded if d.error is None]
         found = iter(self.detector.detect_prepared([d.prepared for d in ok]))
-        detect_ms = (time.perf_counter() - t0) * 1e3
         boxes: list[list[Box]] = [next(found) if d.error is None else [] for d in decoded]
+        if self.fallback is not None:
+            for d, b in zip(decoded, boxes):
+                if d.image is not None and d.gray is not None and len(b) < self.settings.max_faces:
+                    b += self.fallback.find(d.image, d.gray, b)[: self.settings.max_faces - len(b)]
+        detect_ms = (time.perf_counter() - t0) * 1e3
         crops = [self.cropper.crops(d.gray, b) if d.gray is not None else [] for d, b in zip(decoded, boxes)]
         loaded = self.slot.current()  # this batch runs to its end on this version
         all_crops = [c for frame_crops in crops for c in frame_crops]
@@ -174,13 +183,17 @@ def build_vision_pipeline(settings: Settings) -> VisionPipeline:
     torch.set_num_threads(settings.vision.torch_threads)
     v = settings.vision
     detector: BatchDetector
+    fallback: CascadeFallback | None = None
     if v.detector == "blazeface":
         ranges = ("full", "short") if v.blazeface_short_range else ("full",)
         detector = load_blazeface(settings.cache_dir, device=resolve_device(settings.edge.device),
                                   ranges=ranges, min_face_px=v.min_face_px, max_faces=v.max_faces,
-                                  workers=v.detect_workers)
+                                  workers=v.detect_workers, tiles=v.blazeface_tiles)
         if detector.device.type == "cuda":
             detector.warm_up(v.max_batch_size)
+        if v.cascade_fallback:
+            fallback = CascadeFallback(path_of("fer", "haarcascade_frontalface_default.xml", settings.cache_dir),
+                                       detector, v.min_face_px)
     else:
         cascade = path_of("fer", "haarcascade_frontalface_default.xml", settings.cache_dir)
 
@@ -193,7 +206,7 @@ def build_vision_pipeline(settings: Settings) -> VisionPipeline:
 
     fer = load_edge_fer(settings.cache_dir, device=settings.edge.device)
     slot: ModelSlot[FerClassifier] = ModelSlot(Loaded(fer, fer.name, fer.version))
-    return VisionPipeline(detector, slot, v, settings.edge.node_name, build_fer_cropper(settings))
+    return VisionPipeline(detector, slot, v, settings.edge.node_name, build_fer_cropper(settings), fallback)
 
 
 def build_fer_cropper(settings: Settings) -> FerCropper:

@@ -10,11 +10,14 @@ time, so a different file cannot silently run wrong.
 :class:`BlazeFaceDetector` runs the *full-range* model (192x192, small far faces) and the
 *short-range* model (128x128, close-ups that fill the frame) on a whole batch of frames at
 once, decodes both against MediaPipe's SSD anchors and merges everything with MediaPipe's
-weighted NMS, so one detector covers every face size.
+weighted NMS, so one detector covers every face size. With ``tiles`` a frame that is far from
+square is also looked at in square tiles of its short side (:func:`square_tiles`): letterboxing
+shrinks it by its long side, so its faces reach the networks smaller than they need to.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
 from collections.abc import Callable, Sequence
@@ -45,6 +48,7 @@ __all__ = [
     "letterbox_on_device",
     "load_blazeface",
     "load_blazeface_net",
+    "square_tiles",
     "ssd_anchors",
     "trace_net",
     "weighted_nms",
@@ -69,6 +73,10 @@ FULL_RANGE = BlazeSpec("face_detection_full_range.tflite", 192, (4,), 1, 0.5)
 # (the file's output rows).
 SHORT_RANGE = BlazeSpec("face_detection_short_range.tflite", 128, (8, 16, 16, 16), 2, 0.5)
 
+# confirm(): the window around a proposed box, in box sides. The short-range model is made for
+# faces filling much of its input (selfie distance); at 2x a dev face scores 0.84-0.98 and a dev
+# non-face the cascade proposes (hands, a neck, a dark background) 0.06-0.42.
+CONFIRM_CONTEXT = 2.0
 NMS_IOU = 0.3  # MediaPipe: min_suppression_threshold 0.3, overlap IOU, WEIGHTED
 SCORE_CLIP = 100.0  # MediaPipe: score_clipping_thresh 100
 
@@ -384,6 +392,24 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float, int, int
     return out, scale, px, py
 
 
+TILE_MIN_ASPECT = 1.25  # a frame at most this far from square is not tiled (a 5:4 frame gains 25 %)
+
+
+def square_tiles(h: int, w: int, min_aspect: float = TILE_MIN_ASPECT) -> list[tuple[int, int, int]]:
+    """Square tiles (x, y, side) of side ``min(h, w)`` covering an h x w frame along its long
+    side, as few as cover it (``ceil(long / short)``), evenly spaced, so neighbours overlap.
+
+    Each tile reaches the network ``long / short`` times larger than the letterboxed whole
+    frame does. None when the frame is within ``min_aspect`` of square.
+    """
+    short, long = min(h, w), max(h, w)
+    if short < 1 or long < min_aspect * short:
+        return []
+    n = -(-long // short)
+    starts = [round(i * (long - short) / (n - 1)) for i in range(n)]
+    return [(s, 0, short) if w >= h else (0, s, short) for s in starts]
+
+
 # -- the detector -------------------------------------------------------------------------
 
 def letterbox_on_device(images: Sequence[np.ndarray], size: int, device: torch.device
@@ -412,12 +438,16 @@ def letterbox_on_device(images: Sequence[np.ndarray], size: int, device: torch.d
 class PreparedFrame:
     """One frame made ready for :meth:`BlazeFaceDetector.detect_prepared`: its letterboxed
     (S, S, 3) square when the CPU resizes, else the image itself (resized on the device with
-    its batch); ``geo`` is (scale, pad_x, pad_y) either way, ``hw`` the image's size."""
+    its batch); ``geo`` is (scale, pad_x, pad_y) either way, ``hw`` the image's size.
+    ``tiles``: the frame's square tiles prepared the same way (``BlazeFaceDetector.tiles``),
+    each with ``offset`` its (x, y) in the frame."""
 
     pixels: np.ndarray
     boxed: bool
     geo: tuple[float, int, int]
     hw: tuple[int, int]
+    tiles: tuple[PreparedFrame, ...] = ()
+    offset: tuple[int, int] = (0, 0)
 
 
 class _Graphed:
@@ -475,6 +505,10 @@ class BlazeFaceDetector:
     feeds the whole batch, and with ``cuda_graphs`` each network is replayed from a CUDA
     graph per power-of-two batch size (a graph that fails to capture falls back to eager
     calls, recorded in ``graph_error``).
+
+    ``tiles``: a frame whose long side is at least :data:`TILE_MIN_ASPECT` x its short side is
+    also run as :func:`square_tiles` (their boxes merged with the whole frame's by the same
+    NMS), for faces small relative to such a frame; each tile costs as much as a frame.
     """
 
     color = True  # BlazeFace finds fewer faces in gray (4/6 in t1.jpg): give it BGR frames
@@ -483,7 +517,7 @@ class BlazeFaceDetector:
                  min_face_px: int = 24, max_faces: int = 16,
                  min_scores: Sequence[float] | None = None, chunk: int | None = None,
                  workers: int = 1, trace: bool = True, resize_on_device: bool | None = None,
-                 cuda_graphs: bool = True) -> None:
+                 cuda_graphs: bool = True, tiles: bool = False) -> None:
         if not nets:
             raise ValueError("need at least one BlazeFace network")
         if min_face_px < 1 or max_faces < 1 or workers < 1:
@@ -495,6 +529,7 @@ class BlazeFaceDetector:
         self.anchors = [ssd_anchors(s) for s in self.specs]
         self.min_scores = list(min_scores) if min_scores is not None else [s.min_score for s in self.specs]
         self.min_face_px, self.max_faces = min_face_px, max_faces
+        self.tiles = tiles
         on_gpu = self.device.type == "cuda"
         self.chunk = chunk if chunk is not None else (256 if on_gpu else 4)
         if self.chunk < 1:
@@ -545,6 +580,14 @@ class BlazeFaceDetector:
         """Per-frame work ahead of the batch: checked, and letterboxed when the CPU resizes."""
         if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
             raise ValueError(f"expected uint8 (H, W) or (H, W, 3) images, got {image.dtype} {image.shape}")
+        frame = self._prepare_one(image)
+        if not self.tiles:
+            return frame
+        parts = tuple(dataclasses.replace(self._prepare_one(image[y:y + side, x:x + side]), offset=(x, y))
+                      for x, y, side in square_tiles(*frame.hw))
+        return dataclasses.replace(frame, tiles=parts)
+
+    def _prepare_one(self, image: np.ndarray) -> PreparedFrame:
         hw = (int(image.shape[0]), int(image.shape[1]))
         if self.resize_on_device:
             scale, _, _, px, py = _fit(hw[0], hw[1], self.square)
@@ -582,20 +625,58 @@ class BlazeFaceDetector:
         """Faces per prepared frame, largest first, at most ``max_faces`` each."""
         if not frames:
             return []
-        raw = self.forward(self.to_batch(frames))
+        # Each frame's tiles ride in the same batch; owner[u]: the frame of batch item u.
+        units = [u for f in frames for u in (f, *f.tiles)]
+        owner = [i for i, f in enumerate(frames) for _ in range(1 + len(f.tiles))]
+        raw = self.forward(self.to_batch(units))
         cand: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in frames]
         for k, spec in enumerate(self.specs):
             reg, score = raw[k]
-            for i, frame in enumerate(frames):
-                scale, px, py = frame.geo
-                keep = score[i] >= self.min_scores[k]
+            for u, unit in enumerate(units):
+                scale, px, py = unit.geo
+                keep = score[u] >= self.min_scores[k]
                 if not keep.any():
                     continue
                 # [0, 1] of the model input = [0, 1] of the letterboxed square
-                b = decode_boxes(reg[i][keep], self.anchors[k][keep], spec.input_size) * self.square
-                b = (b - np.array([px, py, px, py], np.float32)) / scale  # full-resolution pixels
-                cand[i].append((b, score[i][keep]))
+                b = decode_boxes(reg[u][keep], self.anchors[k][keep], spec.input_size) * self.square
+                ox, oy = unit.offset
+                # full-resolution pixels of the frame (a tile's own, shifted by its offset)
+                b = (b - np.array([px, py, px, py], np.float32)) / scale + np.array([ox, oy, ox, oy], np.float32)
+                cand[owner[u]].append((b, score[u][keep]))
         return [self._finish(c, f.hw) for c, f in zip(cand, frames)]
+
+    def confirm(self, image: np.ndarray, boxes: Sequence[Box], context: float = CONFIRM_CONTEXT) -> list[float]:
+        """A second look at boxes another detector proposed: each box's surroundings, a square of
+        ``context`` x its side (zero beyond the image), go through the short-range model (the
+        smallest input loaded), where the face fills the share of the input that model was made
+        for. Returns per box the best score of a box it predicts there overlapping the proposed
+        one (IoU >= 0.3), 0 if none; compare with that model's ``min_scores`` entry."""
+        if not boxes:
+            return []
+        k = min(range(len(self.specs)), key=lambda i: self.specs[i].input_size)
+        spec = self.specs[k]
+        units, where = [], []
+        for x, y, w, h in boxes:
+            side = max(1, int(round(context * max(w, h))))
+            x0, y0 = int(round(x + w / 2 - side / 2)), int(round(y + h / 2 - side / 2))
+            crop = np.zeros((side, side, *image.shape[2:]), image.dtype)
+            sx0, sy0 = max(0, x0), max(0, y0)
+            sx1, sy1 = min(image.shape[1], x0 + side), min(image.shape[0], y0 + side)
+            if sx1 > sx0 and sy1 > sy0:
+                crop[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[sy0:sy1, sx0:sx1]
+            units.append(self._prepare_one(crop))
+            where.append(np.array([x - x0, y - y0, x - x0 + w, y - y0 + h], np.float32))
+        with torch.inference_mode():
+            reg_t, score_t = self._run_piece(k, self.to_batch(units))
+        reg, score = reg_t.float().cpu().numpy(), score_t.float().cpu().numpy()
+        out: list[float] = []
+        for u, unit in enumerate(units):
+            scale, px, py = unit.geo
+            b = decode_boxes(reg[u], self.anchors[k], spec.input_size) * self.square
+            b = (b - np.array([px, py, px, py], np.float32)) / scale
+            hits = score[u][_iou_one(where[u], b) >= 0.3]
+            out.append(float(hits.max()) if hits.size else 0.0)
+        return out
 
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Box]]:
         """Faces per image, largest first, at most ``max_faces`` each (frames prepared in the
@@ -643,7 +724,7 @@ class BlazeFaceDetector:
 def load_blazeface(cache_dir: Path, device: str = "cpu", ranges: Sequence[str] = ("full", "short"),
                    min_face_px: int = 24, max_faces: int = 16, chunk: int | None = None,
                    workers: int = 1, trace: bool = True, resize_on_device: bool | None = None,
-                   cuda_graphs: bool = True) -> BlazeFaceDetector:
+                   cuda_graphs: bool = True, tiles: bool = False) -> BlazeFaceDetector:
     """The detector from the pinned ``blazeface`` artifact: ``ranges`` picks full and/or short."""
     specs = {"full": FULL_RANGE, "short": SHORT_RANGE}
     unknown = set(ranges) - set(specs)
@@ -653,4 +734,4 @@ def load_blazeface(cache_dir: Path, device: str = "cpu", ranges: Sequence[str] =
             for r in ranges]
     return BlazeFaceDetector(nets, device=device, min_face_px=min_face_px, max_faces=max_faces, chunk=chunk,
                              workers=workers, trace=trace, resize_on_device=resize_on_device,
-                             cuda_graphs=cuda_graphs)
+                             cuda_graphs=cuda_graphs, tiles=tiles)

@@ -20,6 +20,7 @@ from models.blazeface import (
     letterbox,
     load_blazeface,
     load_blazeface_net,
+    square_tiles,
     ssd_anchors,
     trace_net,
     weighted_nms,
@@ -207,3 +208,38 @@ def test_letterbox_on_the_device_finds_the_same_faces(cache_dir: Path, photos: l
     assert prepared.geo[0] == pytest.approx(192 / max(h, w)) and prepared.hw == (h, w)
     cpu = load_blazeface(cache_dir).prepare(images[0])
     assert cpu.boxed and cpu.pixels.shape == (192, 192, 3) and cpu.geo == prepared.geo
+
+
+def test_square_tiles_cover_a_wide_or_tall_frame_with_overlap() -> None:
+    assert square_tiles(1080, 1920) == [(0, 0, 1080), (840, 0, 1080)]
+    assert square_tiles(484, 280) == [(0, 0, 280), (0, 204, 280)]
+    assert square_tiles(512, 2048) == [(0, 0, 512), (512, 0, 512), (1024, 0, 512), (1536, 0, 512)]
+    assert square_tiles(512, 512) == [] and square_tiles(480, 590) == []  # within 1.25 of square
+    for h, w in ((480, 640), (532, 1562), (1000, 300)):
+        tiles = square_tiles(h, w)
+        cover = np.zeros((h, w), bool)
+        for x, y, side in tiles:
+            assert side == min(h, w) and x + side <= w and y + side <= h
+            cover[y:y + side, x:x + side] = True
+        assert cover.all() and len(tiles) == -(-max(h, w) // min(h, w))
+
+
+def test_tiles_find_a_face_small_relative_to_a_wide_frame(cache_dir: Path, photos: list) -> None:
+    """The astronaut (a 96 px face in 512x512) in a 2048x512 strip: letterboxed whole, the face
+    reaches the full-range model at 9 px and is not found; its 512 px tile brings it to 36 px."""
+    astronaut = photos[1][1]
+    (face,) = load_blazeface(cache_dir).detect(astronaut)
+    strip = np.full((512, 2048, 3), 128, np.uint8)
+    strip[:, :512] = astronaut
+    where = face
+    plain = load_blazeface(cache_dir).detect(strip)
+    assert plain == [], plain
+    tiled = load_blazeface(cache_dir, tiles=True)
+    found = tiled.detect(strip)
+    assert max(_iou(b, where) for b in found) >= 0.9, (found, where)
+    prepared = tiled.prepare(strip)
+    assert [t.offset for t in prepared.tiles] == [(0, 0), (512, 0), (1024, 0), (1536, 0)]
+    assert tiled.prepare(astronaut).tiles == ()  # a square frame is not tiled
+    assert tiled.detect_batch([strip, astronaut]) == [found, tiled.detect(astronaut)]  # batched as alone
+    on_device = load_blazeface(cache_dir, tiles=True, resize_on_device=True).detect(strip)  # tiles are views
+    assert max(_iou(b, where) for b in on_device) >= 0.9, on_device
