@@ -115,7 +115,7 @@ async def _capacity(n: int, seconds: float, conv: Conversation, vad: SileroVad, 
         audio = np.roll(conv.legs[name], -shift)
         pk = packetize(to_8k_int16(audio), rng=random.Random(i), ntp_origin_s=time.time())[:total]
         legs.append((names.audio("bench", f"conv{c}", name), pk))
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), time.process_time()
     for k in range(total):
         now = time.time()
         for topic, pk in legs:
@@ -124,6 +124,7 @@ async def _capacity(n: int, seconds: float, conv: Conversation, vad: SileroVad, 
         if delay > 0:
             await asyncio.sleep(delay)  # pacing the media clock
     backlog = engine.backlog
+    cpu_use = (time.process_time() - cpu0) / (time.monotonic() - t0) / engine.governor.cpus
     c = engine.counters
     batches = asr.final.stats
     partial_p95 = c.p95(c.partial_latency_s)
@@ -134,7 +135,8 @@ async def _capacity(n: int, seconds: float, conv: Conversation, vad: SileroVad, 
             "overload_drops": c.packets_overload, "backlog_packets": backlog,
             "segments": len(c.final_latency_s), "whisper_mean_batch": round(batches.mean_batch, 2),
             "partials_thinned": c.partials_thinned, "legs_refused": c.legs_refused + c.legs_refused_overload,
-            "peak_lag_s": round(engine.governor.peak_lag_s, 3), "wall_s": round(time.monotonic() - t0, 2)}
+            "peak_lag_s": round(engine.governor.peak_lag_s, 3), "cpu_use": round(cpu_use, 3),
+            "wall_s": round(time.monotonic() - t0, 2)}
 
 
 def capacity_trial(n: int, seconds: float, conv: Conversation, vad: SileroVad, encoder: SpeakerEncoder,

@@ -45,6 +45,21 @@ def test_the_governor_gives_up_partials_before_it_refuses_legs() -> None:
     assert gov.partial_is_stale(gov.config.stale_partial_s + 0.01) and not gov.partial_is_stale(0.05)
 
 
+def test_partials_thin_out_with_cpu_use_over_its_target_before_any_lag() -> None:
+    gov = LoadGovernor(DegradationConfig(cpu_target=0.5, cpus=2.0, smoothing=1.0))
+    gov.observe_cpu(100.0, 1000.0)
+    gov.observe_cpu(100.5, 1000.5)  # under a second: no reading yet
+    assert gov.cpu_use == 0.0 and gov.partial_every_s(0.5) == 0.5
+    gov.observe_cpu(100.8, 1001.0)  # 0.8 CPU-s in 1 s on 2 CPUs: 40 %, under the target
+    assert gov.cpu_use == pytest.approx(0.4) and gov.partial_every_s(0.5) == 0.5
+    gov.observe_cpu(102.4, 1002.0)  # 80 %: partials come 1.6x further apart, no lag needed
+    assert gov.cpu_use == pytest.approx(0.8) and gov.partial_every_s(0.5) == pytest.approx(0.8)
+    assert gov.lag_s == 0.0 and gov.admits_new_leg()  # CPU use alone refuses no leg
+    gov.observe_cpu(104.4, 1003.0)  # 100 %: 2x; the larger of the CPU and the lag stretch wins
+    gov.observe(gov.config.thin_above_s + 0.9 * (gov.config.partials_off_above_s - gov.config.thin_above_s))
+    assert gov.partial_every_s(0.5) == pytest.approx(0.5 * 3.7, rel=0.05)
+
+
 def test_the_smoothed_lag_follows_a_sustained_lag_not_one_late_step() -> None:
     gov = LoadGovernor(DegradationConfig(smoothing=0.2))
     gov.observe(3.0)  # one late step (a GC pause, a slow batch)

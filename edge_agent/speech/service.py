@@ -100,6 +100,7 @@ class SpeechCounters:
     legs_refused_overload: int = 0
     partials_thinned: int = 0  # mirrors the engine's LoadGovernor
     lag_s: float = 0.0  # the governor's smoothed lag
+    cpu_use: float = 0.0  # the governor's reading of the process's share of the node's CPUs
     legs_open_peak: int = 0
     conversations_opened: int = 0
     conversations_closed: int = 0
@@ -166,6 +167,8 @@ def register_metrics(counters: SpeechCounters, registry: object) -> None:
             yield GaugeMetricFamily("edge_speech_legs_open_peak", "most legs open at once", value=c.legs_open_peak)
             yield GaugeMetricFamily("edge_speech_lag_seconds", "smoothed wait of packets before their worker step",
                                     value=c.lag_s)
+            yield GaugeMetricFamily("edge_speech_cpu_use_ratio", "the process's share of the node's CPUs (drives "
+                                    "partial thinning above speech.degradation.cpu_target)", value=c.cpu_use)
             yield c.partial_latency_hist.family("edge_speech_partial_latency_seconds",
                                                 "audio arrival -> partial published")
             yield c.final_latency_hist.family("edge_speech_final_latency_seconds",
@@ -415,8 +418,10 @@ class SpeechEngine:
     def _push(self, packets: list[tuple[bytes, float]], stream: LegStream) -> StepOutput:
         now = self.clock()  # read in the worker, as the packets are decoded
         self.governor.observe(now - packets[0][1])
+        self.governor.observe_cpu(time.process_time(), time.monotonic())
         out = stream.push(packets, now)
         self.counters.lag_s = self.governor.lag_s
+        self.counters.cpu_use = self.governor.cpu_use
         self.counters.partials_thinned = self.governor.partials_thinned
         return out
 
