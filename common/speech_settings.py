@@ -84,8 +84,8 @@ class DegradationConfig(BaseModel):
     cpu_target: float = Field(0.6, gt=0, le=1, description="share of the node's CPUs the process may use before "
                               "partials thin out (the speech between two partials grows with use / cpu_target, "
                               "up to 4x): partials give way before a lag builds up")
-    cpus: float | None = Field(None, gt=0, description="CPUs the process may use (None: the CPUs it may run on; "
-                               "set it to the container's CPU limit)")
+    cpus: float | None = Field(None, gt=0, description="CPUs the process may use (None: the CPUs it may run on, "
+                               "capped by the container's cgroup v2 CPU limit)")
     thin_above_s: float = Field(0.1, ge=0, description="lag above which partials thin out")
     partials_off_above_s: float = Field(0.5, gt=0, description="lag above which no partial is decoded")
     refuse_legs_above_s: float = Field(1.0, gt=0, description="lag above which new legs are refused "

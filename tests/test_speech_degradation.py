@@ -60,6 +60,20 @@ def test_partials_thin_out_with_cpu_use_over_its_target_before_any_lag() -> None
     assert gov.partial_every_s(0.5) == pytest.approx(0.5 * 3.7, rel=0.05)
 
 
+def test_available_cpus_follow_a_container_cpu_limit(tmp_path: Path) -> None:
+    import os
+
+    from edge_agent.speech.governor import available_cpus
+
+    node = float(len(os.sched_getaffinity(0)))
+    limit = tmp_path / "cpu.max"
+    limit.write_text("max 100000\n")
+    assert available_cpus(limit) == node
+    limit.write_text("50000 100000\n")  # limits.cpu: 500m
+    assert available_cpus(limit) == 0.5
+    assert available_cpus(tmp_path / "absent") == node
+
+
 def test_the_smoothed_lag_follows_a_sustained_lag_not_one_late_step() -> None:
     gov = LoadGovernor(DegradationConfig(smoothing=0.2))
     gov.observe(3.0)  # one late step (a GC pause, a slow batch)

@@ -27,13 +27,30 @@ from __future__ import annotations
 import math
 import os
 import threading
+from pathlib import Path
 
 from common.speech_settings import DegradationConfig
 
-__all__ = ["LoadGovernor", "MAX_THINNING"]
+__all__ = ["LoadGovernor", "MAX_THINNING", "available_cpus"]
 
 MAX_THINNING = 4.0  # the longest partial cadence, as a multiple of the configured one, before partials stop
 _CPU_WINDOW_S = 1.0  # CPU use is measured over intervals at least this long
+
+
+def available_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> float:
+    """CPUs this process may use: the CPUs it may run on, capped by a cgroup v2 CPU limit (a
+    container's ``resources.limits.cpu``) when one is set."""
+    cpus = float(len(os.sched_getaffinity(0)))
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return cpus
+    if quota == "max":
+        return cpus
+    try:
+        return max(0.01, min(cpus, int(quota) / int(period)))
+    except (ValueError, ZeroDivisionError):
+        return cpus
 
 
 class LoadGovernor:
@@ -42,7 +59,7 @@ class LoadGovernor:
 
     def __init__(self, config: DegradationConfig | None = None) -> None:
         self.config = config or DegradationConfig()
-        self.cpus = self.config.cpus or float(len(os.sched_getaffinity(0)))
+        self.cpus = self.config.cpus or available_cpus()
         self._lock = threading.Lock()
         self._lag_s = 0.0
         self._cpu_use = 0.0
