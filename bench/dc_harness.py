@@ -132,7 +132,8 @@ class DcLoop:
         settings = self.edge_settings()
         speech = settings.speech
         asr = await asyncio.to_thread(load_edge_asr, self.cache_dir, speech.asr_final_model, speech.asr_partial_model,
-                                      device=speech.asr_device, cpu_threads=speech.asr_threads, vocabulary=vocab)
+                                      device=speech.asr_device, cpu_threads=speech.asr_threads,
+                                      parallel=speech.asr_parallel, vocabulary=vocab)
         self.node = EdgeNode(settings, asr=asr, on_refused=self.refusals.append,
                              on_applied=lambda u: self.applied_at.setdefault(u.name, time.monotonic()))
         tasks = [asyncio.create_task(self.node.run(stop), name="edge-node"),

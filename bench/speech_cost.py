@@ -28,7 +28,7 @@ import time
 
 from bench.heldout_speech import HELDOUT, PIPER, build_heldout_call
 from bench.speech import run_conversation
-from common.settings import load_settings
+from common.settings import SpeechServiceConfig, load_settings
 from common.speech_settings import PipelineConfig
 from models.edge_asr import load_edge_asr
 from models.speaker import SpeakerEncoder
@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.speech_cost", description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
     ap.add_argument("--sentences", type=int, default=16, help="held-out sentences in the call")
-    ap.add_argument("--asr-threads", type=int, default=2, help="CPU threads of each Whisper model")
+    ap.add_argument("--asr-threads", type=int, default=SpeechServiceConfig().asr_threads,
+                    help="CPU threads of one Whisper call")
     ap.add_argument("--final-model", default="whisper_base", choices=["whisper_tiny_en", "whisper_base"])
     ap.add_argument("--partial-model", default="whisper_tiny_en", choices=["whisper_tiny_en", "whisper_base"])
     ap.add_argument("--partial-every-s", type=float, default=None,

@@ -16,7 +16,7 @@ import sys
 
 from bench.heldout_speech import HELDOUT, PIPER, build_heldout_call
 from bench.speech import capacity_trial, trial_ok
-from common.settings import load_settings
+from common.settings import SpeechServiceConfig, load_settings
 from common.speech_settings import PipelineConfig
 from models.edge_asr import load_edge_asr
 from models.speaker import SpeakerEncoder
@@ -31,7 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--legs", default="2,4,8,12,16", help="comma-separated leg counts")
     ap.add_argument("--seconds", type=float, default=20.0, help="length of each trial")
     ap.add_argument("--threads", type=int, default=8, help="speech worker threads")
-    ap.add_argument("--asr-threads", type=int, default=2, help="CPU threads of each Whisper model")
+    service = SpeechServiceConfig()
+    ap.add_argument("--asr-threads", type=int, default=service.asr_threads, help="CPU threads of one Whisper call")
+    ap.add_argument("--asr-parallel", type=int, default=service.asr_parallel,
+                    help="Whisper calls each model runs at once")
     ap.add_argument("--final-model", default="whisper_base", choices=["whisper_tiny_en", "whisper_base"])
     ap.add_argument("--partial-model", default="whisper_tiny_en", choices=["whisper_tiny_en", "whisper_base"])
     ap.add_argument("--partial-every-s", type=float, default=None,
@@ -43,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     cache = load_settings().cache_dir
     vad, encoder = SileroVad(), SpeakerEncoder("cpu")
-    edge = load_edge_asr(cache, args.final_model, args.partial_model, device="cpu", cpu_threads=args.asr_threads)
+    edge = load_edge_asr(cache, args.final_model, args.partial_model, device="cpu", cpu_threads=args.asr_threads,
+                         parallel=args.asr_parallel)
     held = build_heldout_call(HELDOUT, (PIPER, PIPER), snr_db=10.0, noise="background")
     pipeline = PipelineConfig()
     if args.partial_every_s is not None:
@@ -56,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.json:
             print(json.dumps(trial), file=sys.stderr)
     result = {"curve": curve, "asr_final": args.final_model, "asr_partial": args.partial_model,
-              "partial_every_s": pipeline.partial_every_s,
+              "partial_every_s": pipeline.partial_every_s, "asr_threads": args.asr_threads,
+              "asr_parallel": args.asr_parallel, "worker_threads": args.threads,
               "trial_seconds": args.seconds, "cpus": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2)}
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     edge.close()

@@ -179,7 +179,10 @@ class SpeechServiceConfig(BaseModel):
         "whisper_tiny_en", description="Whisper weights of partials; None: the final model")
     asr_device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: CUDA float16 when present, else CPU int8")
-    asr_threads: int = Field(2, ge=1, description="CPU threads of each Whisper model")
+    asr_threads: int = Field(1, ge=1, description="CPU threads of one Whisper call")
+    asr_parallel: int = Field(2, ge=1, description="Whisper calls each model may run at once (each on "
+                              "asr_threads threads); on 2 cores 2 x 1 thread carries 12 legs where 1 x 2 "
+                              "threads fell behind (docs/speech-capacity.md)")
     asr_max_batch: int = Field(8, ge=1, description="utterances of many legs decoded in one model call")
     corpus_path: Path | None = Field(None, description="domain sentences, one a line: the starting Whisper prompt")
     follow_revisions: bool = Field(True, description="publish the DC's revisions of mined segments")

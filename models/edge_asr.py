@@ -131,10 +131,12 @@ def whisper_folder(cache_dir: Path, model: str) -> tuple[Path, str, str]:
     return folder, f"whisper-{folder.name}", f"local-{stat.st_size}"
 
 
-def load_whisper(cache_dir: Path, model: str, *, device: str = "auto", cpu_threads: int = 2) -> WhisperAsr:
-    """Load Whisper ``model`` (see :func:`whisper_folder`: artifact, size name or directory)."""
+def load_whisper(cache_dir: Path, model: str, *, device: str = "auto", cpu_threads: int = 2,
+                 parallel: int = 1) -> WhisperAsr:
+    """Load Whisper ``model`` (see :func:`whisper_folder`: artifact, size name or directory);
+    ``parallel`` calls may run at once, each on ``cpu_threads`` threads."""
     folder, name, version = whisper_folder(cache_dir, model)
-    return WhisperAsr(folder, name, version, device=device, cpu_threads=cpu_threads)
+    return WhisperAsr(folder, name, version, device=device, cpu_threads=cpu_threads, parallel=parallel)
 
 
 @dataclass(frozen=True)
@@ -188,13 +190,16 @@ class EdgeAsr:
 
 
 def load_edge_asr(cache_dir: Path, final_model: str = "whisper_base", partial_model: str | None = "whisper_tiny_en",
-                  *, device: str = "auto", cpu_threads: int = 2, max_batch: int = 8,
+                  *, device: str = "auto", cpu_threads: int = 2, max_batch: int = 8, parallel: int = 1,
                   vocabulary: AsrVocabulary | None = None) -> EdgeAsr:
     """Load the final (and, if different, the partial) model once; ``partial_model`` None:
-    partials come from the final model."""
-    final = WhisperBatcher(load_whisper(cache_dir, final_model, device=device, cpu_threads=cpu_threads), max_batch)
+    partials come from the final model. Each model runs ``parallel`` batches at once."""
+    def load(model: str) -> WhisperBatcher:
+        return WhisperBatcher(load_whisper(cache_dir, model, device=device, cpu_threads=cpu_threads,
+                                           parallel=parallel), max_batch)
+
+    final = load(final_model)
     partial = None
     if partial_model is not None:
-        partial = final if partial_model == final_model else WhisperBatcher(
-            load_whisper(cache_dir, partial_model, device=device, cpu_threads=cpu_threads), max_batch)
+        partial = final if partial_model == final_model else load(partial_model)
     return EdgeAsr(final=final, partial=partial, vocabulary=vocabulary or AsrVocabulary())

@@ -162,11 +162,13 @@ class LogMel:
 
 class WhisperAsr:
     """A loaded Whisper model (CTranslate2 folder: model.bin, config.json, tokenizer.json,
-    vocabulary.txt), shared by every stream. ``name``/``version`` identify it on the wire."""
+    vocabulary.txt), shared by every stream. ``name``/``version`` identify it on the wire.
+    ``cpu_threads``: threads of one call; ``parallel``: calls that may run at once (CTranslate2's
+    ``inter_threads``), each on ``cpu_threads`` threads."""
 
     def __init__(self, model_dir: Path, name: str, version: str, *, device: str = "auto",
                  compute_type: str = "auto", cpu_threads: int = 2, language: str = "en",
-                 min_window_s: float = 10.0, tail_s: float = 3.0, bucket_s: float = 5.0) -> None:
+                 min_window_s: float = 10.0, tail_s: float = 3.0, bucket_s: float = 5.0, parallel: int = 1) -> None:
         import ctranslate2
         import tokenizers
         from faster_whisper.tokenizer import Tokenizer
@@ -177,7 +179,8 @@ class WhisperAsr:
         self.device, self.compute_type = pick_device(device, compute_type)
         self.model = ctranslate2.models.Whisper(str(self.model_dir), device=self.device,
                                                 compute_type=self.compute_type, intra_threads=cpu_threads,
-                                                inter_threads=1)
+                                                inter_threads=parallel)
+        self.parallel = parallel
         config = json.loads((self.model_dir / "config.json").read_text())
         n_mels = int(config.get("num_mel_bins", 80))
         self._mel = LogMel(n_mels)
@@ -189,7 +192,7 @@ class WhisperAsr:
         self.tail_s = tail_s
         self.bucket_s = bucket_s
         self._frames_per_token = 2  # encoder output = features / 2; alignment is in 20 ms steps
-        self._lock = threading.Lock()  # one CTranslate2 call at a time (inter_threads=1 anyway)
+        self._slots = threading.BoundedSemaphore(parallel)  # CTranslate2 calls at once (its inter_threads)
 
     # -- features ------------------------------------------------------------------------
 
@@ -247,7 +250,7 @@ class WhisperAsr:
         t0 = time.perf_counter()
         feats, n_frames = self.features(clips)
         prompt_tokens = [self._prompt(p) for p in per_clip]
-        with self._lock:
+        with self._slots:
             encoded = self.model.encode(ctranslate2.StorageView.from_array(feats), to_cpu=False)
             max_new = min(opts.max_new_tokens, int(_TOKENS_PER_S * max(len(c) for c in clips) / SAMPLE_RATE) + 8)
             results = self._generate(encoded, feats, prompt_tokens, opts, max_new)

@@ -48,7 +48,8 @@ class _Request:
 
 
 class WhisperBatcher:
-    """One inference thread in front of one shared :class:`WhisperAsr`."""
+    """Inference threads (one per call the model may run at once, ``asr.parallel``) in front of
+    one shared :class:`WhisperAsr`."""
 
     def __init__(self, asr: WhisperAsr, max_batch: int = 8) -> None:
         self.asr = asr
@@ -59,8 +60,10 @@ class WhisperBatcher:
         self._in_flight = 0  # submitted and not answered yet
         self._urgent_in_flight = 0
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name=f"whisper-{asr.name}", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, name=f"whisper-{asr.name}-{k}", daemon=True)
+                         for k in range(asr.parallel)]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def name(self) -> str:
@@ -103,7 +106,8 @@ class WhisperBatcher:
         with self._cv:
             self._closed = True
             self._cv.notify_all()
-        self._thread.join(timeout=10)
+        for thread in self._threads:
+            thread.join(timeout=10)
 
     def _take(self) -> list[_Request] | None:
         with self._cv:
@@ -133,22 +137,24 @@ class WhisperBatcher:
                 results = self.asr.transcribe([r.clip for r in batch], batch[0].options,
                                               prompts=[r.prompt for r in batch])
             except Exception as exc:
-                self.stats.errors += 1
-                self._answered(batch)
+                self._answered(batch, time.perf_counter() - t0, failed=True)
                 for r in batch:
                     r.future.set_exception(exc)
                 continue
+            self._answered(batch, time.perf_counter() - t0)
+            for r, res in zip(batch, results, strict=True):
+                r.future.set_result(res)
+
+    def _answered(self, batch: list[_Request], busy_s: float, failed: bool = False) -> None:
+        with self._cv:  # inference threads answer concurrently
+            self._in_flight -= len(batch)
+            self._urgent_in_flight -= sum(r.urgent for r in batch)
             s = self.stats
+            if failed:
+                s.errors += 1
+                return
             s.batches += 1
             s.utterances += len(batch)
             s.sizes.append(len(batch))
             s.audio_s += sum(len(r.clip) for r in batch) / 16000
-            s.busy_s += time.perf_counter() - t0
-            self._answered(batch)
-            for r, res in zip(batch, results, strict=True):
-                r.future.set_result(res)
-
-    def _answered(self, batch: list[_Request]) -> None:
-        with self._cv:
-            self._in_flight -= len(batch)
-            self._urgent_in_flight -= sum(r.urgent for r in batch)
+            s.busy_s += busy_s

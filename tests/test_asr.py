@@ -159,6 +159,7 @@ def test_the_batcher_decodes_waiting_legs_in_one_call_and_keeps_prompts_apart(ti
     assert mixed[0].text == alone[0] and wer([texts[1]], [mixed[1].text]) <= 0.35
 
 
+@needs_espeak
 def test_the_batcher_takes_finals_before_partials_queued_earlier(tiny: WhisperAsr) -> None:
     from models.whisper_batch import WhisperBatcher
 
@@ -179,6 +180,25 @@ def test_the_batcher_takes_finals_before_partials_queued_earlier(tiny: WhisperAs
         batcher.close()
     assert done == ["final", "partial", "partial"]
     assert list(batcher.stats.sizes) == [1, 2] and batcher.urgent_pending == 0 and batcher.pending == 0
+
+
+@needs_espeak
+def test_a_model_that_runs_two_calls_at_once_answers_each_request_as_one_call_would(cache_dir: Path,
+                                                                                       tiny: WhisperAsr) -> None:
+    from models.whisper_batch import WhisperBatcher
+
+    texts = ["the courier will cross the border at dawn", "please leave the keys under the kitchen window"]
+    clips = [telephone(synthesize(t, v)) for t, v in zip(texts, VOICES, strict=True)]
+    alone = [r.text for r in tiny.transcribe(clips)]
+    twice = load_whisper(cache_dir, "whisper_tiny_en", device="cpu", cpu_threads=1, parallel=2)
+    batcher = WhisperBatcher(twice, max_batch=1)  # one request a call: the two threads take one each
+    try:
+        futures = [batcher.submit(clips[i % 2], DecodeOptions()) for i in range(6)]
+        results = [f.result(timeout=60) for f in futures]
+    finally:
+        batcher.close()
+    assert [r.text for r in results] == [alone[i % 2] for i in range(6)]
+    assert batcher.stats.batches == 6 and batcher.pending == 0 and twice.parallel == 2
 
 
 def _words(text: str) -> tuple[Word, ...]:

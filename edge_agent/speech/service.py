@@ -504,7 +504,8 @@ def default_asr(config: SpeechServiceConfig, cache_dir: Path) -> EdgeAsr:
         vocab = AsrVocabulary(version=f"corpus-{config.corpus_path.stem}",
                               prompt=prompt_from_sentences(sentences, keep="first"))
     return load_edge_asr(cache_dir, config.asr_final_model, config.asr_partial_model, device=config.asr_device,
-                         cpu_threads=config.asr_threads, max_batch=config.asr_max_batch, vocabulary=vocab)
+                         cpu_threads=config.asr_threads, max_batch=config.asr_max_batch,
+                         parallel=config.asr_parallel, vocabulary=vocab)
 
 
 class SpeechService:
