@@ -253,6 +253,7 @@ async def test_service_transcribes_an_unseen_call_through_mosquitto(mosquitto: M
     cfg.mqtt.client_id = "speech-e2e"
     service = SpeechService(cfg, config=SpeechServiceConfig(idle_close_s=1.5, publish_clips=True), asr=asr, vad=vad,
                             encoder=encoder)
+    await asyncio.wait_for(service.load(), 120)  # model warm-up: CPU work, bounded apart from the connection
     stop_service = asyncio.Event()
     running = asyncio.create_task(service.run(stop_service))
     await asyncio.wait_for(service.connected.wait(), 20)

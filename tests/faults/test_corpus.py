@@ -163,6 +163,7 @@ async def test_audio_corpus_on_new_legs_opens_no_leg_and_costs_no_memory(mosquit
                             asr=load_edge_asr(cache_dir, "whisper_tiny_en", "whisper_tiny_en", device="cpu"),
                             vad=SileroVad(),
                             encoder=SpeakerEncoder("cpu"))
+    await asyncio.wait_for(service.load(), 120)  # model warm-up: CPU work, bounded apart from the connection
     stop_service = asyncio.Event()
     running = asyncio.create_task(service.run(stop_service))
     corpus = _audio_corpus()
