@@ -22,7 +22,15 @@ class VadConfig(BaseModel):
                                         "None: threshold - 0.15")
     min_silence_s: float = Field(0.4, description="silence that ends speech")
     speech_pad_s: float = Field(0.15, description="audio added before and after speech")
+    start_pad_s: float | None = Field(None, ge=0, description="audio added before speech instead of "
+                                      "speech_pad_s (None: speech_pad_s); never reaches back into the "
+                                      "previous speech")
     max_speech_s: float = Field(20.0, description="speech longer than this is cut")
+
+    @property
+    def pre_pad_s(self) -> float:
+        """Audio added before speech."""
+        return self.start_pad_s if self.start_pad_s is not None else self.speech_pad_s
 
     @property
     def off_threshold(self) -> float:
