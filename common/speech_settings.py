@@ -112,9 +112,11 @@ class PipelineConfig(BaseModel):
     max_gap_s: float = Field(1.0, description="a gap in a leg's audio up to this is filled with silence")
     hold_max_s: float = Field(2.0, description="a final segment waits at most this long for the other legs to catch up")
     keep_s: float = Field(1.0, description="audio kept behind the newest sample for an utterance's start")
-    merge_below_s: float = Field(0.0, ge=0, description="an utterance shorter than this waits for the leg's next "
-                                 "one and is decoded with it (0: never)")
-    merge_gap_s: float = Field(0.6, ge=0, description="how long a short utterance waits for the next one")
+    merge_below_s: float = Field(1.0, ge=0, description="an utterance shorter than this waits for the leg's next "
+                                 "one and is decoded with it (0: never; a lone \"and\" before a pause is then "
+                                 "not decoded on its own)")
+    merge_gap_s: float = Field(1.0, ge=0, description="how long a short utterance waits for the next one (its "
+                               "final is delayed by up to this much when none comes)")
     context_s: float = Field(0.0, ge=0, description="a leg's previous final, if it ended at most this long before "
                              "an utterance starts, is the ASR's previous text for it (0: no context)")
     example_context_s: float = Field(1.0, ge=0, le=5.0, description="a hard example carries up to this much of "
