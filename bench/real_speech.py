@@ -69,7 +69,8 @@ def _leg_clip(audio: np.ndarray, start_s: float, end_s: float, pad_s: float) -> 
     return audio[lo:hi], start_s - lo / SAMPLE_RATE, hi / SAMPLE_RATE - end_s
 
 
-def _live_revision(sc: RealScenario, seg: TranscriptSegment, utt: Utterance, reviser: SpeechReviser) -> str | None:
+def _live_revision(sc: RealScenario, seg: TranscriptSegment, utt: Utterance, reviser: SpeechReviser,
+                   stream: str) -> str | None:
     """The DC's text of one segment sent as the running edge sends it (None: nothing published)."""
     from cloud_trainer.revise_service import revision_of
     from edge_agent.hard_examples import speech_pcm
@@ -79,7 +80,7 @@ def _live_revision(sc: RealScenario, seg: TranscriptSegment, utt: Utterance, rev
     ex = HardExample(device="bench", model="asr", model_version=utt.model.version, kind="audio",
                      seq=utt.utterance, item=0, encoding="pcm_s16le", data=pcm, result=utt.result.text,
                      confidences=(utt.result.confidence,), reasons=("threshold",), node="bench", captured_at_ms=0,
-                     stream=f"{sc.name}.{seg.leg}", sample_rate=SAMPLE_RATE, lead_s=lead_s, tail_s=tail_s)
+                     stream=stream, sample_rate=SAMPLE_RATE, lead_s=lead_s, tail_s=tail_s)
     rev = revision_of(ex, reviser)
     return None if rev is None else rev.text
 
@@ -98,6 +99,8 @@ def run_scenario(sc: RealScenario, vad: SileroVad, encoder: SpeakerEncoder, edge
     if reviser is None:
         return run
     by_key = {(u.leg, u.utterance): u for u in utts}
+    # the DC's conversation context is per leg and per run (another seed's run is another conversation)
+    conv_of = {leg: f"{sc.name}.{leg}" if seed == 7 else f"{sc.name}.s{seed}.{leg}" for leg in sc.conversation.legs}
     phone = {leg: telephone(a) for leg, a in sc.conversation.legs.items()}  # what the edge heard, less loss
     t0 = time.perf_counter()
     for i, seg in enumerate(segs):
@@ -106,7 +109,7 @@ def run_scenario(sc: RealScenario, vad: SileroVad, encoder: SpeakerEncoder, edge
             continue
         run.revised += 1
         if live:
-            text = _live_revision(sc, seg, utt, reviser)
+            text = _live_revision(sc, seg, utt, reviser, conv_of[seg.leg])
             if text is not None:
                 run.published += 1
                 run.final_texts[i] = text
@@ -115,7 +118,7 @@ def run_scenario(sc: RealScenario, vad: SileroVad, encoder: SpeakerEncoder, edge
             clip, lead, tail = _leg_clip(phone[seg.leg], utt.start_s, utt.end_s, pad_s)
         else:
             clip, lead, tail = utt.samples, 0.0, 0.0
-        rev = reviser.revise(sc.name + "." + seg.leg, clip, utt.result, lead_s=lead, tail_s=tail)
+        rev = reviser.revise(conv_of[seg.leg], clip, utt.result, lead_s=lead, tail_s=tail)
         if rev.published:
             run.published += 1
             run.final_texts[i] = rev.result.text
@@ -159,8 +162,12 @@ def real_speech_figures(runs: list[ScenarioRun], suffix: str = "") -> dict[str, 
 
 def evaluate(vad: SileroVad, encoder: SpeakerEncoder, edge: EdgeAsr, reviser: SpeechReviser | None, *,
              splits: tuple[str, ...] = ("dev", "heldout"), mine_below: float = 0.75, pad_s: float = 1.0,
-             verbose: bool = False, config: PipelineConfig | None = None, live: bool = False) -> dict[str, object]:
-    """Real-speech figures of ``splits`` (dev first, then the held-out part) plus the speaker hooks."""
+             verbose: bool = False, config: PipelineConfig | None = None, live: bool = False,
+             seeds: tuple[int, ...] = (7,)) -> dict[str, object]:
+    """Real-speech figures of ``splits`` (dev first, then the held-out part) plus the speaker hooks.
+    Each scenario runs once per packet-loss seed in ``seeds``; WER pools the runs of all seeds
+    (one word is worth more than the noise of one seed's losses on this small set), the DC counts
+    add up, the speaker hooks see the first seed's runs."""
     from common.settings import load_settings
 
     cache = load_settings().cache_dir
@@ -168,8 +175,8 @@ def evaluate(vad: SileroVad, encoder: SpeakerEncoder, edge: EdgeAsr, reviser: Sp
     result: dict[str, object] = {}
     for split in splits:
         runs = [run_scenario(sc, vad, encoder, edge, reviser, mine_below=mine_below, pad_s=pad_s, config=config,
-                             live=live)
-                for sc in build_set(split, cache, clips=clips)]
+                             live=live, seed=seed)
+                for seed in seeds for sc in build_set(split, cache, clips=clips)]
         if verbose:
             for r in runs:
                 for (ref, hyp), (_, fin) in zip(_leg_pairs(r, False), _leg_pairs(r, True), strict=True):
@@ -177,8 +184,9 @@ def evaluate(vad: SileroVad, encoder: SpeakerEncoder, edge: EdgeAsr, reviser: Sp
                           file=sys.stderr)
         result.update(real_speech_figures(runs, "" if split == "dev" else "_" + split))
         if split == "dev":
+            first = runs[:len(runs) // len(seeds)]
             for hook in SPEAKER_HOOKS:
-                result.update(hook(runs))
+                result.update(hook(first))
     return result
 
 
@@ -197,9 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-gain", type=float, default=ReviseRule().min_gain, help="the reviser's never-worse margin")
     ap.add_argument("--vad-threshold", type=float, default=None, help="override the VAD's start threshold")
     ap.add_argument("--vad-pad-s", type=float, default=None, help="override the VAD's speech padding")
+    ap.add_argument("--vad-start-pad-s", type=float, default=None, help="override the VAD's padding before speech")
+    ap.add_argument("--vad-neg-threshold", type=float, default=None, help="override the VAD's end threshold")
     ap.add_argument("--min-silence-s", type=float, default=None, help="override the silence that ends speech")
     ap.add_argument("--context-s", type=float, default=None, help="override the previous-turn context window")
     ap.add_argument("--merge-below-s", type=float, default=None, help="override: short utterances join the next")
+    ap.add_argument("--seeds", default="7", help="packet-loss seeds, comma-separated: WER pools a run per seed")
+    ap.add_argument("--merge-gap-s", type=float, default=None, help="override: how long a short utterance waits")
     ap.add_argument("--asr-threads", type=int, default=2)
     ap.add_argument("--verbose", action="store_true", help="each leg's reference, edge and final text (stderr)")
     args = ap.parse_args(argv)
@@ -221,18 +233,22 @@ def main(argv: list[str] | None = None) -> int:
     splits = ("dev", "heldout") if args.split == "both" else (args.split,)
     config = PipelineConfig()
     vad_over = {k: v for k, v in (("threshold", args.vad_threshold), ("speech_pad_s", args.vad_pad_s),
-                                                    ("min_silence_s", args.min_silence_s)) if v is not None}
+                                  ("min_silence_s", args.min_silence_s), ("start_pad_s", args.vad_start_pad_s),
+                                  ("neg_threshold", args.vad_neg_threshold)) if v is not None}
     if vad_over:
         config = config.model_copy(update={"vad": config.vad.model_copy(update=vad_over)})
     if args.context_s is not None:
         config = config.model_copy(update={"context_s": args.context_s})
     if args.merge_below_s is not None:
         config = config.model_copy(update={"merge_below_s": args.merge_below_s})
+    if args.merge_gap_s is not None:
+        config = config.model_copy(update={"merge_gap_s": args.merge_gap_s})
     if args.example_context_s is not None:
         config = config.model_copy(update={"example_context_s": args.example_context_s})
     try:
         result = evaluate(vad, encoder, edge, reviser, splits=splits, mine_below=args.mine_below,
-                          pad_s=args.pad_s, verbose=args.verbose, config=config, live=args.live)
+                          pad_s=args.pad_s, verbose=args.verbose, config=config, live=args.live,
+                          seeds=tuple(int(x) for x in args.seeds.split(",")))
     finally:
         edge.close()
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))

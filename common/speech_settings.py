@@ -22,7 +22,15 @@ class VadConfig(BaseModel):
                                         "None: threshold - 0.15")
     min_silence_s: float = Field(0.4, description="silence that ends speech")
     speech_pad_s: float = Field(0.15, description="audio added before and after speech")
+    start_pad_s: float | None = Field(None, ge=0, description="audio added before speech instead of "
+                                      "speech_pad_s (None: speech_pad_s); never reaches back into the "
+                                      "previous speech")
     max_speech_s: float = Field(20.0, description="speech longer than this is cut")
+
+    @property
+    def pre_pad_s(self) -> float:
+        """Audio added before speech."""
+        return self.start_pad_s if self.start_pad_s is not None else self.speech_pad_s
 
     @property
     def off_threshold(self) -> float:
@@ -112,9 +120,11 @@ class PipelineConfig(BaseModel):
     max_gap_s: float = Field(1.0, description="a gap in a leg's audio up to this is filled with silence")
     hold_max_s: float = Field(2.0, description="a final segment waits at most this long for the other legs to catch up")
     keep_s: float = Field(1.0, description="audio kept behind the newest sample for an utterance's start")
-    merge_below_s: float = Field(0.0, ge=0, description="an utterance shorter than this waits for the leg's next "
-                                 "one and is decoded with it (0: never)")
-    merge_gap_s: float = Field(0.6, ge=0, description="how long a short utterance waits for the next one")
+    merge_below_s: float = Field(1.0, ge=0, description="an utterance shorter than this waits for the leg's next "
+                                 "one and is decoded with it (0: never; a lone \"and\" before a pause is then "
+                                 "not decoded on its own)")
+    merge_gap_s: float = Field(1.0, ge=0, description="how long a short utterance waits for the next one (its "
+                               "final is delayed by up to this much when none comes)")
     context_s: float = Field(0.0, ge=0, description="a leg's previous final, if it ended at most this long before "
                              "an utterance starts, is the ASR's previous text for it (0: no context)")
     example_context_s: float = Field(1.0, ge=0, le=5.0, description="a hard example carries up to this much of "

@@ -4,7 +4,8 @@ One :class:`SileroVad` holds the network; it keeps no per-stream state, so one i
 serves every stream and every thread. Each audio stream owns a :class:`VadStream` with its
 recurrent state, its 64-sample context and its hysteresis: speech starts when a 512-sample
 window (32 ms at 16 kHz) scores at least ``threshold`` and ends after ``min_silence_s`` of
-windows below ``threshold - 0.15``. Events carry absolute sample positions on the stream.
+windows below ``threshold - 0.15``. A start is padded back by ``pre_pad_s`` (Silero scores a soft
+onset late), never past the previous speech's end. Events carry absolute sample positions on the stream.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class VadStream:
         self.in_speech = False
         self.speech_start: int | None = None
         self._temp_end: int | None = None
+        self._last_end = 0  # end (padding included) of the last speech: a start never reaches back past it
         self.last_prob = 0.0
 
     @property
@@ -120,11 +122,12 @@ class VadStream:
             self._temp_end = None
             if not self.in_speech:
                 self.in_speech = True
-                self.speech_start = max(0, start_of_window - pad)
+                pre = int(cfg.pre_pad_s * SAMPLE_RATE)
+                self.speech_start = max(0, self._last_end, start_of_window - pre)
                 return [VadEvent("start", self.speech_start)]
             if self.speech_start is not None and end_of_window - self.speech_start >= cfg.max_speech_s * SAMPLE_RATE:
                 # Too long without a pause: cut here so that results keep flowing.
-                self.speech_start = end_of_window
+                self.speech_start = self._last_end = end_of_window
                 return [VadEvent("end", end_of_window), VadEvent("start", end_of_window)]
             return []
         if self.in_speech and p < cfg.off_threshold:
@@ -132,6 +135,7 @@ class VadStream:
                 self._temp_end = start_of_window
             if end_of_window - self._temp_end >= cfg.min_silence_s * SAMPLE_RATE:
                 end = min(self._temp_end + pad, end_of_window)
+                self._last_end = end
                 self.in_speech = False
                 self.speech_start = None
                 self._temp_end = None
@@ -145,6 +149,7 @@ class VadStream:
         end = self.received
         if self._temp_end is not None:
             end = min(self._temp_end + int(self.config.speech_pad_s * SAMPLE_RATE), end)
+        self._last_end = end
         self.in_speech = False
         self.speech_start = None
         self._temp_end = None

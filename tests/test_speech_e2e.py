@@ -344,14 +344,17 @@ async def test_service_transcribes_an_unseen_call_through_mosquitto(mosquitto: M
 
 
 @needs_espeak
-@pytest.mark.parametrize("merge_below_s", [0.0, 1.2])
+@pytest.mark.parametrize(("merge_below_s", "pause_s"), [(0.0, 0.5), (1.2, 0.5), (None, 0.8)])
 def test_a_very_short_utterance_joins_the_next_one_when_asked(vad: SileroVad, asr: EdgeAsr,
-                                                               merge_below_s: float) -> None:
+                                                               merge_below_s: float | None, pause_s: float) -> None:
     short = telephone(synthesize("yes", VOICES[0]))  # well under a second
     longer = telephone(synthesize(SENTENCES[21], VOICES[0]))
-    gap = np.zeros(int(0.5 * SAMPLE_RATE), np.float32)  # longer than the VAD's 0.4 s of silence
+    gap = np.zeros(int(pause_s * SAMPLE_RATE), np.float32)  # longer than the VAD's 0.4 s of silence
     x = np.concatenate([np.zeros(8000, np.float32), short, gap, longer, np.zeros(16000, np.float32)])
-    rec = LegRecognizer("a", vad, asr, PipelineConfig(merge_below_s=merge_below_s, merge_gap_s=0.8))
+    # None: the defaults, which join across a 0.8 s pause (a lone "and" before a pause, dev calls)
+    config = PipelineConfig() if merge_below_s is None else PipelineConfig(merge_below_s=merge_below_s,
+                                                                          merge_gap_s=0.8)
+    rec = LegRecognizer("a", vad, asr, config)
     events: list[Partial | Utterance] = []
     for k, chunk in enumerate(_chunks(x)):
         events += rec.push(chunk, arrival_s=k * 0.02)

@@ -125,7 +125,7 @@ class LegRecognizer:
             return self._utt_start / SAMPLE_RATE
         if self._held is not None:
             return self._held[0] / SAMPLE_RATE
-        lookback = int(self.config.vad.speech_pad_s * SAMPLE_RATE) + WINDOW
+        lookback = int(self.config.vad.pre_pad_s * SAMPLE_RATE) + WINDOW
         return max(0, self._vad.position - lookback) / SAMPLE_RATE
 
     def push(self, chunk: PcmChunk, arrival_s: float, now_s: float | None = None) -> list[Partial | Utterance]:
