@@ -114,6 +114,7 @@ async def _capacity(n: int, seconds: float, conv: Conversation, vad: SileroVad, 
         name = list(conv.legs)[leg]
         shift = int((c * 3.7 % conv.duration_s) * 16000)
         audio = np.roll(conv.legs[name], -shift)
+        audio = np.tile(audio, int(np.ceil(seconds / conv.duration_s)))  # a trial longer than the call loops it
         pk = packetize(to_8k_int16(audio), rng=random.Random(i), ntp_origin_s=time.time())[:total]
         legs.append((names.audio("bench", f"conv{c}", name), pk))
     t0, cpu0 = time.monotonic(), time.process_time()

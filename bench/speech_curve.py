@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="Whisper calls each model runs at once")
     ap.add_argument("--final-model", default="whisper_base", choices=["whisper_tiny_en", "whisper_base"])
     ap.add_argument("--partial-model", default="whisper_tiny_en", choices=["whisper_tiny_en", "whisper_base"])
+    ap.add_argument("--call", choices=["synthetic", "real"], default="synthetic",
+                    help="synthetic: the held-out Piper call (default); real: the first real two-party call of "
+                         "the real-speech dev set (sim.real_speech), with its short turns")
     ap.add_argument("--partial-every-s", type=float, default=None,
                     help="speech between partials (default: the pipeline's setting)")
     args = ap.parse_args(argv)
@@ -48,7 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     vad, encoder = SileroVad(), SpeakerEncoder("cpu")
     edge = load_edge_asr(cache, args.final_model, args.partial_model, device="cpu", cpu_threads=args.asr_threads,
                          parallel=args.asr_parallel)
-    held = build_heldout_call(HELDOUT, (PIPER, PIPER), snr_db=10.0, noise="background")
+    if args.call == "real":
+        from sim.real_speech import build_set
+
+        held = next(s.conversation for s in build_set("dev", cache) if s.category == "call")
+    else:
+        held = build_heldout_call(HELDOUT, (PIPER, PIPER), snr_db=10.0, noise="background")
     pipeline = PipelineConfig()
     if args.partial_every_s is not None:
         pipeline = pipeline.model_copy(update={"partial_every_s": args.partial_every_s})
@@ -62,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"curve": curve, "asr_final": args.final_model, "asr_partial": args.partial_model,
               "partial_every_s": pipeline.partial_every_s, "asr_threads": args.asr_threads,
               "asr_parallel": args.asr_parallel, "worker_threads": args.threads,
-              "trial_seconds": args.seconds, "cpus": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2)}
+              "trial_seconds": args.seconds, "call": args.call, "cpus": os.cpu_count(),
+              "loadavg_1m": round(os.getloadavg()[0], 2)}
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     edge.close()
     return 0
