@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from faster_whisper.feature_extractor import FeatureExtractor
 
 from bench.domain_speech import domain_sentences, speak
 from cloud_trainer.asr_adapt import build_candidate_vocabulary, transcribe
@@ -15,7 +16,7 @@ from models.artifacts import ARTIFACTS, JOINED, _sha256
 from models.edge_asr import load_whisper
 from models.text import normalize, wer
 from models.vad import SAMPLE_RATE, SileroVad, VadConfig
-from models.whisper_asr import DecodeOptions, WhisperAsr, Word, collapse_repeats, segment_confidence
+from models.whisper_asr import DecodeOptions, LogMel, WhisperAsr, Word, collapse_repeats, segment_confidence
 from sim.speech_corpus import SENTENCES, VOICES, build_conversation, espeak_available, synthesize, telephone
 
 needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng not installed")
@@ -221,10 +222,6 @@ def test_a_decoding_loop_is_kept_once_and_short_repeats_stay() -> None:
 
 
 def test_log_mel_features_are_faster_whispers_numbers() -> None:
-    from faster_whisper.feature_extractor import FeatureExtractor
-
-    from models.whisper_asr import LogMel
-
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((2, 5 * SAMPLE_RATE)) * 0.1).astype(np.float32)
     x[1, 2 * SAMPLE_RATE:] = 0.0  # padded with silence, as a short clip in a batch is

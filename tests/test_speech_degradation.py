@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from common.speech_settings import DegradationConfig
 from devices.audio import packetize
 from edge_agent.speech.diarize import Diarizer
-from edge_agent.speech.governor import LoadGovernor
+from edge_agent.speech.governor import LoadGovernor, available_cpus
 from edge_agent.speech.pipeline import ConversationTracker, LegStream, PipelineConfig, StepOutput
 from edge_agent.speech.service import SpeechEngine, SpeechServiceConfig
 from models.edge_asr import EdgeAsr, load_edge_asr
@@ -61,10 +62,6 @@ def test_partials_thin_out_with_cpu_use_over_its_target_before_any_lag() -> None
 
 
 def test_available_cpus_follow_a_container_cpu_limit(tmp_path: Path) -> None:
-    import os
-
-    from edge_agent.speech.governor import available_cpus
-
     node = float(len(os.sched_getaffinity(0)))
     limit = tmp_path / "cpu.max"
     limit.write_text("max 100000\n")

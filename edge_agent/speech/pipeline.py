@@ -110,7 +110,6 @@ class LegRecognizer:
         self.last_arrival_s = 0.0
         self._context: tuple[str, int] = ("", 0)  # the leg's last final text and its end sample
         self._held: tuple[int, int] | None = None  # a very short utterance waiting to join the next one
-        self._now_s: float | None = None  # start of the step in progress (see push)
 
     # -- public ------------------------------------------------------------------------
 
@@ -133,7 +132,6 @@ class LegRecognizer:
         when the step handling it began (with a governor, a partial of audio that waited longer
         than its ``stale_partial_s`` is not decoded)."""
         self.last_arrival_s = arrival_s
-        self._now_s = now_s
         pos = int(round(chunk.start_s * SAMPLE_RATE))
         x = np.asarray(chunk.samples, dtype=np.float32)
         out: list[Partial | Utterance] = []
@@ -146,7 +144,7 @@ class LegRecognizer:
         if gap > tolerance:
             if gap <= self.config.max_gap_s * SAMPLE_RATE:
                 self.gaps_filled += 1
-                out += self._ingest(np.zeros(gap, dtype=np.float32), arrival_s)
+                out += self._ingest(np.zeros(gap, dtype=np.float32), arrival_s, now_s)
             else:
                 self.discontinuities += 1
                 out += self._finish(self._vad.received, arrival_s, final=True)
@@ -156,7 +154,7 @@ class LegRecognizer:
         elif gap < -tolerance:
             x = x[-gap:]  # overlap with audio already seen
         if len(x):
-            out += self._ingest(x, arrival_s)
+            out += self._ingest(x, arrival_s, now_s)
         return out
 
     def close(self, arrival_s: float | None = None) -> list[Partial | Utterance]:
@@ -175,7 +173,7 @@ class LegRecognizer:
         self.received = pos
         self._vad.position = pos
 
-    def _ingest(self, x: np.ndarray, arrival_s: float) -> list[Partial | Utterance]:
+    def _ingest(self, x: np.ndarray, arrival_s: float, now_s: float | None) -> list[Partial | Utterance]:
         self._chunks.append((self.received, x, arrival_s))
         self.received += len(x)
         out: list[Partial | Utterance] = []
@@ -199,8 +197,8 @@ class LegRecognizer:
             ready = self._fed_until - self._last_partial_at >= every_s * SAMPLE_RATE
             if ready and self._governor is not None and self._asr.finals_pending:
                 ready = False  # finals first: this partial waits until no final is queued or decoding
-            if ready and self._governor is not None and self._now_s is not None \
-                    and self._governor.partial_is_stale(self._now_s - arrival_s):
+            if ready and self._governor is not None and now_s is not None \
+                    and self._governor.partial_is_stale(now_s - arrival_s):
                 ready = False  # the leg is behind: catch up rather than show old text
             if not ready:
                 if due and self._governor is not None:
