@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiomqtt
 
-from common.settings import EdgeSettings, MqttSettings, Settings, VisionSettings
+from common.dc_settings import FilterSpec, HardExampleSettings, ModelMiningSettings
+from common.settings import EdgeSettings, KafkaSettings, MqttSettings, Settings, VisionSettings
 from edge_agent.vision.service import VisionService
 from inference.vision import build_vision_pipeline
+from topics.names import ASR_MODEL
 
 
 def agent_settings(port: int, client_id: str, *, group: str = "edge-agents", node: str | None = None,
@@ -21,6 +24,19 @@ def agent_settings(port: int, client_id: str, *, group: str = "edge-agents", nod
         edge=EdgeSettings(node_name=node or client_id, http_host="127.0.0.1", http_port=0),
         vision=vision or VisionSettings(),
     )
+
+
+def speech_node_settings(port: int, kafka: KafkaSettings, tmp_path: Path, name: str) -> Settings:
+    """A speech-only edge node (client ``<name>-edge``, node ``<name>-node``) that mines every
+    segment (confidence threshold 0.99) to the DC, with no model updates."""
+    s = Settings(mqtt=MqttSettings(host="127.0.0.1", port=port, client_id=f"{name}-edge"), kafka=kafka,
+                 edge=EdgeSettings(node_name=f"{name}-node", http_host="127.0.0.1", http_port=0, vision=False),
+                 mining=HardExampleSettings(models={ASR_MODEL: ModelMiningSettings(
+                     filters=[FilterSpec(kind="threshold", threshold=0.99)])}, seed=1))
+    s.outbox.path = tmp_path / "outbox.sqlite3"
+    s.updates.enabled = False
+    s.speech.idle_close_s = 1.5
+    return s
 
 
 @contextlib.asynccontextmanager

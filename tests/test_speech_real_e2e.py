@@ -12,16 +12,15 @@ import pytest
 
 from cli.brokers import MosquittoBroker, TansuBroker
 from cloud_trainer.service import Trainer
-from common.dc_settings import FilterSpec, HardExampleSettings, ModelMiningSettings
-from common.settings import EdgeSettings, KafkaSettings, MqttSettings, Settings
+from common.settings import KafkaSettings
 from common.trainer_settings import AsrAdaptSettings, FerTrainSettings, TrainerSettings
 from devices.audio import Impairments, LegSource, stream_audio
 from edge_agent.app import EdgeNode
 from sim.real_speech import build_call, load_clips
 from sim.scoring import wer
 from sim.speech_corpus import to_8k_int16
+from tests.edge_helpers import speech_node_settings
 from topics import names
-from topics.names import ASR_MODEL
 from topics.transcript import TranscriptSegment, decode_segment
 
 pytestmark = [pytest.mark.integration]
@@ -43,14 +42,7 @@ async def test_a_real_call_is_never_made_worse_by_the_dc(
         fer=FerTrainSettings(enabled=False),
         asr=AsrAdaptSettings(retrain_min_samples=1000, revise=True, revise_models=["base", "tiny.en"])),
         kafka, cache_dir)
-    s = Settings(mqtt=MqttSettings(host="127.0.0.1", port=mosquitto.port, client_id="real-edge"), kafka=kafka,
-                 edge=EdgeSettings(node_name="real-node", http_host="127.0.0.1", http_port=0, vision=False),
-                 mining=HardExampleSettings(models={ASR_MODEL: ModelMiningSettings(
-                     filters=[FilterSpec(kind="threshold", threshold=0.99)])}, seed=1))  # every segment to the DC
-    s.outbox.path = tmp_path / "outbox.sqlite3"
-    s.updates.enabled = False
-    s.speech.idle_close_s = 1.5
-    node = EdgeNode(s)
+    node = EdgeNode(speech_node_settings(mosquitto.port, kafka, tmp_path, "real"))  # every segment to the DC
     stop = asyncio.Event()
     tasks = [asyncio.create_task(trainer.run(stop)), asyncio.create_task(node.run(stop))]
     seen: list[TranscriptSegment] = []

@@ -19,13 +19,12 @@ from cli.brokers import MosquittoBroker, TansuBroker
 from cloud_trainer.publish import publish_labels
 from cloud_trainer.service import Trainer
 from common import tracing
-from common.dc_settings import FilterSpec, HardExampleSettings, ModelMiningSettings
-from common.settings import EdgeSettings, MqttSettings, Settings
 from common.trainer_settings import AsrAdaptSettings, FerTrainSettings, TrainerSettings
 from devices.audio import LegSource, stream_audio
 from edge_agent.app import EdgeNode
 from sim.scoring import wer
 from sim.speech_corpus import to_8k_int16
+from tests.edge_helpers import speech_node_settings
 from topics import names
 from topics.dc import Label
 from topics.names import ASR_MODEL, KAFKA_HARD_EXAMPLES, KAFKA_LABELS, KAFKA_SPEECH_REVISIONS
@@ -45,15 +44,7 @@ async def test_low_confidence_speech_comes_back_revised_by_the_dc(
         fer=FerTrainSettings(enabled=False),
         asr=AsrAdaptSettings(retrain_min_samples=1000, revise=True, revise_models=["whisper_base"])),
         _kafka(own_kafka), cache_dir)
-    s = Settings(mqtt=MqttSettings(host="127.0.0.1", port=mosquitto.port, client_id="rev-edge"),
-                 kafka=_kafka(own_kafka),
-                 edge=EdgeSettings(node_name="rev-node", http_host="127.0.0.1", http_port=0, vision=False),
-                 mining=HardExampleSettings(models={ASR_MODEL: ModelMiningSettings(
-                     filters=[FilterSpec(kind="threshold", threshold=0.99)])}, seed=1))
-    s.outbox.path = tmp_path / "outbox.sqlite3"
-    s.updates.enabled = False
-    s.speech.idle_close_s = 1.5
-    node = EdgeNode(s)
+    node = EdgeNode(speech_node_settings(mosquitto.port, _kafka(own_kafka), tmp_path, "rev"))
     stop = asyncio.Event()
     tasks = [asyncio.create_task(trainer.run(stop)), asyncio.create_task(node.run(stop))]
     seen: list[TranscriptSegment] = []
